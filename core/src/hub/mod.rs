@@ -1,0 +1,607 @@
+//! The hub: a sans-IO state machine that owns users, their event streams and their connections.
+//!
+//! Inputs carry `now_ms` explicitly (`publish`, `connect`, `tick`, ...); outputs are polled
+//! (`poll_transmit` per connection, `take_wakes` for connections that have something to send).
+//! It has no sockets, no clock and no randomness of its own (ids come from an injected
+//! [`SeededRng`]), so the same inputs always give the same outputs — in production, in unit
+//! tests and in the simulation.
+//!
+//! Design: a connection is a *cursor* into its user's retained stream, not a queue of copies.
+//! Replay and live delivery are therefore the same code path (there is no seam where an event
+//! can be skipped or sent twice), fan-out to N tabs stores each event once, and the "send queue"
+//! of a connection is simply how far its cursor lags behind the user's head.
+//!
+//! Invariants kept (asserted in debug builds):
+//! - a user's retained seqs are contiguous and end at `head`; `head` grows by exactly 1 per
+//!   published event within an epoch;
+//! - a connection only ever reads its own user's stream (the user is fixed at `connect`);
+//! - `retained_bytes` equals the sum of retained frame sizes and never exceeds
+//!   `retention_bytes_max` after a publish returns.
+
+mod config;
+mod stream;
+
+pub use config::HubConfig;
+
+use crate::protocol::{validate_id, ErrorCode, EventKind, GapReason, InvalidId, Resume, ServerFrame};
+use crate::rng::SeededRng;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use stream::UserStream;
+
+/// A connection's identity inside one hub life. Drawn from the hub's seeded generator; never
+/// used as a capability (knowing another connection's id gives nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c-{:016x}", self.0)
+    }
+}
+
+/// What a publisher asks for. `data` is already-validated JSON, embedded verbatim.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRequest<'a> {
+    pub run: &'a str,
+    pub kind: EventKind,
+    pub data: &'a serde_json::value::RawValue,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// A successful publish: where the event sits in its user's stream. `duplicate` is true when
+/// the idempotency key was seen before and no new event was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub seq: u64,
+    pub epoch: String,
+    #[serde(skip)]
+    pub duplicate: bool,
+}
+
+/// Every way a publish can fail. Each is a value the caller must handle — never a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The user id is not a valid id.
+    InvalidUser(InvalidId),
+    /// The run id is not a valid id.
+    InvalidRun(InvalidId),
+    /// The idempotency key is not a valid id.
+    InvalidIdempotencyKey(InvalidId),
+    /// `data` is not valid JSON (only reachable through APIs that take raw text).
+    InvalidData(String),
+    /// The encoded event is larger than `event_bytes_max`.
+    TooLarge { bytes: u64, max: u64 },
+    /// `users_max` users already have a stream.
+    UsersFull { max: u64 },
+    /// The server is shutting down or gone; nothing was published.
+    ShuttingDown,
+}
+
+impl PublishError {
+    /// A stable machine-readable code, used in HTTP error bodies and metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PublishError::InvalidUser(_) => "invalid_user",
+            PublishError::InvalidRun(_) => "invalid_run",
+            PublishError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            PublishError::InvalidData(_) => "invalid_data",
+            PublishError::TooLarge { .. } => "too_large",
+            PublishError::UsersFull { .. } => "users_full",
+            PublishError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Every code, for metrics that must list zero counts too.
+    pub const CODES: [&'static str; 7] = [
+        "invalid_user",
+        "invalid_run",
+        "invalid_idempotency_key",
+        "invalid_data",
+        "too_large",
+        "users_full",
+        "shutting_down",
+    ];
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::InvalidUser(e) | PublishError::InvalidRun(e) | PublishError::InvalidIdempotencyKey(e) => {
+                write!(f, "{e}")
+            }
+            PublishError::InvalidData(e) => write!(f, "data is not valid JSON: {e}"),
+            PublishError::TooLarge { bytes, max } => {
+                write!(f, "event is {bytes} bytes encoded, more than event_bytes_max {max}")
+            }
+            PublishError::UsersFull { max } => write!(f, "the server holds users_max {max} users"),
+            PublishError::ShuttingDown => write!(f, "the server is shutting down; the event was not published"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// Why a connection was refused at `hello`. The adapter sends `error` then closes with
+/// `code.close_code()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One thing to write on a connection, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// A control frame (welcome, gap, pong, error), already encoded.
+    Control(Arc<str>),
+    /// An event frame, shared with every connection of the user; `published_at_ms` feeds the
+    /// delivery-latency histogram.
+    Event { seq: u64, frame: Arc<str>, published_at_ms: u64 },
+    /// Close the WebSocket with this code; nothing follows. The adapter then calls
+    /// [`Hub::disconnect`].
+    Close(ErrorCode),
+}
+
+/// Resource gauges, sampled by `/metrics` and by the simulation's bounded-resources checker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Gauges {
+    pub users: u64,
+    pub connections: u64,
+    pub retained_events: u64,
+    pub retained_bytes: u64,
+    /// The deepest send queue (cursor lag, in events) of any connection.
+    pub send_queue_depth_max: u64,
+    /// The most connections any one user holds.
+    pub connections_per_user_max: u64,
+}
+
+/// Monotonic counters since the hub started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub published: u64,
+    pub idempotent_replays: u64,
+    pub delivered: u64,
+    pub gaps: u64,
+    pub evicted: u64,
+    pub slow_consumer_closes: u64,
+}
+
+struct Connection {
+    user: Arc<str>,
+    /// Next seq to send from the user's stream.
+    cursor: u64,
+    /// The user's head when the connection was welcomed. Replay up to here is bounded by
+    /// retention and never counts as lag, so a resuming client is never cut for its backlog.
+    live_from: u64,
+    control: VecDeque<Arc<str>>,
+    /// Set once the connection must close; control frames already queued (the error) go first.
+    closing: Option<ErrorCode>,
+    closed: bool,
+}
+
+impl Connection {
+    /// Live events published since this connection was last caught up, not yet sent: the
+    /// connection's send-queue depth, compared with `send_queue_max`.
+    fn live_lag(&self, head: u64) -> u64 {
+        head.saturating_sub((self.cursor - 1).max(self.live_from))
+    }
+}
+
+/// The state machine. See the module docs.
+pub struct Hub {
+    config: HubConfig,
+    rng: SeededRng,
+    users: BTreeMap<Arc<str>, UserStream>,
+    connections: BTreeMap<ConnectionId, Connection>,
+    /// Each user with retained events appears once, keyed by the publish order of its oldest
+    /// retained event: the first entry is the globally oldest event (for age and byte eviction).
+    oldest: BTreeMap<u64, Arc<str>>,
+    publish_order: u64,
+    retained_bytes: u64,
+    retained_events: u64,
+    wakes: Vec<ConnectionId>,
+    shutting_down: bool,
+    last_now_ms: u64,
+    counters: Counters,
+}
+
+impl Hub {
+    /// A fresh hub: every user stream it creates gets a new epoch drawn from `rng`.
+    pub fn new(config: HubConfig, rng: SeededRng) -> Result<Hub, String> {
+        config.validate()?;
+        Ok(Hub {
+            config,
+            rng,
+            users: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            oldest: BTreeMap::new(),
+            publish_order: 0,
+            retained_bytes: 0,
+            retained_events: 0,
+            wakes: Vec::new(),
+            shutting_down: false,
+            last_now_ms: 0,
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Appends one event to `user`'s stream and wakes that user's connections.
+    pub fn publish(&mut self, now_ms: u64, user: &str, request: PublishRequest<'_>) -> Result<Published, PublishError> {
+        self.advance(now_ms);
+        if self.shutting_down {
+            return Err(PublishError::ShuttingDown);
+        }
+        validate_id("user", user).map_err(PublishError::InvalidUser)?;
+        validate_id("run", request.run).map_err(PublishError::InvalidRun)?;
+        if let Some(key) = request.idempotency_key {
+            validate_id("idempotency_key", key).map_err(PublishError::InvalidIdempotencyKey)?;
+            if let Some(stream) = self.users.get(user) {
+                if let Some(seq) = stream.seq_for_key(key) {
+                    self.counters.idempotent_replays += 1;
+                    return Ok(Published { seq, epoch: stream.epoch.clone(), duplicate: true });
+                }
+            }
+        }
+        // Encode with the seq it will get, to check the size before touching any state.
+        let next_seq = self.users.get(user).map_or(1, |s| s.head + 1);
+        let frame = crate::protocol::encode_event_frame(next_seq, request.run, request.kind, request.data);
+        let bytes = frame.len() as u64;
+        if bytes > self.config.event_bytes_max {
+            return Err(PublishError::TooLarge { bytes, max: self.config.event_bytes_max });
+        }
+        let user_key = self.stream_for(user).map_err(|max| PublishError::UsersFull { max })?;
+        self.publish_order += 1;
+        let order = self.publish_order;
+        let stream = self.users.get_mut(&user_key).expect("stream_for created it");
+        let was_empty = stream.is_empty();
+        let seq = stream.push(order, now_ms, Arc::from(frame), request.idempotency_key);
+        debug_assert_eq!(seq, next_seq);
+        if was_empty {
+            self.oldest.insert(order, user_key.clone());
+        }
+        self.retained_bytes += bytes;
+        self.retained_events += 1;
+        self.counters.published += 1;
+        let epoch = stream.epoch.clone();
+
+        // Per-user count limit, then global bytes: evict oldest first.
+        while self.users[&user_key].len() as u64 > self.config.retention_events_max {
+            self.evict_front(&user_key);
+        }
+        while self.retained_bytes > self.config.retention_bytes_max {
+            let (_, oldest_user) = self.oldest.first_key_value().expect("bytes retained implies an oldest event");
+            let oldest_user = oldest_user.clone();
+            self.evict_front(&oldest_user);
+        }
+
+        // Wake or cut every connection of this user.
+        let send_queue_max = self.config.send_queue_max;
+        let connection_ids = self.users[&user_key].connections.clone();
+        for id in connection_ids {
+            let connection = self.connections.get_mut(&id).expect("stream lists only live connections");
+            if connection.live_lag(seq) > send_queue_max && connection.closing.is_none() {
+                self.counters.slow_consumer_closes += 1;
+                let message = format!("send queue exceeded send_queue_max {send_queue_max} events; resume to recover");
+                Self::start_close(connection, ErrorCode::SlowConsumer, &message);
+            }
+            self.wakes.push(id);
+        }
+        self.debug_check_retention();
+        Ok(Published { seq, epoch, duplicate: false })
+    }
+
+    /// Registers a connection for `user` (already authenticated by the adapter) and queues its
+    /// welcome, any gap, then the replay of everything after `resume.after`.
+    pub fn connect(&mut self, now_ms: u64, user: &str, resume: Option<&Resume>) -> Result<ConnectionId, Rejected> {
+        self.advance(now_ms);
+        if self.shutting_down {
+            return Err(Rejected { code: ErrorCode::ShuttingDown, message: "the server is shutting down".into() });
+        }
+        if let Err(e) = validate_id("user", user) {
+            return Err(Rejected { code: ErrorCode::AuthFailed, message: format!("token subject: {e}") });
+        }
+        if self.connections.len() as u64 >= self.config.connections_max {
+            return Err(Rejected {
+                code: ErrorCode::TooManyConnections,
+                message: format!("the server holds connections_max {} connections", self.config.connections_max),
+            });
+        }
+        if let Some(stream) = self.users.get(user) {
+            if stream.connections.len() as u64 >= self.config.connections_per_user_max {
+                return Err(Rejected {
+                    code: ErrorCode::TooManyConnections,
+                    message: format!(
+                        "user already holds connections_per_user_max {} connections",
+                        self.config.connections_per_user_max
+                    ),
+                });
+            }
+            if let Some(resume) = resume {
+                if resume.epoch == stream.epoch && resume.after > stream.head {
+                    return Err(Rejected {
+                        code: ErrorCode::BadFrame,
+                        message: format!(
+                            "resume.after {} is beyond head {} of epoch {}",
+                            resume.after, stream.head, stream.epoch
+                        ),
+                    });
+                }
+            }
+        }
+        let user_key = self.stream_for(user).map_err(|max| Rejected {
+            code: ErrorCode::TooManyConnections,
+            message: format!("the server holds users_max {max} users"),
+        })?;
+        let id = self.fresh_connection_id();
+        let stream = self.users.get_mut(&user_key).expect("stream_for created it");
+        stream.connections.push(id);
+
+        let mut control = VecDeque::new();
+        let mut recovered = false;
+        let cursor = match resume {
+            None => stream.head + 1,
+            Some(resume) if resume.epoch == stream.epoch => {
+                // Served with no gap exactly when everything after `after` is still retained.
+                recovered = resume.after + 1 >= stream.first_seq();
+                resume.after + 1
+            }
+            Some(resume) => {
+                control.push_back(encode(&ServerFrame::Gap {
+                    epoch: resume.epoch.clone(),
+                    from: resume.after + 1,
+                    to: None,
+                    reason: GapReason::Epoch,
+                }));
+                1
+            }
+        };
+        control.push_front(encode(&ServerFrame::Welcome {
+            user: user_key.to_string(),
+            connection: id.to_string(),
+            epoch: stream.epoch.clone(),
+            head: stream.head,
+            recovered,
+        }));
+        if resume.is_some_and(|r| r.epoch != stream.epoch) {
+            self.counters.gaps += 1;
+        }
+        let live_from = stream.head;
+        self.connections.insert(id, Connection { user: user_key, cursor, live_from, control, closing: None, closed: false });
+        self.wakes.push(id);
+        Ok(id)
+    }
+
+    /// Forgets a connection (socket closed, errored or timed out). Idempotent.
+    pub fn disconnect(&mut self, id: ConnectionId) {
+        let Some(connection) = self.connections.remove(&id) else { return };
+        let stream = self.users.get_mut(&connection.user).expect("a connection's user has a stream");
+        stream.connections.retain(|c| *c != id);
+        self.drop_stream_if_idle(&connection.user);
+    }
+
+    /// Answers an application-level ping. A client that floods pings without reading the pongs
+    /// overflows `control_queue_max` and is closed as a slow consumer.
+    pub fn ping(&mut self, id: ConnectionId, ping_id: u64) {
+        let control_queue_max = self.config.control_queue_max as usize;
+        let Some(connection) = self.connections.get_mut(&id) else { return };
+        if connection.closing.is_some() {
+            return;
+        }
+        if connection.control.len() + 1 >= control_queue_max {
+            self.counters.slow_consumer_closes += 1;
+            Self::start_close(connection, ErrorCode::SlowConsumer, "control_queue_max exceeded: read your pongs");
+        } else {
+            connection.control.push_back(encode(&ServerFrame::Pong { id: ping_id }));
+        }
+        self.wakes.push(id);
+    }
+
+    /// Closes one connection with an error (token expiry, bad frame, idle timeout...). The
+    /// error frame and the close are delivered through `poll_transmit`.
+    pub fn close(&mut self, id: ConnectionId, code: ErrorCode, message: &str) {
+        let Some(connection) = self.connections.get_mut(&id) else { return };
+        if connection.closing.is_none() {
+            Self::start_close(connection, code, message);
+        }
+        self.wakes.push(id);
+    }
+
+    /// Begins a graceful shutdown: publishes and connects fail from now on, every connection is
+    /// sent `shutting_down` and closed with 1001.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        for (id, connection) in self.connections.iter_mut() {
+            if connection.closing.is_none() {
+                Self::start_close(connection, ErrorCode::ShuttingDown, "the server is shutting down");
+            }
+            self.wakes.push(*id);
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Evicts events older than `retention_age_ms`. Call it periodically; publish also does.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.advance(now_ms);
+    }
+
+    /// The next frame to write on `id`, or `None` when it is up to date (wait for a wake).
+    pub fn poll_transmit(&mut self, id: ConnectionId) -> Option<Transmit> {
+        let connection = self.connections.get_mut(&id)?;
+        if connection.closed {
+            return None;
+        }
+        if let Some(frame) = connection.control.pop_front() {
+            return Some(Transmit::Control(frame));
+        }
+        if let Some(code) = connection.closing {
+            connection.closed = true;
+            return Some(Transmit::Close(code));
+        }
+        let stream = self.users.get(&connection.user).expect("a connection's user has a stream");
+        if connection.cursor > stream.head {
+            return None;
+        }
+        let first = stream.first_seq();
+        if connection.cursor < first {
+            // Evicted under the cursor: the data is really gone, say so.
+            let gap = ServerFrame::Gap {
+                epoch: stream.epoch.clone(),
+                from: connection.cursor,
+                to: Some(first - 1),
+                reason: GapReason::Retention,
+            };
+            connection.cursor = first;
+            self.counters.gaps += 1;
+            return Some(Transmit::Control(encode(&gap)));
+        }
+        let event = stream.get(connection.cursor).expect("cursor within retained range");
+        let transmit = Transmit::Event {
+            seq: connection.cursor,
+            frame: event.frame.clone(),
+            published_at_ms: event.published_at_ms,
+        };
+        connection.cursor += 1;
+        self.counters.delivered += 1;
+        Some(transmit)
+    }
+
+    /// Moves the ids of connections that may have something to send into `out` (deduplicated,
+    /// in a deterministic order). The adapter wakes each one's writer.
+    pub fn take_wakes(&mut self, out: &mut Vec<ConnectionId>) {
+        self.wakes.sort_unstable();
+        self.wakes.dedup();
+        out.append(&mut self.wakes);
+    }
+
+    /// The user a connection belongs to.
+    pub fn connection_user(&self, id: ConnectionId) -> Option<&str> {
+        self.connections.get(&id).map(|c| &*c.user)
+    }
+
+    /// The epoch and head of `user`'s stream, if it has one.
+    pub fn stream_position(&self, user: &str) -> Option<(String, u64)> {
+        self.users.get(user).map(|s| (s.epoch.clone(), s.head))
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges {
+            users: self.users.len() as u64,
+            connections: self.connections.len() as u64,
+            retained_events: self.retained_events,
+            retained_bytes: self.retained_bytes,
+            ..Gauges::default()
+        };
+        for stream in self.users.values() {
+            gauges.connections_per_user_max = gauges.connections_per_user_max.max(stream.connections.len() as u64);
+        }
+        for connection in self.connections.values().filter(|c| c.closing.is_none()) {
+            let head = self.users[&connection.user].head;
+            gauges.send_queue_depth_max = gauges.send_queue_depth_max.max(connection.live_lag(head));
+        }
+        gauges
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn advance(&mut self, now_ms: u64) {
+        debug_assert!(now_ms >= self.last_now_ms, "time went backwards: {now_ms} < {}", self.last_now_ms);
+        self.last_now_ms = self.last_now_ms.max(now_ms);
+        let age_max = self.config.retention_age_ms;
+        while let Some((_, user)) = self.oldest.first_key_value() {
+            let user = user.clone();
+            let front = self.users[&user].front().expect("listed in oldest implies non-empty");
+            if front.published_at_ms + age_max > self.last_now_ms {
+                break;
+            }
+            self.evict_front(&user);
+        }
+    }
+
+    /// Evicts `user`'s oldest event and keeps `oldest` and the byte count in step.
+    fn evict_front(&mut self, user: &Arc<str>) {
+        let stream = self.users.get_mut(user).expect("evicting from a known stream");
+        let evicted = stream.pop_front().expect("evicting from a non-empty stream");
+        let removed = self.oldest.remove(&evicted.order);
+        debug_assert!(removed.is_some(), "the front event is listed in oldest");
+        if let Some(front) = stream.front() {
+            self.oldest.insert(front.order, user.clone());
+        }
+        self.retained_bytes -= evicted.frame.len() as u64;
+        self.retained_events -= 1;
+        self.counters.evicted += 1;
+        // Connections lagging under the new front get a retention gap at their next poll.
+        for id in stream.connections.clone() {
+            self.wakes.push(id);
+        }
+        self.drop_stream_if_idle(user);
+    }
+
+    /// Returns the stream key for `user`, creating the stream (with a fresh epoch) if needed.
+    /// `Err(users_max)` when the map is full.
+    fn stream_for(&mut self, user: &str) -> Result<Arc<str>, u64> {
+        if let Some((key, _)) = self.users.get_key_value(user) {
+            return Ok(key.clone());
+        }
+        if self.users.len() as u64 >= self.config.users_max {
+            return Err(self.config.users_max);
+        }
+        let key: Arc<str> = Arc::from(user);
+        let epoch = format!("{:016x}", self.rng.next_u64());
+        self.users.insert(key.clone(), UserStream::new(epoch));
+        Ok(key)
+    }
+
+    /// A stream with no events and no connections is dropped (bounded memory). Its epoch is
+    /// gone with it, so a later resume against it gets an honest `epoch` gap: all its events
+    /// had been evicted.
+    fn drop_stream_if_idle(&mut self, user: &Arc<str>) {
+        if self.users.get(user).is_some_and(|s| s.is_empty() && s.connections.is_empty()) {
+            self.users.remove(user);
+        }
+    }
+
+    fn fresh_connection_id(&mut self) -> ConnectionId {
+        // Collisions have probability ~n/2^64; the bounded loop makes the impossible explicit.
+        for _ in 0..8 {
+            let id = ConnectionId(self.rng.next_u64());
+            if !self.connections.contains_key(&id) {
+                return id;
+            }
+        }
+        panic!("eight connection id collisions in a row: the id generator is broken");
+    }
+
+    fn start_close(connection: &mut Connection, code: ErrorCode, message: &str) {
+        connection.closing = Some(code);
+        connection.control.push_back(encode(&ServerFrame::Error { code, message: message.to_string() }));
+    }
+
+    fn debug_check_retention(&self) {
+        if cfg!(debug_assertions) && self.retained_events < 10_000 {
+            let bytes: u64 = self.users.values().map(|s| s.bytes()).sum();
+            let events: u64 = self.users.values().map(|s| s.len() as u64).sum();
+            assert_eq!(bytes, self.retained_bytes, "retained bytes out of step");
+            assert_eq!(events, self.retained_events, "retained events out of step");
+            assert!(self.retained_bytes <= self.config.retention_bytes_max);
+        }
+    }
+}
+
+fn encode(frame: &ServerFrame) -> Arc<str> {
+    Arc::from(frame.to_text())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! One user's retained event stream: contiguous seqs ending at `head`, oldest first.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// One retained event, encoded once and shared by every connection of the user.
+pub(super) struct RetainedEvent {
+    /// Global publish order across all users, for age and byte eviction.
+    pub order: u64,
+    pub published_at_ms: u64,
+    pub frame: Arc<str>,
+    pub idempotency_key: Option<Box<str>>,
+}
+
+pub(super) struct UserStream {
+    pub epoch: String,
+    /// Seq of the newest event ever published in this epoch (0 before the first).
+    pub head: u64,
+    events: VecDeque<RetainedEvent>,
+    bytes: u64,
+    /// Bounded by `connections_per_user_max`.
+    pub connections: Vec<super::ConnectionId>,
+    /// Idempotency key → seq, for retained events only (bounded by retention).
+    keys: BTreeMap<Box<str>, u64>,
+}
+
+impl UserStream {
+    pub fn new(epoch: String) -> UserStream {
+        UserStream { epoch, head: 0, events: VecDeque::new(), bytes: 0, connections: Vec::new(), keys: BTreeMap::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Seq of the oldest retained event; `head + 1` when nothing is retained.
+    pub fn first_seq(&self) -> u64 {
+        self.head + 1 - self.events.len() as u64
+    }
+
+    pub fn front(&self) -> Option<&RetainedEvent> {
+        self.events.front()
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&RetainedEvent> {
+        let index = seq.checked_sub(self.first_seq())?;
+        self.events.get(usize::try_from(index).ok()?)
+    }
+
+    pub fn seq_for_key(&self, key: &str) -> Option<u64> {
+        self.keys.get(key).copied()
+    }
+
+    /// Appends an event and returns its seq (`head + 1`).
+    pub fn push(&mut self, order: u64, published_at_ms: u64, frame: Arc<str>, idempotency_key: Option<&str>) -> u64 {
+        self.head += 1;
+        self.bytes += frame.len() as u64;
+        let idempotency_key: Option<Box<str>> = idempotency_key.map(Box::from);
+        if let Some(key) = &idempotency_key {
+            self.keys.insert(key.clone(), self.head);
+        }
+        self.events.push_back(RetainedEvent { order, published_at_ms, frame, idempotency_key });
+        debug_assert_eq!(self.first_seq() + self.events.len() as u64 - 1, self.head);
+        self.head
+    }
+
+    pub fn pop_front(&mut self) -> Option<RetainedEvent> {
+        let event = self.events.pop_front()?;
+        self.bytes -= event.frame.len() as u64;
+        if let Some(key) = &event.idempotency_key {
+            self.keys.remove(key);
+        }
+        Some(event)
+    }
+}

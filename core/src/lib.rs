@@ -1,0 +1,9 @@
+//! Herald's notification core. Read in this order: [`protocol`] (what crosses the wire),
+//! [`hub`] (the sans-IO state machine that decides everything), then the adapters that give it
+//! I/O: `server` (axum + WebSocket), `notifier` (the in-process publishing API), `client`
+//! (the reconnecting client library).
+
+pub mod clock;
+pub mod hub;
+pub mod protocol;
+pub mod rng;

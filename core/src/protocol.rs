@@ -1,0 +1,325 @@
+//! Wire protocol v1: the JSON text frames that cross the WebSocket at [`WS_PATH`].
+//!
+//! One concept, one name: the names here (`hello`, `welcome`, `event`, `gap`, `seq`, `epoch`,
+//! `head`, `recovered`) are the names used in PROTOCOL.md, in metrics and in the simulation's
+//! history. Everything a client can send is a [`ClientFrame`]; everything a server sends is a
+//! [`ServerFrame`]. Event frames are encoded once per event by [`encode_event_frame`] and shared
+//! by every connection of the user, so that fan-out never re-serializes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The WebSocket endpoint. Versioned in the path so a v2 can live beside v1.
+pub const WS_PATH: &str = "/v1/ws";
+
+/// Longest accepted user id, run id or idempotency key, in bytes: ids travel in every frame,
+/// so an unbounded id would be an unbounded frame.
+pub const ID_BYTES_MAX: usize = 128;
+
+/// The six lifecycle events an agent run emits. A closed set: an unknown kind is a `400`, not
+/// a silently forwarded string the UI cannot render.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    AgentStarted,
+    AgentThinking,
+    ToolExecuting,
+    ToolCompleted,
+    AgentCompleted,
+    AgentError,
+}
+
+impl EventKind {
+    /// Every kind, in lifecycle order; generators and docs iterate this.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::AgentStarted,
+        EventKind::AgentThinking,
+        EventKind::ToolExecuting,
+        EventKind::ToolCompleted,
+        EventKind::AgentCompleted,
+        EventKind::AgentError,
+    ];
+
+    /// The wire name, identical to the serde name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::AgentStarted => "agent_started",
+            EventKind::AgentThinking => "agent_thinking",
+            EventKind::ToolExecuting => "tool_executing",
+            EventKind::ToolCompleted => "tool_completed",
+            EventKind::AgentCompleted => "agent_completed",
+            EventKind::AgentError => "agent_error",
+        }
+    }
+
+    /// Parses a wire name; `None` for anything outside the closed set.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a reconnecting client left off: the stream it was reading and the last seq it handed
+/// to its application. The server replays everything after `after`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub epoch: String,
+    pub after: u64,
+}
+
+/// Frames a client sends. `hello` must be first and arrive within `hello_timeout_ms`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    Hello {
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
+    },
+    Ping {
+        id: u64,
+    },
+}
+
+/// Why a range of events can never be delivered.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// Evicted by `retention_events_max`, `retention_age_ms` or `retention_bytes_max`.
+    Retention,
+    /// The stream the client resumed no longer exists (server restart, or the user's stream was
+    /// dropped after all its events expired); `to` is then unknown and sent as `null`.
+    Epoch,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Retention => "retention",
+            GapReason::Epoch => "epoch",
+        }
+    }
+}
+
+/// Every error a server reports before closing, with its WebSocket close code.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    AuthFailed,
+    TokenExpired,
+    SlowConsumer,
+    BadFrame,
+    HelloTimeout,
+    TooManyConnections,
+    /// Nothing (not even a WebSocket pong) arrived for `idle_timeout_ms`.
+    IdleTimeout,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::AuthFailed,
+        ErrorCode::TokenExpired,
+        ErrorCode::SlowConsumer,
+        ErrorCode::BadFrame,
+        ErrorCode::HelloTimeout,
+        ErrorCode::TooManyConnections,
+        ErrorCode::IdleTimeout,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The WebSocket close code that follows the error frame (PROTOCOL.md, "Errors").
+    pub fn close_code(self) -> u16 {
+        match self {
+            ErrorCode::AuthFailed => 4001,
+            ErrorCode::TokenExpired => 4002,
+            ErrorCode::SlowConsumer => 4003,
+            ErrorCode::BadFrame => 4004,
+            ErrorCode::HelloTimeout => 4008,
+            ErrorCode::TooManyConnections => 4009,
+            ErrorCode::IdleTimeout => 4010,
+            ErrorCode::ShuttingDown => 1001,
+        }
+    }
+
+    /// The inverse of [`ErrorCode::close_code`].
+    pub fn from_close_code(code: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|e| e.close_code() == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::HelloTimeout => "hello_timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Whether a client should reconnect after this close. Auth failures are final until the
+    /// token provider yields a different token; everything else is transient.
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, ErrorCode::AuthFailed | ErrorCode::BadFrame)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Frames a server sends, decoded. `data` is kept as a JSON value on the decoding side; the
+/// server encodes event frames with [`encode_event_frame`], which produces the same JSON.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerFrame {
+    Welcome {
+        user: String,
+        connection: String,
+        epoch: String,
+        head: u64,
+        recovered: bool,
+    },
+    Event {
+        seq: u64,
+        run: String,
+        kind: EventKind,
+        data: serde_json::Value,
+    },
+    Gap {
+        epoch: String,
+        from: u64,
+        to: Option<u64>,
+        reason: GapReason,
+    },
+    Pong {
+        id: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    /// Serializes to the wire text. Infallible: every field is plain JSON.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+/// Encodes an event frame once, so that it can be stored in retention and written to every
+/// connection of the user without re-serializing. `data` must already be valid JSON.
+pub fn encode_event_frame(seq: u64, run: &str, kind: EventKind, data: &serde_json::value::RawValue) -> String {
+    #[derive(Serialize)]
+    struct EventFrameRef<'a> {
+        #[serde(rename = "type")]
+        frame_type: &'static str,
+        seq: u64,
+        run: &'a str,
+        kind: EventKind,
+        data: &'a serde_json::value::RawValue,
+    }
+    serde_json::to_string(&EventFrameRef { frame_type: "event", seq, run, kind, data })
+        .expect("event frames always serialize")
+}
+
+/// Why an id (user, run, idempotency key) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidId {
+    pub what: &'static str,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for InvalidId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.what, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidId {}
+
+/// Checks a user id, run id or idempotency key: 1..=[`ID_BYTES_MAX`] bytes of ASCII letters,
+/// digits and `-_.:@`. Ids appear in URLs, logs and metrics, so they stay printable and short.
+pub fn validate_id(what: &'static str, id: &str) -> Result<(), InvalidId> {
+    if id.is_empty() {
+        return Err(InvalidId { what, reason: "empty" });
+    }
+    if id.len() > ID_BYTES_MAX {
+        return Err(InvalidId { what, reason: "longer than 128 bytes" });
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b)) {
+        return Err(InvalidId { what, reason: "only ASCII letters, digits and -_.:@ are allowed" });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_frame_encoding_matches_the_decoded_form() {
+        let data = serde_json::value::RawValue::from_string(r#"{"text":"hi","n":[1,2]}"#.into()).unwrap();
+        let text = encode_event_frame(7, "run-1", EventKind::ToolCompleted, &data);
+        assert_eq!(
+            text,
+            r#"{"type":"event","seq":7,"run":"run-1","kind":"tool_completed","data":{"text":"hi","n":[1,2]}}"#
+        );
+        let frame: ServerFrame = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            frame,
+            ServerFrame::Event {
+                seq: 7,
+                run: "run-1".into(),
+                kind: EventKind::ToolCompleted,
+                data: serde_json::json!({"text":"hi","n":[1,2]}),
+            }
+        );
+    }
+
+    #[test]
+    fn hello_parses_with_and_without_resume_and_rejects_unknown_fields() {
+        let hello: ClientFrame = serde_json::from_str(r#"{"type":"hello","token":"t"}"#).unwrap();
+        assert_eq!(hello, ClientFrame::Hello { token: "t".into(), resume: None });
+        let hello: ClientFrame =
+            serde_json::from_str(r#"{"type":"hello","token":"t","resume":{"epoch":"e","after":3}}"#).unwrap();
+        assert_eq!(
+            hello,
+            ClientFrame::Hello { token: "t".into(), resume: Some(Resume { epoch: "e".into(), after: 3 }) }
+        );
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"hello","token":"t","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe"}"#).is_err());
+    }
+
+    #[test]
+    fn close_codes_round_trip_and_kinds_parse() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_close_code(code.close_code()), Some(code));
+        }
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));
+        }
+        assert_eq!(EventKind::parse("agent_exploded"), None);
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("user", "alice").is_ok());
+        assert!(validate_id("user", "").is_err());
+        assert!(validate_id("user", "a b").is_err());
+        assert!(validate_id("user", &"a".repeat(129)).is_err());
+        assert!(validate_id("user", &"a".repeat(128)).is_ok());
+    }
+}

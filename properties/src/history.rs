@@ -1,0 +1,200 @@
+//! The history language: everything a simulation run observed, in order, stamped with
+//! simulated time.
+//!
+//! The world records; the checkers read. A checker trusts nothing the server says about
+//! routing: every published event carries a unique `event_id` and its intended user in its
+//! payload, and the [`Observation::PublishCalled`] entry is the ground truth of who it was for.
+
+use crate::scenario::Step;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The whole observed run. Serialized canonically (field order fixed by the types, no maps
+/// with random order), so [`History::digest`] is stable across runs, processes and builds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct History {
+    pub seed: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// One observation at one simulated instant.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Simulated ms since the world started.
+    pub at_ms: u64,
+    pub what: Observation,
+}
+
+/// Outcome of a publish call.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum PublishOutcome {
+    Published {
+        seq: u64,
+        epoch: String,
+        /// The idempotency key was seen before; no new event was created.
+        duplicate: bool,
+    },
+    /// A typed error: `code` is the `PublishError` code, or for HTTP the error body's code
+    /// (`timeout` and `connect_failed` when no answer came).
+    Failed { code: String, message: String },
+}
+
+/// An item the client library handed to the application.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "item")]
+pub enum DeliveredItem {
+    Event {
+        epoch: String,
+        seq: u64,
+        run: String,
+        kind: String,
+        /// From the payload; `None` when the payload carried no id (never for sim publishes).
+        event_id: Option<String>,
+    },
+    Gap {
+        epoch: String,
+        from: u64,
+        to: Option<u64>,
+        reason: String,
+    },
+}
+
+/// A frame as a client saw it on the wire, summarized for checking.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "frame")]
+pub enum FrameSeen {
+    Welcome { user: String, connection: String, epoch: String, head: u64, recovered: bool },
+    Event { seq: u64, run: String, kind: String, event_id: Option<String>, payload_user: Option<String> },
+    Gap { epoch: String, from: u64, to: Option<u64>, reason: String },
+    Pong { id: u64 },
+    Error { code: String, message: String },
+    /// A frame the client could not parse (text kept, truncated to 200 bytes).
+    Unparsed { text: String },
+}
+
+/// Who ended a connection.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedBy {
+    /// The server sent a close frame (its code is in `code`).
+    Server,
+    /// The client closed on purpose (a `Close` step).
+    Client,
+    /// The socket failed, or the client's heartbeat timeout declared it dead.
+    Network,
+    /// The driver killed it (a `Kill` step).
+    Killed,
+}
+
+/// Everything the world records.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Observation {
+    /// The driver applied step `index` of the scenario.
+    StepApplied { index: usize, step: Step },
+    /// The driver skipped step `index` (it named a client that does not exist or is gone).
+    StepSkipped { index: usize, reason: String },
+    /// A publish call began. `event_id` is unique per logical event (retries keep it).
+    PublishCalled {
+        publish: u64,
+        event_id: String,
+        user: String,
+        run: String,
+        kind: String,
+        via: String,
+        idempotency_key: Option<String>,
+        attempt: u32,
+    },
+    /// A publish call returned.
+    PublishReturned { publish: u64, event_id: String, outcome: PublishOutcome },
+    /// A client (normal or hostile) started a connection attempt.
+    Connecting { client: u32, user: String, attempt: u32, resume: Option<ResumeSent>, hostile: bool },
+    /// A frame arrived on a client's connection.
+    FrameReceived { client: u32, user: String, connection: Option<String>, frame: FrameSeen, hostile: bool },
+    /// The client library handed an item to the application.
+    Delivered { client: u32, user: String, item: DeliveredItem },
+    /// A connection ended.
+    Closed { client: u32, user: String, code: Option<u16>, by: ClosedBy, reason: String, hostile: bool },
+    /// The client was closed for good (a `Close` step); it is not expected to catch up.
+    ClientStopped { client: u32 },
+    /// The application paused / resumed reading (slow consumer).
+    Paused { client: u32, duration_ms: u64 },
+    ServerStarted { life: u32 },
+    ServerStopped { life: u32, how: String },
+    /// The network was healed; from here on the world is quiet until `End`.
+    HealStarted,
+    /// A sample of the hub's resource gauges.
+    Gauges(GaugeSample),
+    /// A panic or error in a host, recorded instead of aborting.
+    Failure { host: String, message: String },
+    /// The world stopped.
+    End,
+}
+
+/// The resume a client sent in its hello.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ResumeSent {
+    pub epoch: String,
+    pub after: u64,
+}
+
+/// The hub's gauges at one instant, plus the limits they must stay under.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct GaugeSample {
+    pub users: u64,
+    pub connections: u64,
+    pub retained_events: u64,
+    pub retained_bytes: u64,
+    pub send_queue_depth_max: u64,
+    pub connections_per_user_max: u64,
+}
+
+impl History {
+    /// Appends an observation.
+    pub fn record(&mut self, at_ms: u64, what: Observation) {
+        debug_assert!(self.entries.last().is_none_or(|last| last.at_ms <= at_ms), "history goes forward in time");
+        self.entries.push(Entry { at_ms, what });
+    }
+
+    /// The canonical serialization: compact JSON of the whole history.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("histories always serialize")
+    }
+
+    /// SHA-256 of the canonical serialization, in hex. Equal digests mean byte-identical runs.
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical_bytes()))
+    }
+
+    /// The time of the `HealStarted` entry, if the run got that far.
+    pub fn heal_at_ms(&self) -> Option<u64> {
+        self.entries.iter().find(|e| matches!(e.what, Observation::HealStarted)).map(|e| e.at_ms)
+    }
+
+    /// The time of the `End` entry, if the run got that far.
+    pub fn end_at_ms(&self) -> Option<u64> {
+        self.entries.iter().find(|e| matches!(e.what, Observation::End)).map(|e| e.at_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_stable_and_sensitive() {
+        let mut a = History { seed: 1, entries: vec![] };
+        a.record(0, Observation::ServerStarted { life: 0 });
+        a.record(5, Observation::HealStarted);
+        let b = a.clone();
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.digest().len(), 64);
+        let mut c = a.clone();
+        c.entries[1].at_ms = 6;
+        assert_ne!(a.digest(), c.digest());
+        let text = serde_json::to_string(&a).unwrap();
+        let back: History = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.digest(), a.digest());
+    }
+}
