@@ -24,7 +24,10 @@ impl TokioClock {
     /// Starts the clock now. `unix_ms_at_start` is the wall time this instant corresponds to.
     /// Must be called inside a tokio runtime (or a turmoil host).
     pub fn new(unix_ms_at_start: u64) -> TokioClock {
-        TokioClock { start: tokio::time::Instant::now(), unix_ms_at_start }
+        TokioClock {
+            start: tokio::time::Instant::now(),
+            unix_ms_at_start,
+        }
     }
 
     pub fn shared(unix_ms_at_start: u64) -> Arc<dyn Clock> {

@@ -230,8 +230,14 @@ pub fn encode_event_frame(seq: u64, run: &str, kind: EventKind, data: &serde_jso
         kind: EventKind,
         data: &'a serde_json::value::RawValue,
     }
-    serde_json::to_string(&EventFrameRef { frame_type: "event", seq, run, kind, data })
-        .expect("event frames always serialize")
+    serde_json::to_string(&EventFrameRef {
+        frame_type: "event",
+        seq,
+        run,
+        kind,
+        data,
+    })
+    .expect("event frames always serialize")
 }
 
 /// Why an id (user, run, idempotency key) was refused.
@@ -256,10 +262,16 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), InvalidId> {
         return Err(InvalidId { what, reason: "empty" });
     }
     if id.len() > ID_BYTES_MAX {
-        return Err(InvalidId { what, reason: "longer than 128 bytes" });
+        return Err(InvalidId {
+            what,
+            reason: "longer than 128 bytes",
+        });
     }
     if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b)) {
-        return Err(InvalidId { what, reason: "only ASCII letters, digits and -_.:@ are allowed" });
+        return Err(InvalidId {
+            what,
+            reason: "only ASCII letters, digits and -_.:@ are allowed",
+        });
     }
     Ok(())
 }
@@ -291,12 +303,24 @@ mod tests {
     #[test]
     fn hello_parses_with_and_without_resume_and_rejects_unknown_fields() {
         let hello: ClientFrame = serde_json::from_str(r#"{"type":"hello","token":"t"}"#).unwrap();
-        assert_eq!(hello, ClientFrame::Hello { token: "t".into(), resume: None });
+        assert_eq!(
+            hello,
+            ClientFrame::Hello {
+                token: "t".into(),
+                resume: None
+            }
+        );
         let hello: ClientFrame =
             serde_json::from_str(r#"{"type":"hello","token":"t","resume":{"epoch":"e","after":3}}"#).unwrap();
         assert_eq!(
             hello,
-            ClientFrame::Hello { token: "t".into(), resume: Some(Resume { epoch: "e".into(), after: 3 }) }
+            ClientFrame::Hello {
+                token: "t".into(),
+                resume: Some(Resume {
+                    epoch: "e".into(),
+                    after: 3
+                })
+            }
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"hello","token":"t","x":1}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe"}"#).is_err());

@@ -64,13 +64,37 @@ pub enum DeliveredItem {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "frame")]
 pub enum FrameSeen {
-    Welcome { user: String, connection: String, epoch: String, head: u64, recovered: bool },
-    Event { seq: u64, run: String, kind: String, event_id: Option<String>, payload_user: Option<String> },
-    Gap { epoch: String, from: u64, to: Option<u64>, reason: String },
-    Pong { id: u64 },
-    Error { code: String, message: String },
+    Welcome {
+        user: String,
+        connection: String,
+        epoch: String,
+        head: u64,
+        recovered: bool,
+    },
+    Event {
+        seq: u64,
+        run: String,
+        kind: String,
+        event_id: Option<String>,
+        payload_user: Option<String>,
+    },
+    Gap {
+        epoch: String,
+        from: u64,
+        to: Option<u64>,
+        reason: String,
+    },
+    Pong {
+        id: u64,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
     /// A frame the client could not parse (text kept, truncated to 200 bytes).
-    Unparsed { text: String },
+    Unparsed {
+        text: String,
+    },
 }
 
 /// Who ended a connection.
@@ -92,9 +116,15 @@ pub enum ClosedBy {
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Observation {
     /// The driver applied step `index` of the scenario.
-    StepApplied { index: usize, step: Step },
+    StepApplied {
+        index: usize,
+        step: Step,
+    },
     /// The driver skipped step `index` (it named a client that does not exist or is gone).
-    StepSkipped { index: usize, reason: String },
+    StepSkipped {
+        index: usize,
+        reason: String,
+    },
     /// A publish call began. `event_id` is unique per logical event (retries keep it).
     PublishCalled {
         publish: u64,
@@ -107,27 +137,67 @@ pub enum Observation {
         attempt: u32,
     },
     /// A publish call returned.
-    PublishReturned { publish: u64, event_id: String, outcome: PublishOutcome },
+    PublishReturned {
+        publish: u64,
+        event_id: String,
+        outcome: PublishOutcome,
+    },
     /// A client (normal or hostile) started a connection attempt.
-    Connecting { client: u32, user: String, attempt: u32, resume: Option<ResumeSent>, hostile: bool },
+    Connecting {
+        client: u32,
+        user: String,
+        attempt: u32,
+        resume: Option<ResumeSent>,
+        hostile: bool,
+    },
     /// A frame arrived on a client's connection.
-    FrameReceived { client: u32, user: String, connection: Option<String>, frame: FrameSeen, hostile: bool },
+    FrameReceived {
+        client: u32,
+        user: String,
+        connection: Option<String>,
+        frame: FrameSeen,
+        hostile: bool,
+    },
     /// The client library handed an item to the application.
-    Delivered { client: u32, user: String, item: DeliveredItem },
+    Delivered {
+        client: u32,
+        user: String,
+        item: DeliveredItem,
+    },
     /// A connection ended.
-    Closed { client: u32, user: String, code: Option<u16>, by: ClosedBy, reason: String, hostile: bool },
+    Closed {
+        client: u32,
+        user: String,
+        code: Option<u16>,
+        by: ClosedBy,
+        reason: String,
+        hostile: bool,
+    },
     /// The client was closed for good (a `Close` step); it is not expected to catch up.
-    ClientStopped { client: u32 },
+    ClientStopped {
+        client: u32,
+    },
     /// The application paused / resumed reading (slow consumer).
-    Paused { client: u32, duration_ms: u64 },
-    ServerStarted { life: u32 },
-    ServerStopped { life: u32, how: String },
+    Paused {
+        client: u32,
+        duration_ms: u64,
+    },
+    ServerStarted {
+        life: u32,
+    },
+    ServerStopped {
+        life: u32,
+        how: String,
+    },
     /// The network was healed; from here on the world is quiet until `End`.
     HealStarted,
     /// A sample of the hub's resource gauges.
     Gauges(GaugeSample),
     /// A panic or error in a host, recorded instead of aborting.
-    Failure { host: String, message: String },
+    Failure {
+        host: String,
+        message: String,
+    },
     /// The world stopped.
     End,
 }
@@ -153,7 +223,10 @@ pub struct GaugeSample {
 impl History {
     /// Appends an observation.
     pub fn record(&mut self, at_ms: u64, what: Observation) {
-        debug_assert!(self.entries.last().is_none_or(|last| last.at_ms <= at_ms), "history goes forward in time");
+        debug_assert!(
+            self.entries.last().is_none_or(|last| last.at_ms <= at_ms),
+            "history goes forward in time"
+        );
         self.entries.push(Entry { at_ms, what });
     }
 
@@ -169,12 +242,18 @@ impl History {
 
     /// The time of the `HealStarted` entry, if the run got that far.
     pub fn heal_at_ms(&self) -> Option<u64> {
-        self.entries.iter().find(|e| matches!(e.what, Observation::HealStarted)).map(|e| e.at_ms)
+        self.entries
+            .iter()
+            .find(|e| matches!(e.what, Observation::HealStarted))
+            .map(|e| e.at_ms)
     }
 
     /// The time of the `End` entry, if the run got that far.
     pub fn end_at_ms(&self) -> Option<u64> {
-        self.entries.iter().find(|e| matches!(e.what, Observation::End)).map(|e| e.at_ms)
+        self.entries
+            .iter()
+            .find(|e| matches!(e.what, Observation::End))
+            .map(|e| e.at_ms)
     }
 }
 
@@ -184,7 +263,10 @@ mod tests {
 
     #[test]
     fn digest_is_stable_and_sensitive() {
-        let mut a = History { seed: 1, entries: vec![] };
+        let mut a = History {
+            seed: 1,
+            entries: vec![],
+        };
         a.record(0, Observation::ServerStarted { life: 0 });
         a.record(5, Observation::HealStarted);
         let b = a.clone();

@@ -224,11 +224,18 @@ pub enum Step {
         token_ttl_ms: Option<u64>,
     },
     /// Closes the client cleanly (close frame); it does not reconnect.
-    Close { client: u32 },
+    Close {
+        client: u32,
+    },
     /// Drops the client's TCP stream with no close frame; the client library reconnects.
-    Kill { client: u32 },
+    Kill {
+        client: u32,
+    },
     /// The application stops reading the client's items for `duration_ms` (slow consumer).
-    Pause { client: u32, duration_ms: u64 },
+    Pause {
+        client: u32,
+        duration_ms: u64,
+    },
     /// Publishes one event whose payload is padded to about `payload_bytes`.
     Publish {
         user: u32,
@@ -248,18 +255,34 @@ pub enum Step {
         via: Via,
     },
     /// Cuts every link between a client host and the server (messages are dropped for good).
-    Partition { host: u32 },
+    Partition {
+        host: u32,
+    },
     /// Cuts one direction only.
-    PartitionOneWay { host: u32, direction: Direction },
+    PartitionOneWay {
+        host: u32,
+        direction: Direction,
+    },
     /// Restores the links of a host.
-    Repair { host: u32 },
+    Repair {
+        host: u32,
+    },
     /// Holds messages between a host and the server (delayed, not lost) until `Release`.
-    Hold { host: u32 },
-    Release { host: u32 },
+    Hold {
+        host: u32,
+    },
+    Release {
+        host: u32,
+    },
     /// Sets the latency range of every link.
-    SetLatency { min_ms: u64, max_ms: u64 },
+    SetLatency {
+        min_ms: u64,
+        max_ms: u64,
+    },
     /// turmoil's message loss rate on every link, in parts per thousand (0 heals).
-    SetLossRate { per_mille: u32 },
+    SetLossRate {
+        per_mille: u32,
+    },
     /// Restarts the server host (turmoil `bounce`): all state, and every epoch, is lost.
     RestartServer,
     /// Crashes the server host; it stays down until `StartServer`.
@@ -342,7 +365,15 @@ mod tests {
         let scenario = Scenario {
             config: ScenarioConfig::default(),
             steps: vec![
-                TimedStep { at_ms: 0, step: Step::Connect { client: 0, user: 1, host: 0, token_ttl_ms: None } },
+                TimedStep {
+                    at_ms: 0,
+                    step: Step::Connect {
+                        client: 0,
+                        user: 1,
+                        host: 0,
+                        token_ttl_ms: None,
+                    },
+                },
                 TimedStep {
                     at_ms: 10,
                     step: Step::Publish {
@@ -350,11 +381,23 @@ mod tests {
                         run: 0,
                         kind: Kind::ToolExecuting,
                         payload_bytes: 64,
-                        via: Via::Http { idempotency_key: true, retries: 2 },
+                        via: Via::Http {
+                            idempotency_key: true,
+                            retries: 2,
+                        },
                     },
                 },
-                TimedStep { at_ms: 20, step: Step::Hostile { host: 1, attack: Attack::ResumeAsOther { user: 0, victim: 1 } } },
-                TimedStep { at_ms: 30, step: Step::RestartServer },
+                TimedStep {
+                    at_ms: 20,
+                    step: Step::Hostile {
+                        host: 1,
+                        attack: Attack::ResumeAsOther { user: 0, victim: 1 },
+                    },
+                },
+                TimedStep {
+                    at_ms: 30,
+                    step: Step::RestartServer,
+                },
             ],
         };
         let text = serde_json::to_string_pretty(&scenario).unwrap();

@@ -139,7 +139,11 @@ pub enum Transmit {
     Control(Arc<str>),
     /// An event frame, shared with every connection of the user; `published_at_ms` feeds the
     /// delivery-latency histogram.
-    Event { seq: u64, frame: Arc<str>, published_at_ms: u64 },
+    Event {
+        seq: u64,
+        frame: Arc<str>,
+        published_at_ms: u64,
+    },
     /// Close the WebSocket with this code; nothing follows. The adapter then calls
     /// [`Hub::disconnect`].
     Close(ErrorCode),
@@ -245,7 +249,11 @@ impl Hub {
             if let Some(stream) = self.users.get(user) {
                 if let Some(seq) = stream.seq_for_key(key) {
                     self.counters.idempotent_replays += 1;
-                    return Ok(Published { seq, epoch: stream.epoch.clone(), duplicate: true });
+                    return Ok(Published {
+                        seq,
+                        epoch: stream.epoch.clone(),
+                        duplicate: true,
+                    });
                 }
             }
         }
@@ -254,7 +262,10 @@ impl Hub {
         let frame = crate::protocol::encode_event_frame(next_seq, request.run, request.kind, request.data);
         let bytes = frame.len() as u64;
         if bytes > self.config.event_bytes_max {
-            return Err(PublishError::TooLarge { bytes, max: self.config.event_bytes_max });
+            return Err(PublishError::TooLarge {
+                bytes,
+                max: self.config.event_bytes_max,
+            });
         }
         let user_key = self.stream_for(user).map_err(|max| PublishError::UsersFull { max })?;
         self.publish_order += 1;
@@ -276,7 +287,10 @@ impl Hub {
             self.evict_front(&user_key);
         }
         while self.retained_bytes > self.config.retention_bytes_max {
-            let (_, oldest_user) = self.oldest.first_key_value().expect("bytes retained implies an oldest event");
+            let (_, oldest_user) = self
+                .oldest
+                .first_key_value()
+                .expect("bytes retained implies an oldest event");
             let oldest_user = oldest_user.clone();
             self.evict_front(&oldest_user);
         }
@@ -285,7 +299,10 @@ impl Hub {
         let send_queue_max = self.config.send_queue_max;
         let connection_ids = self.users[&user_key].connections.clone();
         for id in connection_ids {
-            let connection = self.connections.get_mut(&id).expect("stream lists only live connections");
+            let connection = self
+                .connections
+                .get_mut(&id)
+                .expect("stream lists only live connections");
             if connection.live_lag(seq) > send_queue_max && connection.closing.is_none() {
                 self.counters.slow_consumer_closes += 1;
                 let message = format!("send queue exceeded send_queue_max {send_queue_max} events; resume to recover");
@@ -294,7 +311,11 @@ impl Hub {
             self.wakes.push(id);
         }
         self.debug_check_retention();
-        Ok(Published { seq, epoch, duplicate: false })
+        Ok(Published {
+            seq,
+            epoch,
+            duplicate: false,
+        })
     }
 
     /// Registers a connection for `user` (already authenticated by the adapter) and queues its
@@ -302,15 +323,24 @@ impl Hub {
     pub fn connect(&mut self, now_ms: u64, user: &str, resume: Option<&Resume>) -> Result<ConnectionId, Rejected> {
         self.advance(now_ms);
         if self.shutting_down {
-            return Err(Rejected { code: ErrorCode::ShuttingDown, message: "the server is shutting down".into() });
+            return Err(Rejected {
+                code: ErrorCode::ShuttingDown,
+                message: "the server is shutting down".into(),
+            });
         }
         if let Err(e) = validate_id("user", user) {
-            return Err(Rejected { code: ErrorCode::AuthFailed, message: format!("token subject: {e}") });
+            return Err(Rejected {
+                code: ErrorCode::AuthFailed,
+                message: format!("token subject: {e}"),
+            });
         }
         if self.connections.len() as u64 >= self.config.connections_max {
             return Err(Rejected {
                 code: ErrorCode::TooManyConnections,
-                message: format!("the server holds connections_max {} connections", self.config.connections_max),
+                message: format!(
+                    "the server holds connections_max {} connections",
+                    self.config.connections_max
+                ),
             });
         }
         if let Some(stream) = self.users.get(user) {
@@ -373,15 +403,30 @@ impl Hub {
             self.counters.gaps += 1;
         }
         let live_from = stream.head;
-        self.connections.insert(id, Connection { user: user_key, cursor, live_from, control, closing: None, closed: false });
+        self.connections.insert(
+            id,
+            Connection {
+                user: user_key,
+                cursor,
+                live_from,
+                control,
+                closing: None,
+                closed: false,
+            },
+        );
         self.wakes.push(id);
         Ok(id)
     }
 
     /// Forgets a connection (socket closed, errored or timed out). Idempotent.
     pub fn disconnect(&mut self, id: ConnectionId) {
-        let Some(connection) = self.connections.remove(&id) else { return };
-        let stream = self.users.get_mut(&connection.user).expect("a connection's user has a stream");
+        let Some(connection) = self.connections.remove(&id) else {
+            return;
+        };
+        let stream = self
+            .users
+            .get_mut(&connection.user)
+            .expect("a connection's user has a stream");
         stream.connections.retain(|c| *c != id);
         self.drop_stream_if_idle(&connection.user);
     }
@@ -390,13 +435,19 @@ impl Hub {
     /// overflows `control_queue_max` and is closed as a slow consumer.
     pub fn ping(&mut self, id: ConnectionId, ping_id: u64) {
         let control_queue_max = self.config.control_queue_max as usize;
-        let Some(connection) = self.connections.get_mut(&id) else { return };
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
         if connection.closing.is_some() {
             return;
         }
         if connection.control.len() + 1 >= control_queue_max {
             self.counters.slow_consumer_closes += 1;
-            Self::start_close(connection, ErrorCode::SlowConsumer, "control_queue_max exceeded: read your pongs");
+            Self::start_close(
+                connection,
+                ErrorCode::SlowConsumer,
+                "control_queue_max exceeded: read your pongs",
+            );
         } else {
             connection.control.push_back(encode(&ServerFrame::Pong { id: ping_id }));
         }
@@ -406,7 +457,9 @@ impl Hub {
     /// Closes one connection with an error (token expiry, bad frame, idle timeout...). The
     /// error frame and the close are delivered through `poll_transmit`.
     pub fn close(&mut self, id: ConnectionId, code: ErrorCode, message: &str) {
-        let Some(connection) = self.connections.get_mut(&id) else { return };
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
         if connection.closing.is_none() {
             Self::start_close(connection, code, message);
         }
@@ -447,7 +500,10 @@ impl Hub {
             connection.closed = true;
             return Some(Transmit::Close(code));
         }
-        let stream = self.users.get(&connection.user).expect("a connection's user has a stream");
+        let stream = self
+            .users
+            .get(&connection.user)
+            .expect("a connection's user has a stream");
         if connection.cursor > stream.head {
             return None;
         }
@@ -516,7 +572,11 @@ impl Hub {
     }
 
     fn advance(&mut self, now_ms: u64) {
-        debug_assert!(now_ms >= self.last_now_ms, "time went backwards: {now_ms} < {}", self.last_now_ms);
+        debug_assert!(
+            now_ms >= self.last_now_ms,
+            "time went backwards: {now_ms} < {}",
+            self.last_now_ms
+        );
         self.last_now_ms = self.last_now_ms.max(now_ms);
         let age_max = self.config.retention_age_ms;
         while let Some((_, user)) = self.oldest.first_key_value() {
@@ -567,7 +627,11 @@ impl Hub {
     /// gone with it, so a later resume against it gets an honest `epoch` gap: all its events
     /// had been evicted.
     fn drop_stream_if_idle(&mut self, user: &Arc<str>) {
-        if self.users.get(user).is_some_and(|s| s.is_empty() && s.connections.is_empty()) {
+        if self
+            .users
+            .get(user)
+            .is_some_and(|s| s.is_empty() && s.connections.is_empty())
+        {
             self.users.remove(user);
         }
     }
@@ -585,7 +649,10 @@ impl Hub {
 
     fn start_close(connection: &mut Connection, code: ErrorCode, message: &str) {
         connection.closing = Some(code);
-        connection.control.push_back(encode(&ServerFrame::Error { code, message: message.to_string() }));
+        connection.control.push_back(encode(&ServerFrame::Error {
+            code,
+            message: message.to_string(),
+        }));
     }
 
     fn debug_check_retention(&self) {

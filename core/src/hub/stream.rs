@@ -26,7 +26,14 @@ pub(super) struct UserStream {
 
 impl UserStream {
     pub fn new(epoch: String) -> UserStream {
-        UserStream { epoch, head: 0, events: VecDeque::new(), bytes: 0, connections: Vec::new(), keys: BTreeMap::new() }
+        UserStream {
+            epoch,
+            head: 0,
+            events: VecDeque::new(),
+            bytes: 0,
+            connections: Vec::new(),
+            keys: BTreeMap::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -67,7 +74,12 @@ impl UserStream {
         if let Some(key) = &idempotency_key {
             self.keys.insert(key.clone(), self.head);
         }
-        self.events.push_back(RetainedEvent { order, published_at_ms, frame, idempotency_key });
+        self.events.push_back(RetainedEvent {
+            order,
+            published_at_ms,
+            frame,
+            idempotency_key,
+        });
         debug_assert_eq!(self.first_seq() + self.events.len() as u64 - 1, self.head);
         self.head
     }
