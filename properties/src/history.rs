@@ -135,6 +135,8 @@ pub enum Observation {
         via: String,
         idempotency_key: Option<String>,
         attempt: u32,
+        /// Size of the JSON payload; the encoded frame is about 100 bytes more.
+        payload_bytes: u64,
     },
     /// A publish call returned.
     PublishReturned {
