@@ -1,1 +1,503 @@
+//! Unit and property tests of the hub alone: no sockets, no clocks, no tasks.
 
+use super::*;
+use crate::protocol::ServerFrame;
+use proptest::prelude::*;
+use serde_json::value::RawValue;
+
+fn config() -> HubConfig {
+    HubConfig {
+        retention_events_max: 5,
+        retention_age_ms: 10_000,
+        retention_bytes_max: 1_000_000,
+        connections_per_user_max: 3,
+        connections_max: 100,
+        users_max: 100,
+        send_queue_max: 4,
+        control_queue_max: 8,
+        event_bytes_max: 10_000,
+    }
+}
+
+fn hub(config: HubConfig) -> Hub {
+    Hub::new(config, SeededRng::new(7)).unwrap()
+}
+
+fn data(text: &str) -> Box<RawValue> {
+    RawValue::from_string(format!("{{\"id\":\"{text}\"}}")).unwrap()
+}
+
+fn publish(hub: &mut Hub, now: u64, user: &str, id: &str) -> Published {
+    let data = data(id);
+    hub.publish(
+        now,
+        user,
+        PublishRequest {
+            run: "r",
+            kind: EventKind::AgentThinking,
+            data: &data,
+            idempotency_key: None,
+        },
+    )
+    .unwrap()
+}
+
+/// Drains a connection and decodes what it would write.
+fn drain(hub: &mut Hub, id: ConnectionId) -> Vec<ServerFrame> {
+    let mut frames = Vec::new();
+    while let Some(transmit) = hub.poll_transmit(id) {
+        match transmit {
+            Transmit::Control(text) => frames.push(serde_json::from_str(&text).unwrap()),
+            Transmit::Event { seq, frame, .. } => {
+                let decoded: ServerFrame = serde_json::from_str(&frame).unwrap();
+                assert!(matches!(decoded, ServerFrame::Event { seq: s, .. } if s == seq));
+                frames.push(decoded);
+            }
+            Transmit::Close(code) => frames.push(ServerFrame::Error {
+                code,
+                message: "<close>".into(),
+            }),
+        }
+    }
+    frames
+}
+
+fn event_seqs(frames: &[ServerFrame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            if let ServerFrame::Event { seq, .. } = f {
+                Some(*seq)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn welcome(frames: &[ServerFrame]) -> (String, u64, bool) {
+    match &frames[0] {
+        ServerFrame::Welcome {
+            epoch, head, recovered, ..
+        } => (epoch.clone(), *head, *recovered),
+        other => panic!("first frame must be a welcome, got {other:?}"),
+    }
+}
+
+#[test]
+fn fresh_connection_starts_live_at_head() {
+    let mut hub = hub(config());
+    publish(&mut hub, 0, "alice", "a1");
+    let c = hub.connect(1, "alice", None).unwrap();
+    let frames = drain(&mut hub, c);
+    assert_eq!(welcome(&frames), (hub.stream_position("alice").unwrap().0, 1, false));
+    assert!(event_seqs(&frames).is_empty(), "no replay without resume");
+    publish(&mut hub, 2, "alice", "a2");
+    assert_eq!(event_seqs(&drain(&mut hub, c)), vec![2]);
+}
+
+#[test]
+fn resume_replays_exactly_after_and_then_goes_live() {
+    let mut hub = hub(config());
+    let epoch = publish(&mut hub, 0, "alice", "a1").epoch;
+    for i in 2..=4 {
+        publish(&mut hub, i, "alice", &format!("a{i}"));
+    }
+    let c = hub
+        .connect(
+            5,
+            "alice",
+            Some(&Resume {
+                epoch: epoch.clone(),
+                after: 2,
+            }),
+        )
+        .unwrap();
+    publish(&mut hub, 6, "alice", "a5");
+    let frames = drain(&mut hub, c);
+    assert_eq!(welcome(&frames), (epoch, 4, true));
+    assert_eq!(
+        event_seqs(&frames),
+        vec![3, 4, 5],
+        "replay then live, no gap, no duplicate"
+    );
+}
+
+#[test]
+fn resume_behind_retention_gets_an_honest_gap() {
+    let mut hub = hub(config());
+    let epoch = publish(&mut hub, 0, "alice", "a1").epoch;
+    for i in 2..=8 {
+        publish(&mut hub, i, "alice", &format!("a{i}"));
+    }
+    // retention_events_max 5: seqs 4..=8 retained.
+    let c = hub
+        .connect(
+            9,
+            "alice",
+            Some(&Resume {
+                epoch: epoch.clone(),
+                after: 1,
+            }),
+        )
+        .unwrap();
+    let frames = drain(&mut hub, c);
+    assert_eq!(welcome(&frames), (epoch.clone(), 8, false));
+    assert_eq!(
+        frames[1],
+        ServerFrame::Gap {
+            epoch,
+            from: 2,
+            to: Some(3),
+            reason: GapReason::Retention
+        }
+    );
+    assert_eq!(event_seqs(&frames), vec![4, 5, 6, 7, 8]);
+}
+
+#[test]
+fn resume_with_unknown_epoch_gets_an_epoch_gap_then_the_new_stream() {
+    let mut hub = hub(config());
+    publish(&mut hub, 0, "alice", "a1");
+    let c = hub
+        .connect(
+            1,
+            "alice",
+            Some(&Resume {
+                epoch: "old".into(),
+                after: 9,
+            }),
+        )
+        .unwrap();
+    let frames = drain(&mut hub, c);
+    assert!(!welcome(&frames).2);
+    assert_eq!(
+        frames[1],
+        ServerFrame::Gap {
+            epoch: "old".into(),
+            from: 10,
+            to: None,
+            reason: GapReason::Epoch
+        }
+    );
+    assert_eq!(event_seqs(&frames), vec![1]);
+}
+
+#[test]
+fn resume_beyond_head_is_rejected_as_a_bad_frame() {
+    let mut hub = hub(config());
+    let epoch = publish(&mut hub, 0, "alice", "a1").epoch;
+    let rejected = hub.connect(1, "alice", Some(&Resume { epoch, after: 5 })).unwrap_err();
+    assert_eq!(rejected.code, ErrorCode::BadFrame);
+}
+
+#[test]
+fn fan_out_to_every_tab_and_limit_on_tabs() {
+    let mut hub = hub(config());
+    let tabs: Vec<_> = (0..3).map(|i| hub.connect(i, "alice", None).unwrap()).collect();
+    assert_eq!(
+        hub.connect(3, "alice", None).unwrap_err().code,
+        ErrorCode::TooManyConnections
+    );
+    publish(&mut hub, 4, "alice", "a1");
+    publish(&mut hub, 5, "bob", "b1");
+    for tab in tabs {
+        assert_eq!(event_seqs(&drain(&mut hub, tab)), vec![1]);
+    }
+}
+
+#[test]
+fn slow_consumer_is_cut_with_4003_and_recovers_by_resume() {
+    let mut hub = hub(config());
+    let c = hub.connect(0, "alice", None).unwrap();
+    let (epoch, _, _) = welcome(&drain(&mut hub, c));
+    for i in 1..=5 {
+        publish(&mut hub, i, "alice", &format!("a{i}"));
+    }
+    let frames = drain(&mut hub, c);
+    assert!(
+        event_seqs(&frames).is_empty(),
+        "a closing connection sends no more events"
+    );
+    assert!(matches!(
+        frames[0],
+        ServerFrame::Error {
+            code: ErrorCode::SlowConsumer,
+            ..
+        }
+    ));
+    assert_eq!(hub.counters().slow_consumer_closes, 1);
+    hub.disconnect(c);
+    let c = hub.connect(6, "alice", Some(&Resume { epoch, after: 0 })).unwrap();
+    assert_eq!(event_seqs(&drain(&mut hub, c)), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn replay_backlog_is_not_lag() {
+    let mut hub = hub(HubConfig {
+        retention_events_max: 50,
+        ..config()
+    });
+    let epoch = publish(&mut hub, 0, "alice", "a1").epoch;
+    for i in 2..=20 {
+        publish(&mut hub, i, "alice", &format!("a{i}"));
+    }
+    let c = hub.connect(21, "alice", Some(&Resume { epoch, after: 0 })).unwrap();
+    publish(&mut hub, 22, "alice", "a21");
+    let frames = drain(&mut hub, c);
+    assert_eq!(
+        event_seqs(&frames),
+        (1..=21).collect::<Vec<_>>(),
+        "20 replayed + 1 live, no slow-consumer cut"
+    );
+}
+
+#[test]
+fn age_and_bytes_evict_and_idle_streams_are_dropped() {
+    let mut hub = hub(HubConfig {
+        retention_bytes_max: 300,
+        event_bytes_max: 200,
+        ..config()
+    });
+    for i in 0..4 {
+        publish(&mut hub, i, &format!("user{i}"), "x");
+    }
+    let gauges = hub.gauges();
+    assert!(gauges.retained_bytes <= 300, "{gauges:?}");
+    assert!(hub.counters().evicted >= 1);
+    hub.tick(100_000);
+    let gauges = hub.gauges();
+    assert_eq!((gauges.retained_events, gauges.retained_bytes, gauges.users), (0, 0, 0));
+}
+
+#[test]
+fn idempotency_key_returns_the_original_seq() {
+    let mut hub = hub(config());
+    let data = data("a1");
+    let request = PublishRequest {
+        run: "r",
+        kind: EventKind::AgentStarted,
+        data: &data,
+        idempotency_key: Some("k1"),
+    };
+    let first = hub.publish(0, "alice", request).unwrap();
+    let again = hub.publish(1, "alice", request).unwrap();
+    assert_eq!((again.seq, again.duplicate), (first.seq, true));
+    assert_eq!(hub.stream_position("alice").unwrap().1, 1);
+}
+
+#[test]
+fn bad_publishes_are_typed_errors_and_change_nothing() {
+    let mut hub = hub(HubConfig {
+        event_bytes_max: 100,
+        users_max: 1,
+        ..config()
+    });
+    let big = RawValue::from_string(format!("\"{}\"", "x".repeat(200))).unwrap();
+    let small = data("ok");
+    let request = |data| PublishRequest {
+        run: "r",
+        kind: EventKind::AgentError,
+        data,
+        idempotency_key: None,
+    };
+    assert!(matches!(
+        hub.publish(0, "alice", request(&big)),
+        Err(PublishError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        hub.publish(0, "a b", request(&small)),
+        Err(PublishError::InvalidUser(_))
+    ));
+    let bad_run = PublishRequest {
+        run: "",
+        ..request(&small)
+    };
+    assert!(matches!(
+        hub.publish(0, "alice", bad_run),
+        Err(PublishError::InvalidRun(_))
+    ));
+    hub.publish(0, "alice", request(&small)).unwrap();
+    assert!(matches!(
+        hub.publish(0, "bob", request(&small)),
+        Err(PublishError::UsersFull { max: 1 })
+    ));
+    hub.shutdown();
+    assert_eq!(
+        hub.publish(1, "alice", request(&small)),
+        Err(PublishError::ShuttingDown)
+    );
+    assert_eq!(hub.stream_position("alice").unwrap().1, 1);
+}
+
+#[test]
+fn shutdown_closes_every_connection_with_1001() {
+    let mut hub = hub(config());
+    let c = hub.connect(0, "alice", None).unwrap();
+    drain(&mut hub, c);
+    hub.shutdown();
+    let frames = drain(&mut hub, c);
+    assert!(matches!(
+        frames[0],
+        ServerFrame::Error {
+            code: ErrorCode::ShuttingDown,
+            ..
+        }
+    ));
+    assert_eq!(ErrorCode::ShuttingDown.close_code(), 1001);
+    assert_eq!(hub.connect(1, "bob", None).unwrap_err().code, ErrorCode::ShuttingDown);
+}
+
+#[test]
+fn ping_flood_closes_as_slow_consumer() {
+    let mut hub = hub(config());
+    let c = hub.connect(0, "alice", None).unwrap();
+    for id in 0..20 {
+        hub.ping(c, id);
+    }
+    let frames = drain(&mut hub, c);
+    assert!(frames.iter().any(|f| matches!(
+        f,
+        ServerFrame::Error {
+            code: ErrorCode::SlowConsumer,
+            ..
+        }
+    )));
+    assert!(frames.len() <= config().control_queue_max as usize + 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property test: random interleavings against a model of what each connection must see.
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish { user: u8 },
+    Connect { user: u8, resume: bool },
+    Disconnect { slot: u8 },
+    Drain { slot: u8, max: u8 },
+    Advance { ms: u16 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3u8).prop_map(|user| Op::Publish { user }),
+        2 => (0..3u8, any::<bool>()).prop_map(|(user, resume)| Op::Connect { user, resume }),
+        1 => (0..8u8).prop_map(|slot| Op::Disconnect { slot }),
+        3 => (0..8u8, 1..6u8).prop_map(|(slot, max)| Op::Drain { slot, max }),
+        1 => (0..4000u16).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+/// What one simulated client has seen: the model's expectation of each connection.
+struct Seen {
+    id: ConnectionId,
+    user: String,
+    epoch: Option<String>,
+    resume: Option<Resume>,
+    /// Last seq received on this connection (event or gap end).
+    last: u64,
+    closed: bool,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Never another user's event, never twice, never out of order, and a retention gap only
+    /// for data the hub really evicted (checked against the hub's own published ids).
+    #[test]
+    fn hub_never_misroutes_duplicates_reorders_or_lies_about_gaps(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut hub = hub(HubConfig { retention_age_ms: 3_000, ..config() });
+        let users = ["alice", "bob", "carol"];
+        let mut now = 0u64;
+        // Per user: (epoch, seq) -> published at, and the resume position of the user's last client.
+        let mut published: BTreeMap<(String, u64), (String, u64)> = BTreeMap::new();
+        let mut last_position: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        let mut conns: Vec<Seen> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Publish { user } => {
+                    let user = users[user as usize];
+                    let p = publish(&mut hub, now, user, user);
+                    published.insert((p.epoch.clone(), p.seq), (user.to_string(), now));
+                }
+                Op::Connect { user, resume } => {
+                    let user = users[user as usize];
+                    let resume = if resume { last_position.get(user).map(|(e, a)| Resume { epoch: e.clone(), after: *a }) } else { None };
+                    if let Ok(id) = hub.connect(now, user, resume.as_ref()) {
+                        conns.push(Seen { id, user: user.to_string(), epoch: None, resume, last: 0, closed: false });
+                    }
+                }
+                Op::Disconnect { slot } => {
+                    if let Some(seen) = conns.get_mut(slot as usize) {
+                        hub.disconnect(seen.id);
+                        seen.closed = true;
+                    }
+                }
+                Op::Advance { ms } => {
+                    now += ms as u64;
+                    hub.tick(now);
+                }
+                Op::Drain { slot, max } => {
+                    let Some(seen) = conns.get_mut(slot as usize) else { continue };
+                    for _ in 0..max {
+                        let Some(transmit) = hub.poll_transmit(seen.id) else { break };
+                        let frame: ServerFrame = match transmit {
+                            Transmit::Control(text) => serde_json::from_str(&text).unwrap(),
+                            Transmit::Event { frame, .. } => serde_json::from_str(&frame).unwrap(),
+                            Transmit::Close(_) => { hub.disconnect(seen.id); seen.closed = true; break }
+                        };
+                        match frame {
+                            ServerFrame::Welcome { user, epoch, head, .. } => {
+                                prop_assert_eq!(&user, &seen.user);
+                                prop_assert!(seen.epoch.is_none(), "one welcome per connection");
+                                // A resumed connection starts from its resume position; a fresh one at head.
+                                seen.last = match &seen.resume {
+                                    Some(r) if r.epoch == epoch => r.after,
+                                    Some(_) => 0,
+                                    None => head,
+                                };
+                                seen.epoch = Some(epoch);
+                            }
+                            ServerFrame::Gap { epoch, from, to, reason: GapReason::Retention } => {
+                                prop_assert_eq!(Some(&epoch), seen.epoch.as_ref());
+                                let to = to.unwrap();
+                                prop_assert!(from <= to);
+                                // Honest: every seq in the gap is really gone from the hub.
+                                let first_retained = hub.users.get(seen.user.as_str()).map(|s| s.first_seq()).unwrap();
+                                prop_assert!(to < first_retained, "gap {}..={} but {} is retained", from, to, first_retained);
+                                seen.last = to;
+                            }
+                            ServerFrame::Gap { reason: GapReason::Epoch, .. } => { seen.last = 0; }
+                            ServerFrame::Event { seq, data, .. } => {
+                                let epoch = seen.epoch.clone().unwrap();
+                                let (owner, _) = published.get(&(epoch.clone(), seq)).expect("only published events are sent");
+                                prop_assert_eq!(owner, &seen.user, "isolation");
+                                prop_assert_eq!(data["id"].as_str().unwrap(), seen.user.as_str(), "isolation by payload");
+                                prop_assert!(seq > seen.last || seen.last == 0 && seq >= 1, "order/duplicate: {} after {}", seq, seen.last);
+                                seen.last = seq;
+                                last_position.insert(seen.user.clone(), (epoch, seq));
+                            }
+                            ServerFrame::Pong { .. } | ServerFrame::Error { .. } => {}
+                        }
+                    }
+                }
+            }
+            let gauges = hub.gauges();
+            prop_assert!(gauges.send_queue_depth_max <= hub.config().send_queue_max);
+            prop_assert!(gauges.connections_per_user_max <= hub.config().connections_per_user_max);
+            prop_assert!(gauges.retained_bytes <= hub.config().retention_bytes_max);
+        }
+    }
+
+    /// Seqs are contiguous from 1 per user and epoch, whatever the interleaving of users.
+    #[test]
+    fn seqs_are_contiguous_per_user(users in proptest::collection::vec(0..4u8, 1..200)) {
+        let mut hub = hub(HubConfig { retention_events_max: 1_000, ..config() });
+        let mut next: BTreeMap<u8, u64> = BTreeMap::new();
+        for user in users {
+            let p = publish(&mut hub, 0, &format!("user{user}"), "x");
+            let expected = next.entry(user).or_insert(1);
+            prop_assert_eq!(p.seq, *expected);
+            *expected += 1;
+        }
+    }
+}
