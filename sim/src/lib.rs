@@ -1,1 +1,17 @@
+//! Herald's deterministic simulation: the real core inside a turmoil world.
+//!
+//! [`world::run`] executes a scenario and records a history; the campaign modules fuzz, shrink,
+//! save and replay scenarios. Read [`world`] first; [`server_under_test`], [`net`] and [`clock`]
+//! are the seams between the world and the core.
 
+// pub mod cli; (re-enabled once checkers and generators exist)
+pub mod clients;
+pub mod clock;
+pub mod net;
+pub mod publisher;
+pub mod recorder;
+pub mod server_under_test;
+pub mod trace;
+pub mod world;
+
+pub use world::{run, run_with, RunOutput, WorldOptions};

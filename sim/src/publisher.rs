@@ -1,0 +1,268 @@
+//! The publisher host: an agent platform publishing lifecycle events through the in-process
+//! notifier of the current server life ("the bridge") and through the HTTP API, with retries
+//! under an idempotency key. Every call and its outcome are recorded.
+
+use crate::net::{SERVER_HOST, SERVER_PORT};
+use crate::recorder::Recorder;
+use crate::server_under_test::Publish;
+use crate::world::user_name;
+use herald_core::protocol::EventKind;
+use herald_properties::history::{Observation, PublishOutcome};
+use herald_properties::scenario::{Kind, Timeouts, Via};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Largest HTTP response the publisher reads; anything longer is a failure.
+const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// Pause between retries of one publish, multiplied by the attempt number.
+const RETRY_BACKOFF_MS: u64 = 250;
+
+/// One publish step (a single event or a burst), expanded into events by the stepping loop.
+#[derive(Debug)]
+pub struct PublishCommand {
+    /// (publish id, event id, kind) per event, in publish order.
+    pub publishes: Vec<(u64, String, Kind)>,
+    pub user: u32,
+    pub run: u32,
+    pub payload_bytes: u32,
+    pub via: Via,
+}
+
+type CurrentPublisher = Arc<dyn Fn() -> Option<Arc<dyn Publish>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct PublisherContext {
+    pub recorder: Recorder,
+    pub timeouts: Timeouts,
+    pub api_key: String,
+    /// The notifier of the current server life (the last one started, even if it is down).
+    pub current: CurrentPublisher,
+}
+
+/// Runs the publisher host until the world ends. Notifier publishes run inline, in step order;
+/// HTTP publishes run as tasks, as concurrent requests from an agent platform would.
+pub async fn run(ctx: PublisherContext, mut commands: mpsc::Receiver<PublishCommand>) {
+    while let Some(command) = commands.recv().await {
+        match command.via {
+            Via::Notifier => publish_all(&ctx, command).await,
+            Via::Http { .. } => {
+                let ctx = ctx.clone();
+                tokio::task::spawn_local(async move { publish_all(&ctx, command).await });
+            }
+        }
+    }
+}
+
+async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
+    let user = user_name(command.user);
+    let run = format!("run-{}", command.run);
+    for (publish, event_id, kind) in &command.publishes {
+        let data = serde_json::json!({
+            "id": event_id,
+            "user": user,
+            "secret": format!("secret-of-{user}"),
+            "pad": "x".repeat(command.payload_bytes as usize),
+        });
+        let (idempotency_key, retries) = match command.via {
+            Via::Http {
+                idempotency_key: true,
+                retries,
+            } => (Some(event_id.clone()), retries),
+            _ => (None, 0),
+        };
+        for attempt in 0..=u32::from(retries) {
+            ctx.recorder.record(Observation::PublishCalled {
+                publish: *publish,
+                event_id: event_id.clone(),
+                user: user.clone(),
+                run: run.clone(),
+                kind: kind.as_str().to_string(),
+                via: via_name(command.via).to_string(),
+                idempotency_key: idempotency_key.clone(),
+                attempt,
+                payload_bytes: command.payload_bytes as u64,
+            });
+            let outcome = match command.via {
+                Via::Notifier => publish_in_process(ctx, &user, &run, *kind, &data),
+                Via::Http { .. } => publish_http(ctx, &user, &run, *kind, &data, idempotency_key.as_deref()).await,
+            };
+            let retry = matches!(&outcome, PublishOutcome::Failed { code, .. } if is_retryable(code));
+            ctx.recorder.record(Observation::PublishReturned {
+                publish: *publish,
+                event_id: event_id.clone(),
+                outcome,
+            });
+            if !retry || attempt == u32::from(retries) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(RETRY_BACKOFF_MS * u64::from(attempt + 1))).await;
+        }
+    }
+}
+
+fn via_name(via: Via) -> &'static str {
+    match via {
+        Via::Notifier => "notifier",
+        Via::Http {
+            idempotency_key: false, ..
+        } => "http",
+        Via::Http {
+            idempotency_key: true, ..
+        } => "http+key",
+    }
+}
+
+/// Transient failures worth retrying under the same idempotency key.
+fn is_retryable(code: &str) -> bool {
+    matches!(code, "timeout" | "connection_lost" | "connect_failed" | "shutting_down")
+}
+
+pub fn kind_of(kind: Kind) -> EventKind {
+    EventKind::parse(kind.as_str()).expect("scenario kinds mirror protocol kinds")
+}
+
+fn publish_in_process(
+    ctx: &PublisherContext,
+    user: &str,
+    run: &str,
+    kind: Kind,
+    data: &serde_json::Value,
+) -> PublishOutcome {
+    let Some(publisher) = (ctx.current)() else {
+        return PublishOutcome::Failed {
+            code: "unavailable".into(),
+            message: "no server life has started yet: there is no notifier".into(),
+        };
+    };
+    match publisher.publish(user, run, kind_of(kind), data, None) {
+        Ok(published) => PublishOutcome::Published {
+            seq: published.seq,
+            epoch: published.epoch,
+            duplicate: published.duplicate,
+        },
+        Err(error) => PublishOutcome::Failed {
+            code: error.code().to_string(),
+            message: error.to_string(),
+        },
+    }
+}
+
+/// `POST /v1/users/{user}/events` over simulated TCP. Outcomes: the server's answer; or
+/// `connect_failed` (never reached the server: not published), `timeout` / `connection_lost`
+/// (the request may or may not have been applied: an ambiguous outcome).
+async fn publish_http(
+    ctx: &PublisherContext,
+    user: &str,
+    run: &str,
+    kind: Kind,
+    data: &serde_json::Value,
+    idempotency_key: Option<&str>,
+) -> PublishOutcome {
+    let mut body = serde_json::json!({ "run": run, "kind": kind.as_str(), "data": data });
+    if let Some(key) = idempotency_key {
+        body["idempotency_key"] = serde_json::Value::String(key.to_string());
+    }
+    let body = body.to_string();
+    let request = format!(
+        "POST /v1/users/{user}/events HTTP/1.1\r\nHost: {SERVER_HOST}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        ctx.api_key,
+        body.len()
+    );
+    let timeout = Duration::from_millis(ctx.timeouts.publish_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream =
+        match tokio::time::timeout_at(deadline, turmoil::net::TcpStream::connect((SERVER_HOST, SERVER_PORT))).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return failed("connect_failed", format!("connect failed: {error}")),
+            Err(_) => return failed("connect_failed", "connect timed out".into()),
+        };
+    let exchange = async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(response);
+            }
+            response.extend_from_slice(&chunk[..n]);
+            if response.len() > RESPONSE_BYTES_MAX {
+                return Err(std::io::Error::other("response larger than RESPONSE_BYTES_MAX"));
+            }
+            if response_complete(&response) {
+                return Ok(response);
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline, exchange).await {
+        Err(_) => failed(
+            "timeout",
+            format!(
+                "no answer within publish_timeout_ms {}",
+                ctx.timeouts.publish_timeout_ms
+            ),
+        ),
+        Ok(Err(error)) => failed("connection_lost", format!("connection lost: {error}")),
+        Ok(Ok(response)) => parse_response(&response),
+    }
+}
+
+fn failed(code: &str, message: String) -> PublishOutcome {
+    PublishOutcome::Failed {
+        code: code.into(),
+        message,
+    }
+}
+
+/// Whether a full response (headers and a `Content-Length` body) has arrived.
+fn response_complete(response: &[u8]) -> bool {
+    let Some(header_end) = find(response, b"\r\n\r\n") else {
+        return false;
+    };
+    let headers = String::from_utf8_lossy(&response[..header_end]).to_ascii_lowercase();
+    let length = headers.lines().find_map(|line| {
+        line.strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
+    match length {
+        Some(length) => response.len() >= header_end + 4 + length,
+        None => false,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_response(response: &[u8]) -> PublishOutcome {
+    let text = String::from_utf8_lossy(response);
+    let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    match status {
+        200 | 201 => match (json["seq"].as_u64(), json["epoch"].as_str()) {
+            (Some(seq), Some(epoch)) => PublishOutcome::Published {
+                seq,
+                epoch: epoch.to_string(),
+                duplicate: status == 200,
+            },
+            _ => failed("bad_response", format!("status {status} without seq and epoch: {body}")),
+        },
+        _ => {
+            let code = json["error"]["code"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| match status {
+                    401 => "unauthorized".into(),
+                    413 => "too_large".into(),
+                    503 => "shutting_down".into(),
+                    _ => format!("http_{status}"),
+                });
+            let message = json["error"]["message"].as_str().unwrap_or(body).to_string();
+            PublishOutcome::Failed { code, message }
+        }
+    }
+}

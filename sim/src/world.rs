@@ -1,0 +1,667 @@
+//! The world: one turmoil simulation that runs a [`Scenario`] against the real core and records
+//! a [`History`].
+//!
+//! Hosts: `publisher` (publishes through the in-process notifier and the HTTP API), `server`
+//! (one server life per start), and `client0..N` (each carrying many clients — turmoil's cost
+//! per step grows with the square of the host count). The stepping loop below owns the `Sim`: it
+//! applies each step when its time comes (network and server faults directly on the `Sim`,
+//! everything else as commands to the hosts), samples the hub's gauges, then heals the network
+//! and runs a quiet period so that loss and liveness are decidable.
+
+use crate::clients::{self, ClientCommand};
+use crate::clock::{SimClock, SIM_UNIX_EPOCH_MS};
+use crate::net::{TurmoilListener, SERVER_HOST, SERVER_PORT};
+use crate::publisher::{self, PublishCommand};
+use crate::recorder::{PanicSinkGuard, Recorder};
+use crate::server_under_test::{LiveServer, RealServer, ServerLife, ServerUnderTest};
+use herald_core::hub::HubConfig;
+use herald_core::rng::SeededRng;
+use herald_core::server::ServerConfig;
+use herald_properties::history::{GaugeSample, History, Observation};
+use herald_properties::scenario::{Scenario, Step};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// The HS256 secret of every simulated server; hostile clients forge with another one.
+pub const JWT_SECRET: &[u8] = b"herald-sim-jwt-secret";
+/// The API key the publisher host sends.
+pub const API_KEY: &str = "herald-sim-api-key";
+/// Largest frame a simulated server accepts from a client.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024;
+/// Commands queued per host before the stepping loop records a failure (scenarios are finite,
+/// so this is never reached by a sane scenario).
+pub const HOST_COMMANDS_MAX: usize = 4096;
+/// Hard cap on simulated time, whatever the scenario says: a runaway scenario is a failure.
+pub const SIMULATED_MS_MAX: u64 = 15 * 60 * 1000;
+
+/// How one run is set up besides the scenario and seed.
+pub struct WorldOptions {
+    /// The server under test; [`RealServer`] unless a test proves a checker with a broken one.
+    pub server: Rc<dyn ServerUnderTest>,
+    /// Capture `tracing` output of all hosts, tagged with host and simulated time.
+    pub trace: bool,
+}
+
+impl Default for WorldOptions {
+    fn default() -> WorldOptions {
+        WorldOptions {
+            server: Rc::new(RealServer),
+            trace: false,
+        }
+    }
+}
+
+/// What a run produced.
+pub struct RunOutput {
+    pub history: History,
+    /// Captured tracing lines (empty unless `trace`).
+    pub trace: String,
+}
+
+/// Runs `scenario` with `seed` against the real core.
+pub fn run(scenario: &Scenario, seed: u64) -> History {
+    run_with(scenario, seed, WorldOptions::default()).history
+}
+
+/// Runs `scenario` with `seed` and explicit options.
+pub fn run_with(scenario: &Scenario, seed: u64, options: WorldOptions) -> RunOutput {
+    if !options.trace {
+        return RunOutput {
+            history: run_world(scenario, seed, options.server),
+            trace: String::new(),
+        };
+    }
+    let buffer = crate::trace::TraceBuffer::default();
+    let subscriber = crate::trace::subscriber(buffer.clone());
+    let history = tracing::subscriber::with_default(subscriber, || run_world(scenario, seed, options.server));
+    RunOutput {
+        history,
+        trace: buffer.take(),
+    }
+}
+
+/// The server host's view of the world, shared with the stepping loop.
+#[derive(Default)]
+struct ServerSlot {
+    life: u32,
+    live: Option<(
+        Arc<dyn crate::server_under_test::Publish>,
+        Arc<dyn crate::server_under_test::ServerControl>,
+    )>,
+}
+
+fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) -> History {
+    let recorder = Recorder::new(seed);
+    let _panic_sink = PanicSinkGuard::install(&recorder);
+    let config = &scenario.config;
+    let mut seeds = SeededRng::new(seed);
+    let turmoil_seed = seeds.next_u64();
+    let server_seed = seeds.next_u64();
+    let client_seed = seeds.next_u64();
+
+    let tick_ms = config.tick_ms.clamp(1, 100);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(turmoil_seed)
+        .epoch(UNIX_EPOCH + Duration::from_millis(SIM_UNIX_EPOCH_MS))
+        .tick_duration(Duration::from_millis(tick_ms))
+        .simulation_duration(Duration::from_millis(SIMULATED_MS_MAX))
+        .min_message_latency(Duration::from_millis(config.latency_min_ms))
+        .max_message_latency(Duration::from_millis(config.latency_max_ms.max(config.latency_min_ms)))
+        .tcp_capacity(4096)
+        .build();
+
+    // Publisher host.
+    let (publish_tx, publish_rx) = mpsc::channel::<PublishCommand>(HOST_COMMANDS_MAX);
+    let slot = Arc::new(Mutex::new(ServerSlot::default()));
+    let publisher_ctx = publisher::PublisherContext {
+        recorder: recorder.clone(),
+        timeouts: config.timeouts.clone(),
+        api_key: API_KEY.to_string(),
+        current: {
+            let slot = slot.clone();
+            Arc::new(move || {
+                slot.lock()
+                    .unwrap()
+                    .live
+                    .as_ref()
+                    .map(|(publisher, _)| publisher.clone())
+            })
+        },
+    };
+    let publish_rx = Rc::new(RefCell::new(Some(publish_rx)));
+    sim.host("publisher", move || {
+        let ctx = publisher_ctx.clone();
+        let rx = publish_rx.borrow_mut().take();
+        async move {
+            if let Some(rx) = rx {
+                publisher::run(ctx, rx).await;
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+
+    // Server host: one life per start.
+    let server_config = server_config(scenario);
+    {
+        let slot = slot.clone();
+        let recorder = recorder.clone();
+        sim.host(SERVER_HOST, move || {
+            let slot = slot.clone();
+            let recorder = recorder.clone();
+            let server = server.clone();
+            let config = server_config.clone();
+            async move {
+                let life = {
+                    let mut slot = slot.lock().unwrap();
+                    slot.life += 1;
+                    slot.life - 1
+                };
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
+                let mut rng = SeededRng::new(server_seed ^ (u64::from(life) + 1).wrapping_mul(0x9E37_79B9));
+                let life_ctx = ServerLife {
+                    life,
+                    config,
+                    clock: Arc::new(SimClock::starting_now()),
+                    rng: rng.fork(),
+                    listener: TurmoilListener(listener),
+                };
+                let LiveServer {
+                    publisher,
+                    control,
+                    serve,
+                } = match server.start(life_ctx) {
+                    Ok(live) => live,
+                    Err(message) => {
+                        recorder.record(Observation::Failure {
+                            host: SERVER_HOST.into(),
+                            message,
+                        });
+                        return Ok(());
+                    }
+                };
+                slot.lock().unwrap().live = Some((publisher, control));
+                recorder.record(Observation::ServerStarted { life });
+                if let Err(error) = serve.await {
+                    recorder.record(Observation::Failure {
+                        host: SERVER_HOST.into(),
+                        message: format!("serve returned an error: {error}"),
+                    });
+                }
+                Ok(())
+            }
+        });
+    }
+
+    // Client hosts.
+    let hosts = config.client_hosts.max(1);
+    let mut host_tx = Vec::new();
+    for host in 0..hosts {
+        let (tx, rx) = mpsc::channel::<ClientCommand>(HOST_COMMANDS_MAX);
+        host_tx.push(tx);
+        let ctx = clients::HostContext {
+            recorder: recorder.clone(),
+            config: config.clone(),
+            seed: client_seed ^ u64::from(host).wrapping_mul(0xA24B_AED4_963E_E407),
+        };
+        let rx = Rc::new(RefCell::new(Some(rx)));
+        sim.host(client_host_name(host).as_str(), move || {
+            let ctx = ctx.clone();
+            let rx = rx.borrow_mut().take();
+            async move {
+                if let Some(rx) = rx {
+                    clients::run_host(ctx, rx).await;
+                }
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+
+    let mut driver = Driver {
+        scenario,
+        recorder: recorder.clone(),
+        slot,
+        publish_tx,
+        host_tx,
+        clients: BTreeMap::new(),
+        next_event: 0,
+        next_publish: 0,
+        server_running: true,
+    };
+    driver.run(&mut sim, tick_ms);
+    recorder.into_history()
+}
+
+/// The stepping loop's state.
+struct Driver<'s> {
+    scenario: &'s Scenario,
+    recorder: Recorder,
+    slot: Arc<Mutex<ServerSlot>>,
+    publish_tx: mpsc::Sender<PublishCommand>,
+    host_tx: Vec<mpsc::Sender<ClientCommand>>,
+    /// Normal clients opened so far: client id → (host, stopped).
+    clients: BTreeMap<u32, (u32, bool)>,
+    next_event: u64,
+    next_publish: u64,
+    /// Whether the server host should be running (not crashed or shut down).
+    server_running: bool,
+}
+
+impl Driver<'_> {
+    fn run(&mut self, sim: &mut turmoil::Sim<'_>, tick_ms: u64) {
+        let config = &self.scenario.config;
+        let steps = self.scenario.sorted_steps();
+        let last_step_ms = self.scenario.last_step_ms();
+        let heal_at_ms = last_step_ms + tick_ms;
+        let end_at_ms = heal_at_ms + config.quiet_period_ms;
+        let gauge_interval_ms = config.gauge_interval_ms.max(tick_ms);
+        let mut next_step = 0;
+        let mut next_gauge_ms = 0;
+        let mut healed = false;
+        loop {
+            let now_ms = sim.elapsed().as_millis() as u64;
+            while next_step < steps.len() && steps[next_step].1.at_ms <= now_ms {
+                let (index, step) = steps[next_step];
+                self.apply(sim, now_ms, index, &step.step);
+                next_step += 1;
+            }
+            if !healed && next_step == steps.len() && now_ms >= heal_at_ms {
+                self.heal(sim, now_ms);
+                healed = true;
+            }
+            if now_ms >= next_gauge_ms {
+                self.sample_gauges(sim, now_ms);
+                next_gauge_ms = now_ms + gauge_interval_ms;
+            }
+            if healed && now_ms >= end_at_ms {
+                break;
+            }
+            if now_ms >= SIMULATED_MS_MAX - tick_ms {
+                self.recorder.record_at(
+                    now_ms,
+                    Observation::Failure {
+                        host: "world".into(),
+                        message: "simulated time limit reached".into(),
+                    },
+                );
+                break;
+            }
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step()));
+            match stepped {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    self.recorder.record_at(
+                        now_ms,
+                        Observation::Failure {
+                            host: "world".into(),
+                            message: format!("host failed: {error}"),
+                        },
+                    );
+                    break;
+                }
+                Err(_) => {
+                    // The panic hook has recorded the message.
+                    break;
+                }
+            }
+        }
+        let now_ms = sim.elapsed().as_millis() as u64;
+        self.sample_gauges(sim, now_ms);
+        self.recorder.record_at(now_ms, Observation::End);
+    }
+
+    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64, index: usize, step: &Step) {
+        let config = &self.scenario.config;
+        if let Err(reason) = self.validate(step) {
+            self.recorder
+                .record_at(now_ms, Observation::StepSkipped { index, reason });
+            return;
+        }
+        self.recorder.record_at(
+            now_ms,
+            Observation::StepApplied {
+                index,
+                step: step.clone(),
+            },
+        );
+        match step {
+            Step::Connect {
+                client,
+                user,
+                host,
+                token_ttl_ms,
+            } => {
+                self.clients.insert(*client, (*host, false));
+                self.send_client(
+                    *host,
+                    ClientCommand::Connect {
+                        client: *client,
+                        user: *user,
+                        token_ttl_ms: token_ttl_ms.unwrap_or(config.token_ttl_ms),
+                    },
+                );
+            }
+            Step::Close { client } => {
+                let host = self.clients[client].0;
+                self.clients.insert(*client, (host, true));
+                self.send_client(host, ClientCommand::Close { client: *client });
+            }
+            Step::Kill { client } => {
+                let host = self.clients[client].0;
+                self.send_client(host, ClientCommand::Kill { client: *client });
+            }
+            Step::Pause { client, duration_ms } => {
+                let host = self.clients[client].0;
+                self.send_client(
+                    host,
+                    ClientCommand::Pause {
+                        client: *client,
+                        duration_ms: *duration_ms,
+                    },
+                );
+            }
+            Step::Publish {
+                user,
+                run,
+                kind,
+                payload_bytes,
+                via,
+            } => {
+                let event = self.next_event_id();
+                let publish = self.next_publish_id();
+                self.send_publish(PublishCommand {
+                    publishes: vec![(publish, event, *kind)],
+                    user: *user,
+                    run: *run,
+                    payload_bytes: *payload_bytes,
+                    via: *via,
+                });
+            }
+            Step::Burst {
+                user,
+                run,
+                count,
+                payload_bytes,
+                via,
+            } => {
+                let kinds = herald_properties::scenario::Kind::ALL;
+                let publishes = (0..*count)
+                    .map(|i| {
+                        (
+                            self.next_publish_id(),
+                            self.next_event_id(),
+                            kinds[i as usize % kinds.len()],
+                        )
+                    })
+                    .collect();
+                self.send_publish(PublishCommand {
+                    publishes,
+                    user: *user,
+                    run: *run,
+                    payload_bytes: *payload_bytes,
+                    via: *via,
+                });
+            }
+            Step::Partition { host } => sim.partition(client_host_name(*host).as_str(), SERVER_HOST),
+            Step::PartitionOneWay { host, direction } => {
+                let client = client_host_name(*host);
+                match direction {
+                    herald_properties::scenario::Direction::ToServer => {
+                        sim.partition_oneway(client.as_str(), SERVER_HOST)
+                    }
+                    herald_properties::scenario::Direction::FromServer => {
+                        sim.partition_oneway(SERVER_HOST, client.as_str())
+                    }
+                }
+            }
+            Step::Repair { host } => sim.repair(client_host_name(*host).as_str(), SERVER_HOST),
+            Step::Hold { host } => sim.hold(client_host_name(*host).as_str(), SERVER_HOST),
+            Step::Release { host } => sim.release(client_host_name(*host).as_str(), SERVER_HOST),
+            Step::SetLatency { min_ms, max_ms } => {
+                sim.set_max_message_latency(Duration::from_millis((*max_ms).max(*min_ms)));
+            }
+            Step::SetLossRate { per_mille } => {
+                let rate = f64::from((*per_mille).min(1000)) / 1000.0;
+                for host in 0..config.client_hosts.max(1) {
+                    sim.set_link_fail_rate(client_host_name(host).as_str(), SERVER_HOST, rate);
+                }
+            }
+            Step::RestartServer => {
+                self.record_server_stop(now_ms, "restart");
+                sim.bounce(SERVER_HOST);
+                self.server_running = true;
+            }
+            Step::CrashServer => {
+                self.record_server_stop(now_ms, "crash");
+                sim.crash(SERVER_HOST);
+                self.server_running = false;
+            }
+            Step::StartServer => {
+                if !self.server_running {
+                    sim.bounce(SERVER_HOST);
+                    self.server_running = true;
+                }
+            }
+            Step::ShutdownServer => {
+                self.record_server_stop(now_ms, "shutdown");
+                let control = self
+                    .slot
+                    .lock()
+                    .unwrap()
+                    .live
+                    .as_ref()
+                    .map(|(_, control)| control.clone());
+                if let Some(control) = control {
+                    control.shutdown();
+                }
+                self.server_running = false;
+            }
+            Step::Hostile { host, attack } => {
+                let victim_position = match attack {
+                    herald_properties::scenario::Attack::ResumeAsOther { victim, .. } => {
+                        self.recorder.last_position_of(&user_name(*victim))
+                    }
+                    _ => None,
+                };
+                self.send_client(
+                    *host,
+                    ClientCommand::Hostile {
+                        step_index: index,
+                        attack: attack.clone(),
+                        victim_position,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Why a step cannot apply (names something that does not exist or is gone).
+    fn validate(&self, step: &Step) -> Result<(), String> {
+        let config = &self.scenario.config;
+        let user_ok = |user: &u32| {
+            if *user < config.users {
+                Ok(())
+            } else {
+                Err(format!("user {user} is beyond config.users {}", config.users))
+            }
+        };
+        let host_ok = |host: &u32| {
+            if *host < config.client_hosts.max(1) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "host {host} is beyond config.client_hosts {}",
+                    config.client_hosts
+                ))
+            }
+        };
+        let client_ok = |client: &u32| match self.clients.get(client) {
+            Some((_, false)) => Ok(()),
+            Some((_, true)) => Err(format!("client {client} was closed")),
+            None => Err(format!("client {client} was never opened")),
+        };
+        match step {
+            Step::Connect { client, user, host, .. } => {
+                if self.clients.contains_key(client) {
+                    return Err(format!("client {client} was already opened"));
+                }
+                if *client >= clients::HOSTILE_CLIENT_BASE {
+                    return Err(format!(
+                        "client ids from {} are reserved for hostile clients",
+                        clients::HOSTILE_CLIENT_BASE
+                    ));
+                }
+                user_ok(user)?;
+                host_ok(host)
+            }
+            Step::Close { client } | Step::Kill { client } | Step::Pause { client, .. } => client_ok(client),
+            Step::Publish { user, .. } | Step::Burst { user, .. } => user_ok(user),
+            Step::Partition { host }
+            | Step::PartitionOneWay { host, .. }
+            | Step::Repair { host }
+            | Step::Hold { host }
+            | Step::Release { host } => host_ok(host),
+            Step::Hostile { host, attack } => {
+                host_ok(host)?;
+                use herald_properties::scenario::Attack;
+                match attack {
+                    Attack::ForgedToken { user } | Attack::ExpiredToken { user } | Attack::Flood { user, .. } => {
+                        user_ok(user)
+                    }
+                    Attack::ResumeAsOther { user, victim } => {
+                        user_ok(user)?;
+                        user_ok(victim)
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Step::SetLatency { .. }
+            | Step::SetLossRate { .. }
+            | Step::RestartServer
+            | Step::CrashServer
+            | Step::StartServer
+            | Step::ShutdownServer => Ok(()),
+        }
+    }
+
+    /// Repairs every link, releases every hold, stops message loss, restores latency and starts
+    /// a server that is down: from here on the world is quiet.
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        let config = &self.scenario.config;
+        for host in 0..config.client_hosts.max(1) {
+            let name = client_host_name(host);
+            sim.repair(name.as_str(), SERVER_HOST);
+            sim.release(name.as_str(), SERVER_HOST);
+            sim.set_link_fail_rate(name.as_str(), SERVER_HOST, 0.0);
+        }
+        sim.repair("publisher", SERVER_HOST);
+        sim.release("publisher", SERVER_HOST);
+        sim.set_max_message_latency(Duration::from_millis(config.latency_max_ms.max(config.latency_min_ms)));
+        if !self.server_running {
+            sim.bounce(SERVER_HOST);
+            self.server_running = true;
+        }
+        self.recorder.record_at(now_ms, Observation::HealStarted);
+    }
+
+    fn sample_gauges(&self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        if !self.server_running || !sim.is_host_running(SERVER_HOST) {
+            return;
+        }
+        let control = self
+            .slot
+            .lock()
+            .unwrap()
+            .live
+            .as_ref()
+            .map(|(_, control)| control.clone());
+        if let Some(control) = control {
+            let g = control.gauges();
+            self.recorder.record_at(
+                now_ms,
+                Observation::Gauges(GaugeSample {
+                    users: g.users,
+                    connections: g.connections,
+                    retained_events: g.retained_events,
+                    retained_bytes: g.retained_bytes,
+                    send_queue_depth_max: g.send_queue_depth_max,
+                    connections_per_user_max: g.connections_per_user_max,
+                }),
+            );
+        }
+    }
+
+    fn record_server_stop(&self, now_ms: u64, how: &str) {
+        if self.server_running {
+            let life = self.slot.lock().unwrap().life.saturating_sub(1);
+            self.recorder
+                .record_at(now_ms, Observation::ServerStopped { life, how: how.into() });
+        }
+    }
+
+    fn send_client(&self, host: u32, command: ClientCommand) {
+        if self.host_tx[host as usize].try_send(command).is_err() {
+            self.recorder.record(Observation::Failure {
+                host: client_host_name(host),
+                message: format!("more than {HOST_COMMANDS_MAX} commands queued"),
+            });
+        }
+    }
+
+    fn send_publish(&self, command: PublishCommand) {
+        if self.publish_tx.try_send(command).is_err() {
+            self.recorder.record(Observation::Failure {
+                host: "publisher".into(),
+                message: format!("more than {HOST_COMMANDS_MAX} publish commands queued"),
+            });
+        }
+    }
+
+    fn next_event_id(&mut self) -> String {
+        self.next_event += 1;
+        format!("e-{}", self.next_event)
+    }
+
+    fn next_publish_id(&mut self) -> u64 {
+        self.next_publish += 1;
+        self.next_publish
+    }
+}
+
+/// The server configuration a scenario asks for.
+pub fn server_config(scenario: &Scenario) -> ServerConfig {
+    let limits = &scenario.config.limits;
+    let timeouts = &scenario.config.timeouts;
+    let mut config = ServerConfig::new(JWT_SECRET.to_vec(), API_KEY.to_string());
+    config.hub = HubConfig {
+        retention_events_max: limits.retention_events_max,
+        retention_age_ms: limits.retention_age_ms,
+        retention_bytes_max: limits.retention_bytes_max,
+        connections_per_user_max: limits.connections_per_user_max,
+        connections_max: limits.connections_max,
+        users_max: limits.users_max,
+        send_queue_max: limits.send_queue_max,
+        control_queue_max: limits.control_queue_max,
+        event_bytes_max: limits.event_bytes_max,
+    };
+    config.hello_timeout_ms = timeouts.hello_timeout_ms;
+    config.heartbeat_interval_ms = timeouts.heartbeat_interval_ms;
+    config.idle_timeout_ms = timeouts.idle_timeout_ms;
+    config.write_timeout_ms = timeouts.write_timeout_ms;
+    config.frame_bytes_max = FRAME_BYTES_MAX;
+    config.tick_interval_ms = 250;
+    config
+}
+
+pub fn client_host_name(host: u32) -> String {
+    format!("client{host}")
+}
+
+pub fn user_name(user: u32) -> String {
+    format!("u{user}")
+}
