@@ -3,7 +3,12 @@
 //! I/O: `server` (axum + WebSocket), `notifier` (the in-process publishing API), `client`
 //! (the reconnecting client library).
 
+pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod hub;
+pub mod metrics;
+pub mod notifier;
 pub mod protocol;
 pub mod rng;
+pub mod server;

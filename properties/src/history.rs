@@ -151,6 +151,11 @@ pub enum Observation {
         attempt: u32,
         resume: Option<ResumeSent>,
         hostile: bool,
+        /// When the token sent in this attempt's `hello` expires, in simulated ms since the world
+        /// started (the JWT `exp`, converted). `None` for hostile tokens with no meaningful expiry.
+        /// The auth checker uses it to demand a `token_expired` close once it has passed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_exp_ms: Option<u64>,
     },
     /// A frame arrived on a client's connection.
     FrameReceived {

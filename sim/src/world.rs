@@ -88,6 +88,9 @@ pub fn run_with(scenario: &Scenario, seed: u64, options: WorldOptions) -> RunOut
 #[derive(Default)]
 struct ServerSlot {
     life: u32,
+    /// A `ShutdownServer` step that came before the life it targets had started (same instant
+    /// as its `StartServer`): the life shuts down as soon as it starts.
+    shutdown_pending: bool,
     live: Option<(
         Arc<dyn crate::server_under_test::Publish>,
         Arc<dyn crate::server_under_test::ServerControl>,
@@ -184,8 +187,15 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
                         return Ok(());
                     }
                 };
-                slot.lock().unwrap().live = Some((publisher, control));
+                let shutdown_now = {
+                    let mut slot = slot.lock().unwrap();
+                    slot.live = Some((publisher, control.clone()));
+                    std::mem::take(&mut slot.shutdown_pending)
+                };
                 recorder.record(Observation::ServerStarted { life });
+                if shutdown_now {
+                    control.shutdown();
+                }
                 if let Err(error) = serve.await {
                     recorder.record(Observation::Failure {
                         host: SERVER_HOST.into(),
@@ -232,6 +242,7 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
         next_event: 0,
         next_publish: 0,
         server_running: true,
+        lives_started: 1,
     };
     driver.run(&mut sim, tick_ms);
     recorder.into_history()
@@ -250,6 +261,8 @@ struct Driver<'s> {
     next_publish: u64,
     /// Whether the server host should be running (not crashed or shut down).
     server_running: bool,
+    /// Server lives started so far (the host starts once when the world is built).
+    lives_started: u32,
 }
 
 impl Driver<'_> {
@@ -433,8 +446,7 @@ impl Driver<'_> {
             }
             Step::RestartServer => {
                 self.record_server_stop(now_ms, "restart");
-                sim.bounce(SERVER_HOST);
-                self.server_running = true;
+                self.start_server(sim);
             }
             Step::CrashServer => {
                 self.record_server_stop(now_ms, "crash");
@@ -563,8 +575,7 @@ impl Driver<'_> {
         sim.release("publisher", SERVER_HOST);
         sim.set_max_message_latency(Duration::from_millis(config.latency_max_ms.max(config.latency_min_ms)));
         if !self.server_running {
-            sim.bounce(SERVER_HOST);
-            self.server_running = true;
+            self.start_server(sim);
         }
         self.recorder.record_at(now_ms, Observation::HealStarted);
     }
@@ -596,9 +607,22 @@ impl Driver<'_> {
         }
     }
 
+    /// Starts a new server life (restarting the host if it runs). Until the new life's
+    /// software has run, there is no live server: publishes through the notifier find none.
+    fn start_server(&mut self, sim: &mut turmoil::Sim<'_>) {
+        {
+            let mut slot = self.slot.lock().unwrap();
+            slot.live = None;
+            slot.shutdown_pending = false;
+        }
+        sim.bounce(SERVER_HOST);
+        self.server_running = true;
+        self.lives_started += 1;
+    }
+
     fn record_server_stop(&self, now_ms: u64, how: &str) {
         if self.server_running {
-            let life = self.slot.lock().unwrap().life.saturating_sub(1);
+            let life = self.lives_started - 1;
             self.recorder
                 .record_at(now_ms, Observation::ServerStopped { life, how: how.into() });
         }

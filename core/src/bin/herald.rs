@@ -1,1 +1,323 @@
-fn main() {}
+//! `herald`: run a notification server, or mint a development token.
+//!
+//! ```text
+//! herald serve --listen 127.0.0.1:8080            # HERALD_JWT_SECRET and HERALD_API_KEY required
+//! herald serve --dev                              # generates and prints secrets and a sample curl
+//! herald token --user alice --ttl 1h              # HERALD_JWT_SECRET or --secret
+//! ```
+//!
+//! This is the only place in Herald that reads the wall clock and OS randomness: once, at
+//! start-up, to seed the server's clock base and id generator.
+
+use clap::{Args, Parser, Subcommand};
+use herald_core::auth::mint_token;
+use herald_core::clock::TokioClock;
+use herald_core::hub::HubConfig;
+use herald_core::rng::SeededRng;
+use herald_core::server::{Server, ServerConfig};
+use std::hash::{BuildHasher, Hasher};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Real-time notifications for AI agent runs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: WebSocket at /v1/ws, publish API at POST /v1/users/{user}/events.
+    Serve(Box<ServeArgs>),
+    /// Print a JWT for a user (development and testing).
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// HS256 secret that signs client tokens.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Bearer key for the HTTP publish API.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Generate the JWT secret and API key (unless given) and print them with a sample curl.
+    #[arg(long)]
+    dev: bool,
+    /// Events kept per user for replay.
+    #[arg(long, env = "HERALD_RETENTION_EVENTS_MAX")]
+    retention_events_max: Option<u64>,
+    /// Age after which retained events are evicted.
+    #[arg(long, env = "HERALD_RETENTION_AGE_MS")]
+    retention_age_ms: Option<u64>,
+    /// Encoded bytes retained across all users.
+    #[arg(long, env = "HERALD_RETENTION_BYTES_MAX")]
+    retention_bytes_max: Option<u64>,
+    /// Connections (tabs) per user.
+    #[arg(long, env = "HERALD_CONNECTIONS_PER_USER_MAX")]
+    connections_per_user_max: Option<u64>,
+    /// Connections in total.
+    #[arg(long, env = "HERALD_CONNECTIONS_MAX")]
+    connections_max: Option<u64>,
+    /// Users with a live stream.
+    #[arg(long, env = "HERALD_USERS_MAX")]
+    users_max: Option<u64>,
+    /// Events a connection may lag behind before it is closed with 4003.
+    #[arg(long, env = "HERALD_SEND_QUEUE_MAX")]
+    send_queue_max: Option<u64>,
+    /// Control frames queued per connection.
+    #[arg(long, env = "HERALD_CONTROL_QUEUE_MAX")]
+    control_queue_max: Option<u64>,
+    /// Largest encoded event frame.
+    #[arg(long, env = "HERALD_EVENT_BYTES_MAX")]
+    event_bytes_max: Option<u64>,
+    /// Time a client has to send hello.
+    #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS")]
+    hello_timeout_ms: Option<u64>,
+    /// Interval of server WebSocket pings.
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// Silence after which a connection is closed with 4010.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Bound on every socket write and HTTP body read.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS")]
+    write_timeout_ms: Option<u64>,
+    /// Largest incoming WebSocket frame.
+    #[arg(long, env = "HERALD_FRAME_BYTES_MAX")]
+    frame_bytes_max: Option<usize>,
+    /// Interval of the retention-age eviction tick.
+    #[arg(long, env = "HERALD_TICK_INTERVAL_MS")]
+    tick_interval_ms: Option<u64>,
+    /// Per-connection WebSocket read buffer.
+    #[arg(long, env = "HERALD_WS_READ_BUFFER_BYTES")]
+    ws_read_buffer_bytes: Option<usize>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Lifetime: a number with unit s, m, h or d (e.g. 90s, 30m, 1h, 7d).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl_secs)]
+    ttl: u64,
+    /// HS256 secret (the server's HERALD_JWT_SECRET).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    secret: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token(args) => {
+            let exp = unix_ms_now() / 1000 + args.ttl;
+            println!("{}", mint_token(args.secret.as_bytes(), &args.user, exp));
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => match serve(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("herald: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let (jwt_secret, api_key) = match (args.jwt_secret.clone(), args.api_key.clone(), args.dev) {
+        (Some(secret), Some(key), _) => (secret, key),
+        (secret, key, true) => (
+            secret.unwrap_or_else(|| random_hex(32)),
+            key.unwrap_or_else(|| random_hex(24)),
+        ),
+        _ => {
+            return Err(
+                "HERALD_JWT_SECRET and HERALD_API_KEY (or --jwt-secret and --api-key) are required; \
+                 use --dev to generate them"
+                    .into(),
+            )
+        }
+    };
+    let config = server_config(&args, jwt_secret.clone(), api_key.clone());
+    config.validate()?;
+    if args.dev {
+        print_dev_banner(&args.listen, &jwt_secret, &api_key);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let clock = TokioClock::shared(unix_ms_now());
+        let server = Server::new(config, clock, SeededRng::new(os_seed()))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        tracing::info!(listen = %args.listen, "herald serving");
+        let on_signal = server.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("Ctrl-C: graceful shutdown");
+                on_signal.shutdown();
+            }
+        });
+        server.serve(listener).await.map_err(|e| format!("server error: {e}"))?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn server_config(args: &ServeArgs, jwt_secret: String, api_key: String) -> ServerConfig {
+    let mut config = ServerConfig::new(jwt_secret.into_bytes(), api_key);
+    let hub: &mut HubConfig = &mut config.hub;
+    let overrides = [
+        (&mut hub.retention_events_max, args.retention_events_max),
+        (&mut hub.retention_age_ms, args.retention_age_ms),
+        (&mut hub.retention_bytes_max, args.retention_bytes_max),
+        (&mut hub.connections_per_user_max, args.connections_per_user_max),
+        (&mut hub.connections_max, args.connections_max),
+        (&mut hub.users_max, args.users_max),
+        (&mut hub.send_queue_max, args.send_queue_max),
+        (&mut hub.control_queue_max, args.control_queue_max),
+        (&mut hub.event_bytes_max, args.event_bytes_max),
+    ];
+    for (field, value) in overrides {
+        if let Some(value) = value {
+            *field = value;
+        }
+    }
+    let overrides = [
+        (&mut config.hello_timeout_ms, args.hello_timeout_ms),
+        (&mut config.heartbeat_interval_ms, args.heartbeat_interval_ms),
+        (&mut config.idle_timeout_ms, args.idle_timeout_ms),
+        (&mut config.write_timeout_ms, args.write_timeout_ms),
+        (&mut config.tick_interval_ms, args.tick_interval_ms),
+    ];
+    for (field, value) in overrides {
+        if let Some(value) = value {
+            *field = value;
+        }
+    }
+    if let Some(value) = args.frame_bytes_max {
+        config.frame_bytes_max = value;
+    }
+    if let Some(value) = args.ws_read_buffer_bytes {
+        config.ws_read_buffer_bytes = value;
+    }
+    config
+}
+
+fn print_dev_banner(listen: &SocketAddr, jwt_secret: &str, api_key: &str) {
+    let token = mint_token(jwt_secret.as_bytes(), "alice", unix_ms_now() / 1000 + 3600);
+    println!("herald dev mode — do not use these secrets in production");
+    println!();
+    println!("  export HERALD_JWT_SECRET={jwt_secret}");
+    println!("  export HERALD_API_KEY={api_key}");
+    println!();
+    println!("A token for user alice (1 hour):");
+    println!("  {token}");
+    println!();
+    println!("Receive (any WebSocket client), e.g.:");
+    println!("  websocat ws://{listen}/v1/ws   then send: {{\"type\":\"hello\",\"token\":\"{token}\"}}");
+    println!();
+    println!("Publish:");
+    println!(
+        "  curl -sS -X POST http://{listen}/v1/users/alice/events \\\n    -H 'Authorization: Bearer {api_key}' \
+         -H 'Content-Type: application/json' \\\n    -d '{{\"run\":\"run-1\",\"kind\":\"agent_started\",\"data\":{{\"text\":\"hello\"}}}}'"
+    );
+    println!();
+}
+
+/// `90s`, `30m`, `1h`, `7d` or plain seconds.
+fn parse_ttl_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("bad ttl {text:?}: expected e.g. 30m or 1h"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("bad ttl unit {unit:?}: use s, m, h or d")),
+    };
+    number
+        .checked_mul(scale)
+        .filter(|secs| *secs > 0)
+        .ok_or_else(|| format!("ttl {text:?} must be positive and fit in u64 seconds"))
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// 64 bits from the OS for the id generator (never used for secrets).
+fn os_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if read_urandom(&mut bytes) {
+        return u64::from_le_bytes(bytes);
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(unix_ms_now());
+    hasher.finish()
+}
+
+/// A random hex secret of `bytes` bytes from the OS.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if !read_urandom(&mut buf) {
+        // No /dev/urandom: RandomState is seeded from the OS per process.
+        for chunk in buf.chunks_mut(8) {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(unix_ms_now());
+            let word = hasher.finish().to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_urandom(buf: &mut [u8]) -> bool {
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_parses_units() {
+        assert_eq!(parse_ttl_secs("90s"), Ok(90));
+        assert_eq!(parse_ttl_secs("30m"), Ok(1_800));
+        assert_eq!(parse_ttl_secs("1h"), Ok(3_600));
+        assert_eq!(parse_ttl_secs("7d"), Ok(604_800));
+        assert_eq!(parse_ttl_secs("45"), Ok(45));
+        assert!(parse_ttl_secs("0s").is_err());
+        assert!(parse_ttl_secs("1y").is_err());
+        assert!(parse_ttl_secs("h").is_err());
+    }
+}

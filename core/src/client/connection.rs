@@ -1,0 +1,591 @@
+//! The client task: attempts, backoff, and one connection's read/heartbeat/deliver loop.
+//!
+//! Every wait is a `select! { biased; ... }` over (1) the handle's commands, (2) the work, and
+//! (3) a deadline from tokio time, so that a partition (reads hang, writes block) always ends
+//! in a timeout, and `close()` / `drop_connection()` / dropping the handle always take effect.
+//!
+//! Delivery: the tracker advances `last_seq` when it produces an item, and that item is then
+//! always handed to the items queue (even if the connection dies while the queue is full) unless
+//! the client stops for good. So `resume.after` never names an item the application lost.
+
+use super::backoff::Backoff;
+use super::tracker::StreamTracker;
+use super::{
+    ClientConfig, ClientObserver, ClientState, CloseCause, Commands, Connector, FrameReceived, Item, Shared,
+    TokenProvider,
+};
+use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
+use crate::rng::SeededRng;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// The WebSocket read buffer. tungstenite's default (128 KiB) is eagerly allocated per
+/// connection; our frames are small and the load generator holds thousands of clients.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bound on bytes waiting in tungstenite's write buffer (we write only hello, pings, close).
+const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024;
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+/// What the handle asked for.
+enum Command {
+    /// `close()`, or the handle was dropped.
+    Close { by_drop: bool },
+    /// `drop_connection()`.
+    Drop,
+}
+
+/// The task's end of the command channel.
+struct CommandRx {
+    rx: watch::Receiver<Commands>,
+    drops_seen: u64,
+}
+
+impl CommandRx {
+    /// Waits for the next command. Cancel-safe: the only await is `changed()`.
+    async fn next(&mut self) -> Command {
+        loop {
+            if self.rx.changed().await.is_err() {
+                return Command::Close { by_drop: true };
+            }
+            let commands = *self.rx.borrow_and_update();
+            if commands.close {
+                return Command::Close { by_drop: false };
+            }
+            if commands.drops != self.drops_seen {
+                self.drops_seen = commands.drops;
+                return Command::Drop;
+            }
+        }
+    }
+}
+
+/// Sets `Stopped` however the task ends: with its reason, or — if it panicked (an observer
+/// bug) or its runtime was shut down — with a reason that says so, so `state()` never claims a
+/// dead task is connecting.
+struct StopGuard {
+    shared: Arc<Shared>,
+    reason: Option<String>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or_else(|| "the client task ended abnormally (panic or runtime shutdown)".to_string());
+        self.shared.set(ClientState::Stopped { reason });
+    }
+}
+
+/// What happens after a connection ends.
+enum Next {
+    Reconnect,
+    Stop(String),
+}
+
+/// How one attempt or connection ended: reported to the observer, then acted on.
+struct End {
+    code: Option<u16>,
+    cause: CloseCause,
+    reason: String,
+    welcomed: bool,
+    next: Next,
+    /// An item the tracker produced that the full queue has not taken yet.
+    pending: Option<Item>,
+}
+
+impl End {
+    fn network(reason: String, welcomed: bool) -> End {
+        End {
+            code: None,
+            cause: CloseCause::Network,
+            reason,
+            welcomed,
+            next: Next::Reconnect,
+            pending: None,
+        }
+    }
+
+    fn dropped(welcomed: bool, pending: Option<Item>) -> End {
+        End {
+            code: None,
+            cause: CloseCause::Dropped,
+            reason: "connection dropped by the application".into(),
+            welcomed,
+            next: Next::Reconnect,
+            pending,
+        }
+    }
+
+    fn closed_by_client(code: Option<u16>, by_drop: bool, welcomed: bool) -> End {
+        let reason = if by_drop {
+            "client handle dropped"
+        } else {
+            "closed by the application"
+        };
+        End {
+            code,
+            cause: CloseCause::Client,
+            reason: reason.into(),
+            welcomed,
+            next: Next::Stop(reason.into()),
+            pending: None,
+        }
+    }
+
+    fn application_gone(welcomed: bool) -> End {
+        let reason = "the application dropped the item receiver";
+        End {
+            code: None,
+            cause: CloseCause::Client,
+            reason: reason.into(),
+            welcomed,
+            next: Next::Stop(reason.into()),
+            pending: None,
+        }
+    }
+}
+
+/// What woke the connection loop.
+enum Wake {
+    Command(Command),
+    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Idle,
+    Ping,
+}
+
+/// One client's task. Owns everything; talks to the handle only through the commands watch,
+/// the items queue and the shared state.
+pub(super) struct Task<C, T, O> {
+    config: ClientConfig,
+    connector: C,
+    tokens: T,
+    observer: O,
+    commands: CommandRx,
+    items: mpsc::Sender<Item>,
+    shared: Arc<Shared>,
+    tracker: StreamTracker,
+    backoff: Backoff,
+    ws_config: WebSocketConfig,
+    ping_id: u64,
+}
+
+impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
+    pub(super) fn new(
+        config: ClientConfig,
+        connector: C,
+        tokens: T,
+        observer: O,
+        commands: watch::Receiver<Commands>,
+        items: mpsc::Sender<Item>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let backoff = Backoff::new(
+            config.backoff_initial_ms,
+            config.backoff_max_ms,
+            SeededRng::new(config.rng_seed),
+        );
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(0)
+            .max_write_buffer_size(WRITE_BUFFER_BYTES_MAX)
+            .max_message_size(Some(config.frame_bytes_max))
+            .max_frame_size(Some(config.frame_bytes_max));
+        Task {
+            config,
+            connector,
+            tokens,
+            observer,
+            commands: CommandRx {
+                rx: commands,
+                drops_seen: 0,
+            },
+            items,
+            shared,
+            tracker: StreamTracker::new(),
+            backoff,
+            ws_config,
+            ping_id: 0,
+        }
+    }
+
+    /// Runs until the client stops for good; dropping the task drops the items sender, so
+    /// `recv()` returns `None` after the queued items.
+    pub(super) async fn run(mut self) {
+        let mut guard = StopGuard {
+            shared: self.shared.clone(),
+            reason: None,
+        };
+        let reason = self.attempts().await;
+        tracing::debug!(%reason, "client stopped");
+        guard.reason = Some(reason);
+    }
+
+    async fn attempts(&mut self) -> String {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let resume = self.tracker.resume();
+            self.shared.set(ClientState::Connecting);
+            self.observer.connecting(attempt, resume.as_ref());
+            let end = self.connection(resume).await;
+            tracing::debug!(code = ?end.code, cause = ?end.cause, reason = %end.reason, "connection ended");
+            self.observer.closed(end.code, end.cause, &end.reason);
+            self.shared.set(ClientState::Connecting);
+            if end.welcomed {
+                self.backoff.reset();
+                attempt = 0;
+            }
+            if let Some(item) = end.pending {
+                if let Some(reason) = self.deliver_while_disconnected(item).await {
+                    return reason;
+                }
+            }
+            if let Next::Stop(reason) = end.next {
+                return reason;
+            }
+            let wake = Instant::now() + ms(self.backoff.next_delay_ms());
+            loop {
+                tokio::select! {
+                    biased;
+                    command = self.commands.next() => match command {
+                        Command::Close { by_drop } => {
+                            return End::closed_by_client(None, by_drop, false).reason;
+                        }
+                        Command::Drop => continue,
+                    },
+                    _ = sleep_until(wake) => break,
+                }
+            }
+        }
+    }
+
+    /// Hands over an item produced before the connection ended. Returns a stop reason if the
+    /// client must stop instead.
+    async fn deliver_while_disconnected(&mut self, item: Item) -> Option<String> {
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.next() => match command {
+                    Command::Close { by_drop } => return Some(End::closed_by_client(None, by_drop, false).reason),
+                    Command::Drop => continue,
+                },
+                permit = self.items.reserve() => match permit {
+                    Ok(permit) => {
+                        permit.send(item);
+                        return None;
+                    }
+                    Err(_) => return Some(End::application_gone(false).reason),
+                },
+            }
+        }
+    }
+
+    /// One attempt: connect, handshake, hello, then the connection loop.
+    async fn connection(&mut self, resume: Option<Resume>) -> End {
+        let connect_deadline = Instant::now() + ms(self.config.connect_timeout_ms);
+        let hello = serde_json::to_string(&ClientFrame::Hello {
+            token: self.tokens.token(),
+            resume,
+        })
+        .expect("hello always serializes");
+        let connector = &self.connector;
+        let url = self.config.url.as_str();
+        let ws_config = self.ws_config;
+        let connect = async move {
+            let stream = connector.connect().await.map_err(|e| format!("connect: {e}"))?;
+            let (mut ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
+                .await
+                .map_err(|e| format!("websocket handshake: {e}"))?;
+            ws.send(Message::text(hello))
+                .await
+                .map_err(|e| format!("sending hello: {e}"))?;
+            Ok::<_, String>(ws)
+        };
+        let ws = tokio::select! {
+            biased;
+            command = self.commands.next() => {
+                return match command {
+                    Command::Close { by_drop } => End::closed_by_client(None, by_drop, false),
+                    Command::Drop => End::dropped(false, None),
+                };
+            }
+            _ = sleep_until(connect_deadline) => {
+                return End::network(
+                    format!("no connection within connect_timeout_ms {}", self.config.connect_timeout_ms),
+                    false,
+                );
+            }
+            result = connect => match result {
+                Ok(ws) => ws,
+                Err(reason) => return End::network(reason, false),
+            },
+        };
+        self.session(ws, connect_deadline).await
+    }
+
+    /// The connection loop: deliver, read, heartbeat, until the connection ends.
+    async fn session(&mut self, mut ws: WebSocketStream<C::Stream>, connect_deadline: Instant) -> End {
+        let idle = ms(self.config.idle_timeout_ms);
+        let heartbeat = ms(self.config.heartbeat_interval_ms);
+        let mut connection: Option<String> = None;
+        let mut last_error: Option<(ErrorCode, String)> = None;
+        // Before the welcome the connect deadline bounds the wait; after it, the idle timeout.
+        let mut read_deadline = connect_deadline;
+        let mut next_ping = connect_deadline;
+        let mut pending: Option<Item> = None;
+        loop {
+            if let Some(item) = pending.take() {
+                let full = match self.items.try_reserve() {
+                    Ok(permit) => {
+                        permit.send(item);
+                        None
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => return End::application_gone(connection.is_some()),
+                    Err(mpsc::error::TrySendError::Full(())) => Some(item),
+                };
+                if let Some(item) = full {
+                    // Backpressure: stop reading until the application makes room.
+                    let mut slot = Some(item);
+                    let woke = tokio::select! {
+                        biased;
+                        command = self.commands.next() => Err(command),
+                        permit = self.items.reserve() => Ok(permit.map(|permit| {
+                            permit.send(slot.take().expect("the item waits in its slot"));
+                        })),
+                    };
+                    match woke {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return End::application_gone(true),
+                        Err(Command::Close { by_drop }) => {
+                            return self.close_cleanly(ws, connection.as_deref(), by_drop).await;
+                        }
+                        Err(Command::Drop) => return End::dropped(true, slot),
+                    }
+                    // We were not reading: silence meanwhile says nothing about the peer.
+                    read_deadline = Instant::now() + idle;
+                }
+                if let Some(position) = self.tracker.position() {
+                    self.shared.set_connected(position);
+                }
+                continue;
+            }
+            let welcomed = connection.is_some();
+            let wake = tokio::select! {
+                biased;
+                command = self.commands.next() => Wake::Command(command),
+                message = ws.next() => Wake::Message(message),
+                _ = sleep_until(read_deadline) => Wake::Idle,
+                _ = sleep_until(next_ping), if welcomed => Wake::Ping,
+            };
+            let message = match wake {
+                Wake::Command(Command::Close { by_drop }) => {
+                    return self.close_cleanly(ws, connection.as_deref(), by_drop).await;
+                }
+                Wake::Command(Command::Drop) => return End::dropped(welcomed, None),
+                Wake::Idle if welcomed => {
+                    return End::network(
+                        format!("nothing received for idle_timeout_ms {}", self.config.idle_timeout_ms),
+                        true,
+                    );
+                }
+                Wake::Idle => {
+                    return End::network(
+                        format!(
+                            "no welcome within connect_timeout_ms {}",
+                            self.config.connect_timeout_ms
+                        ),
+                        false,
+                    );
+                }
+                Wake::Ping => {
+                    self.ping_id += 1;
+                    let ping = serde_json::to_string(&ClientFrame::Ping { id: self.ping_id }).expect("ping serializes");
+                    let write = tokio::time::timeout(ms(self.config.write_timeout_ms), ws.send(Message::text(ping)));
+                    match write.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return End::network(format!("sending ping: {e}"), true),
+                        Err(_) => {
+                            return End::network(
+                                format!(
+                                    "ping write blocked for write_timeout_ms {}",
+                                    self.config.write_timeout_ms
+                                ),
+                                true,
+                            );
+                        }
+                    }
+                    next_ping = Instant::now() + heartbeat;
+                    continue;
+                }
+                Wake::Message(None) => {
+                    return End::network("connection closed without a close frame".into(), welcomed);
+                }
+                Wake::Message(Some(Err(e))) => return End::network(format!("websocket: {e}"), welcomed),
+                Wake::Message(Some(Ok(message))) => message,
+            };
+            if welcomed {
+                read_deadline = Instant::now() + idle;
+            }
+            let text = match message {
+                Message::Text(text) => text,
+                Message::Binary(bytes) => {
+                    let shown = String::from_utf8_lossy(&bytes);
+                    tracing::warn!(bytes = bytes.len(), "binary frame from the server, skipped");
+                    self.observer
+                        .frame(connection.as_deref(), &FrameReceived::Unparsed(&shown));
+                    continue;
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Close(frame) => {
+                    let code = frame.as_ref().map(|f| u16::from(f.code));
+                    let close_reason = frame
+                        .as_ref()
+                        .map(|f| f.reason.as_str().to_string())
+                        .unwrap_or_default();
+                    // Best effort: flush tungstenite's queued close reply.
+                    let _ = tokio::time::timeout(ms(self.config.write_timeout_ms), SinkExt::close(&mut ws)).await;
+                    return server_closed(code, close_reason, last_error, welcomed);
+                }
+            };
+            let frame = match serde_json::from_str::<ServerFrame>(text.as_str()) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unparsable frame from the server, skipped");
+                    self.observer
+                        .frame(connection.as_deref(), &FrameReceived::Unparsed(text.as_str()));
+                    continue;
+                }
+            };
+            if let ServerFrame::Welcome { connection: id, .. } = &frame {
+                if connection.is_none() {
+                    connection = Some(id.clone());
+                }
+            }
+            self.observer
+                .frame(connection.as_deref(), &FrameReceived::Parsed(&frame));
+            match frame {
+                ServerFrame::Welcome { epoch, head, .. } => {
+                    if welcomed {
+                        tracing::warn!("second welcome on one connection, ignored");
+                        continue;
+                    }
+                    let switched = self.tracker.welcome(&epoch, head);
+                    tracing::debug!(%epoch, head, switched, "welcomed");
+                    let position = self.tracker.position().expect("welcomed implies a position");
+                    self.shared.set_connected(position);
+                    read_deadline = Instant::now() + idle;
+                    next_ping = Instant::now() + heartbeat;
+                }
+                ServerFrame::Event { seq, run, kind, data } => {
+                    if !welcomed {
+                        tracing::warn!(seq, "event before welcome, skipped");
+                        continue;
+                    }
+                    pending = self.tracker.event(seq, run, kind, data);
+                    if pending.is_none() {
+                        tracing::debug!(seq, "duplicate event dropped");
+                    }
+                }
+                ServerFrame::Gap {
+                    epoch,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    if !welcomed {
+                        tracing::warn!(from, "gap before welcome, skipped");
+                        continue;
+                    }
+                    pending = Some(self.tracker.gap(epoch, from, to, reason));
+                }
+                ServerFrame::Pong { .. } => {}
+                ServerFrame::Error { code, message } => {
+                    tracing::debug!(%code, %message, "server error frame");
+                    last_error = Some((code, message));
+                }
+            }
+        }
+    }
+
+    /// `close()` or handle dropped while connected: close frame 1000, then wait (bounded by
+    /// `write_timeout_ms`) for the server's close reply, reporting frames that still arrive.
+    async fn close_cleanly(
+        &mut self,
+        mut ws: WebSocketStream<C::Stream>,
+        connection: Option<&str>,
+        by_drop: bool,
+    ) -> End {
+        let welcomed = connection.is_some();
+        let deadline = Instant::now() + ms(self.config.write_timeout_ms);
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "client closed".into(),
+        };
+        let sent = tokio::select! {
+            biased;
+            result = ws.close(Some(frame)) => result.is_ok(),
+            _ = sleep_until(deadline) => false,
+        };
+        if !sent {
+            return End::closed_by_client(None, by_drop, welcomed);
+        }
+        loop {
+            let message = tokio::select! {
+                biased;
+                message = ws.next() => message,
+                _ = sleep_until(deadline) => None,
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerFrame>(text.as_str()) {
+                    Ok(frame) => self.observer.frame(connection, &FrameReceived::Parsed(&frame)),
+                    Err(_) => self.observer.frame(connection, &FrameReceived::Unparsed(text.as_str())),
+                },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            }
+        }
+        End::closed_by_client(Some(1000), by_drop, welcomed)
+    }
+}
+
+/// The server closed: terminal for 4001 `auth_failed` and 4004 `bad_frame` (judged by the close
+/// code, or by the error frame if the close frame carried no code), reconnect otherwise.
+fn server_closed(
+    code: Option<u16>,
+    close_reason: String,
+    last_error: Option<(ErrorCode, String)>,
+    welcomed: bool,
+) -> End {
+    let error_code = code
+        .and_then(ErrorCode::from_close_code)
+        .or(last_error.as_ref().map(|(c, _)| *c));
+    let reason = match (&last_error, close_reason.is_empty()) {
+        (Some((code, message)), _) => format!("{code}: {message}"),
+        (None, false) => close_reason,
+        (None, true) => "closed by the server".to_string(),
+    };
+    let terminal = error_code.is_some_and(|c| !c.is_retryable());
+    End {
+        code,
+        cause: CloseCause::Server,
+        next: if terminal {
+            Next::Stop(reason.clone())
+        } else {
+            Next::Reconnect
+        },
+        reason,
+        welcomed,
+        pending: None,
+    }
+}

@@ -1,0 +1,340 @@
+//! The reconnecting client library: connects with a token from a caller-supplied provider,
+//! resumes where it left off on every reconnect, detects dead connections by heartbeat timeout,
+//! backs off with seeded jitter, drops duplicates, and hands the application an ordered stream
+//! of [`Item`]s — each event exactly once, each loss as an explicit gap.
+//!
+//! One tokio task per client ([`Client::spawn`]), generic over the transport ([`Connector`]):
+//! tokio TCP in production and in the load generator, turmoil TCP in the simulation — the same
+//! code path in both. The exactly-once bookkeeping is the sans-IO [`StreamTracker`]; the task
+//! only moves frames between the socket, the tracker and the bounded items queue.
+//!
+//! Lifetime: the task retries forever (capped backoff) until [`Client::close`] is called, the
+//! server closes with a terminal code (4001 `auth_failed`, 4004 `bad_frame`), or the [`Client`]
+//! is dropped. Each single attempt is bounded by `connect_timeout_ms`, each write by
+//! `write_timeout_ms`, and a connected stream that receives nothing for `idle_timeout_ms` is
+//! declared dead.
+
+mod backoff;
+mod connection;
+mod tracker;
+
+pub use backoff::Backoff;
+pub use tracker::{Position, StreamTracker};
+
+use crate::protocol::{EventKind, GapReason, Resume, ServerFrame};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+
+/// Smallest accepted `frame_bytes_max`: a welcome or gap frame with maximal ids must fit.
+pub const FRAME_BYTES_MIN: usize = 1024;
+
+/// Everything a client needs besides its transport and tokens. Units are in the names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The WebSocket URL, e.g. `ws://server:8080/v1/ws`. Used for the HTTP upgrade request only
+    /// (path and `Host` header); the byte stream comes from the [`Connector`].
+    pub url: String,
+    /// Bound on one attempt: TCP connect + WebSocket handshake + hello + welcome.
+    pub connect_timeout_ms: u64,
+    /// A `{"type":"ping"}` is sent this often while connected, so that a healthy but quiet
+    /// connection keeps receiving (pongs) and a dead one is noticed.
+    pub heartbeat_interval_ms: u64,
+    /// Nothing received for this long on a welcomed connection: it is dead (a partition gives
+    /// no error, reads just hang); close it and reconnect. Must exceed `heartbeat_interval_ms`.
+    pub idle_timeout_ms: u64,
+    /// Bound on every write (hello, ping, close). A blocked write means a dead peer.
+    pub write_timeout_ms: u64,
+    /// First backoff ceiling after a failed attempt or a lost connection.
+    pub backoff_initial_ms: u64,
+    /// Backoff ceiling cap; full jitter below it (see [`Backoff`]).
+    pub backoff_max_ms: u64,
+    /// Items queued for the application. When full, the client stops reading the socket: the
+    /// server's queue then grows until it cuts the connection with 4003 `slow_consumer`, and
+    /// the client resumes (and recovers from retention) once the application reads again.
+    pub items_max: usize,
+    /// Largest incoming WebSocket message and frame; a larger one is a network error (the
+    /// connection is dropped and retried).
+    pub frame_bytes_max: usize,
+    /// Seed of the jitter generator; the simulation passes a scenario-derived seed.
+    pub rng_seed: u64,
+}
+
+impl ClientConfig {
+    /// Production defaults: 10 s connect, 15 s heartbeat, 45 s idle, 10 s writes, backoff from
+    /// 250 ms up to 30 s, 1024 queued items, 1 MiB frames.
+    pub fn new(url: impl Into<String>, rng_seed: u64) -> ClientConfig {
+        ClientConfig {
+            url: url.into(),
+            connect_timeout_ms: 10_000,
+            heartbeat_interval_ms: 15_000,
+            idle_timeout_ms: 45_000,
+            write_timeout_ms: 10_000,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 30_000,
+            items_max: 1024,
+            frame_bytes_max: 1024 * 1024,
+            rng_seed,
+        }
+    }
+
+    /// Rejects configurations that cannot work (zero timeouts, an idle timeout the heartbeat
+    /// cannot beat, an unparsable URL). [`Client::spawn`] panics with this message.
+    pub fn validate(&self) -> Result<(), String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let positive = [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("items_max", self.items_max as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.idle_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(format!(
+                "idle_timeout_ms {} must exceed heartbeat_interval_ms {}",
+                self.idle_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err("backoff_max_ms must be at least backoff_initial_ms".into());
+        }
+        if self.frame_bytes_max < FRAME_BYTES_MIN {
+            return Err(format!("frame_bytes_max must be at least {FRAME_BYTES_MIN}"));
+        }
+        self.url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("url {:?} is not a WebSocket URL: {e}", self.url))?;
+        Ok(())
+    }
+}
+
+/// Opens the byte stream a connection runs on. The seam between production (tokio TCP) and the
+/// simulation (turmoil TCP); anything `AsyncRead + AsyncWrite` works (TLS wrappers too).
+pub trait Connector: Send + Sync + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn connect(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+/// Plain tokio TCP to `addr` (`host:port`), with Nagle off: frames are small and latency counts.
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    pub addr: String,
+}
+
+impl Connector for TcpConnector {
+    type Stream = tokio::net::TcpStream;
+
+    async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(self.addr.as_str()).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Supplies the JWT for each hello. Called once per attempt, so a provider that refreshes
+/// tokens is all it takes to survive 4002 `token_expired`.
+pub trait TokenProvider: Send + Sync + 'static {
+    fn token(&self) -> String;
+}
+
+impl<F: Fn() -> String + Send + Sync + 'static> TokenProvider for F {
+    fn token(&self) -> String {
+        self()
+    }
+}
+
+/// A frame as received, before the client acts on it. Unparsed frames (not valid protocol
+/// JSON, or binary) are reported and skipped — they are a server bug the observer should see.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameReceived<'a> {
+    Parsed(&'a ServerFrame),
+    Unparsed(&'a str),
+}
+
+/// Who ended a connection (or a connection attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CloseCause {
+    /// The server sent a close frame; its code is reported.
+    Server,
+    /// The application called [`Client::close`] or dropped the [`Client`].
+    Client,
+    /// I/O error, EOF without close frame, connect/handshake failure, a timeout, or no frame
+    /// for `idle_timeout_ms`.
+    Network,
+    /// The application called [`Client::drop_connection`].
+    Dropped,
+}
+
+/// Observation hooks, all default no-ops, called from the client task in order. The
+/// simulation records its history from these. Each `connecting` is followed by exactly one
+/// `closed` for the same attempt (even when the attempt never reached the server).
+pub trait ClientObserver: Send + Sync + 'static {
+    /// A connection attempt starts. `attempt` counts attempts since the last welcome (or since
+    /// start), from 1; `resume` is what the hello will carry.
+    fn connecting(&self, _attempt: u32, _resume: Option<&Resume>) {}
+    /// Every frame received, in order, duplicates included. `connection` is the server's
+    /// connection id from the welcome (`None` before it; the welcome itself carries its id).
+    fn frame(&self, _connection: Option<&str>, _frame: &FrameReceived<'_>) {}
+    /// The attempt or connection ended. `code` is the close code: the server's for
+    /// [`CloseCause::Server`], 1000 for a clean [`CloseCause::Client`] close that reached the
+    /// socket, otherwise `None`.
+    fn closed(&self, _code: Option<u16>, _cause: CloseCause, _reason: &str) {}
+}
+
+/// The observer that observes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl ClientObserver for NoObserver {}
+
+/// What the application receives, in stream order, each exactly once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// One event of the user's stream.
+    Event {
+        epoch: String,
+        seq: u64,
+        run: String,
+        kind: EventKind,
+        data: serde_json::Value,
+    },
+    /// Events `from..=to` of `epoch` can never be delivered (`to` is `None` when the whole rest
+    /// of a lost epoch is gone). Delivered exactly as the server sent it.
+    Gap {
+        epoch: String,
+        from: u64,
+        to: Option<u64>,
+        reason: GapReason,
+    },
+}
+
+/// What the client is doing, for health checks and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientState {
+    /// Between connections: connecting, or waiting out a backoff.
+    Connecting,
+    /// Welcomed; `last_seq` is the last seq handed to the items queue.
+    Connected { epoch: String, last_seq: u64 },
+    /// For good: closed by the application, a terminal close code, or the application gone.
+    Stopped { reason: String },
+}
+
+/// Requests from the [`Client`] handle to its task. A watch channel: the latest value wins,
+/// the task sees every change, and the task learns that the handle is gone when the sender
+/// drops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Commands {
+    close: bool,
+    /// Incremented by each `drop_connection()`.
+    drops: u64,
+}
+
+/// State shared between the handle and the task. Never held across an await.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<ClientState>,
+}
+
+impl Shared {
+    fn set(&self, state: ClientState) {
+        *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+    }
+
+    /// Records the position without reallocating the epoch when it did not change.
+    fn set_connected(&self, position: &Position) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &mut *state {
+            ClientState::Connected { epoch, last_seq } if *epoch == position.epoch => *last_seq = position.last_seq,
+            other => {
+                *other = ClientState::Connected {
+                    epoch: position.epoch.clone(),
+                    last_seq: position.last_seq,
+                }
+            }
+        }
+    }
+}
+
+/// A handle to one reconnecting client. Dropping it stops the task (clean close, bounded by
+/// `write_timeout_ms`).
+#[derive(Debug)]
+pub struct Client {
+    items: mpsc::Receiver<Item>,
+    commands: watch::Sender<Commands>,
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Spawns the connection task on the current tokio runtime (works inside a turmoil host).
+    /// The task connects at once and retries with backoff until closed, stopped by a terminal
+    /// close code, or the handle is dropped.
+    ///
+    /// Panics if `config` does not [`ClientConfig::validate`], or outside a tokio runtime.
+    pub fn spawn<C: Connector, T: TokenProvider, O: ClientObserver>(
+        config: ClientConfig,
+        connector: C,
+        tokens: T,
+        observer: O,
+    ) -> Client {
+        if let Err(e) = config.validate() {
+            panic!("invalid ClientConfig: {e}");
+        }
+        let (items_tx, items_rx) = mpsc::channel(config.items_max);
+        let (commands_tx, commands_rx) = watch::channel(Commands::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ClientState::Connecting),
+        });
+        let task = connection::Task::new(
+            config,
+            connector,
+            tokens,
+            observer,
+            commands_rx,
+            items_tx,
+            shared.clone(),
+        );
+        tokio::spawn(task.run());
+        Client {
+            items: items_rx,
+            commands: commands_tx,
+            shared,
+        }
+    }
+
+    /// The next item, in stream order. `None` once the client has stopped for good and every
+    /// queued item has been received.
+    pub async fn recv(&mut self) -> Option<Item> {
+        self.items.recv().await
+    }
+
+    /// Items already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Item> {
+        self.items.try_recv().ok()
+    }
+
+    /// Clean close: sends a close frame (1000) on the current connection, stops reconnecting.
+    /// Items already queued can still be received; `recv` then returns `None`.
+    pub fn close(&self) {
+        self.commands.send_modify(|c| c.close = true);
+    }
+
+    /// Aborts the current connection (or attempt) without a close frame, as a network failure
+    /// would; the client then reconnects and resumes. A no-op while waiting out a backoff, and
+    /// calls made before the task reacts count as one (the latest request wins).
+    pub fn drop_connection(&self) {
+        self.commands.send_modify(|c| c.drops += 1);
+    }
+
+    pub fn state(&self) -> ClientState {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}

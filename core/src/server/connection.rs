@@ -1,0 +1,416 @@
+//! One WebSocket connection: one tokio task, no channels.
+//!
+//! Phases: `hello` (bounded by `hello_timeout_ms`, then the token is verified and the hub
+//! connects the user), then a loop that drains the hub's transmits for this connection and
+//! otherwise waits on: its writer [`Notify`] (the hub has something to send), the socket (client
+//! pings, pongs, close, bad frames), the heartbeat (send a ping; close if the client was silent
+//! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
+//! a peer that does not drain its socket in time is dropped. However the task ends — returned,
+//! panicked or aborted — [`Registration`] removes the connection from the hub.
+
+use super::Shared;
+use crate::hub::{ConnectionId, Transmit};
+use crate::metrics::DisconnectReason;
+use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+
+/// Transmits taken from the hub per lock acquisition: bounds the critical section.
+const BATCH_TRANSMITS_MAX: usize = 64;
+/// Batch capacity kept while idle; a larger buffer left by a burst is freed, so idle
+/// connections stay small.
+const BATCH_IDLE_CAPACITY_MAX: usize = 8;
+/// After a read error (an oversized frame) the socket can no longer be read, so the client's
+/// close reply cannot be awaited; the task waits this long (at most `write_timeout_ms`) before
+/// dropping the socket, so the unread input does not reset the connection before the client
+/// has read the error and close frames.
+const CLOSE_GRACE_MS_MAX: u64 = 250;
+/// Tokens valid for longer than this re-check expiry at this interval (keeps `Instant`
+/// arithmetic far from overflow for `exp` values in the far future).
+const EXPIRY_RECHECK_MAX_SECS: u64 = 86_400;
+
+/// Entry point of the connection task (axum's `on_upgrade` callback).
+pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
+    let (token, resume) = match read_hello(&shared, &mut socket).await {
+        Ok(hello) => hello,
+        Err(Refused::Reject(code, message, read_failed)) => {
+            reject(&shared, socket, code, &message, read_failed).await;
+            return;
+        }
+        Err(Refused::Gone) => {
+            shared.metrics.record_disconnect(DisconnectReason::ConnectionLost);
+            return;
+        }
+    };
+    let verified = shared.verifier.verify(&token, shared.clock.unix_secs());
+    // Nothing per-connection outlives the hello phase unless it is needed: free the token.
+    drop(token);
+    let claims = match verified {
+        Ok(claims) => claims,
+        Err(e) => {
+            let code = match e {
+                crate::auth::AuthError::Invalid(_) => ErrorCode::AuthFailed,
+                crate::auth::AuthError::Expired { .. } => ErrorCode::TokenExpired,
+            };
+            reject(&shared, socket, code, &e.to_string(), false).await;
+            return;
+        }
+    };
+    let notify = Arc::new(Notify::new());
+    let connected = match shared.lock() {
+        None => Err((ErrorCode::ShuttingDown, "the server is shutting down".to_string())),
+        Some(mut state) => {
+            let now_ms = shared.clock.now_ms();
+            match state.hub.connect(now_ms, &claims.sub, resume.as_ref()) {
+                Ok(id) => {
+                    state.writers.insert(id, notify.clone());
+                    Ok(id)
+                }
+                Err(rejected) => Err((rejected.code, rejected.message)),
+            }
+        }
+    };
+    let id = match connected {
+        Ok(id) => id,
+        Err((code, message)) => {
+            reject(&shared, socket, code, &message, false).await;
+            return;
+        }
+    };
+    tracing::debug!(connection = %id, user = %claims.sub, "connected");
+    let token_exp = claims.exp;
+    drop(claims);
+    let mut registration = Registration {
+        shared: shared.clone(),
+        id,
+        done: false,
+    };
+    let mut read_failed = false;
+    let reason = serve_connection(&shared, &mut socket, id, &notify, token_exp, &mut read_failed).await;
+    tracing::debug!(connection = %id, ?reason, "disconnected");
+    registration.release();
+    shared.metrics.record_disconnect(reason);
+    if matches!(reason, DisconnectReason::Error(_)) {
+        linger(&shared, &mut socket, read_failed).await;
+    }
+}
+
+enum Refused {
+    /// Send this error and close code; `true` if the socket can no longer be read.
+    Reject(ErrorCode, String, bool),
+    /// The peer went away; nothing to send.
+    Gone,
+}
+
+/// Waits for the first frame, which must be a `hello`, within `hello_timeout_ms`. WebSocket
+/// pings and pongs before it are allowed (tungstenite answers pings itself).
+async fn read_hello(shared: &Shared, socket: &mut WebSocket) -> Result<(String, Option<Resume>), Refused> {
+    let hello_timeout_ms = shared.config.hello_timeout_ms;
+    let deadline = Instant::now() + Duration::from_millis(hello_timeout_ms);
+    loop {
+        let message = match timeout_at(deadline, socket.recv()).await {
+            Err(_) => {
+                return Err(Refused::Reject(
+                    ErrorCode::HelloTimeout,
+                    format!("no hello within hello_timeout_ms {hello_timeout_ms}"),
+                    false,
+                ))
+            }
+            Ok(None) => return Err(Refused::Gone),
+            Ok(Some(Err(e))) => {
+                return Err(match oversized(shared, e) {
+                    Some(message) => Refused::Reject(ErrorCode::BadFrame, message, true),
+                    None => Refused::Gone,
+                })
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        match message {
+            Message::Text(text) => {
+                return match serde_json::from_str::<ClientFrame>(text.as_str()) {
+                    Ok(ClientFrame::Hello { token, resume }) => Ok((token, resume)),
+                    Ok(ClientFrame::Ping { .. }) => Err(Refused::Reject(
+                        ErrorCode::BadFrame,
+                        "the first frame must be hello".into(),
+                        false,
+                    )),
+                    Err(e) => Err(Refused::Reject(
+                        ErrorCode::BadFrame,
+                        format!("not a protocol v1 frame: {e}"),
+                        false,
+                    )),
+                };
+            }
+            Message::Binary(_) => {
+                return Err(Refused::Reject(
+                    ErrorCode::BadFrame,
+                    "binary frames are not part of protocol v1".into(),
+                    false,
+                ))
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return Err(Refused::Gone),
+        }
+    }
+}
+
+/// `Some(message)` if the read error was a frame over `frame_bytes_max` (answered with
+/// `bad_frame`); `None` for transport errors (the connection is gone).
+fn oversized(shared: &Shared, error: axum::Error) -> Option<String> {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+        Some(tokio_tungstenite::tungstenite::Error::Capacity(e)) => Some(format!(
+            "frame too large ({e}); frame_bytes_max is {}",
+            shared.config.frame_bytes_max
+        )),
+        _ => None,
+    }
+}
+
+/// Sends `error` then a close frame with the code, for connections refused before the hub
+/// knew them.
+async fn reject(shared: &Shared, mut socket: WebSocket, code: ErrorCode, message: &str, read_failed: bool) {
+    tracing::debug!(%code, message, "connection refused");
+    let frame = ServerFrame::Error {
+        code,
+        message: message.to_string(),
+    }
+    .to_text();
+    let write = async {
+        socket.feed(Message::Text(frame.into())).await?;
+        socket.feed(close_message(code)).await?;
+        socket.flush().await
+    };
+    let reason = match timeout(write_timeout(shared), write).await {
+        Ok(Ok(())) => DisconnectReason::Error(code),
+        Ok(Err(_)) => DisconnectReason::ConnectionLost,
+        Err(_) => DisconnectReason::WriteTimeout,
+    };
+    shared.metrics.record_disconnect(reason);
+    if reason == DisconnectReason::Error(code) {
+        linger(shared, &mut socket, read_failed).await;
+    }
+}
+
+/// After our close frame, reads (and discards) until the client's close reply or the write
+/// timeout, so the error frame is not lost to a TCP reset caused by unread input. If the socket
+/// can no longer be read, waits `CLOSE_GRACE_MS_MAX` instead.
+async fn linger(shared: &Shared, socket: &mut WebSocket, read_failed: bool) {
+    if read_failed {
+        let grace_ms = CLOSE_GRACE_MS_MAX.min(shared.config.write_timeout_ms);
+        tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+        return;
+    }
+    let _ = timeout(write_timeout(shared), async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn close_message(code: ErrorCode) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.close_code(),
+        reason: code.as_str().into(),
+    }))
+}
+
+fn write_timeout(shared: &Shared) -> Duration {
+    Duration::from_millis(shared.config.write_timeout_ms)
+}
+
+/// The connected phase. Returns why the connection ended.
+async fn serve_connection(
+    shared: &Shared,
+    socket: &mut WebSocket,
+    id: ConnectionId,
+    notify: &Notify,
+    token_exp: u64,
+    read_failed: &mut bool,
+) -> DisconnectReason {
+    let heartbeat_interval = Duration::from_millis(shared.config.heartbeat_interval_ms);
+    let idle_timeout = Duration::from_millis(shared.config.idle_timeout_ms);
+    let mut batch: Vec<Transmit> = Vec::new();
+    let mut last_seen = Instant::now();
+    let mut next_ping = last_seen + heartbeat_interval;
+    let heartbeat = sleep_until(next_ping.min(last_seen + idle_timeout));
+    tokio::pin!(heartbeat);
+    let expiry = sleep_until(expiry_deadline(shared, token_exp));
+    tokio::pin!(expiry);
+
+    loop {
+        // Drain everything the hub has for this connection, one bounded batch per lock.
+        loop {
+            debug_assert!(batch.is_empty());
+            {
+                let Some(mut state) = shared.lock() else {
+                    return DisconnectReason::ConnectionLost;
+                };
+                while batch.len() < BATCH_TRANSMITS_MAX {
+                    match state.hub.poll_transmit(id) {
+                        Some(transmit) => batch.push(transmit),
+                        None => break,
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let closing = match write_batch(shared, socket, &batch).await {
+                Ok(closing) => closing,
+                Err(reason) => return reason,
+            };
+            batch.clear();
+            if let Some(code) = closing {
+                return DisconnectReason::Error(code);
+            }
+        }
+        if batch.capacity() > BATCH_IDLE_CAPACITY_MAX {
+            batch = Vec::new();
+        }
+
+        tokio::select! {
+            biased;
+            () = notify.notified() => {}
+            message = socket.recv() => {
+                last_seen = Instant::now();
+                heartbeat.as_mut().reset(next_ping.min(last_seen + idle_timeout));
+                match message {
+                    None => return DisconnectReason::ConnectionLost,
+                    Some(Ok(Message::Close(_))) => return DisconnectReason::ClientClosed,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientFrame>(text.as_str()) {
+                        Ok(ClientFrame::Ping { id: ping_id }) => {
+                            if let Some(mut state) = shared.lock() {
+                                state.hub.ping(id, ping_id);
+                            }
+                        }
+                        Ok(ClientFrame::Hello { .. }) => hub_close(shared, id, ErrorCode::BadFrame, "hello was already received"),
+                        Err(e) => hub_close(shared, id, ErrorCode::BadFrame, &format!("not a protocol v1 frame: {e}")),
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        hub_close(shared, id, ErrorCode::BadFrame, "binary frames are not part of protocol v1");
+                    }
+                    Some(Err(e)) => match oversized(shared, e) {
+                        Some(message) => {
+                            *read_failed = true;
+                            hub_close(shared, id, ErrorCode::BadFrame, &message);
+                        }
+                        None => return DisconnectReason::ConnectionLost,
+                    },
+                }
+            }
+            () = &mut heartbeat => {
+                let now = Instant::now();
+                if now >= last_seen + idle_timeout {
+                    let message = format!("nothing received for idle_timeout_ms {}", idle_timeout.as_millis());
+                    hub_close(shared, id, ErrorCode::IdleTimeout, &message);
+                } else if now >= next_ping {
+                    match timeout(write_timeout(shared), socket.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return DisconnectReason::ConnectionLost,
+                        Err(_) => return DisconnectReason::WriteTimeout,
+                    }
+                    next_ping = now + heartbeat_interval;
+                }
+                // After an idle close the timer parks far away; the close ends the loop.
+                let next = next_ping.min(last_seen + idle_timeout).max(now + Duration::from_millis(1));
+                heartbeat.as_mut().reset(next);
+            }
+            () = &mut expiry => {
+                if shared.clock.unix_secs() >= token_exp {
+                    hub_close(shared, id, ErrorCode::TokenExpired, &format!("token expired at {token_exp}"));
+                    // Park the timer; the close frame ends the loop at the next drain.
+                    expiry.as_mut().reset(Instant::now() + Duration::from_secs(EXPIRY_RECHECK_MAX_SECS));
+                } else {
+                    expiry.as_mut().reset(expiry_deadline(shared, token_exp));
+                }
+            }
+        }
+    }
+}
+
+/// Writes one batch with `feed` + one `flush`, bounded by `write_timeout_ms`. Returns the close
+/// code if the batch ended with a close.
+async fn write_batch(
+    shared: &Shared,
+    socket: &mut WebSocket,
+    batch: &[Transmit],
+) -> Result<Option<ErrorCode>, DisconnectReason> {
+    let mut closing = None;
+    let write = async {
+        for transmit in batch {
+            let message = match transmit {
+                Transmit::Control(frame) => Message::Text((&**frame).into()),
+                Transmit::Event { frame, .. } => Message::Text((&**frame).into()),
+                Transmit::Close(code) => {
+                    closing = Some(*code);
+                    close_message(*code)
+                }
+            };
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    match timeout(write_timeout(shared), write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(DisconnectReason::ConnectionLost),
+        Err(_) => return Err(DisconnectReason::WriteTimeout),
+    }
+    let now_ms = shared.clock.now_ms();
+    for transmit in batch {
+        if let Transmit::Event { published_at_ms, .. } = transmit {
+            shared.metrics.record_delivery(now_ms.saturating_sub(*published_at_ms));
+        }
+    }
+    Ok(closing)
+}
+
+fn hub_close(shared: &Shared, id: ConnectionId, code: ErrorCode, message: &str) {
+    if let Some(mut state) = shared.lock() {
+        state.hub.close(id, code, message);
+    }
+}
+
+/// When to next check the token: at `exp` by the injected clock (second resolution, so at most
+/// one second late), re-checked at least daily.
+fn expiry_deadline(shared: &Shared, token_exp: u64) -> Instant {
+    let remaining_secs = token_exp
+        .saturating_sub(shared.clock.unix_secs())
+        .clamp(1, EXPIRY_RECHECK_MAX_SECS);
+    Instant::now() + Duration::from_secs(remaining_secs)
+}
+
+/// Removes the connection from the hub and the writer table when dropped, so an aborted or
+/// panicking task cannot leak a connection slot.
+struct Registration {
+    shared: Arc<Shared>,
+    id: ConnectionId,
+    done: bool,
+}
+
+impl Registration {
+    fn release(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(mut state) = self.shared.lock() {
+            state.hub.disconnect(self.id);
+            state.writers.remove(&self.id);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

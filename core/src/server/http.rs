@@ -1,0 +1,223 @@
+//! The router: the WebSocket endpoint plus the small HTTP API (publish, health, metrics).
+//!
+//! HTTP errors always carry `{"error":{"code":"..","message":".."}}`, with the same codes as
+//! [`PublishError::code`] plus `malformed`, `unknown_kind` and `unauthorized`.
+
+use super::{connection, Shared};
+use crate::hub::PublishError;
+use crate::metrics::{HTTP_MALFORMED, HTTP_UNAUTHORIZED, HTTP_UNKNOWN_KIND};
+use crate::notifier::Notifier;
+use crate::protocol::{EventKind, WS_PATH};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The HTTP publish endpoint; `{user}` is the target user id.
+pub const PUBLISH_PATH: &str = "/v1/users/{user}/events";
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(WS_PATH, get(websocket))
+        .route(PUBLISH_PATH, post(publish))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+async fn websocket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+    let config = &shared.config;
+    upgrade
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(config.frame_bytes_max)
+        .max_frame_size(config.frame_bytes_max)
+        .on_upgrade(move |socket| connection::run(shared, socket))
+}
+
+/// The body of `POST /v1/users/{user}/events`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    run: &'a str,
+    #[serde(borrow)]
+    kind: &'a str,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    idempotency_key: Option<&'a str>,
+}
+
+async fn publish(
+    State(shared): State<Arc<Shared>>,
+    user: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let metrics = &shared.metrics;
+    if !authorized(&headers, &shared.config.api_key) {
+        metrics.record_publish_error(HTTP_UNAUTHORIZED);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            HTTP_UNAUTHORIZED,
+            "expected Authorization: Bearer <api key>",
+        );
+    }
+    if shared.is_closed() {
+        let e = PublishError::ShuttingDown;
+        metrics.record_publish_error(e.code());
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string());
+    }
+    let Ok(Path(user)) = user else {
+        metrics.record_publish_error(HTTP_MALFORMED);
+        return error(StatusCode::BAD_REQUEST, HTTP_MALFORMED, "bad user path segment");
+    };
+    let limit = shared.config.publish_body_bytes_max();
+    let read = tokio::time::timeout(
+        Duration::from_millis(shared.config.write_timeout_ms),
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            let e = PublishError::TooLarge {
+                bytes: limit as u64 + 1,
+                max: shared.config.hub.event_bytes_max,
+            };
+            metrics.record_publish_error(e.code());
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                e.code(),
+                &format!("request body larger than {limit} bytes (event_bytes_max + envelope)"),
+            );
+        }
+        Err(_) => {
+            metrics.record_publish_error(HTTP_MALFORMED);
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                HTTP_MALFORMED,
+                "request body not received within write_timeout_ms",
+            );
+        }
+    };
+    let body: PublishBody<'_> = match serde_json::from_slice(&bytes) {
+        Ok(body) => body,
+        Err(e) => {
+            metrics.record_publish_error(HTTP_MALFORMED);
+            return error(
+                StatusCode::BAD_REQUEST,
+                HTTP_MALFORMED,
+                &format!("expected {{\"run\":..,\"kind\":..,\"data\":..,\"idempotency_key\":..(optional)}}: {e}"),
+            );
+        }
+    };
+    let Some(kind) = EventKind::parse(body.kind) else {
+        metrics.record_publish_error(HTTP_UNKNOWN_KIND);
+        let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            HTTP_UNKNOWN_KIND,
+            &format!("unknown kind {:?}; expected one of {}", body.kind, known.join(", ")),
+        );
+    };
+    // `publish_raw` records its own errors in the metrics.
+    match Notifier::new(shared.clone()).publish_raw(&user, body.run, kind, body.data, body.idempotency_key) {
+        Ok(published) => {
+            let status = if published.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (status, axum::Json(published)).into_response()
+        }
+        Err(e) => {
+            let status = match &e {
+                PublishError::InvalidUser(_)
+                | PublishError::InvalidRun(_)
+                | PublishError::InvalidIdempotencyKey(_)
+                | PublishError::InvalidData(_) => StatusCode::BAD_REQUEST,
+                PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                PublishError::UsersFull { .. } | PublishError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(status, e.code(), &e.to_string())
+        }
+    }
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.is_closed() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        (StatusCode::OK, "ok").into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render_metrics(&shared),
+    )
+        .into_response()
+}
+
+pub(super) fn render_metrics(shared: &Shared) -> String {
+    let sample = shared
+        .lock()
+        .map(|state| (state.hub.counters().clone(), state.hub.gauges()));
+    let (counters, gauges) = sample.unwrap_or_default();
+    shared.metrics.render(&counters, &gauges)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+/// `Authorization: Bearer <key>`, compared in constant time (for equal lengths).
+fn authorized(headers: &HeaderMap, api_key: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(presented) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    constant_time_eq(presented, api_key.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_keys_compare_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(!authorized(&headers, "k3y"));
+        headers.insert(header::AUTHORIZATION, "Bearer k3y".parse().unwrap());
+        assert!(authorized(&headers, "k3y"));
+        assert!(!authorized(&headers, "k3z"));
+        assert!(!authorized(&headers, "k3y4"));
+        headers.insert(header::AUTHORIZATION, "Basic k3y".parse().unwrap());
+        assert!(!authorized(&headers, "k3y"));
+    }
+}

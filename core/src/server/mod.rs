@@ -1,0 +1,355 @@
+//! The server adapter: gives the sans-IO [`Hub`] sockets, a clock and a router.
+//!
+//! One `std::sync::Mutex` guards the hub and the table of connection writers; every critical
+//! section is short and none spans an `.await`. Each WebSocket connection is one tokio task
+//! ([`connection`]) that waits on its own [`Notify`] and pulls frames from the hub — there are
+//! no per-connection channels, so an idle connection costs a socket, a small read buffer and a
+//! parked task. The HTTP API ([`http`]) and the in-process [`Notifier`] publish through the same
+//! lock. Generic over the listener (axum's [`Listener`]), so the very same router serves
+//! tokio TCP in production and turmoil TCP in the simulation.
+
+mod connection;
+mod http;
+
+use crate::auth::TokenVerifier;
+use crate::clock::Clock;
+use crate::hub::{ConnectionId, Counters, Gauges, Hub, HubConfig};
+use crate::metrics::Metrics;
+use crate::notifier::Notifier;
+use crate::rng::SeededRng;
+use axum::serve::Listener;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::IntoFuture;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Everything a server needs besides its clock and seed. Units are in the field names.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The hub's limits (retention, queues, connections).
+    pub hub: HubConfig,
+    /// Time a client has, after the upgrade, to send `hello`. Then: error `hello_timeout`, 4008.
+    pub hello_timeout_ms: u64,
+    /// Interval of server-sent WebSocket pings, so that idle clients and NATs see traffic.
+    pub heartbeat_interval_ms: u64,
+    /// A connection from which nothing (frame, ping or pong) arrived for this long is closed
+    /// with `idle_timeout`, 4010.
+    pub idle_timeout_ms: u64,
+    /// Bound on every write (a batch of frames, a ping, a close) and on reading an HTTP body.
+    /// A peer that does not drain its socket in time is dropped.
+    pub write_timeout_ms: u64,
+    /// Largest incoming WebSocket frame/message. Larger: error `bad_frame`, 4004.
+    pub frame_bytes_max: usize,
+    /// Interval of the retention tick that evicts events older than `retention_age_ms` even
+    /// when nothing is published.
+    pub tick_interval_ms: u64,
+    /// Per-connection WebSocket read buffer. Small, because clients send little.
+    pub ws_read_buffer_bytes: usize,
+    /// HS256 secret for hello tokens.
+    pub jwt_secret: Vec<u8>,
+    /// Bearer key for the HTTP publish API.
+    pub api_key: String,
+}
+
+impl fmt::Debug for ServerConfig {
+    /// Secrets are redacted: configs end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("hub", &self.hub)
+            .field("hello_timeout_ms", &self.hello_timeout_ms)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("write_timeout_ms", &self.write_timeout_ms)
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("tick_interval_ms", &self.tick_interval_ms)
+            .field("ws_read_buffer_bytes", &self.ws_read_buffer_bytes)
+            .field("jwt_secret", &"<redacted>")
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    /// Production defaults with the two secrets every server needs.
+    pub fn new(jwt_secret: Vec<u8>, api_key: String) -> Self {
+        ServerConfig {
+            hub: HubConfig::default(),
+            hello_timeout_ms: 5_000,
+            heartbeat_interval_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            write_timeout_ms: 10_000,
+            frame_bytes_max: 16 * 1024,
+            tick_interval_ms: 1_000,
+            ws_read_buffer_bytes: 1024,
+            jwt_secret,
+            api_key,
+        }
+    }
+
+    /// Rejects configurations that cannot work (empty secrets, zero timeouts). Called by
+    /// [`Server::new`].
+    pub fn validate(&self) -> Result<(), String> {
+        self.hub.validate()?;
+        if self.jwt_secret.is_empty() {
+            return Err("jwt_secret must not be empty".into());
+        }
+        if self.api_key.is_empty() {
+            return Err("api_key must not be empty".into());
+        }
+        let positive = [
+            ("hello_timeout_ms", self.hello_timeout_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("tick_interval_ms", self.tick_interval_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.frame_bytes_max < 1024 {
+            return Err("frame_bytes_max must be at least 1024 (a hello carries a token)".into());
+        }
+        if self.ws_read_buffer_bytes == 0 {
+            return Err("ws_read_buffer_bytes must be at least 1".into());
+        }
+        if self.idle_timeout_ms < self.heartbeat_interval_ms {
+            return Err("idle_timeout_ms must be at least heartbeat_interval_ms".into());
+        }
+        Ok(())
+    }
+
+    /// The request body limit of the HTTP publish API: an event at `event_bytes_max` plus room
+    /// for the envelope (run, kind, idempotency key).
+    pub fn publish_body_bytes_max(&self) -> usize {
+        usize::try_from(self.hub.event_bytes_max)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1024)
+    }
+}
+
+/// What the lock guards: the hub and the wakers of the connection tasks.
+pub(crate) struct State {
+    pub hub: Hub,
+    pub writers: BTreeMap<ConnectionId, Arc<Notify>>,
+    wakes: Vec<ConnectionId>,
+}
+
+/// The hub lock. Dropping it wakes every connection the hub asked to wake, so no mutation can
+/// forget to (the one rule of using the hub: after every mutation, `take_wakes`).
+pub(crate) struct Locked<'a>(MutexGuard<'a, State>);
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let state = &mut *self.0;
+        state.hub.take_wakes(&mut state.wakes);
+        for id in state.wakes.drain(..) {
+            if let Some(notify) = state.writers.get(&id) {
+                notify.notify_one();
+            }
+        }
+    }
+}
+
+/// State shared by the router, the connection tasks, the tick task and every [`Notifier`].
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub clock: Arc<dyn Clock>,
+    pub verifier: TokenVerifier,
+    pub metrics: Metrics,
+    state: Mutex<State>,
+    /// Flipped to `true` once by [`Shared::close`]; `serve` watches it to stop accepting.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Locks the hub. `None` when the lock is poisoned (a panic inside the hub): callers treat
+    /// that exactly like a shut-down server, so a crash never turns into silent success.
+    pub fn lock(&self) -> Option<Locked<'_>> {
+        self.state.lock().ok().map(Locked)
+    }
+
+    /// Shuts the hub down (clients get `shutting_down` and 1001; publishes fail) and tells
+    /// `serve` to stop accepting. Idempotent.
+    pub fn close(&self) {
+        if let Some(mut state) = self.lock() {
+            if !state.hub.is_shutting_down() {
+                state.hub.shutdown();
+            }
+        }
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.shutdown.borrow() || self.lock().is_none_or(|state| state.hub.is_shutting_down())
+    }
+}
+
+/// A Herald server: the hub plus its HTTP/WebSocket router. Cheap to clone (all clones are the
+/// same server), so that one clone can `serve` while another calls `shutdown`.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").field("config", &self.shared.config).finish()
+    }
+}
+
+impl Server {
+    /// Builds a server with a fresh hub (new epochs for every user stream). `rng` seeds epoch
+    /// and connection ids; `clock` is the only source of time.
+    pub fn new(config: ServerConfig, clock: Arc<dyn Clock>, rng: SeededRng) -> Result<Server, String> {
+        config.validate()?;
+        let hub = Hub::new(config.hub.clone(), rng)?;
+        let verifier = TokenVerifier::new(&config.jwt_secret);
+        let (shutdown, _) = watch::channel(false);
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                clock,
+                verifier,
+                metrics: Metrics::default(),
+                state: Mutex::new(State {
+                    hub,
+                    writers: BTreeMap::new(),
+                    wakes: Vec::new(),
+                }),
+                shutdown,
+            }),
+        })
+    }
+
+    /// The in-process publishing handle ("the bridge"). Fails with `ShuttingDown` once this
+    /// server is shut down or its `serve` future is dropped.
+    pub fn notifier(&self) -> Notifier {
+        Notifier::new(self.shared.clone())
+    }
+
+    /// `GET /v1/ws`, `POST /v1/users/{user}/events`, `GET /healthz`, `GET /metrics`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.shared.clone())
+    }
+
+    /// Graceful shutdown: every client is sent `shutting_down` and closed with 1001, publishes
+    /// fail with `ShuttingDown`, and `serve` stops accepting and returns.
+    pub fn shutdown(&self) {
+        tracing::info!("shutting down");
+        self.shared.close();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// The hub's resource gauges (zeros if the hub lock is poisoned).
+    pub fn gauges(&self) -> Gauges {
+        self.shared.lock().map(|state| state.hub.gauges()).unwrap_or_default()
+    }
+
+    /// The hub's monotonic counters (defaults if the hub lock is poisoned).
+    pub fn counters(&self) -> Counters {
+        self.shared
+            .lock()
+            .map(|state| state.hub.counters().clone())
+            .unwrap_or_default()
+    }
+
+    /// The Prometheus text served at `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        http::render_metrics(&self.shared)
+    }
+
+    /// Serves the router on `listener` and runs the retention tick until [`Server::shutdown`].
+    /// Then it stops accepting, gives open connections up to `write_timeout_ms` to receive
+    /// their 1001 close, and returns. If this future is dropped instead (a crashed host), the
+    /// server is shut down as well: every `Notifier` then fails with `ShuttingDown`.
+    pub async fn serve<L>(self, listener: L) -> std::io::Result<()>
+    where
+        L: Listener,
+        L::Addr: fmt::Debug,
+    {
+        let guard = ServeGuard {
+            shared: self.shared.clone(),
+        };
+        let shared = &self.shared;
+        let mut stop = shared.shutdown.subscribe();
+        let signal = {
+            let mut stop = shared.shutdown.subscribe();
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            }
+        };
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(signal)
+            .into_future();
+        tokio::pin!(server);
+        let drain = Duration::from_millis(shared.config.write_timeout_ms);
+        let result = tokio::select! {
+            biased;
+            result = &mut server => result,
+            () = tick_loop(shared) => unreachable!("the tick loop never ends"),
+            () = async {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+                tokio::time::sleep(drain).await;
+            } => {
+                tracing::warn!("HTTP connections still open {drain:?} after shutdown; returning anyway");
+                Ok(())
+            }
+        };
+        // Accepting has stopped; let connection tasks write their 1001 close, bounded.
+        let deadline = tokio::time::Instant::now() + drain;
+        while tokio::time::Instant::now() < deadline {
+            if shared.lock().is_none_or(|state| state.writers.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(guard);
+        result
+    }
+}
+
+/// Owned by the `serve` future: however that future ends (returned or dropped), the server is
+/// shut down, so that a crashed server can never leave a `Notifier` that silently succeeds.
+struct ServeGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ServeGuard {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// Evicts events older than `retention_age_ms` even when nobody publishes.
+async fn tick_loop(shared: &Shared) {
+    let mut interval = tokio::time::interval(Duration::from_millis(shared.config.tick_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Some(mut state) = shared.lock() {
+            let now_ms = shared.clock.now_ms();
+            state.hub.tick(now_ms);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The client against a scripted WebSocket peer that misbehaves on purpose — things the real
+//! server never does, but the client must handle without hiding them: duplicates at the replay
+//! seam, seq jumps, unparsable and binary frames, events before the welcome, an epoch change
+//! without a gap, and a terminal `bad_frame` close.
+
+use futures_util::{SinkExt, StreamExt};
+use herald_core::client::{
+    Client, ClientConfig, ClientObserver, ClientState, CloseCause, FrameReceived, Item, TcpConnector,
+};
+use herald_core::protocol::{ClientFrame, ErrorCode, EventKind, Resume, ServerFrame};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Peer = WebSocketStream<TcpStream>;
+
+async fn accept(listener: &TcpListener) -> Peer {
+    let (stream, _) = tokio::time::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    tokio_tungstenite::accept_async(stream).await.unwrap()
+}
+
+/// Reads the hello and returns its resume.
+async fn hello(peer: &mut Peer) -> Option<Resume> {
+    let message = tokio::time::timeout(WAIT, peer.next()).await.unwrap().unwrap().unwrap();
+    match serde_json::from_str::<ClientFrame>(message.to_text().unwrap()).unwrap() {
+        ClientFrame::Hello { token, resume } => {
+            assert_eq!(token, "token");
+            resume
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+async fn send(peer: &mut Peer, frame: ServerFrame) {
+    peer.send(Message::text(frame.to_text())).await.unwrap();
+}
+
+fn welcome(epoch: &str, head: u64, recovered: bool) -> ServerFrame {
+    ServerFrame::Welcome {
+        user: "alice".into(),
+        connection: "c-1".into(),
+        epoch: epoch.into(),
+        head,
+        recovered,
+    }
+}
+
+fn event(seq: u64) -> ServerFrame {
+    ServerFrame::Event {
+        seq,
+        run: "run-1".into(),
+        kind: EventKind::AgentThinking,
+        data: json!({ "n": seq }),
+    }
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl ClientObserver for Log {
+    fn connecting(&self, attempt: u32, resume: Option<&Resume>) {
+        self.0.lock().unwrap().push(format!("connecting {attempt} {resume:?}"));
+    }
+
+    fn frame(&self, connection: Option<&str>, frame: &FrameReceived<'_>) {
+        let line = match frame {
+            FrameReceived::Parsed(frame) => format!("frame {connection:?} {}", frame.to_text()),
+            FrameReceived::Unparsed(text) => format!("unparsed {connection:?} {text}"),
+        };
+        self.0.lock().unwrap().push(line);
+    }
+
+    fn closed(&self, code: Option<u16>, cause: CloseCause, _reason: &str) {
+        self.0.lock().unwrap().push(format!("closed {code:?} {cause:?}"));
+    }
+}
+
+async fn setup() -> (TcpListener, Client, Log) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = ClientConfig::new(format!("ws://{addr}/v1/ws"), 1);
+    config.backoff_initial_ms = 10;
+    config.backoff_max_ms = 50;
+    let log = Log::default();
+    let client = Client::spawn(
+        config,
+        TcpConnector { addr: addr.to_string() },
+        || "token".to_string(),
+        log.clone(),
+    );
+    (listener, client, log)
+}
+
+async fn next(client: &mut Client) -> Option<Item> {
+    tokio::time::timeout(WAIT, client.recv()).await.expect("recv in time")
+}
+
+fn seq_of(item: Option<Item>) -> u64 {
+    match item {
+        Some(Item::Event { seq, .. }) => seq,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn misbehaviour_is_shown_not_hidden_and_bad_frame_is_terminal() {
+    let (listener, mut client, log) = setup().await;
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None);
+    send(&mut peer, event(9)).await; // before the welcome: no epoch to place it in
+    send(&mut peer, welcome("e1", 0, false)).await;
+    for seq in [1, 2, 2] {
+        send(&mut peer, event(seq)).await;
+    }
+    peer.send(Message::text("{not json")).await.unwrap();
+    peer.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    send(&mut peer, event(5)).await; // a jump: delivered, the checkers must see it
+    send(&mut peer, event(4)).await; // now behind: a duplicate by seq
+    send(
+        &mut peer,
+        ServerFrame::Error {
+            code: ErrorCode::BadFrame,
+            message: "scripted".into(),
+        },
+    )
+    .await;
+    peer.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(4004),
+        reason: "bad_frame".into(),
+    })))
+    .await
+    .unwrap();
+
+    assert_eq!(seq_of(next(&mut client).await), 1);
+    assert_eq!(seq_of(next(&mut client).await), 2);
+    assert_eq!(seq_of(next(&mut client).await), 5);
+    assert_eq!(next(&mut client).await, None, "4004 is terminal");
+    assert_eq!(
+        client.state(),
+        ClientState::Stopped {
+            reason: "bad_frame: scripted".into()
+        }
+    );
+    let log = log.0.lock().unwrap().clone();
+    assert_eq!(log.iter().filter(|l| l.starts_with("unparsed")).count(), 2, "{log:#?}");
+    assert!(log.contains(&"unparsed Some(\"c-1\") {not json".to_string()));
+    assert!(
+        log[1].starts_with("frame None {\"type\":\"event\",\"seq\":9"),
+        "{log:#?}"
+    );
+    assert_eq!(log.last().unwrap(), "closed Some(4004) Server");
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("connecting")).count(),
+        1,
+        "no retry"
+    );
+}
+
+#[tokio::test]
+async fn duplicates_at_the_replay_seam_are_dropped() {
+    let (listener, mut client, _log) = setup().await;
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None);
+    send(&mut peer, welcome("e1", 0, false)).await;
+    for seq in 1..=3 {
+        send(&mut peer, event(seq)).await;
+    }
+    for expected in 1..=3 {
+        assert_eq!(seq_of(next(&mut client).await), expected);
+    }
+    drop(peer); // abrupt: no close frame
+
+    let mut peer = accept(&listener).await;
+    assert_eq!(
+        hello(&mut peer).await,
+        Some(Resume {
+            epoch: "e1".into(),
+            after: 3
+        })
+    );
+    send(&mut peer, welcome("e1", 4, true)).await;
+    for seq in [2, 3, 4] {
+        send(&mut peer, event(seq)).await; // a server replaying from `after` instead of `after + 1`
+    }
+    assert_eq!(seq_of(next(&mut client).await), 4);
+    assert_eq!(
+        client.state(),
+        ClientState::Connected {
+            epoch: "e1".into(),
+            last_seq: 4
+        }
+    );
+    assert_eq!(client.try_recv(), None, "2 and 3 were dropped as duplicates");
+}
+
+#[tokio::test]
+async fn an_epoch_change_without_a_gap_frame_gets_no_invented_gap() {
+    let (listener, mut client, _log) = setup().await;
+    let mut peer = accept(&listener).await;
+    hello(&mut peer).await;
+    send(&mut peer, welcome("e1", 7, false)).await;
+    send(&mut peer, event(8)).await;
+    assert_eq!(seq_of(next(&mut client).await), 8);
+    peer.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "shutting_down".into(),
+    })))
+    .await
+    .unwrap();
+
+    let mut peer = accept(&listener).await;
+    assert_eq!(
+        hello(&mut peer).await,
+        Some(Resume {
+            epoch: "e1".into(),
+            after: 8
+        })
+    );
+    send(&mut peer, welcome("e2", 1, false)).await;
+    send(&mut peer, event(1)).await;
+    match next(&mut client).await {
+        Some(Item::Event { epoch, seq: 1, .. }) => assert_eq!(epoch, "e2"),
+        other => panic!("expected e2/1 and no gap, got {other:?}"),
+    }
+    assert_eq!(client.try_recv(), None);
+}

@@ -1,0 +1,159 @@
+//! Hello-phase protocol paths over real loopback sockets: authentication, token expiry (at
+//! hello and while connected), malformed frames and the hello timeout.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use herald_core::auth::mint_token;
+use herald_core::protocol::{ClientFrame, ErrorCode, EventKind, Resume, ServerFrame};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn garbage_and_forged_tokens_close_with_4001() {
+    let server = start(test_config(), 1).await;
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, "not-a-jwt", None).await;
+    expect_error_close(&mut ws, ErrorCode::AuthFailed).await;
+
+    let forged = mint_token(b"someone-elses-secret", "alice", UNIX_MS_BASE / 1000 + 3_600);
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, &forged, None).await;
+    expect_error_close(&mut ws, ErrorCode::AuthFailed).await;
+
+    // A token whose subject is not a valid user id is refused too.
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, &token("not a user id", 3_600), None).await;
+    expect_error_close(&mut ws, ErrorCode::AuthFailed).await;
+
+    // Nothing reached the hub.
+    assert_eq!(server.server.gauges().connections, 0);
+    assert_eq!(server.server.gauges().users, 0);
+}
+
+#[tokio::test]
+async fn expired_token_at_hello_closes_with_4002() {
+    let server = start(test_config(), 2).await;
+    let expired = mint_token(SECRET, "alice", UNIX_MS_BASE / 1000 - 1);
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, &expired, None).await;
+    let message = expect_error_close(&mut ws, ErrorCode::TokenExpired).await;
+    assert!(message.contains("expired"), "{message}");
+}
+
+#[tokio::test]
+async fn token_expiring_while_connected_closes_with_4002() {
+    let server = start(test_config(), 3).await;
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, &token("alice", 1), None).await;
+    let welcome = expect_welcome(&mut ws).await;
+    assert_eq!(welcome.head, 0);
+    // Still delivering before expiry.
+    server
+        .notifier
+        .publish("alice", "run-1", EventKind::AgentStarted, &json!({"n": 1}))
+        .unwrap();
+    assert_eq!(expect_event(&mut ws).await.0, 1);
+    let started = tokio::time::Instant::now();
+    expect_error_close(&mut ws, ErrorCode::TokenExpired).await;
+    assert!(started.elapsed() < std::time::Duration::from_millis(2_500));
+    // The hub forgot the connection.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(server.server.gauges().connections, 0);
+}
+
+#[tokio::test]
+async fn non_json_first_frame_is_a_bad_frame() {
+    let server = start(test_config(), 4).await;
+    let mut ws = ws_connect(&server).await;
+    ws.send(Message::text("{not json")).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+}
+
+#[tokio::test]
+async fn ping_before_hello_is_a_bad_frame() {
+    let server = start(test_config(), 5).await;
+    let mut ws = ws_connect(&server).await;
+    send_frame(&mut ws, &ClientFrame::Ping { id: 1 }).await;
+    let message = expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    assert!(message.contains("hello"), "{message}");
+}
+
+#[tokio::test]
+async fn binary_and_oversized_frames_are_bad_frames() {
+    let server = start(test_config(), 6).await;
+    let mut ws = ws_connect(&server).await;
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+
+    let mut ws = ws_connect(&server).await;
+    let huge = format!(r#"{{"type":"hello","token":"{}"}}"#, "x".repeat(20 * 1024));
+    ws.send(Message::text(huge)).await.unwrap();
+    let message = expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    assert!(message.contains("frame_bytes_max"), "{message}");
+
+    // After hello: garbage, a second hello and an oversized frame all close with 4004.
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    ws.send(Message::text("[1,2,3]")).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    send_hello(&mut ws, &token("alice", 3_600), None).await;
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    ws.send(Message::text("y".repeat(20 * 1024))).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+}
+
+#[tokio::test]
+async fn resume_beyond_head_is_a_bad_frame() {
+    let server = start(test_config(), 7).await;
+    let (_keep, welcome) = connect_user(&server, "alice", None).await;
+    let mut ws = ws_connect(&server).await;
+    send_hello(
+        &mut ws,
+        &token("alice", 3_600),
+        Some(Resume {
+            epoch: welcome.epoch,
+            after: 5,
+        }),
+    )
+    .await;
+    let message = expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    assert!(message.contains("beyond head"), "{message}");
+}
+
+#[tokio::test]
+async fn no_hello_closes_with_4008_and_pings_get_pongs() {
+    let server = start(test_config(), 8).await;
+    let mut ws = ws_connect(&server).await;
+    let started = tokio::time::Instant::now();
+    let message = expect_error_close(&mut ws, ErrorCode::HelloTimeout).await;
+    assert!(message.contains("hello_timeout_ms 200"), "{message}");
+    let waited = started.elapsed();
+    assert!(waited >= std::time::Duration::from_millis(150), "{waited:?}");
+    assert!(waited < std::time::Duration::from_millis(2_000), "{waited:?}");
+
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    send_frame(&mut ws, &ClientFrame::Ping { id: 42 }).await;
+    assert_eq!(next_frame(&mut ws).await, ServerFrame::Pong { id: 42 });
+
+    let text = server.server.metrics_text();
+    assert!(
+        text.contains("herald_disconnects_total{code=\"hello_timeout\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_with_idle_timeout() {
+    let mut config = test_config();
+    config.heartbeat_interval_ms = 100;
+    config.idle_timeout_ms = 300;
+    let server = start(config, 9).await;
+    // The client says hello, then neither reads nor sends. tungstenite answers pings only while
+    // reading, so the server hears nothing and must give up on it.
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    expect_error_close(&mut ws, ErrorCode::IdleTimeout).await;
+}

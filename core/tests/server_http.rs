@@ -1,0 +1,183 @@
+//! The HTTP API over real loopback sockets: publish (idempotency, every error status), health
+//! and Prometheus metrics.
+
+mod common;
+
+use common::*;
+use herald_core::protocol::EventKind;
+use serde_json::json;
+
+#[tokio::test]
+async fn http_publish_is_delivered_and_idempotent() {
+    let server = start(test_config(), 20).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let body = json!({"run": "run-7", "kind": "tool_executing", "data": {"tool": "search"}, "idempotency_key": "k-1"});
+    let (status, reply) = http_publish(server.addr, "alice", &body).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["seq"], 1);
+    let epoch = reply["epoch"].as_str().unwrap().to_string();
+    match next_frame(&mut ws).await {
+        herald_core::protocol::ServerFrame::Event { seq, run, kind, data } => {
+            assert_eq!((seq, run.as_str(), kind), (1, "run-7", EventKind::ToolExecuting));
+            assert_eq!(data, json!({"tool": "search"}));
+        }
+        other => panic!("expected the event, got {other:?}"),
+    }
+
+    // The retry: same key, same seq, 200, no new event.
+    let (status, reply) = http_publish(server.addr, "alice", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply, json!({"seq": 1, "epoch": epoch}));
+    // A different key is a new event.
+    let other = json!({"run": "run-7", "kind": "tool_completed", "data": null, "idempotency_key": "k-2"});
+    let (status, reply) = http_publish(server.addr, "alice", &other).await;
+    assert_eq!((status, reply["seq"].as_u64()), (201, Some(2)));
+    assert_eq!(expect_event(&mut ws).await.0, 2, "the duplicate was not delivered");
+    // Without a key every publish is new.
+    let plain = json!({"run": "run-7", "kind": "agent_completed", "data": {}});
+    assert_eq!(http_publish(server.addr, "alice", &plain).await.0, 201);
+    assert_eq!(http_publish(server.addr, "alice", &plain).await.0, 201);
+    assert_eq!(expect_event(&mut ws).await.0, 3);
+    assert_eq!(expect_event(&mut ws).await.0, 4);
+
+    let text = server.server.metrics_text();
+    assert!(text.contains("herald_published_total 4\n"), "{text}");
+    assert!(text.contains("herald_idempotent_replays_total 1\n"), "{text}");
+}
+
+#[tokio::test]
+async fn http_publish_errors_have_status_and_json_code() {
+    let mut config = test_config();
+    config.hub.event_bytes_max = 1024;
+    let server = start(config, 21).await;
+    let addr = server.addr;
+    let path = "/v1/users/alice/events";
+    let good = json!({"run": "r", "kind": "agent_started", "data": {}}).to_string();
+
+    let (status, body) = http(addr, "POST", path, None, Some(&good)).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(addr, "POST", path, Some("wrong-key"), Some(&good)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(error_code(&body), "unauthorized");
+
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "malformed"),
+        (
+            json!({"run": "r", "kind": "agent_started"}).to_string(),
+            400,
+            "malformed",
+        ),
+        (
+            json!({"run": "r", "kind": "agent_started", "data": {}, "extra": 1}).to_string(),
+            400,
+            "malformed",
+        ),
+        (
+            json!({"run": "r", "kind": "agent_exploded", "data": {}}).to_string(),
+            400,
+            "unknown_kind",
+        ),
+        (
+            json!({"run": "bad run", "kind": "agent_started", "data": {}}).to_string(),
+            400,
+            "invalid_run",
+        ),
+        (
+            json!({"run": "r", "kind": "agent_started", "data": {}, "idempotency_key": ""}).to_string(),
+            400,
+            "invalid_idempotency_key",
+        ),
+        // Within the body limit, but the encoded event exceeds event_bytes_max.
+        (
+            json!({"run": "r", "kind": "agent_started", "data": "x".repeat(1_500)}).to_string(),
+            413,
+            "too_large",
+        ),
+        // Beyond the body limit (event_bytes_max + 1024).
+        (
+            json!({"run": "r", "kind": "agent_started", "data": "x".repeat(4_000)}).to_string(),
+            413,
+            "too_large",
+        ),
+    ];
+    for (body, want_status, want_code) in &cases {
+        let (status, reply) = http(addr, "POST", path, Some(API_KEY), Some(body)).await;
+        assert_eq!(status, *want_status, "{body} -> {reply}");
+        assert_eq!(error_code(&reply), *want_code, "{body} -> {reply}");
+    }
+    let (status, reply) = http(addr, "POST", "/v1/users/bad%20user/events", Some(API_KEY), Some(&good)).await;
+    assert_eq!((status, error_code(&reply).as_str()), (400, "invalid_user"), "{reply}");
+
+    // Nothing was published by any failed request.
+    assert_eq!(server.server.gauges().retained_events, 0);
+    let text = server.server.metrics_text();
+    for (code, count) in [
+        ("unauthorized", 2),
+        ("malformed", 3),
+        ("unknown_kind", 1),
+        ("invalid_run", 1),
+        ("invalid_idempotency_key", 1),
+        ("too_large", 2),
+        ("invalid_user", 1),
+        ("shutting_down", 0),
+    ] {
+        let line = format!("herald_publish_errors_total{{code=\"{code}\"}} {count}\n");
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+}
+
+fn error_code(body: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+    json["error"]["code"].as_str().expect("error.code").to_string()
+}
+
+#[tokio::test]
+async fn healthz_and_metrics() {
+    let server = start(test_config(), 22).await;
+    assert_eq!(
+        http(server.addr, "GET", "/healthz", None, None).await,
+        (200, "ok".into())
+    );
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    for n in 0..3 {
+        server
+            .notifier
+            .publish("alice", "run-1", EventKind::AgentThinking, &json!({ "n": n }))
+            .unwrap();
+    }
+    for _ in 0..3 {
+        expect_event(&mut ws).await;
+    }
+    let _ = server
+        .notifier
+        .publish("bad user", "run-1", EventKind::AgentThinking, &json!({}));
+    // Delivery is counted after the write completes; give the task a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (status, text) = http(server.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    for line in [
+        "herald_published_total 3\n",
+        "herald_delivered_total 3\n",
+        "herald_gaps_total 0\n",
+        "herald_connections 1\n",
+        "herald_users 1\n",
+        "herald_retained_events 3\n",
+        "herald_send_queue_depth_max 0\n",
+        "herald_publish_errors_total{code=\"invalid_user\"} 1\n",
+        "herald_publish_errors_total{code=\"users_full\"} 0\n",
+        "herald_disconnects_total{code=\"auth_failed\"} 0\n",
+        "herald_delivery_latency_ms_bucket{le=\"+Inf\"} 3\n",
+        "herald_delivery_latency_ms_count 3\n",
+        "# TYPE herald_delivery_latency_ms histogram\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("herald_retained_bytes "));
+    let retained_bytes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_retained_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retained_bytes > 0);
+}

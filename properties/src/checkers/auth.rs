@@ -1,0 +1,224 @@
+//! Auth: no welcome without a valid, unexpired token; every rejected connection gets the
+//! documented close code; an expired token does not keep a connection open.
+//!
+//! Rules:
+//! - hostile connections with a forged, expired or garbage token are never welcomed;
+//! - each hostile connection ends with its documented close code: forged/garbage → 4001,
+//!   expired → 4002, frame before hello / malformed → 4004, oversized → 4004 or 1009, silent
+//!   hello → 4008; flood connections that are not welcomed → 4009, and one flood never gets more
+//!   than `connections_per_user_max` welcomes while all of them are still open. A connection
+//!   that is never closed counts once `End` is well past its hello timeout.
+//!   Skipped when the attempt cannot be judged: the server was not up for the whole attempt, or
+//!   its host was partitioned / held, or messages were being lost, around it;
+//! - a normal connection still open (no `Closed`) more than 2·heartbeat_interval + 2000 ms
+//!   after its token's expiry (1000 ms of that for the JWT's whole-second `exp`), with the server
+//!   up, the network undisturbed and the application not paused in that window, means the
+//!   server never enforced the expiry (it must close with 4002).
+
+use super::index::{Client, Conn, Index};
+use super::{t, violation, Category, Invariant, Severity, Violation};
+use crate::scenario::Attack;
+
+fn denied(explanation: String, evidence: Vec<usize>) -> Violation {
+    violation(
+        Invariant::Auth,
+        Severity::Critical,
+        Category::CrossUserSecurity,
+        explanation,
+        evidence,
+    )
+}
+
+pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
+    for client in index.clients.values() {
+        if let Some((step, attack)) = client.attack {
+            for conn in &client.conns {
+                if let Some(v) = hostile_conn(index, client, step, attack, conn) {
+                    return Err(v);
+                }
+            }
+        }
+    }
+    if let Some(v) = floods(index) {
+        return Err(v);
+    }
+    for client in index.clients.values().filter(|c| !c.hostile) {
+        for conn in &client.conns {
+            if let Some(v) = expiry(index, client, conn) {
+                return Err(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hostile_conn(
+    index: &Index<'_>,
+    client: &Client<'_>,
+    step: usize,
+    attack: &Attack,
+    conn: &Conn<'_>,
+) -> Option<Violation> {
+    let who = format!("{} of step {step} ({attack:?})", client.describe());
+    let invalid_token = matches!(
+        attack,
+        Attack::ForgedToken { .. } | Attack::ExpiredToken { .. } | Attack::GarbageToken
+    );
+    if invalid_token {
+        if let Some(w) = &conn.welcome {
+            return Some(denied(
+                format!(
+                    "{who} was welcomed as user {} on connection {} at {} without a valid token",
+                    w.user,
+                    w.connection,
+                    t(w.at)
+                ),
+                vec![conn.connecting_idx, w.idx],
+            ));
+        }
+    }
+    let expected: &[u16] = match attack {
+        Attack::ForgedToken { .. } | Attack::GarbageToken => &[4001],
+        Attack::ExpiredToken { .. } => &[4002],
+        Attack::FrameBeforeHello | Attack::MalformedFrame => &[4004],
+        Attack::OversizedFrame { .. } => &[4004, 1009],
+        Attack::SilentHello => &[4008],
+        // Valid tokens: judged by isolation and by `floods`.
+        Attack::ResumeAsOther { .. } | Attack::Flood { .. } => return None,
+    };
+    let timeouts = &index.scenario.config.timeouts;
+    let end_at = index.end.map(|(_, at)| at)?;
+    let until = conn.closed.map_or(end_at, |c| index.at(c));
+    if index.disturbed(client.host, conn.at, until) {
+        return None;
+    }
+    match conn.closed {
+        Some(closed) => {
+            let code = index.close_code(closed);
+            if code.is_some_and(|c| expected.contains(&c)) {
+                return None;
+            }
+            Some(denied(
+                format!(
+                    "{who} connecting at {} was closed at {} with code {code:?}, expected {expected:?}",
+                    t(conn.at),
+                    t(index.at(closed))
+                ),
+                vec![conn.connecting_idx, closed],
+            ))
+        }
+        None => {
+            let deadline = conn.at + timeouts.hello_timeout_ms + 2 * index.latency_max_ms + 2000;
+            (end_at > deadline).then(|| {
+                denied(
+                    format!(
+                        "{who} connecting at {} was never closed by the end at {}, expected close code {expected:?}",
+                        t(conn.at),
+                        t(end_at)
+                    ),
+                    vec![conn.connecting_idx],
+                )
+            })
+        }
+    }
+}
+
+fn floods(index: &Index<'_>) -> Option<Violation> {
+    let limit = index.scenario.config.limits.connections_per_user_max;
+    let end_at = index.end.map(|(_, at)| at)?;
+    let mut steps: std::collections::BTreeMap<usize, Vec<&Client<'_>>> = std::collections::BTreeMap::new();
+    for client in index.clients.values() {
+        if let Some((step, Attack::Flood { .. })) = client.attack {
+            steps.entry(step).or_default().push(client);
+        }
+    }
+    for (step, clients) in steps {
+        let conns: Vec<(&Client<'_>, &Conn<'_>)> = clients
+            .iter()
+            .flat_map(|c| c.conns.iter().map(move |conn| (*c, conn)))
+            .collect();
+        let Some(first_at) = conns.iter().map(|(_, c)| c.at).min() else {
+            continue;
+        };
+        let last_close = conns
+            .iter()
+            .map(|(_, c)| c.closed.map_or(end_at, |i| index.at(i)))
+            .max()
+            .unwrap_or(end_at);
+        if index.disturbed(clients[0].host, first_at, last_close) {
+            continue;
+        }
+        // Refused flood connections must say why: too many connections.
+        for (client, conn) in &conns {
+            if conn.welcome.is_some() {
+                continue;
+            }
+            if let Some(closed) = conn.closed {
+                let code = index.close_code(closed);
+                if code != Some(4009) {
+                    return Some(denied(
+                        format!(
+                            "flood connection {} of step {step} was refused at {} with code {code:?}, expected 4009 too_many_connections",
+                            client.describe(),
+                            t(index.at(closed))
+                        ),
+                        vec![conn.connecting_idx, closed],
+                    ));
+                }
+            }
+        }
+        // Too many welcomes while every flood connection was still open.
+        let mut welcomes: Vec<usize> = conns
+            .iter()
+            .filter_map(|(_, c)| c.welcome.as_ref().map(|w| w.idx))
+            .collect();
+        welcomes.sort_unstable();
+        if welcomes.len() as u64 > limit {
+            let last_welcome = welcomes[limit as usize];
+            let slack = 2 * index.latency_max_ms + 2 * index.scenario.config.tick_ms + 100;
+            let horizon = index.at(last_welcome) + slack;
+            let any_closed_early = conns
+                .iter()
+                .any(|(_, c)| c.closed.is_some_and(|i| index.at(i) <= horizon));
+            if !any_closed_early {
+                return Some(denied(
+                    format!(
+                        "flood step {step} got {} welcomes (the {}th at {}) while all its connections were open; connections_per_user_max is {limit}",
+                        welcomes.len(),
+                        limit + 1,
+                        t(index.at(last_welcome))
+                    ),
+                    vec![last_welcome],
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn expiry(index: &Index<'_>, client: &Client<'_>, conn: &Conn<'_>) -> Option<Violation> {
+    let welcome = conn.welcome.as_ref()?;
+    let end_at = index.end.map(|(_, at)| at)?;
+    let timeouts = &index.scenario.config.timeouts;
+    let exp = conn.token_exp_ms.unwrap_or(conn.at + client.token_ttl_ms);
+    let deadline = exp.max(welcome.at) + 2 * timeouts.heartbeat_interval_ms + 2000;
+    if deadline >= end_at {
+        return None;
+    }
+    if conn.closed.is_some_and(|c| index.at(c) <= deadline) {
+        return None;
+    }
+    if index.disturbed(client.host, exp.min(deadline), deadline) || client.paused_during(exp, deadline) {
+        return None;
+    }
+    Some(denied(
+        format!(
+            "{} kept connection {} open past its token expiry at {} (still open at {}): the server must close it with 4002 token_expired",
+            client.describe(),
+            welcome.connection,
+            t(exp),
+            t(deadline)
+        ),
+        vec![conn.connecting_idx, welcome.idx],
+    ))
+}

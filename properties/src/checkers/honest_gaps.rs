@@ -1,0 +1,130 @@
+//! Honest gaps: a gap or `recovered: false` is only reported when the data really was gone.
+//!
+//! Rules, for normal clients (hostile ones resume into streams that are not theirs on purpose):
+//! - a `retention` gap (received or delivered) covering a seq whose event was *certainly* still
+//!   retained when the gap arrived (see `Index::certainly_retained`: younger than
+//!   `retention_age_ms`, fewer than `retention_events_max` later events, little enough traffic
+//!   that byte eviction cannot have reached it, same server life);
+//! - an `epoch` gap on a connection whose welcome carries that very epoch: the stream the client
+//!   resumed still exists, nothing was lost;
+//! - a welcome with `recovered: false` answering a resume into the *same* epoch, when every
+//!   event after `after` up to the welcome's head was certainly retained (including the trivial
+//!   case `after == head`).
+//!
+//! A server that answers every resume with a gap fails the last two rules on the first
+//! reconnect that could have been served from retention.
+
+use super::index::{Client, Index};
+use super::{t, violation, Category, Invariant, Severity, Violation};
+use crate::history::{DeliveredItem, FrameSeen};
+
+pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
+    for client in index.clients.values().filter(|c| !c.hostile) {
+        for conn in &client.conns {
+            let label = Index::conn_label(conn);
+            if let (Some(welcome), Some(resume)) = (&conn.welcome, conn.resume) {
+                if resume.epoch == welcome.epoch && !welcome.recovered && resume.after <= welcome.head {
+                    let all_retained = (resume.after + 1..=welcome.head)
+                        .all(|seq| index.certainly_retained(&client.user, welcome.epoch, seq, welcome.at));
+                    if all_retained {
+                        return Err(dishonest(
+                            format!(
+                                "{} resumed epoch {} after seq {} and was welcomed on connection {label} at {} with recovered=false, yet every event up to head {} was certainly still retained",
+                                client.describe(),
+                                resume.epoch,
+                                resume.after,
+                                t(welcome.at),
+                                welcome.head
+                            ),
+                            vec![conn.connecting_idx, welcome.idx],
+                        ));
+                    }
+                }
+            }
+            for &idx in &conn.frames {
+                let Some(FrameSeen::Gap {
+                    epoch,
+                    from,
+                    to,
+                    reason,
+                    ..
+                }) = index.frame(idx)
+                else {
+                    continue;
+                };
+                if reason == "epoch" {
+                    if let Some(welcome) = conn.welcome.as_ref().filter(|w| w.epoch == epoch && w.idx < idx) {
+                        return Err(dishonest(
+                            format!(
+                                "connection {label} of {} got an epoch gap for epoch {epoch} from seq {from} at {}, but its welcome at {} says epoch {epoch} still exists",
+                                client.describe(),
+                                t(index.at(idx)),
+                                t(welcome.at)
+                            ),
+                            vec![welcome.idx, idx],
+                        ));
+                    }
+                } else if let Some(v) = retention_gap(index, client, epoch, *from, *to, idx, &label) {
+                    return Err(v);
+                }
+            }
+        }
+        for &idx in &client.delivered {
+            if let Some(DeliveredItem::Gap {
+                epoch,
+                from,
+                to,
+                reason,
+                ..
+            }) = index.delivered_item(idx)
+            {
+                if reason == "retention" {
+                    if let Some(v) = retention_gap(index, client, epoch, *from, *to, idx, "(delivered)") {
+                        return Err(v);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dishonest(explanation: String, evidence: Vec<usize>) -> Violation {
+    violation(
+        Invariant::HonestGaps,
+        Severity::Medium,
+        Category::ReconnectionRecovery,
+        explanation,
+        evidence,
+    )
+}
+
+fn retention_gap(
+    index: &Index<'_>,
+    client: &Client<'_>,
+    epoch: &str,
+    from: u64,
+    to: Option<u64>,
+    idx: usize,
+    label: &str,
+) -> Option<Violation> {
+    let at = index.at(idx);
+    let user = client.user.as_str();
+    let hi = to.unwrap_or(u64::MAX);
+    let (&(_, _, seq), &instance) = index
+        .instance_at
+        .range((user, epoch, from)..=(user, epoch, hi))
+        .find(|(&(_, _, seq), _)| index.certainly_retained(user, epoch, seq, at))?;
+    let event = &index.events[index.instances[instance].event];
+    Some(dishonest(
+        format!(
+            "{} got a retention gap {from}..{} in epoch {epoch} on connection {label} at {}, but seq {seq} ({}, published at {}) was certainly still retained",
+            client.describe(),
+            to.map_or("".to_string(), |t| t.to_string()),
+            t(at),
+            event.event_id,
+            t(event.first_call_at)
+        ),
+        vec![event.first_call_idx, idx],
+    ))
+}

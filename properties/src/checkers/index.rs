@@ -1,0 +1,648 @@
+//! One pass over a history that every checker shares: publishes and their outcomes, the events
+//! that certainly exist in some stream, each client's connections with their frames, server
+//! lives and network faults. Checkers ask it questions ("was this event certainly still retained
+//! at t?", "was the network around this host disturbed between a and b?") instead of each
+//! re-deriving them with slightly different assumptions.
+
+use crate::history::{DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent};
+use crate::scenario::{Attack, Scenario, Step, Timeouts};
+use std::collections::BTreeMap;
+
+/// Hostile connections are recorded with client ids `HOSTILE_CLIENT_BASE + step_index * 100 + k`.
+pub(super) const HOSTILE_CLIENT_BASE: u32 = 1_000_000;
+
+/// Frame overhead assumed on top of `payload_bytes` when estimating retained bytes. The real
+/// overhead is about 100 bytes (`{"type":"event","seq":..,"run":..,"kind":..,"data":..}`); twice
+/// that keeps "certainly retained" certain.
+const FRAME_OVERHEAD_BYTES: u64 = 200;
+
+/// The liveness bound B, in simulated ms: how long after the network heals (or after a publish,
+/// whichever is later) a live client may take to be connected and caught up.
+///
+/// B = 2·idle_timeout + 2·backoff_max + 2·hello_timeout + 1000, because in the worst case a
+/// client first needs up to `idle_timeout` to notice its old connection is dead (a partition
+/// gives no error), the server needs as long to drop its side, then a reconnect waits up to
+/// `backoff_max` (plus jitter, bounded by another `backoff_max`), and a handshake racing a
+/// restarting server can burn a `hello_timeout` twice; 1000 ms covers latency and ticks.
+pub fn liveness_bound_ms(timeouts: &Timeouts) -> u64 {
+    2 * timeouts.idle_timeout_ms + 2 * timeouts.backoff_max_ms + 2 * timeouts.hello_timeout_ms + 1000
+}
+
+/// One publish attempt (a `PublishCalled` and, if it came, its `PublishReturned`).
+pub(super) struct Call<'a> {
+    pub idx: usize,
+    pub at: u64,
+    pub event_id: &'a str,
+    pub user: &'a str,
+    pub via: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    /// Entry index of the matching `PublishReturned`.
+    pub returned: Option<usize>,
+}
+
+/// One logical event (one `event_id`), over all its attempts.
+pub(super) struct Event<'a> {
+    pub event_id: &'a str,
+    pub user: &'a str,
+    pub calls: Vec<usize>,
+    /// Stream positions this event certainly occupies (one per epoch it was created in).
+    pub instances: Vec<usize>,
+    pub first_call_idx: usize,
+    pub first_call_at: u64,
+    /// Entry index of the last `PublishReturned` of any attempt (the latest moment a retry
+    /// could have created the event again).
+    pub last_return: Option<usize>,
+    /// Some attempt timed out or never returned: the event may exist without our knowing.
+    pub ambiguous: bool,
+    /// Every attempt returned a non-ambiguous failure: the event certainly does not exist.
+    pub definitely_failed: bool,
+}
+
+/// An event that certainly exists at `(user, epoch, seq)`: a publish returned it.
+pub(super) struct Instance<'a> {
+    pub event: usize,
+    pub user: &'a str,
+    pub epoch: &'a str,
+    pub seq: u64,
+    /// The first successful `PublishReturned` naming this position.
+    pub returned_idx: usize,
+    pub returned_at: u64,
+}
+
+/// A welcome as a client saw it.
+pub(super) struct Welcome<'a> {
+    pub idx: usize,
+    pub at: u64,
+    pub user: &'a str,
+    pub connection: &'a str,
+    pub epoch: &'a str,
+    pub head: u64,
+    pub recovered: bool,
+}
+
+/// One connection attempt of a client, from `Connecting` to `Closed`.
+pub(super) struct Conn<'a> {
+    pub connecting_idx: usize,
+    pub at: u64,
+    pub resume: Option<&'a ResumeSent>,
+    pub token_exp_ms: Option<u64>,
+    pub welcome: Option<Welcome<'a>>,
+    pub frames: Vec<usize>,
+    pub closed: Option<usize>,
+}
+
+/// A normal or hostile client and everything it observed.
+pub(super) struct Client<'a> {
+    pub id: u32,
+    pub user: String,
+    pub hostile: bool,
+    pub host: Option<u32>,
+    /// For hostile clients: the attack and the scenario step index it came from.
+    pub attack: Option<(usize, &'a Attack)>,
+    /// Entry index of the `StepApplied` that opened a normal client.
+    pub connect_applied: Option<usize>,
+    pub token_ttl_ms: u64,
+    pub stopped: Option<usize>,
+    pub conns: Vec<Conn<'a>>,
+    pub delivered: Vec<usize>,
+    /// Intervals (ms) during which the application did not read.
+    pub pauses: Vec<(u64, u64)>,
+}
+
+impl Client<'_> {
+    /// A normal client that was opened and never closed for good: it must catch up by `End`.
+    pub fn is_live(&self) -> bool {
+        !self.hostile && self.connect_applied.is_some() && self.stopped.is_none()
+    }
+
+    pub fn first_welcome(&self) -> Option<&Welcome<'_>> {
+        self.conns.iter().find_map(|c| c.welcome.as_ref())
+    }
+
+    /// Whether the client held a welcomed, not yet closed connection at entry `idx`.
+    pub fn connected_at(&self, idx: usize) -> bool {
+        self.conns
+            .iter()
+            .any(|c| c.welcome.as_ref().is_some_and(|w| w.idx < idx) && c.closed.is_none_or(|closed| closed > idx))
+    }
+
+    /// Whether the application was paused at some point in `[from, to]`.
+    pub fn paused_during(&self, from: u64, to: u64) -> bool {
+        self.pauses.iter().any(|&(a, b)| a <= to && b >= from)
+    }
+
+    pub fn describe(&self) -> String {
+        if self.hostile {
+            format!("hostile client {} (token user {})", self.id, self.user)
+        } else {
+            format!("client {} (user {})", self.id, self.user)
+        }
+    }
+}
+
+/// A period during which messages to/from a host (or every host, `host: None`) may be lost or
+/// held: partitions, holds, loss rate.
+struct Fault {
+    host: Option<u32>,
+    from: u64,
+    to: u64,
+}
+
+/// One server life, from `ServerStarted` to `ServerStopped` (or the end of the history).
+pub(super) struct Life {
+    pub started_at: u64,
+    pub stopped_at: Option<u64>,
+}
+
+/// The shared index. Built once per `check`/`check_all`.
+pub(super) struct Index<'a> {
+    pub scenario: &'a Scenario,
+    pub entries: &'a [Entry],
+    pub end: Option<(usize, u64)>,
+    pub heal: Option<(usize, u64)>,
+    pub calls: Vec<Call<'a>>,
+    pub events: Vec<Event<'a>>,
+    pub event_by_id: BTreeMap<&'a str, usize>,
+    pub instances: Vec<Instance<'a>>,
+    pub instance_at: BTreeMap<(&'a str, &'a str, u64), usize>,
+    /// Which user an epoch belongs to, from publish outcomes and normal welcomes.
+    pub epoch_owner: BTreeMap<&'a str, &'a str>,
+    pub clients: BTreeMap<u32, Client<'a>>,
+    pub lives: Vec<Life>,
+    pub gauges: Vec<usize>,
+    /// Largest latency any link had (config or `SetLatency`).
+    pub latency_max_ms: u64,
+    faults: Vec<Fault>,
+    /// Prefix sums of estimated frame bytes over `calls` (same order).
+    call_bytes_prefix: Vec<u64>,
+    /// Per user: first-call times of events that may exist but have no known position.
+    unknown_positions: BTreeMap<&'a str, Vec<u64>>,
+}
+
+impl<'a> Index<'a> {
+    pub fn build(scenario: &'a Scenario, history: &'a History) -> Index<'a> {
+        let entries = &history.entries[..];
+        let mut index = Index {
+            scenario,
+            entries,
+            end: None,
+            heal: None,
+            calls: Vec::new(),
+            events: Vec::new(),
+            event_by_id: BTreeMap::new(),
+            instances: Vec::new(),
+            instance_at: BTreeMap::new(),
+            epoch_owner: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            lives: Vec::new(),
+            gauges: Vec::new(),
+            latency_max_ms: scenario.config.latency_max_ms,
+            faults: Vec::new(),
+            call_bytes_prefix: vec![0],
+            unknown_positions: BTreeMap::new(),
+        };
+        // Open publish attempts by (publish id, event id), matched FIFO with their returns.
+        let mut open_calls: BTreeMap<(u64, &'a str), Vec<usize>> = BTreeMap::new();
+        // Open faults: (host or None for loss, kind) → start.
+        let mut open_faults: BTreeMap<(Option<u32>, u8), u64> = BTreeMap::new();
+        let mut hostile_steps: BTreeMap<usize, &'a Step> = BTreeMap::new();
+
+        for (idx, entry) in entries.iter().enumerate() {
+            let at = entry.at_ms;
+            match &entry.what {
+                Observation::StepApplied {
+                    index: step_index,
+                    step,
+                } => {
+                    index.apply_step(idx, at, *step_index, step, &mut open_faults, &mut hostile_steps);
+                }
+                Observation::PublishCalled {
+                    publish,
+                    event_id,
+                    user,
+                    via,
+                    idempotency_key,
+                    payload_bytes,
+                    ..
+                } => {
+                    let call = index.calls.len();
+                    index.calls.push(Call {
+                        idx,
+                        at,
+                        event_id,
+                        user,
+                        via,
+                        idempotency_key: idempotency_key.as_deref(),
+                        returned: None,
+                    });
+                    let bytes =
+                        index.call_bytes_prefix.last().copied().unwrap_or(0) + payload_bytes + FRAME_OVERHEAD_BYTES;
+                    index.call_bytes_prefix.push(bytes);
+                    open_calls.entry((*publish, event_id.as_str())).or_default().push(call);
+                    let next = index.events.len();
+                    let event = *index.event_by_id.entry(event_id.as_str()).or_insert(next);
+                    if event == next {
+                        index.events.push(Event {
+                            event_id,
+                            user,
+                            calls: Vec::new(),
+                            instances: Vec::new(),
+                            first_call_idx: idx,
+                            first_call_at: at,
+                            last_return: None,
+                            ambiguous: false,
+                            definitely_failed: true,
+                        });
+                    }
+                    index.events[event].calls.push(call);
+                }
+                Observation::PublishReturned {
+                    publish,
+                    event_id,
+                    outcome,
+                } => {
+                    let Some(queue) = open_calls.get_mut(&(*publish, event_id.as_str())) else {
+                        continue;
+                    };
+                    if queue.is_empty() {
+                        continue;
+                    }
+                    let call = queue.remove(0);
+                    index.calls[call].returned = Some(idx);
+                    let event = index.event_by_id[event_id.as_str()];
+                    index.events[event].last_return = Some(idx);
+                    match outcome {
+                        PublishOutcome::Published { seq, epoch, .. } => {
+                            index.events[event].definitely_failed = false;
+                            let user = index.events[event].user;
+                            index.epoch_owner.entry(epoch.as_str()).or_insert(user);
+                            let key = (user, epoch.as_str(), *seq);
+                            if !index.instance_at.contains_key(&key) {
+                                let instance = index.instances.len();
+                                index.instances.push(Instance {
+                                    event,
+                                    user,
+                                    epoch,
+                                    seq: *seq,
+                                    returned_idx: idx,
+                                    returned_at: at,
+                                });
+                                index.instance_at.insert(key, instance);
+                                index.events[event].instances.push(instance);
+                            }
+                        }
+                        PublishOutcome::Failed { code, .. } => {
+                            if code == "timeout" {
+                                index.events[event].ambiguous = true;
+                                index.events[event].definitely_failed = false;
+                            }
+                        }
+                    }
+                }
+                Observation::Connecting {
+                    client,
+                    user,
+                    resume,
+                    hostile,
+                    token_exp_ms,
+                    ..
+                } => {
+                    let c = index.client_mut(*client, user, *hostile);
+                    c.conns.push(Conn {
+                        connecting_idx: idx,
+                        at,
+                        resume: resume.as_ref(),
+                        token_exp_ms: *token_exp_ms,
+                        welcome: None,
+                        frames: Vec::new(),
+                        closed: None,
+                    });
+                }
+                Observation::FrameReceived {
+                    client,
+                    user,
+                    hostile,
+                    frame,
+                    ..
+                } => {
+                    let c = index.client_mut(*client, user, *hostile);
+                    if c.conns.is_empty() {
+                        c.conns.push(Conn {
+                            connecting_idx: idx,
+                            at,
+                            resume: None,
+                            token_exp_ms: None,
+                            welcome: None,
+                            frames: Vec::new(),
+                            closed: None,
+                        });
+                    }
+                    let conn = c.conns.last_mut().expect("pushed above");
+                    conn.frames.push(idx);
+                    if let FrameSeen::Welcome {
+                        user: welcome_user,
+                        connection,
+                        epoch,
+                        head,
+                        recovered,
+                    } = frame
+                    {
+                        if conn.welcome.is_none() {
+                            conn.welcome = Some(Welcome {
+                                idx,
+                                at,
+                                user: welcome_user,
+                                connection,
+                                epoch,
+                                head: *head,
+                                recovered: *recovered,
+                            });
+                        }
+                        if !*hostile && welcome_user == user {
+                            index.epoch_owner.entry(epoch.as_str()).or_insert(welcome_user.as_str());
+                        }
+                    }
+                }
+                Observation::Delivered { client, user, .. } => {
+                    index.client_mut(*client, user, false).delivered.push(idx);
+                }
+                Observation::Closed {
+                    client, user, hostile, ..
+                } => {
+                    let c = index.client_mut(*client, user, *hostile);
+                    if let Some(conn) = c.conns.last_mut() {
+                        if conn.closed.is_none() {
+                            conn.closed = Some(idx);
+                        }
+                    }
+                }
+                Observation::ClientStopped { client } => {
+                    if let Some(c) = index.clients.get_mut(client) {
+                        c.stopped.get_or_insert(idx);
+                    }
+                }
+                Observation::Paused { client, duration_ms } => {
+                    if let Some(c) = index.clients.get_mut(client) {
+                        c.pauses.push((at, at + duration_ms));
+                    }
+                }
+                Observation::ServerStarted { .. } => index.lives.push(Life {
+                    started_at: at,
+                    stopped_at: None,
+                }),
+                Observation::ServerStopped { .. } => {
+                    if let Some(life) = index.lives.last_mut() {
+                        life.stopped_at.get_or_insert(at);
+                    }
+                }
+                Observation::HealStarted => {
+                    index.heal.get_or_insert((idx, at));
+                    for ((host, _), from) in std::mem::take(&mut open_faults) {
+                        index.faults.push(Fault { host, from, to: at });
+                    }
+                }
+                Observation::Gauges(_) => index.gauges.push(idx),
+                Observation::End => {
+                    index.end.get_or_insert((idx, at));
+                }
+                Observation::StepSkipped { .. } | Observation::Failure { .. } => {}
+            }
+        }
+        let last_at = entries.last().map_or(0, |e| e.at_ms);
+        for ((host, _), from) in open_faults {
+            index.faults.push(Fault {
+                host,
+                from,
+                to: last_at,
+            });
+        }
+        // Calls that never returned are ambiguous too.
+        for event in &mut index.events {
+            if event.calls.iter().any(|&c| index.calls[c].returned.is_none()) {
+                event.ambiguous = true;
+                event.definitely_failed = false;
+            }
+            if event.instances.is_empty() && event.ambiguous {
+                index
+                    .unknown_positions
+                    .entry(event.user)
+                    .or_default()
+                    .push(event.first_call_at);
+            }
+        }
+        // Hostile clients: attach their attack.
+        for client in index.clients.values_mut().filter(|c| c.hostile) {
+            let step_index = (client.id.saturating_sub(HOSTILE_CLIENT_BASE) / 100) as usize;
+            let step = hostile_steps
+                .get(&step_index)
+                .copied()
+                .or_else(|| scenario.steps.get(step_index).map(|s| &s.step));
+            if let Some(Step::Hostile { host, attack }) = step {
+                client.attack = Some((step_index, attack));
+                client.host = Some(*host);
+            }
+        }
+        index
+    }
+
+    fn apply_step(
+        &mut self,
+        idx: usize,
+        at: u64,
+        step_index: usize,
+        step: &'a Step,
+        open_faults: &mut BTreeMap<(Option<u32>, u8), u64>,
+        hostile_steps: &mut BTreeMap<usize, &'a Step>,
+    ) {
+        const PARTITION: u8 = 0;
+        const HOLD: u8 = 1;
+        const LOSS: u8 = 2;
+        let mut close = |faults: &mut Vec<Fault>, key: (Option<u32>, u8)| {
+            if let Some(from) = open_faults.remove(&key) {
+                faults.push(Fault {
+                    host: key.0,
+                    from,
+                    to: at,
+                });
+            }
+        };
+        match step {
+            Step::Connect {
+                client,
+                user,
+                host,
+                token_ttl_ms,
+            } => {
+                let ttl = token_ttl_ms.unwrap_or(self.scenario.config.token_ttl_ms);
+                let c = self.client_mut(*client, &format!("u{user}"), false);
+                c.host = Some(*host);
+                c.connect_applied.get_or_insert(idx);
+                c.token_ttl_ms = ttl;
+            }
+            Step::Partition { host } | Step::PartitionOneWay { host, .. } => {
+                open_faults.entry((Some(*host), PARTITION)).or_insert(at);
+            }
+            Step::Repair { host } => close(&mut self.faults, (Some(*host), PARTITION)),
+            Step::Hold { host } => {
+                open_faults.entry((Some(*host), HOLD)).or_insert(at);
+            }
+            Step::Release { host } => close(&mut self.faults, (Some(*host), HOLD)),
+            Step::SetLossRate { per_mille } => {
+                if *per_mille > 0 {
+                    open_faults.entry((None, LOSS)).or_insert(at);
+                } else {
+                    close(&mut self.faults, (None, LOSS));
+                }
+            }
+            Step::SetLatency { max_ms, .. } => self.latency_max_ms = self.latency_max_ms.max(*max_ms),
+            Step::Hostile { .. } => {
+                hostile_steps.insert(step_index, step);
+            }
+            // A life ends, for judging purposes, when the step that takes it down is applied:
+            // a graceful shutdown drains for a while before `ServerStopped` is recorded, and
+            // nothing that happens while draining may be held against the server.
+            Step::RestartServer | Step::CrashServer | Step::ShutdownServer => {
+                if let Some(life) = self.lives.last_mut() {
+                    life.stopped_at.get_or_insert(at);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn client_mut(&mut self, id: u32, user: &str, hostile: bool) -> &mut Client<'a> {
+        let ttl = self.scenario.config.token_ttl_ms;
+        self.clients.entry(id).or_insert_with(|| Client {
+            id,
+            user: user.to_string(),
+            hostile: hostile || id >= HOSTILE_CLIENT_BASE,
+            host: None,
+            attack: None,
+            connect_applied: None,
+            token_ttl_ms: ttl,
+            stopped: None,
+            conns: Vec::new(),
+            delivered: Vec::new(),
+            pauses: Vec::new(),
+        })
+    }
+
+    pub fn at(&self, idx: usize) -> u64 {
+        self.entries[idx].at_ms
+    }
+
+    pub fn event(&self, event_id: &str) -> Option<&Event<'a>> {
+        self.event_by_id.get(event_id).map(|&e| &self.events[e])
+    }
+
+    /// Whether some server life covered all of `[from, to]`.
+    pub fn server_up_throughout(&self, from: u64, to: u64) -> bool {
+        self.lives
+            .iter()
+            .any(|life| life.started_at <= from && life.stopped_at.is_none_or(|stop| stop > to))
+    }
+
+    /// Whether a server life started or stopped in `[from, to]`.
+    pub fn server_changed_during(&self, from: u64, to: u64) -> bool {
+        self.lives.iter().any(|life| {
+            (from <= life.started_at && life.started_at <= to)
+                || life.stopped_at.is_some_and(|stop| from <= stop && stop <= to)
+        })
+    }
+
+    /// Whether messages of `host` (or of every host) may have been lost or held at some point
+    /// in `[from, to]` (with a latency's worth of slack for messages in flight), or the server
+    /// was not up for the whole interval.
+    pub fn disturbed(&self, host: Option<u32>, from: u64, to: u64) -> bool {
+        let slack = self.latency_max_ms + 2 * self.scenario.config.tick_ms;
+        let faulty = self.faults.iter().any(|f| {
+            (f.host.is_none() || host.is_none() || f.host == host)
+                && f.from <= to.saturating_add(slack)
+                && f.to.saturating_add(slack) >= from
+        });
+        faulty || !self.server_up_throughout(from.saturating_sub(slack), to.saturating_add(slack))
+    }
+
+    /// Whether the event at `(user, epoch, seq)` was *certainly* still retained by the hub at
+    /// `at_ms`, i.e. no retention limit can have evicted it yet:
+    /// - age: it was created no earlier than its first call, so it is retained while
+    ///   `at < first_call + retention_age_ms` (two ticks of margin);
+    /// - count: fewer than `retention_events_max` later events of that stream can exist by
+    ///   `at` (known later positions, plus every event of the user whose position is unknown);
+    /// - bytes: eviction is globally oldest-first, so only events created after it matter; all
+    ///   publishes (any user) called from `publish_timeout + 1 s` before it up to `at` must fit
+    ///   in half of `retention_bytes_max`;
+    /// - the server life did not change in between.
+    ///
+    /// Unknown positions are never certainly retained.
+    pub fn certainly_retained(&self, user: &str, epoch: &str, seq: u64, at_ms: u64) -> bool {
+        let Some(&instance) = self.instance_at.get(&(user, epoch, seq)) else {
+            return false;
+        };
+        let created_from = self.events[self.instances[instance].event].first_call_at;
+        self.retained_since(user, epoch, seq, created_from, at_ms)
+    }
+
+    /// [`Index::certainly_retained`] for an event known (e.g. from a delivery) to sit at
+    /// `(user, epoch, seq)` and created no earlier than `created_from`.
+    pub fn retained_since(&self, user: &str, epoch: &str, seq: u64, created_from: u64, at_ms: u64) -> bool {
+        let limits = &self.scenario.config.limits;
+        let timeouts = &self.scenario.config.timeouts;
+        if at_ms + 2 * self.scenario.config.tick_ms >= created_from + limits.retention_age_ms {
+            return false;
+        }
+        if self.server_changed_during(created_from, at_ms) {
+            return false;
+        }
+        let known_head = self
+            .instance_at
+            .range((user, epoch, seq)..=(user, epoch, u64::MAX))
+            .filter(|(_, &i)| self.events[self.instances[i].event].first_call_at <= at_ms)
+            .map(|((_, _, s), _)| *s)
+            .max()
+            .unwrap_or(seq);
+        let unknown = self
+            .unknown_positions
+            .get(user)
+            .map_or(0, |times| times.iter().filter(|&&t| t <= at_ms).count() as u64);
+        if (known_head - seq) + unknown >= limits.retention_events_max {
+            return false;
+        }
+        let window_from = created_from.saturating_sub(timeouts.publish_timeout_ms + 1000);
+        let first = self.calls.partition_point(|c| c.at < window_from);
+        let last = self.calls.partition_point(|c| c.at <= at_ms);
+        let bytes = self.call_bytes_prefix[last.max(first)] - self.call_bytes_prefix[first];
+        bytes < limits.retention_bytes_max / 2
+    }
+
+    /// Describes an entry's connection for explanations.
+    pub fn conn_label(conn: &Conn<'_>) -> String {
+        conn.welcome
+            .as_ref()
+            .map_or_else(|| "(not welcomed)".to_string(), |w| w.connection.to_string())
+    }
+
+    /// The delivered item at entry `idx`, if it is one.
+    pub fn delivered_item(&self, idx: usize) -> Option<&'a DeliveredItem> {
+        match &self.entries[idx].what {
+            Observation::Delivered { item, .. } => Some(item),
+            _ => None,
+        }
+    }
+
+    /// The frame at entry `idx`, if it is one.
+    pub fn frame(&self, idx: usize) -> Option<&'a FrameSeen> {
+        match &self.entries[idx].what {
+            Observation::FrameReceived { frame, .. } => Some(frame),
+            _ => None,
+        }
+    }
+
+    /// Close code of a `Closed` entry.
+    pub fn close_code(&self, idx: usize) -> Option<u16> {
+        match &self.entries[idx].what {
+            Observation::Closed { code, .. } => *code,
+            _ => None,
+        }
+    }
+}

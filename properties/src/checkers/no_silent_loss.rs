@@ -1,0 +1,175 @@
+//! No silent loss: every event a live client should get is, by `End`, either handed to its
+//! application or covered by a gap it was handed.
+//!
+//! Expected events of a live client c of user U (first welcome W0 with epoch E0 and head h0):
+//! every event that certainly exists (a publish returned its `(epoch, seq)`) for U with
+//! - epoch E0 and seq > h0 (the client subscribed from h0 on), or
+//! - another epoch, and its first publish call came after W0 (so c was already subscribed when
+//!   it was created: a restart or a dropped stream must then be reported to c).
+//!
+//! Covered means: delivered as an `Event` with that `(epoch, seq)` (and the same event id), or
+//! inside a delivered `Gap` of that epoch (`from <= seq <= to`, or `to = null`), or — for an
+//! event in any epoch other than the new stream the gap's connection was welcomed into — by an
+//! `epoch` gap delivered after the event was published. A user has one live stream per server
+//! life, so an `epoch` gap says "every stream you were reading is gone": a stream created and
+//! lost entirely while c was away, or one c was welcomed into but lost before its first event
+//! arrived (the connection stalled, then the server restarted), can be reported no other way.
+//!
+//! Only decidable when the run reached `End` (after the heal and the quiet period).
+
+use super::index::{Client, Index};
+use super::{t, violation, Category, Invariant, Severity, Violation};
+use crate::history::DeliveredItem;
+use std::collections::BTreeMap;
+
+/// What one client's application was handed, indexed for coverage questions.
+pub(super) struct Coverage<'a> {
+    events: BTreeMap<(&'a str, u64), (usize, Option<&'a str>)>,
+    /// (entry, epoch, from, to, reason, epoch of the latest welcome before it).
+    gaps: Vec<(usize, &'a str, u64, Option<u64>, &'a str, Option<&'a str>)>,
+}
+
+impl<'a> Coverage<'a> {
+    pub fn new(index: &Index<'a>, client: &Client<'a>) -> Coverage<'a> {
+        let mut coverage = Coverage {
+            events: BTreeMap::new(),
+            gaps: Vec::new(),
+        };
+        let welcomes: Vec<(usize, &'a str)> = client
+            .conns
+            .iter()
+            .filter_map(|c| c.welcome.as_ref().map(|w| (w.idx, w.epoch)))
+            .collect();
+        let new_stream_at = |idx: usize| {
+            welcomes
+                .iter()
+                .filter(|(w, _)| *w < idx)
+                .max_by_key(|(w, _)| *w)
+                .map(|(_, e)| *e)
+        };
+        for &idx in &client.delivered {
+            match index.delivered_item(idx) {
+                Some(DeliveredItem::Event {
+                    epoch, seq, event_id, ..
+                }) => {
+                    coverage
+                        .events
+                        .entry((epoch.as_str(), *seq))
+                        .or_insert((idx, event_id.as_deref()));
+                }
+                Some(DeliveredItem::Gap {
+                    epoch,
+                    from,
+                    to,
+                    reason,
+                    ..
+                }) => coverage.gaps.push((idx, epoch, *from, *to, reason, new_stream_at(idx))),
+                None => {}
+            }
+        }
+        coverage
+    }
+
+    /// The entry that covered instance `instance` for this client, if any (the earliest).
+    pub fn covered_by(&self, index: &Index<'a>, instance: usize) -> Option<usize> {
+        let inst = &index.instances[instance];
+        let event = &index.events[inst.event];
+        let mut best: Option<usize> = None;
+        if let Some(&(idx, id)) = self.events.get(&(inst.epoch, inst.seq)) {
+            if id.is_none_or(|id| id == event.event_id) {
+                best = Some(idx);
+            }
+        }
+        for &(idx, epoch, from, to, reason, new_stream) in &self.gaps {
+            let same_epoch = epoch == inst.epoch && from <= inst.seq && to.is_none_or(|to| inst.seq <= to);
+            let lost_stream = reason == "epoch"
+                && epoch != inst.epoch
+                && new_stream != Some(inst.epoch)
+                && idx > event.first_call_idx;
+            if (same_epoch || lost_stream) && best.is_none_or(|b| idx < b) {
+                best = Some(idx);
+            }
+        }
+        best
+    }
+}
+
+/// The instances a live client must get, in publish order.
+pub(super) fn expected(index: &Index<'_>, client: &Client<'_>) -> Vec<usize> {
+    let Some(w0) = client.first_welcome() else {
+        return Vec::new();
+    };
+    let mut out: Vec<usize> = index
+        .instances
+        .iter()
+        .enumerate()
+        .filter(|(_, inst)| inst.user == client.user)
+        .filter(|(_, inst)| {
+            let event = &index.events[inst.event];
+            if inst.epoch == w0.epoch {
+                inst.seq > w0.head
+            } else {
+                event.first_call_idx > w0.idx
+            }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    out.sort_by_key(|&i| (index.events[index.instances[i].event].first_call_idx, i));
+    out
+}
+
+pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
+    let Some((end_idx, end_at)) = index.end else {
+        return Ok(());
+    };
+    for client in index.clients.values().filter(|c| c.is_live()) {
+        let coverage = Coverage::new(index, client);
+        for instance in expected(index, client) {
+            if coverage.covered_by(index, instance).is_some() {
+                continue;
+            }
+            let inst = &index.instances[instance];
+            let event = &index.events[inst.event];
+            let connected = client.connected_at(event.first_call_idx);
+            let category = if connected {
+                Category::NotificationDelivery
+            } else {
+                Category::ReconnectionRecovery
+            };
+            let state = if connected {
+                "was connected when it was published"
+            } else {
+                "was disconnected when it was published (so a resume had to replay it)"
+            };
+            let last = client.conns.iter().rev().find_map(|c| c.welcome.as_ref()).map_or_else(
+                || "never welcomed".to_string(),
+                |w| {
+                    format!(
+                        "last welcome on {} at {} (epoch {}, head {})",
+                        w.connection,
+                        t(w.at),
+                        w.epoch,
+                        w.head
+                    )
+                },
+            );
+            return Err(violation(
+                Invariant::NoSilentLoss,
+                Severity::Critical,
+                category,
+                format!(
+                    "event {} for user {} (epoch {}, seq {}, published at {}) was never handed to {} nor covered by a gap by the end at {}; the client {state}; {last}",
+                    event.event_id,
+                    inst.user,
+                    inst.epoch,
+                    inst.seq,
+                    t(event.first_call_at),
+                    client.describe(),
+                    t(end_at)
+                ),
+                vec![event.first_call_idx, inst.returned_idx, end_idx],
+            ));
+        }
+    }
+    Ok(())
+}

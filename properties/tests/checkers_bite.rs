@@ -1,0 +1,674 @@
+//! Every checker can fail: for each invariant, a hand-built history that violates it (and must
+//! be reported under the right invariant and category) and a near miss that must pass.
+
+use herald_properties::checkers::builder::{scenario_with, HistoryBuilder};
+use herald_properties::checkers::{check, check_all, Category, Invariant};
+use herald_properties::history::{ClosedBy, GaugeSample, History};
+use herald_properties::scenario::{Attack, Scenario, Step, Via};
+
+const HOSTILE: u32 = 1_000_000;
+
+fn connect(client: u32, user: u32) -> Step {
+    Step::Connect {
+        client,
+        user,
+        host: 0,
+        token_ttl_ms: None,
+    }
+}
+
+/// Two users, client 0 of u0 and client 1 of u1, both welcomed at 50 ms (epochs E0 and E1).
+fn base_with(extra: Vec<Step>) -> (Scenario, HistoryBuilder) {
+    let mut steps = vec![connect(0, 0), connect(1, 1)];
+    steps.extend(extra);
+    let scenario = scenario_with(2, steps);
+    let mut b = HistoryBuilder::new();
+    b.server_started(0);
+    b.steps_of(&scenario);
+    b.at(50);
+    b.connect(0, None, "E0", 0, false);
+    b.connect(1, None, "E1", 0, false);
+    (scenario, b)
+}
+
+fn base() -> (Scenario, HistoryBuilder) {
+    base_with(vec![])
+}
+
+/// Heal at `heal_at`, a healthy final gauge sample, and the end 25 s later.
+fn finish(b: &mut HistoryBuilder, heal_at: u64) -> History {
+    b.at(heal_at);
+    b.heal();
+    b.at(heal_at + 24_000);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        ..GaugeSample::default()
+    });
+    b.at(heal_at + 25_000);
+    b.end();
+    b.build()
+}
+
+#[track_caller]
+fn assert_violates(scenario: &Scenario, history: &History, invariant: Invariant, category: Category) {
+    let violation = check(invariant, scenario, history).expect_err("the checker must fire");
+    assert_eq!(violation.invariant, invariant);
+    assert_eq!(violation.category, category, "{violation}");
+    assert!(!violation.evidence.is_empty());
+    assert!(violation.evidence.iter().all(|&i| i < history.entries.len()));
+    assert!(
+        violation.explanation.contains("t="),
+        "explanations cite times: {violation}"
+    );
+}
+
+#[track_caller]
+fn assert_clean(scenario: &Scenario, history: &History) {
+    let violations = check_all(scenario, history);
+    assert!(violations.is_empty(), "{:#?}", violations);
+}
+
+#[test]
+fn healthy_history_passes_every_checker() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.publish_ok("u1", "E1", 1);
+    b.at(120);
+    b.deliver(0, "E0", 1);
+    b.deliver(1, "E1", 1);
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- isolation
+
+#[test]
+fn isolation_fires_on_another_users_event() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let id = b.publish_ok("u1", "E1", 1);
+    b.at(120);
+    b.deliver(1, "E1", 1);
+    b.deliver_of(0, "u1", "E1", 1);
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
+    let v = check(Invariant::Isolation, &scenario, &history).unwrap_err();
+    assert!(
+        v.explanation.contains(&id) && v.explanation.contains("u1") && v.explanation.contains("client 0"),
+        "{v}"
+    );
+}
+
+#[test]
+fn isolation_fires_on_a_welcome_into_another_users_stream() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Killed);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome_as(0, "u1", "E1", 0, true);
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
+}
+
+#[test]
+fn isolation_fires_when_a_forged_token_gets_anything() {
+    let (scenario, mut b) = base_with(vec![Step::Hostile {
+        host: 0,
+        attack: Attack::ForgedToken { user: 1 },
+    }]);
+    let hostile = HOSTILE + 2 * 100;
+    b.hostile_client(hostile, "u1");
+    b.at(100);
+    b.publish_ok("u1", "E1", 1);
+    b.deliver(1, "E1", 1);
+    b.connecting(hostile, None);
+    b.frame_event(hostile, "u1", "E1", 1);
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
+}
+
+#[test]
+fn isolation_near_miss_resume_as_other_gets_only_its_own_stream() {
+    let (scenario, mut b) = base_with(vec![Step::Hostile {
+        host: 0,
+        attack: Attack::ResumeAsOther { user: 0, victim: 1 },
+    }]);
+    let hostile = HOSTILE + 2 * 100;
+    b.hostile_client(hostile, "u0");
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.publish_ok("u1", "E1", 1);
+    b.deliver(0, "E0", 1);
+    b.deliver(1, "E1", 1);
+    b.connecting(hostile, Some(("E1", 0)));
+    b.welcome(hostile, "E0", 1, false);
+    // The epoch gap echoes the victim's epoch the attacker sent: not a leak.
+    b.gap(hostile, "E1", 1, None, "epoch");
+    b.frame_event(hostile, "u0", "E0", 1);
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- no silent loss
+
+#[test]
+fn no_silent_loss_fires_when_a_connected_client_misses_an_event() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 2);
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+}
+
+#[test]
+fn no_silent_loss_fires_on_a_resume_that_skips_the_disconnection_window() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    b.at(200);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(300);
+    b.publish_ok("u0", "E0", 2);
+    b.at(600);
+    // The server claims recovery but never replays seq 2.
+    b.connect(0, Some(("E0", 1)), "E0", 2, true);
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::ReconnectionRecovery,
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_gaps_cover_lost_events() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    b.closed(0, None, ClosedBy::Network);
+    for seq in 2..=4 {
+        b.publish_ok("u0", "E0", seq);
+    }
+    // The server restarts: everything is lost, the client is told with an epoch gap.
+    b.at(200);
+    b.server_stopped(0, "crash");
+    b.server_started(1);
+    b.at(300);
+    b.connecting(0, Some(("E0", 1)));
+    b.welcome(0, "E0b", 0, false);
+    b.gap(0, "E0", 2, None, "epoch");
+    b.publish_ok("u0", "E0b", 1);
+    b.deliver(0, "E0b", 1);
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- no duplicates
+
+#[test]
+fn no_duplicates_fires_when_the_application_gets_a_seq_twice() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(300);
+    b.connect(0, Some(("E0", 1)), "E0", 1, true);
+    b.deliver(0, "E0", 1);
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoDuplicates,
+        Category::ReconnectionRecovery,
+    );
+}
+
+#[test]
+fn no_duplicates_fires_when_replay_restarts_at_after() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 1);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(300);
+    b.connect(0, Some(("E0", 1)), "E0", 2, true);
+    // The server replays seq 1 again (the client library drops it) and then seq 2.
+    b.frame_event(0, "u0", "E0", 1);
+    b.deliver(0, "E0", 2);
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoDuplicates,
+        Category::ReconnectionRecovery,
+    );
+}
+
+#[test]
+fn no_duplicates_fires_when_an_idempotent_retry_creates_a_second_event() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let id = b.publish_called(
+        "u0",
+        Via::Http {
+            idempotency_key: true,
+            retries: 2,
+        },
+        10,
+    );
+    b.at(2100);
+    b.failed(&id, "timeout");
+    b.deliver_event_with_id(0, "E0", 1, &id);
+    b.retry_called(&id);
+    b.at(2150);
+    b.published(&id, "E0", 2, false);
+    b.deliver(0, "E0", 2);
+    let history = finish(&mut b, 3000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoDuplicates,
+        Category::ReconnectionRecovery,
+    );
+}
+
+#[test]
+fn no_duplicates_near_miss_same_event_recreated_in_a_new_epoch() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let id = b.publish_called(
+        "u0",
+        Via::Http {
+            idempotency_key: true,
+            retries: 2,
+        },
+        10,
+    );
+    b.at(150);
+    b.deliver_event_with_id(0, "E0", 1, &id);
+    b.server_stopped(0, "crash");
+    b.closed(0, None, ClosedBy::Network);
+    b.at(2100);
+    b.failed(&id, "timeout");
+    b.server_started(1);
+    b.retry_called(&id);
+    b.at(2150);
+    b.published(&id, "E0b", 1, false);
+    b.connecting(0, Some(("E0", 1)));
+    b.welcome(0, "E0b", 1, false);
+    b.gap(0, "E0", 2, None, "epoch");
+    b.deliver(0, "E0b", 1);
+    let history = finish(&mut b, 3000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- order
+
+#[test]
+fn order_fires_when_the_application_sees_seqs_backwards() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 2);
+    b.deliver(0, "E0", 1);
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Order, Category::NotificationDelivery);
+}
+
+#[test]
+fn order_fires_when_seq_order_differs_from_publish_order() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let first = b.publish_called("u0", Via::Notifier, 10);
+    b.published(&first, "E0", 2, false);
+    b.at(110);
+    let second = b.publish_called("u0", Via::Notifier, 10);
+    b.published(&second, "E0", 1, false);
+    b.deliver(0, "E0", 1);
+    b.deliver(0, "E0", 2);
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Order, Category::NotificationDelivery);
+}
+
+#[test]
+fn order_near_miss_concurrent_publishes_may_land_in_any_order() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let first = b.publish_called(
+        "u0",
+        Via::Http {
+            idempotency_key: false,
+            retries: 0,
+        },
+        10,
+    );
+    let second = b.publish_called(
+        "u0",
+        Via::Http {
+            idempotency_key: false,
+            retries: 0,
+        },
+        10,
+    );
+    b.at(150);
+    // Both were in flight at once: the later call may get the lower seq.
+    b.published(&second, "E0", 1, false);
+    b.published(&first, "E0", 2, false);
+    b.deliver(0, "E0", 1);
+    b.deliver(0, "E0", 2);
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- honest gaps
+
+#[test]
+fn honest_gaps_fires_when_a_resume_is_answered_with_a_needless_gap() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    b.closed(0, None, ClosedBy::Network);
+    b.publish_ok("u0", "E0", 2);
+    b.publish_ok("u0", "E0", 3);
+    b.at(300);
+    b.connecting(0, Some(("E0", 1)));
+    b.welcome(0, "E0", 3, false);
+    b.gap(0, "E0", 2, Some(3), "retention");
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::HonestGaps,
+        Category::ReconnectionRecovery,
+    );
+}
+
+#[test]
+fn honest_gaps_fires_on_an_epoch_gap_for_a_stream_that_still_exists() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(300);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E0", 0, true);
+    b.gap(0, "E0", 1, None, "epoch");
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::HonestGaps,
+        Category::ReconnectionRecovery,
+    );
+}
+
+#[test]
+fn honest_gaps_near_miss_eviction_beyond_retention_events_max() {
+    let (mut scenario, mut b) = base();
+    scenario.config.limits.retention_events_max = 2;
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    b.closed(0, None, ClosedBy::Network);
+    for seq in 2..=5 {
+        b.publish_ok("u0", "E0", seq);
+    }
+    b.at(300);
+    b.connecting(0, Some(("E0", 1)));
+    b.welcome(0, "E0", 5, false);
+    b.gap(0, "E0", 2, Some(3), "retention");
+    b.deliver(0, "E0", 4);
+    b.deliver(0, "E0", 5);
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- liveness
+
+#[test]
+fn liveness_fires_when_a_client_never_comes_back_after_the_heal() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(200);
+    b.connecting(0, Some(("E0", 0)));
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Liveness, Category::ReconnectionRecovery);
+}
+
+#[test]
+fn liveness_fires_when_a_publish_hangs() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let id = b.publish_called(
+        "u0",
+        Via::Http {
+            idempotency_key: false,
+            retries: 0,
+        },
+        10,
+    );
+    b.at(9_000);
+    b.published(&id, "E0", 1, false);
+    b.deliver(0, "E0", 1);
+    let history = finish(&mut b, 10_000);
+    assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+}
+
+#[test]
+fn liveness_near_miss_slow_but_bounded_reconnect() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Network);
+    b.publish_ok("u0", "E0", 1);
+    // Reconnects 10 s after the heal: within B = 15 s for the default timeouts.
+    b.at(1000);
+    b.heal();
+    b.at(11_000);
+    b.connect(0, Some(("E0", 0)), "E0", 1, true);
+    b.deliver(0, "E0", 1);
+    b.at(25_000);
+    b.end();
+    let history = b.build();
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- no silent failure
+
+#[test]
+fn no_silent_failure_fires_when_a_failed_publish_is_delivered() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let id = b.publish_called("u0", Via::Notifier, 10);
+    b.failed(&id, "shutting_down");
+    b.deliver_event_with_id(0, "E0", 1, &id);
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentFailure,
+        Category::BridgeInitialization,
+    );
+}
+
+#[test]
+fn no_silent_failure_fires_when_a_publish_never_returns() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_called("u0", Via::Notifier, 10);
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentFailure,
+        Category::BridgeInitialization,
+    );
+}
+
+#[test]
+fn no_silent_failure_near_miss_a_timed_out_publish_may_still_arrive() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let id = b.publish_called(
+        "u0",
+        Via::Http {
+            idempotency_key: false,
+            retries: 0,
+        },
+        10,
+    );
+    b.at(200);
+    b.deliver_event_with_id(0, "E0", 1, &id);
+    b.at(2_100);
+    b.failed(&id, "timeout");
+    let history = finish(&mut b, 3000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- bounded resources
+
+#[test]
+fn bounded_resources_fires_on_a_gauge_over_its_limit() {
+    let (scenario, mut b) = base();
+    b.at(500);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        send_queue_depth_max: scenario.config.limits.send_queue_max + 1,
+        ..GaugeSample::default()
+    });
+    let history = finish(&mut b, 1000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+}
+
+#[test]
+fn bounded_resources_fires_when_connections_do_not_drop_back() {
+    let (scenario, mut b) = base();
+    b.at(1000);
+    b.heal();
+    b.at(24_000);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 7,
+        ..GaugeSample::default()
+    });
+    b.at(25_000);
+    b.end();
+    let history = b.build();
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+}
+
+#[test]
+fn bounded_resources_near_miss_gauges_exactly_at_the_limits() {
+    let (scenario, mut b) = base();
+    let limits = scenario.config.limits.clone();
+    b.at(500);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        retained_events: 10,
+        retained_bytes: limits.retention_bytes_max,
+        send_queue_depth_max: limits.send_queue_max,
+        connections_per_user_max: limits.connections_per_user_max,
+    });
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- auth
+
+fn forged_token_history(code: Option<u16>, partitioned: bool) -> (Scenario, History) {
+    let mut extra = vec![];
+    if partitioned {
+        extra.push(Step::Partition { host: 0 });
+    } else {
+        extra.push(Step::SetLatency { min_ms: 1, max_ms: 20 });
+    }
+    extra.push(Step::Hostile {
+        host: 0,
+        attack: Attack::ForgedToken { user: 1 },
+    });
+    let (scenario, mut b) = base_with(extra);
+    let hostile = HOSTILE + 3 * 100;
+    b.hostile_client(hostile, "u1");
+    b.at(100);
+    b.connecting(hostile, None);
+    b.at(150);
+    b.closed(
+        hostile,
+        code,
+        if code.is_some() {
+            ClosedBy::Server
+        } else {
+            ClosedBy::Network
+        },
+    );
+    let history = finish(&mut b, 1000);
+    (scenario, history)
+}
+
+#[test]
+fn auth_fires_on_the_wrong_close_code() {
+    let (scenario, history) = forged_token_history(Some(4004), false);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+}
+
+#[test]
+fn auth_near_miss_right_close_code_or_partitioned_host() {
+    let (scenario, history) = forged_token_history(Some(4001), false);
+    assert_clean(&scenario, &history);
+    // During a partition of the attacker's host nothing can be judged.
+    let (scenario, history) = forged_token_history(None, true);
+    assert!(check(Invariant::Auth, &scenario, &history).is_ok());
+}
+
+#[test]
+fn auth_fires_when_an_expired_token_keeps_its_connection() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Killed);
+    b.connecting_with_exp(0, Some(("E0", 0)), Some(2_000));
+    b.welcome(0, "E0", 0, true);
+    let history = finish(&mut b, 3000);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+}
+
+#[test]
+fn auth_near_miss_expired_token_is_closed_with_4002() {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Killed);
+    b.connecting_with_exp(0, Some(("E0", 0)), Some(2_000));
+    b.welcome(0, "E0", 0, true);
+    b.at(2_500);
+    b.closed(0, Some(4002), ClosedBy::Server);
+    b.connecting_with_exp(0, Some(("E0", 0)), Some(3_600_000));
+    b.welcome(0, "E0", 0, true);
+    let history = finish(&mut b, 3000);
+    assert_clean(&scenario, &history);
+}
