@@ -485,6 +485,33 @@ fn build_step(
                 b.push(at, Step::Hold { host });
                 b.push(until, Step::Release { host });
                 b.hold_until.insert(host, until);
+            } else if p[3] % 8 == 0 {
+                // A rare latency spike above `publish_timeout_ms`: HTTP publishes time out after
+                // the server applied them, so the idempotent retry path is exercised (an agent
+                // platform retrying over a congested link), then the latency comes back down.
+                let min_ms = range(p[1], 1_000, 1_500);
+                let until = at + range(p[2], 1_000, 3_000);
+                b.push(
+                    at,
+                    Step::SetLatency {
+                        min_ms,
+                        max_ms: min_ms + range(p[2], 1_000, 2_000),
+                    },
+                );
+                b.push(
+                    at + 50,
+                    Step::Publish {
+                        user: p[0] % users,
+                        run: 0,
+                        kind: pick(&Kind::ALL, p[3] >> 4),
+                        payload_bytes: 16,
+                        via: Via::Http {
+                            idempotency_key: true,
+                            retries: 3,
+                        },
+                    },
+                );
+                b.push(until, Step::SetLatency { min_ms: 1, max_ms: 20 });
             } else {
                 let min_ms = range(p[1], 1, 10);
                 b.push(

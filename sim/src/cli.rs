@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// Write the full history as JSON to this file.
     #[arg(long)]
     pub history: Option<PathBuf>,
+    /// Write the scenario that ran (generated or loaded) as pretty JSON to this file, to edit
+    /// it by hand or hand it to `run --scenario` / `shrink`.
+    #[arg(long)]
+    pub save_scenario: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +81,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         scenario.config.users,
         scenario.config.client_hosts
     );
+    if let Some(path) = &args.save_scenario {
+        let text = serde_json::to_string_pretty(&scenario).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     let started = std::time::Instant::now();
     let output = run_with(
         &scenario,

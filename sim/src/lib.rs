@@ -4,13 +4,16 @@
 //! save and replay scenarios. Read [`world`] first; [`server_under_test`], [`net`] and [`clock`]
 //! are the seams between the world and the core.
 
-// pub mod cli; (re-enabled once checkers and generators exist)
+pub mod campaign;
+pub mod catalogue;
+pub mod cli;
 pub mod clients;
 pub mod clock;
 pub mod net;
 pub mod publisher;
 pub mod recorder;
 pub mod server_under_test;
+pub mod timeline;
 pub mod trace;
 pub mod world;
 

@@ -4,7 +4,8 @@
 //! I/O error.
 
 use clap::{Parser, Subcommand};
-use herald_sim::cli;
+use herald_sim::campaign::commands;
+use herald_sim::{catalogue, cli};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -22,6 +23,16 @@ struct Cli {
 enum Command {
     /// Generate (or load) one scenario, run it, check every invariant and print a summary.
     Run(cli::RunArgs),
+    /// Fuzz: run generated scenarios, shrink and save failures, report coverage.
+    Fuzz(commands::FuzzArgs),
+    /// Rerun a seed file deterministically and print its timeline and verdict.
+    Replay(commands::ReplayArgs),
+    /// Shrink a failing scenario or seed file further.
+    Shrink(commands::ShrinkArgs),
+    /// Run generated cases twice each and report any history digest mismatch.
+    CheckDeterminism(commands::CheckDeterminismArgs),
+    /// Run the failure catalogue (seeds/catalogue) and print a test report.
+    Suite(catalogue::SuiteArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +49,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => cli::run(args),
+        Command::Fuzz(args) => commands::fuzz_command(args),
+        Command::Replay(args) => commands::replay_command(args),
+        Command::Shrink(args) => commands::shrink_command(args),
+        Command::CheckDeterminism(args) => commands::check_determinism_command(args),
+        Command::Suite(args) => catalogue::suite(args),
     };
     match result {
         Ok(code) => code,

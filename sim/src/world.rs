@@ -10,7 +10,7 @@
 
 use crate::clients::{self, ClientCommand};
 use crate::clock::{SimClock, SIM_UNIX_EPOCH_MS};
-use crate::net::{TurmoilListener, SERVER_HOST, SERVER_PORT};
+use crate::net::{ServerConnections, TurmoilListener, SERVER_HOST, SERVER_PORT};
 use crate::publisher::{self, PublishCommand};
 use crate::recorder::{PanicSinkGuard, Recorder};
 use crate::server_under_test::{LiveServer, RealServer, ServerLife, ServerUnderTest};
@@ -91,10 +91,29 @@ struct ServerSlot {
     /// A `ShutdownServer` step that came before the life it targets had started (same instant
     /// as its `StartServer`): the life shuts down as soon as it starts.
     shutdown_pending: bool,
-    live: Option<(
-        Arc<dyn crate::server_under_test::Publish>,
-        Arc<dyn crate::server_under_test::ServerControl>,
-    )>,
+    live: Option<LiveHandles>,
+}
+
+/// What the stepping loop holds of the running server life.
+struct LiveHandles {
+    publisher: Arc<dyn crate::server_under_test::Publish>,
+    control: Arc<dyn crate::server_under_test::ServerControl>,
+    /// Wakes the life's reset task (see [`ServerConnections`]).
+    reset: Arc<tokio::sync::Notify>,
+}
+
+/// Operations that drop the server host's runtime (and with it every task of the life).
+/// While a runtime is alive they take two ticks: first the world resets the life's accepted
+/// streams in accept order (so clients notice in a deterministic order, see
+/// [`ServerConnections`]), then it crashes or restarts the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerOp {
+    /// `RestartServer`: stop the running life (if any) and start a new one.
+    Restart,
+    /// `CrashServer`: drop the running life; the host stays down.
+    Crash,
+    /// `StartServer` (or the heal) on a host that is down: start a new life.
+    Start,
 }
 
 fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) -> History {
@@ -126,13 +145,7 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
         api_key: API_KEY.to_string(),
         current: {
             let slot = slot.clone();
-            Arc::new(move || {
-                slot.lock()
-                    .unwrap()
-                    .live
-                    .as_ref()
-                    .map(|(publisher, _)| publisher.clone())
-            })
+            Arc::new(move || slot.lock().unwrap().live.as_ref().map(|live| live.publisher.clone()))
         },
     };
     let publish_rx = Rc::new(RefCell::new(Some(publish_rx)));
@@ -159,19 +172,27 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
             let server = server.clone();
             let config = server_config.clone();
             async move {
-                let life = {
-                    let mut slot = slot.lock().unwrap();
-                    slot.life += 1;
-                    slot.life - 1
-                };
+                let life = slot.lock().unwrap().life;
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
+                let connections = ServerConnections::default();
+                let reset = Arc::new(tokio::sync::Notify::new());
+                {
+                    let (connections, reset) = (connections.clone(), reset.clone());
+                    tokio::task::spawn_local(async move {
+                        reset.notified().await;
+                        connections.reset_all();
+                    });
+                }
                 let mut rng = SeededRng::new(server_seed ^ (u64::from(life) + 1).wrapping_mul(0x9E37_79B9));
                 let life_ctx = ServerLife {
                     life,
                     config,
                     clock: Arc::new(SimClock::starting_now()),
                     rng: rng.fork(),
-                    listener: TurmoilListener(listener),
+                    listener: TurmoilListener {
+                        listener,
+                        connections: connections.clone(),
+                    },
                 };
                 let LiveServer {
                     publisher,
@@ -189,11 +210,18 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
                 };
                 let shutdown_now = {
                     let mut slot = slot.lock().unwrap();
-                    slot.live = Some((publisher, control.clone()));
+                    slot.live = Some(LiveHandles {
+                        publisher,
+                        control: control.clone(),
+                        reset,
+                    });
                     std::mem::take(&mut slot.shutdown_pending)
                 };
-                recorder.record(Observation::ServerStarted { life });
                 if shutdown_now {
+                    recorder.record(Observation::ServerStopped {
+                        life,
+                        how: "shutdown".into(),
+                    });
                     control.shutdown();
                 }
                 if let Err(error) = serve.await {
@@ -202,6 +230,10 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
                         message: format!("serve returned an error: {error}"),
                     });
                 }
+                // The process exits after a graceful shutdown: its sockets close now, in accept
+                // order. (turmoil stops ticking a host whose software returned, so tasks left
+                // behind would otherwise be dropped at the next start in tokio's task order.)
+                connections.reset_all();
                 Ok(())
             }
         });
@@ -232,6 +264,7 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
         });
     }
 
+    recorder.record_at(0, Observation::ServerStarted { life: 0 });
     let mut driver = Driver {
         scenario,
         recorder: recorder.clone(),
@@ -243,6 +276,8 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
         next_publish: 0,
         server_running: true,
         lives_started: 1,
+        pending_op: None,
+        runtime_alive: true,
     };
     driver.run(&mut sim, tick_ms);
     recorder.into_history()
@@ -263,6 +298,11 @@ struct Driver<'s> {
     server_running: bool,
     /// Server lives started so far (the host starts once when the world is built).
     lives_started: u32,
+    /// An operation whose stream reset has been requested; performed after one tick.
+    pending_op: Option<ServerOp>,
+    /// Whether the server host's runtime exists (false after a crash): a graceful shutdown
+    /// leaves it alive, with tasks that a later start must drop.
+    runtime_alive: bool,
 }
 
 impl Driver<'_> {
@@ -278,12 +318,19 @@ impl Driver<'_> {
         let mut healed = false;
         loop {
             let now_ms = sim.elapsed().as_millis() as u64;
+            if let Some(op) = self.pending_op.take() {
+                self.finish_server_op(sim, now_ms, op);
+            }
             while next_step < steps.len() && steps[next_step].1.at_ms <= now_ms {
                 let (index, step) = steps[next_step];
                 self.apply(sim, now_ms, index, &step.step);
                 next_step += 1;
+                if self.pending_op.is_some() {
+                    // Let the reset run for one tick before anything else happens.
+                    break;
+                }
             }
-            if !healed && next_step == steps.len() && now_ms >= heal_at_ms {
+            if !healed && self.pending_op.is_none() && next_step == steps.len() && now_ms >= heal_at_ms {
                 self.heal(sim, now_ms);
                 healed = true;
             }
@@ -444,31 +491,23 @@ impl Driver<'_> {
                     sim.set_link_fail_rate(client_host_name(host).as_str(), SERVER_HOST, rate);
                 }
             }
-            Step::RestartServer => {
-                self.record_server_stop(now_ms, "restart");
-                self.start_server(sim);
-            }
-            Step::CrashServer => {
-                self.record_server_stop(now_ms, "crash");
-                sim.crash(SERVER_HOST);
-                self.server_running = false;
-            }
+            Step::RestartServer => self.server_op(sim, now_ms, ServerOp::Restart),
+            Step::CrashServer => self.server_op(sim, now_ms, ServerOp::Crash),
             Step::StartServer => {
                 if !self.server_running {
-                    sim.bounce(SERVER_HOST);
-                    self.server_running = true;
+                    self.server_op(sim, now_ms, ServerOp::Start);
                 }
             }
             Step::ShutdownServer => {
-                self.record_server_stop(now_ms, "shutdown");
-                let control = self
-                    .slot
-                    .lock()
-                    .unwrap()
-                    .live
-                    .as_ref()
-                    .map(|(_, control)| control.clone());
+                let control = {
+                    let mut slot = self.slot.lock().unwrap();
+                    let control = slot.live.as_ref().map(|live| live.control.clone());
+                    slot.shutdown_pending = control.is_none() && self.server_running;
+                    control
+                };
                 if let Some(control) = control {
+                    // A life that has not started yet records its own stop when it does.
+                    self.record_server_stop(now_ms, "shutdown");
                     control.shutdown();
                 }
                 self.server_running = false;
@@ -575,7 +614,7 @@ impl Driver<'_> {
         sim.release("publisher", SERVER_HOST);
         sim.set_max_message_latency(Duration::from_millis(config.latency_max_ms.max(config.latency_min_ms)));
         if !self.server_running {
-            self.start_server(sim);
+            self.server_op(sim, now_ms, ServerOp::Start);
         }
         self.recorder.record_at(now_ms, Observation::HealStarted);
     }
@@ -584,13 +623,7 @@ impl Driver<'_> {
         if !self.server_running || !sim.is_host_running(SERVER_HOST) {
             return;
         }
-        let control = self
-            .slot
-            .lock()
-            .unwrap()
-            .live
-            .as_ref()
-            .map(|(_, control)| control.clone());
+        let control = self.slot.lock().unwrap().live.as_ref().map(|live| live.control.clone());
         if let Some(control) = control {
             let g = control.gauges();
             self.recorder.record_at(
@@ -607,17 +640,55 @@ impl Driver<'_> {
         }
     }
 
-    /// Starts a new server life (restarting the host if it runs). Until the new life's
-    /// software has run, there is no live server: publishes through the notifier find none.
-    fn start_server(&mut self, sim: &mut turmoil::Sim<'_>) {
+    /// First phase of a server operation: if a runtime is alive, ask the life to reset its
+    /// streams in accept order and finish one tick later ([`Driver::finish_server_op`]);
+    /// otherwise finish now.
+    fn server_op(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64, op: ServerOp) {
+        if op == ServerOp::Crash && !self.runtime_alive {
+            return;
+        }
+        let reset = self.slot.lock().unwrap().live.as_ref().map(|live| live.reset.clone());
+        match reset {
+            Some(reset) if self.runtime_alive => {
+                reset.notify_one();
+                self.pending_op = Some(op);
+            }
+            _ => self.finish_server_op(sim, now_ms, op),
+        }
+    }
+
+    fn finish_server_op(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64, op: ServerOp) {
+        match op {
+            ServerOp::Restart => {
+                self.record_server_stop(now_ms, "restart");
+                self.start_server(sim, now_ms);
+            }
+            ServerOp::Crash => {
+                self.record_server_stop(now_ms, "crash");
+                sim.crash(SERVER_HOST);
+                self.server_running = false;
+                self.runtime_alive = false;
+            }
+            ServerOp::Start => self.start_server(sim, now_ms),
+        }
+    }
+
+    /// Starts a new server life (bouncing the host). Until the new life's software has run,
+    /// there is no live server: publishes through the notifier find none.
+    fn start_server(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        let life = self.lives_started;
+        self.lives_started += 1;
         {
             let mut slot = self.slot.lock().unwrap();
+            slot.life = life;
             slot.live = None;
             slot.shutdown_pending = false;
         }
         sim.bounce(SERVER_HOST);
         self.server_running = true;
-        self.lives_started += 1;
+        self.runtime_alive = true;
+        // The life counts from its bounce: its software runs within the next tick.
+        self.recorder.record_at(now_ms, Observation::ServerStarted { life });
     }
 
     fn record_server_stop(&self, now_ms: u64, how: &str) {

@@ -116,8 +116,7 @@ impl StreamTracker {
     /// A gap frame, always delivered as is. A retention gap in the current epoch moves
     /// `last_seq` to its end (never backwards).
     pub fn gap(&mut self, epoch: String, from: u64, to: Option<u64>, reason: GapReason) -> Item {
-        let announces_our_loss =
-            reason == GapReason::Epoch && self.position.as_ref().is_some_and(|p| p.epoch == epoch);
+        let announces_our_loss = reason == GapReason::Epoch && self.position.as_ref().is_some_and(|p| p.epoch == epoch);
         if announces_our_loss || self.pending_epoch.as_ref().is_some_and(|pending| *pending == epoch) {
             self.commit_epoch_switch();
         }
@@ -221,11 +220,24 @@ mod tests {
         assert_eq!(event(&mut tracker, 1), Some(1));
         // Welcome in a new epoch, then the connection dies before the epoch gap arrives.
         assert!(tracker.welcome("e2", 0));
-        assert_eq!(tracker.resume(), Some(Resume { epoch: "e1".into(), after: 1 }), "still the old stream");
+        assert_eq!(
+            tracker.resume(),
+            Some(Resume {
+                epoch: "e1".into(),
+                after: 1
+            }),
+            "still the old stream"
+        );
         // The next connection is welcomed into e3 and does get the gap for e1: now we switch.
         assert!(tracker.welcome("e3", 2));
         tracker.gap("e1".into(), 2, None, GapReason::Epoch);
-        assert_eq!(tracker.resume(), Some(Resume { epoch: "e3".into(), after: 0 }));
+        assert_eq!(
+            tracker.resume(),
+            Some(Resume {
+                epoch: "e3".into(),
+                after: 0
+            })
+        );
         assert_eq!(event(&mut tracker, 1), Some(1), "seq 1 of e3 is new");
     }
 

@@ -7,11 +7,17 @@
 //! - an event whose every attempt failed with a non-ambiguous code (anything but `timeout`,
 //!   which means "no answer": the event may exist) must never appear in any frame or delivered
 //!   item: the publisher was told "not published" and the user saw it anyway, so the agent
-//!   retries and the user gets it twice, or the error was a lie.
+//!   retries and the user gets it twice, or the error was a lie;
+//! - a success names a position that can exist: `seq >= 1` (streams start at 1) and a
+//!   non-empty epoch, and no two different events of one user are told the same `(epoch, seq)`.
+//!   A bridge that swallows errors into a default `Ok` (the `Option`-bridge no-op, an
+//!   `unwrap_or_default()`) returns exactly such fake positions, and nothing else in the
+//!   history shows it: the event simply never exists.
 
 use super::index::Index;
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::{DeliveredItem, FrameSeen, Observation};
+use crate::history::{DeliveredItem, FrameSeen, Observation, PublishOutcome};
+use std::collections::BTreeMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     if let Some((end_idx, end_at)) = index.end {
@@ -31,6 +37,9 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
                 vec![call.idx, end_idx],
             ));
         }
+    }
+    if let Some(v) = fake_success(index) {
+        return Err(v);
     }
     for (idx, entry) in index.entries.iter().enumerate() {
         let (client, id) = match &entry.what {
@@ -73,4 +82,126 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         ));
     }
     Ok(())
+}
+
+/// The first success whose position cannot be real: seq 0, an empty epoch, or a position
+/// another event of the same user was already given.
+fn fake_success(index: &Index<'_>) -> Option<Violation> {
+    let mut given: BTreeMap<(&str, &str, u64), (&str, usize)> = BTreeMap::new();
+    for (idx, entry) in index.entries.iter().enumerate() {
+        let Observation::PublishReturned {
+            event_id,
+            outcome: PublishOutcome::Published { seq, epoch, .. },
+            ..
+        } = &entry.what
+        else {
+            continue;
+        };
+        let Some(event) = index.event(event_id) else {
+            continue;
+        };
+        if *seq == 0 || epoch.is_empty() {
+            return Some(violation(
+                Invariant::NoSilentFailure,
+                Severity::Critical,
+                Category::BridgeInitialization,
+                format!(
+                    "publish of {event_id} for user {} returned success at {} with seq {seq} and epoch {epoch:?}, a position that cannot exist (seqs start at 1, epochs are never empty): the publish path turned a failure into a default Ok and the event was never created",
+                    event.user,
+                    t(entry.at_ms)
+                ),
+                vec![event.first_call_idx, idx],
+            ));
+        }
+        match given.get(&(event.user, epoch.as_str(), *seq)) {
+            Some(&(other, other_idx)) if other != event_id.as_str() => {
+                return Some(violation(
+                    Invariant::NoSilentFailure,
+                    Severity::Critical,
+                    Category::BridgeInitialization,
+                    format!(
+                        "publishes of {other} and {event_id} for user {} were both told epoch {epoch} seq {seq} (at {} and {}): one of the two successes is fake",
+                        event.user,
+                        t(index.at(other_idx)),
+                        t(entry.at_ms)
+                    ),
+                    vec![other_idx, idx],
+                ));
+            }
+            Some(_) => {}
+            None => {
+                given.insert((event.user, epoch.as_str(), *seq), (event_id.as_str(), idx));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::checkers::builder::{scenario_with, HistoryBuilder};
+    use crate::checkers::{check, Invariant};
+    use crate::scenario::{Step, Via};
+
+    fn scenario() -> crate::scenario::Scenario {
+        scenario_with(
+            1,
+            vec![Step::Connect {
+                client: 0,
+                user: 0,
+                host: 0,
+                token_ttl_ms: None,
+            }],
+        )
+    }
+
+    #[test]
+    fn fires_on_a_swallowed_error_returned_as_seq_zero() {
+        let mut b = HistoryBuilder::new();
+        b.at(100);
+        b.publish_ok("u0", "E0", 1);
+        b.at(200);
+        let id = b.publish_called("u0", Via::Notifier, 10);
+        b.published(&id, "", 0, false);
+        let violation = check(Invariant::NoSilentFailure, &scenario(), &b.build()).unwrap_err();
+        assert!(violation.explanation.contains("seq 0"), "{violation}");
+    }
+
+    #[test]
+    fn fires_when_two_events_are_told_the_same_position() {
+        let mut b = HistoryBuilder::new();
+        b.at(100);
+        b.publish_ok("u0", "E0", 1);
+        b.at(200);
+        let id = b.publish_called("u0", Via::Notifier, 10);
+        b.published(&id, "E0", 1, false);
+        let violation = check(Invariant::NoSilentFailure, &scenario(), &b.build()).unwrap_err();
+        assert!(
+            violation.explanation.contains("one of the two successes is fake"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn near_miss_an_idempotent_retry_is_told_its_original_position() {
+        let mut b = HistoryBuilder::new();
+        b.at(100);
+        let id = b.publish_called(
+            "u0",
+            Via::Http {
+                idempotency_key: true,
+                retries: 1,
+            },
+            10,
+        );
+        b.failed(&id, "timeout");
+        b.at(400);
+        b.retry_called(&id);
+        b.published(&id, "E0", 1, true);
+        b.at(500);
+        b.publish_ok("u0", "E0", 2);
+        // The same seq in another epoch (after a restart) is another position.
+        b.publish_ok("u0", "E1", 1);
+        assert_eq!(check(Invariant::NoSilentFailure, &scenario(), &b.build()), Ok(()));
+    }
 }

@@ -22,11 +22,13 @@ use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::DeliveredItem;
 use std::collections::BTreeMap;
 
+/// A delivered gap: (entry, epoch, from, to, reason, epoch of the latest welcome before it).
+type DeliveredGap<'a> = (usize, &'a str, u64, Option<u64>, &'a str, Option<&'a str>);
+
 /// What one client's application was handed, indexed for coverage questions.
 pub(super) struct Coverage<'a> {
     events: BTreeMap<(&'a str, u64), (usize, Option<&'a str>)>,
-    /// (entry, epoch, from, to, reason, epoch of the latest welcome before it).
-    gaps: Vec<(usize, &'a str, u64, Option<u64>, &'a str, Option<&'a str>)>,
+    gaps: Vec<DeliveredGap<'a>>,
 }
 
 impl<'a> Coverage<'a> {

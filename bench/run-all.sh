@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every benchmark of BENCHMARKS.md on this machine and writes the raw output under
+# bench/results/. Long: ~15-20 minutes. Pass --quick for a ~3-minute smoke pass.
+# Never run in CI (CI only does `cargo bench --no-run`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=()
+if [[ "${1:-}" == "--quick" ]]; then quick=(--quick); fi
+ulimit -n "$(ulimit -Hn)"   # 10,000 client sockets in the generator, 10,000 in the server
+mkdir -p bench/results
+nproc > bench/results/machine.txt; lscpu | head -15 >> bench/results/machine.txt
+cargo build --release -p herald-core --bin herald --example baseline_server
+lg() { cargo bench -p herald-core --bench loadgen -- "$@" "${quick[@]}"; }
+lg --scenario idle --connections 10000 --runs 3              | tee bench/results/idle.txt
+lg --scenario rate --rates 20000,50000,100000 --runs 3       | tee bench/results/rate.txt
+lg --scenario peak --runs 1 --duration-secs 5                | tee bench/results/peak.txt
+lg --scenario burst --runs 3                                 | tee bench/results/burst.txt
+lg --scenario resume --runs 3                                | tee bench/results/resume.txt
+cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt

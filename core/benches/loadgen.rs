@@ -1,0 +1,1368 @@
+//! Load generator: Herald against the naive baseline, on loopback, with real sockets (issue 9).
+//!
+//! Each server under test runs as its own process (the `herald` binary, and the
+//! `baseline_server` example with default or small WebSocket buffers), so its RSS and CPU are
+//! read from `/proc/<pid>` and hold nothing of the generator. The generator opens WebSocket
+//! connections with real tokens, publishes through the HTTP API (pipelined keep-alive
+//! connections), embeds the intended send time, the target user and a per-user counter in every
+//! payload, and checks every frame at the client: no loss, no duplicate, no reordering, no
+//! misrouting. Latency is measured from the *intended* send time (no coordinated omission).
+//!
+//! ```text
+//! cargo build --release -p herald-core --bin herald --example baseline_server
+//! cargo bench -p herald-core --bench loadgen -- --scenario idle --connections 10000
+//! cargo bench -p herald-core --bench loadgen -- --scenario rate --rates 20000,50000,100000
+//! cargo bench -p herald-core --bench loadgen -- --scenario all --quick
+//! ```
+//! Without `--scenario` it prints its usage and exits, so `cargo bench` and `cargo test
+//! --all-targets` never start a long load by accident; CI runs only `cargo bench --no-run`.
+
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use herald_core::auth::mint_token;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789abcdef";
+const API_KEY: &str = "loadgen-api-key";
+/// Pipelined requests in flight per HTTP publishing connection; the writer waits beyond it.
+const HTTP_IN_FLIGHT_MAX: u64 = 512;
+/// How long to wait for the last deliveries after the last publish before counting losses.
+const DRAIN_TIMEOUT_MS: u64 = 15_000;
+/// Bound on connecting, on `hello` → `welcome` and on every HTTP response.
+const NETWORK_TIMEOUT_MS: u64 = 20_000;
+/// Connections opened concurrently while building a population.
+const CONNECT_CONCURRENCY_MAX: usize = 256;
+/// Client read buffer: small, so 10,000 client sockets do not cost the machine 1.3 GB.
+const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Scenario {
+    /// (1) N idle connections: server RSS per connection.
+    Idle,
+    /// (2) 1,000 connections at fixed delivered rates: latency percentiles.
+    Rate,
+    /// (3) Raise the rate until latency or loss gives way: peak sustained delivered events/s.
+    Peak,
+    /// (4) A burst of 100,000 events to 100 users.
+    Burst,
+    /// (5) 1,000 clients reconnecting at once with resume (herald only).
+    Resume,
+    /// All of the above.
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum ServerKind {
+    /// The `herald` binary.
+    Herald,
+    /// `baseline_server --buffers default` (128 KiB tungstenite buffers).
+    BaselineDefault,
+    /// `baseline_server --buffers small` (1 KiB read buffer, no write buffer).
+    BaselineSmall,
+}
+
+impl ServerKind {
+    fn name(self) -> &'static str {
+        match self {
+            ServerKind::Herald => "herald",
+            ServerKind::BaselineDefault => "baseline-default",
+            ServerKind::BaselineSmall => "baseline-small",
+        }
+    }
+}
+
+#[derive(Parser, Clone, Debug)]
+#[command(about = "Herald vs naive baseline load generator (see BENCHMARKS.md)")]
+struct Cli {
+    /// Scenarios to run (comma-separated). Without it: print usage and exit.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// Servers to compare, in the same run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "herald,baseline-small,baseline-default"
+    )]
+    servers: Vec<ServerKind>,
+    /// Connections for idle (default 10000), rate/peak/resume (default 1000).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Connections (tabs) per user in rate/peak/resume; users = connections / tabs.
+    #[arg(long, default_value_t = 2)]
+    tabs: usize,
+    /// Delivered events/s for the rate scenario (publishes/s = rate / tabs).
+    #[arg(long, value_delimiter = ',', default_value = "20000,50000,100000")]
+    rates: Vec<u64>,
+    /// Delivered events/s steps tried by the peak scenario.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100000,150000,200000,250000,300000,350000,400000,500000"
+    )]
+    peak_rates: Vec<u64>,
+    /// A peak step passes if p99 stays at or below this (and nothing is lost).
+    #[arg(long, default_value_t = 100.0)]
+    peak_p99_ms_max: f64,
+    /// Seconds of publishing per rate step.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Repeat every measurement this many times (interleaving servers) and report medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Short runs: duration 3 s, 1 run, 2,000 idle connections, fewer peak steps.
+    #[arg(long)]
+    quick: bool,
+    /// Pipelined keep-alive HTTP connections used to publish.
+    #[arg(long, default_value_t = 8)]
+    http_connections: usize,
+    /// Padding bytes in every event's data (an agent_thinking text).
+    #[arg(long, default_value_t = 64)]
+    payload_pad_bytes: usize,
+    /// The `herald` binary (default: next to this bench, target/release/herald).
+    #[arg(long)]
+    herald_bin: Option<PathBuf>,
+    /// The baseline binary (default: target/release/examples/baseline_server).
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// Worker threads of the generator's runtime.
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let mut cli = Cli::parse();
+    if cli.scenario.is_empty() {
+        println!("loadgen: no --scenario given; nothing to do. Example:");
+        println!("  cargo build --release -p herald-core --bin herald --example baseline_server");
+        println!("  cargo bench -p herald-core --bench loadgen -- --scenario idle,rate,peak,burst,resume --quick");
+        return;
+    }
+    if cli.scenario.contains(&Scenario::All) {
+        cli.scenario = vec![
+            Scenario::Idle,
+            Scenario::Rate,
+            Scenario::Peak,
+            Scenario::Burst,
+            Scenario::Resume,
+        ];
+    }
+    if cli.quick {
+        cli.duration_secs = cli.duration_secs.min(3.0);
+        cli.runs = 1;
+    }
+    assert!(cli.tabs >= 1, "--tabs must be at least 1");
+    assert!(cli.runs >= 1, "--runs must be at least 1");
+    print_machine();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cli = Arc::new(cli);
+    for scenario in cli.scenario.clone() {
+        let cli = cli.clone();
+        runtime.block_on(async move {
+            match scenario {
+                Scenario::Idle => scenario_idle(&cli).await,
+                Scenario::Rate => scenario_rate(&cli).await,
+                Scenario::Peak => scenario_peak(&cli).await,
+                Scenario::Burst => scenario_burst(&cli).await,
+                Scenario::Resume => scenario_resume(&cli).await,
+                Scenario::All => unreachable!(),
+            }
+        });
+    }
+}
+
+fn print_machine() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("# machine: {cpus} CPUs ({model}); loadavg at start: {}", load.trim());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers under test: child processes.
+
+struct ServerProcess {
+    kind: ServerKind,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        proc_cpu_secs(&format!("/proc/{}/stat", self.pid()))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// utime + stime of a process, in seconds (CLK_TCK is 100 on Linux).
+fn proc_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Busy CPU seconds of the whole machine (all processes), from /proc/stat.
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !matches!(i, 3 | 4) && *i < 8)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / 100.0
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+async fn start_server(cli: &Cli, kind: ServerKind) -> ServerProcess {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut command = match kind {
+        ServerKind::Herald => {
+            let bin = cli
+                .herald_bin
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")));
+            let mut command = Command::new(bin);
+            command
+                .arg("serve")
+                .arg("--listen")
+                .arg(addr.to_string())
+                .env("HERALD_JWT_SECRET", JWT_SECRET)
+                .env("HERALD_API_KEY", API_KEY)
+                .env("RUST_LOG", "warn");
+            command
+        }
+        ServerKind::BaselineDefault | ServerKind::BaselineSmall => {
+            let bin = cli
+                .baseline_bin
+                .clone()
+                .unwrap_or_else(|| bin_dir().join("examples").join("baseline_server"));
+            assert!(
+                bin.exists(),
+                "{} not found: run `cargo build --release -p herald-core --example baseline_server` first",
+                bin.display()
+            );
+            let mut command = Command::new(bin);
+            command.arg("--listen").arg(addr.to_string()).arg("--buffers").arg(
+                if kind == ServerKind::BaselineDefault {
+                    "default"
+                } else {
+                    "small"
+                },
+            );
+            command
+        }
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = command.spawn().expect("spawn the server under test");
+    let server = ServerProcess { kind, child, addr };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(addr).await {
+            let request = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+            if stream.write_all(request.as_bytes()).await.is_ok() {
+                let mut response = String::new();
+                let _ = stream.read_to_string(&mut response).await;
+                if response.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "{} did not become healthy", kind.name());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let start-up allocations settle before any "before" sample.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients.
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    base().elapsed().as_nanos() as u64
+}
+
+fn user_name(user: u32) -> String {
+    format!("u{user}")
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    frame_type: &'a str,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    head: u64,
+    #[serde(default)]
+    recovered: bool,
+    #[serde(default)]
+    data: Option<Payload>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    /// Intended user.
+    u: u32,
+    /// Per-user counter, from 1.
+    k: u64,
+    /// Intended send time, ns since the generator's base instant.
+    t: u64,
+}
+
+/// What one client saw; checked against what was published.
+#[derive(Default, Clone)]
+struct ClientStats {
+    user: u32,
+    /// Next expected per-user counter.
+    next_k: u64,
+    /// Last seq seen (welcome head, then event seqs).
+    last_seq: u64,
+    epoch: String,
+    received: u64,
+    duplicates: u64,
+    skipped: u64,
+    misrouted: u64,
+    seq_errors: u64,
+    other_frames: u64,
+    /// Latency samples, µs.
+    latency_us: Vec<u32>,
+    /// When this client had everything it was expecting (ns since base), set by the reader.
+    caught_up_ns: u64,
+    recovered: bool,
+    closed_early: bool,
+}
+
+async fn open_client(addr: SocketAddr, user: u32, resume: Option<(&str, u64)>) -> Result<(Ws, Frame<'static>), String> {
+    let url = format!("ws://{addr}/v1/ws?user={}", user_name(user));
+    let config = WebSocketConfig::default()
+        .read_buffer_size(CLIENT_READ_BUFFER_BYTES)
+        .write_buffer_size(0);
+    let timeout = Duration::from_millis(NETWORK_TIMEOUT_MS);
+    let (mut ws, _) = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::connect_async_with_config(url, Some(config), false),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| format!("connect: {e}"))?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400;
+    let token = mint_token(JWT_SECRET.as_bytes(), &user_name(user), exp);
+    let hello = match resume {
+        None => serde_json::json!({"type": "hello", "token": token}),
+        Some((epoch, after)) => {
+            serde_json::json!({"type": "hello", "token": token, "resume": {"epoch": epoch, "after": after}})
+        }
+    };
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .map_err(|e| format!("hello: {e}"))?;
+    loop {
+        let message = tokio::time::timeout(timeout, ws.next())
+            .await
+            .map_err(|_| "no welcome".to_string())?;
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Frame<'_> = serde_json::from_str(text.as_str()).map_err(|e| format!("welcome: {e}"))?;
+                if frame.frame_type != "welcome" {
+                    return Err(format!("expected welcome, got {}", text.as_str()));
+                }
+                let welcome = Frame {
+                    frame_type: "welcome",
+                    seq: 0,
+                    epoch: frame.epoch,
+                    head: frame.head,
+                    recovered: frame.recovered,
+                    data: None,
+                };
+                return Ok((ws, welcome));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("welcome: {e}")),
+            None => return Err("closed before welcome".into()),
+        }
+    }
+}
+
+/// Shared progress of all readers: deliveries so far, and targets per user for "caught up".
+struct Progress {
+    delivered: AtomicU64,
+    /// Per user, the counter `k` a client must reach to be caught up (0 = not tracked).
+    target_k: Vec<AtomicU64>,
+    caught_up: AtomicU64,
+}
+
+/// Reads frames until told to stop; checks every event.
+async fn read_loop(
+    mut ws: Ws,
+    mut stats: ClientStats,
+    mut stop: watch::Receiver<bool>,
+    progress: Arc<Progress>,
+) -> (Ws, ClientStats) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            message = ws.next() => message,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                stats.closed_early = true;
+                let _ = stop.wait_for(|s| *s).await;
+                break;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let now = now_ns();
+        let frame: Frame<'_> = match serde_json::from_str(text.as_str()) {
+            Ok(frame) => frame,
+            Err(_) => {
+                stats.other_frames += 1;
+                continue;
+            }
+        };
+        let Some(payload) = frame.data.filter(|_| frame.frame_type == "event") else {
+            stats.other_frames += 1;
+            continue;
+        };
+        stats.received += 1;
+        if payload.u != stats.user {
+            stats.misrouted += 1;
+            continue;
+        }
+        if frame.seq != stats.last_seq + 1 {
+            stats.seq_errors += 1;
+        }
+        stats.last_seq = frame.seq;
+        if payload.k < stats.next_k {
+            stats.duplicates += 1;
+            continue;
+        }
+        if payload.k > stats.next_k {
+            stats.skipped += payload.k - stats.next_k;
+        }
+        stats.next_k = payload.k + 1;
+        stats
+            .latency_us
+            .push((now.saturating_sub(payload.t) / 1_000).min(u64::from(u32::MAX)) as u32);
+        progress.delivered.fetch_add(1, Ordering::Relaxed);
+        let target = progress.target_k[stats.user as usize].load(Ordering::Relaxed);
+        if target != 0 && payload.k == target {
+            stats.caught_up_ns = now;
+            progress.caught_up.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (ws, stats)
+}
+
+/// A population of connected clients with their reader tasks.
+struct Population {
+    stop: watch::Sender<bool>,
+    readers: Vec<tokio::task::JoinHandle<(Ws, ClientStats)>>,
+    progress: Arc<Progress>,
+}
+
+/// Opens `users * tabs` connections (connection i belongs to user i / tabs).
+async fn connect_population(
+    addr: SocketAddr,
+    users: u32,
+    tabs: usize,
+    progress: Option<Arc<Progress>>,
+) -> Result<Population, String> {
+    let progress = progress.unwrap_or_else(|| {
+        Arc::new(Progress {
+            delivered: AtomicU64::new(0),
+            target_k: (0..users).map(|_| AtomicU64::new(0)).collect(),
+            caught_up: AtomicU64::new(0),
+        })
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let semaphore = Arc::new(Semaphore::new(CONNECT_CONCURRENCY_MAX));
+    let mut opening = Vec::new();
+    for i in 0..users as usize * tabs {
+        let user = (i / tabs) as u32;
+        let semaphore = semaphore.clone();
+        opening.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire().await.unwrap();
+            open_client(addr, user, None)
+                .await
+                .map(|(ws, welcome)| (user, ws, welcome))
+        }));
+    }
+    let mut readers = Vec::new();
+    for handle in opening {
+        let (user, ws, welcome) = handle.await.map_err(|e| e.to_string())??;
+        let stats = ClientStats {
+            user,
+            next_k: 1,
+            last_seq: welcome.head,
+            epoch: welcome.epoch.unwrap_or_default(),
+            ..ClientStats::default()
+        };
+        readers.push(tokio::spawn(read_loop(ws, stats, stop_rx.clone(), progress.clone())));
+    }
+    Ok(Population {
+        stop,
+        readers,
+        progress,
+    })
+}
+
+impl Population {
+    /// Stops the readers and returns the sockets and what each client saw.
+    async fn stop(self) -> (Vec<(Ws, ClientStats)>, Arc<Progress>) {
+        self.stop.send_replace(true);
+        let mut out = Vec::new();
+        for reader in self.readers {
+            out.push(reader.await.expect("reader task"));
+        }
+        (out, self.progress)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing over HTTP: pipelined keep-alive connections, open loop at a target rate.
+
+struct PublishPlan {
+    users: u32,
+    /// Publishes per second over all HTTP connections; `None` = as fast as the window allows.
+    rate: Option<f64>,
+    /// Publishes per user (exact); total = users * per_user.
+    per_user: u64,
+    /// First counter value per user (k), so a second batch continues the sequence.
+    first_k: u64,
+    pad: String,
+}
+
+#[derive(Default, Debug, Clone)]
+struct PublishReport {
+    accepted: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Wall time from the first to the last request written.
+    write_secs: f64,
+}
+
+async fn publish(addr: SocketAddr, http_connections: usize, plan: Arc<PublishPlan>) -> PublishReport {
+    let connections = http_connections.max(1).min(plan.users as usize);
+    let start_ns = now_ns() + 5_000_000;
+    let mut tasks = Vec::new();
+    for h in 0..connections {
+        let plan = plan.clone();
+        tasks.push(tokio::spawn(publish_connection(addr, h, connections, plan, start_ns)));
+    }
+    let mut report = PublishReport::default();
+    for task in tasks {
+        let part = task.await.expect("publisher task");
+        report.accepted += part.accepted;
+        report.errors += part.errors;
+        report.write_secs = report.write_secs.max(part.write_secs);
+        if report.first_error.is_none() {
+            report.first_error = part.first_error;
+        }
+    }
+    report
+}
+
+async fn publish_connection(
+    addr: SocketAddr,
+    h: usize,
+    connections: usize,
+    plan: Arc<PublishPlan>,
+    start_ns: u64,
+) -> PublishReport {
+    let my_users: Vec<u32> = (0..plan.users).filter(|u| *u as usize % connections == h).collect();
+    let total = my_users.len() as u64 * plan.per_user;
+    let interval_ns = plan.rate.map(|rate| 1e9 * connections as f64 / rate);
+    let stream = TcpStream::connect(addr).await.expect("connect for publishing");
+    stream.set_nodelay(true).expect("nodelay");
+    let (read_half, mut write_half) = stream.into_split();
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(Notify::new());
+    let reader = {
+        let in_flight = in_flight.clone();
+        let window = window.clone();
+        tokio::spawn(read_responses(read_half, total, in_flight, window))
+    };
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut i = 0u64;
+    let mut first_write_ns = 0;
+    while i < total {
+        let now = now_ns();
+        let due = match interval_ns {
+            Some(_) if now < start_ns => 0,
+            Some(interval) => (((now - start_ns) as f64 / interval) as u64 + 1).min(total),
+            None => total,
+        };
+        let room = HTTP_IN_FLIGHT_MAX.saturating_sub(in_flight.load(Ordering::Acquire));
+        let until = due.min(i + room);
+        if until > i {
+            buf.clear();
+            for j in i..until {
+                let user = my_users[(j % my_users.len() as u64) as usize];
+                let k = plan.first_k + j / my_users.len() as u64;
+                let t = match interval_ns {
+                    Some(interval) => start_ns + (j as f64 * interval) as u64,
+                    None => now,
+                };
+                let body = format!(
+                    r#"{{"run":"run-{user}","kind":"agent_thinking","data":{{"u":{user},"k":{k},"t":{t},"text":"{}"}}}}"#,
+                    plan.pad
+                );
+                write!(
+                    buf,
+                    "POST /v1/users/{}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    user_name(user),
+                    body.len()
+                )
+                .unwrap();
+            }
+            in_flight.fetch_add(until - i, Ordering::AcqRel);
+            if first_write_ns == 0 {
+                first_write_ns = now;
+            }
+            if write_half.write_all(&buf).await.is_err() {
+                break;
+            }
+            i = until;
+            continue;
+        }
+        if due > i {
+            // Window full: wait for responses.
+            let notified = window.notified();
+            if HTTP_IN_FLIGHT_MAX.saturating_sub(in_flight.load(Ordering::Acquire)) == 0 {
+                let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+            }
+        } else if let Some(interval) = interval_ns {
+            let next_ns = start_ns + (i as f64 * interval) as u64;
+            let wait = next_ns.saturating_sub(now_ns());
+            tokio::time::sleep(Duration::from_nanos(wait)).await;
+        }
+    }
+    let write_secs = (now_ns() - first_write_ns) as f64 / 1e9;
+    let mut report = reader.await.expect("response reader");
+    report.write_secs = write_secs;
+    drop(write_half);
+    report
+}
+
+async fn read_responses(
+    read_half: tokio::net::tcp::OwnedReadHalf,
+    total: u64,
+    in_flight: Arc<AtomicU64>,
+    window: Arc<Notify>,
+) -> PublishReport {
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let mut report = PublishReport::default();
+    let mut line = String::new();
+    let timeout = Duration::from_millis(NETWORK_TIMEOUT_MS);
+    for _ in 0..total {
+        line.clear();
+        match tokio::time::timeout(timeout, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                report.errors += 1;
+                report
+                    .first_error
+                    .get_or_insert_with(|| "publish connection lost".into());
+                break;
+            }
+        }
+        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut content_length = 0usize;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                break;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(value) = lower.strip_prefix("content-length:") {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        let _ = reader.read_exact(&mut body).await;
+        if (200..300).contains(&status) {
+            report.accepted += 1;
+        } else {
+            report.errors += 1;
+            report
+                .first_error
+                .get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        window.notify_one();
+    }
+    report
+}
+
+// ---------------------------------------------------------------------------------------------
+// One measured load run.
+
+#[derive(Default, Debug, Clone)]
+struct LoadResult {
+    published: u64,
+    publish_errors: u64,
+    expected: u64,
+    delivered: u64,
+    duplicates: u64,
+    missing: u64,
+    misrouted: u64,
+    seq_errors: u64,
+    closed_early: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    /// Deliveries per second from the first publish to the last delivery.
+    delivered_per_sec: f64,
+    /// Achieved publish rate (publishes/s while writing).
+    published_per_sec: f64,
+    server_cpu: f64,
+    loadgen_cpu: f64,
+    /// CPU used by everything else on the machine during the run (other helpers): noise.
+    other_cpu: f64,
+    /// Server CPU time per delivered event, µs: steadier than wall latency on a shared machine.
+    server_cpu_us_per_delivery: f64,
+    elapsed_secs: f64,
+}
+
+impl LoadResult {
+    fn verified(&self) -> bool {
+        self.publish_errors == 0
+            && self.missing == 0
+            && self.duplicates == 0
+            && self.misrouted == 0
+            && self.seq_errors == 0
+            && self.delivered == self.expected
+    }
+
+    fn verdict(&self) -> String {
+        if self.verified() {
+            "ok".into()
+        } else {
+            format!(
+                "FAIL(pub_err {} missing {} dup {} misroute {} seq {} closed {})",
+                self.publish_errors, self.missing, self.duplicates, self.misrouted, self.seq_errors, self.closed_early
+            )
+        }
+    }
+}
+
+fn percentile_ms(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    f64::from(sorted[index]) / 1_000.0
+}
+
+/// Connects `users * tabs` clients, publishes `per_user` events to each user at `rate`
+/// publishes/s (or as fast as possible), waits for delivery and checks everything.
+async fn load_run(
+    cli: &Cli,
+    server: &ServerProcess,
+    users: u32,
+    tabs: usize,
+    rate: Option<f64>,
+    per_user: u64,
+) -> LoadResult {
+    let population = connect_population(server.addr, users, tabs, None)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: connecting {} clients: {e}",
+                server.kind.name(),
+                users as usize * tabs
+            )
+        });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu_before = server.cpu_secs();
+    let self_before = proc_cpu_secs("/proc/self/stat");
+    let machine_before = machine_busy_secs();
+    let started = Instant::now();
+    let plan = Arc::new(PublishPlan {
+        users,
+        rate,
+        per_user,
+        first_k: 1,
+        pad: "x".repeat(cli.payload_pad_bytes),
+    });
+    let report = publish(server.addr, cli.http_connections, plan).await;
+    let expected = report.accepted * tabs as u64;
+    let deadline = Instant::now() + Duration::from_millis(DRAIN_TIMEOUT_MS);
+    let mut last_delivery = Instant::now();
+    let mut last_seen = population.progress.delivered.load(Ordering::Relaxed);
+    while Instant::now() < deadline {
+        let delivered = population.progress.delivered.load(Ordering::Relaxed);
+        if delivered != last_seen {
+            last_seen = delivered;
+            last_delivery = Instant::now();
+        }
+        if delivered >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = last_delivery.duration_since(started).as_secs_f64();
+    let server_cpu_secs = server.cpu_secs() - cpu_before;
+    let loadgen_cpu_secs = proc_cpu_secs("/proc/self/stat") - self_before;
+    let other_cpu_secs = (machine_busy_secs() - machine_before - server_cpu_secs - loadgen_cpu_secs).max(0.0);
+    let server_cpu = server_cpu_secs / elapsed;
+    let loadgen_cpu = loadgen_cpu_secs / elapsed;
+    let (clients, _) = population.stop().await;
+    let mut result = LoadResult {
+        published: report.accepted,
+        publish_errors: report.errors,
+        expected,
+        published_per_sec: report.accepted as f64 / report.write_secs.max(1e-9),
+        server_cpu,
+        loadgen_cpu,
+        other_cpu: other_cpu_secs / elapsed,
+        elapsed_secs: elapsed,
+        ..LoadResult::default()
+    };
+    if let Some(error) = &report.first_error {
+        eprintln!("  {}: first publish error: {error}", server.kind.name());
+    }
+    let per_user_accepted = report.accepted / u64::from(users);
+    let mut latencies = Vec::with_capacity(expected as usize);
+    for (ws, stats) in clients {
+        drop(ws);
+        result.delivered += stats.received - stats.duplicates - stats.misrouted;
+        result.duplicates += stats.duplicates;
+        result.misrouted += stats.misrouted;
+        result.seq_errors += stats.seq_errors;
+        result.closed_early += u64::from(stats.closed_early);
+        let last_k = stats.next_k - 1;
+        result.missing += stats.skipped + per_user_accepted.saturating_sub(last_k);
+        latencies.extend_from_slice(&stats.latency_us);
+    }
+    latencies.sort_unstable();
+    result.p50_ms = percentile_ms(&latencies, 0.50);
+    result.p99_ms = percentile_ms(&latencies, 0.99);
+    result.p999_ms = percentile_ms(&latencies, 0.999);
+    result.max_ms = latencies.last().map_or(f64::NAN, |v| f64::from(*v) / 1_000.0);
+    result.delivered_per_sec = result.delivered as f64 / elapsed.max(1e-9);
+    result.server_cpu_us_per_delivery = server_cpu_secs * 1e6 / result.delivered.max(1) as f64;
+    // Let the server reap the closed connections before the next run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting helpers.
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b != 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+/// Prints a table: one row per metric, one column per server, then ratios herald/each baseline.
+fn print_table(title: &str, servers: &[ServerKind], rows: &[(&str, Vec<f64>, &str)]) {
+    println!();
+    println!("### {title}");
+    let mut header = "| metric |".to_string();
+    let mut rule = "|---|".to_string();
+    for server in servers {
+        header.push_str(&format!(" {} |", server.name()));
+        rule.push_str("---:|");
+    }
+    let herald = servers.iter().position(|s| *s == ServerKind::Herald);
+    let baselines: Vec<usize> = (0..servers.len()).filter(|i| Some(*i) != herald).collect();
+    if herald.is_some() {
+        for b in &baselines {
+            header.push_str(&format!(" herald / {} |", servers[*b].name()));
+            rule.push_str("---:|");
+        }
+    }
+    println!("{header}");
+    println!("{rule}");
+    for (name, values, format) in rows {
+        let mut line = format!("| {name} |");
+        for value in values {
+            let cell = match *format {
+                "int" => format!("{value:.0}"),
+                "f1" => format!("{value:.1}"),
+                "f2" => format!("{value:.2}"),
+                _ => format!("{value:.3}"),
+            };
+            line.push_str(&format!(" {cell} |"));
+        }
+        if let Some(h) = herald {
+            for b in &baselines {
+                line.push_str(&format!(" {} |", ratio(values[h], values[*b])));
+            }
+        }
+        println!("{line}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+async fn scenario_idle(cli: &Cli) {
+    let connections = cli.connections.unwrap_or(if cli.quick { 2_000 } else { 10_000 });
+    println!();
+    println!("## Scenario 1: {connections} idle connections (1 per user), server RSS per connection");
+    let mut per_server: BTreeMap<ServerKind, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for run in 0..cli.runs {
+        for &kind in &cli.servers {
+            let server = start_server(cli, kind).await;
+            let before = server.rss_kib();
+            let population = connect_population(server.addr, connections as u32, 1, None)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = server.rss_kib();
+            let per_connection = (after.saturating_sub(before)) as f64 / connections as f64;
+            println!(
+                "  run {run} {:<17} RSS before {before} KiB, after {after} KiB → {per_connection:.2} KiB/connection",
+                kind.name()
+            );
+            per_server
+                .entry(kind)
+                .or_default()
+                .push((before as f64 / 1024.0, after as f64 / 1024.0, per_connection));
+            let (clients, _) = population.stop().await;
+            drop(clients);
+            drop(server);
+        }
+    }
+    let column = |f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
+        cli.servers
+            .iter()
+            .map(|k| median(per_server[k].iter().map(f).collect()))
+            .collect()
+    };
+    print_table(
+        &format!("idle: {connections} connections, median of {} runs", cli.runs),
+        &cli.servers,
+        &[
+            ("RSS before (MiB)", column(|v| v.0), "f1"),
+            ("RSS after (MiB)", column(|v| v.1), "f1"),
+            ("RSS per connection (KiB)", column(|v| v.2), "f2"),
+        ],
+    );
+}
+
+fn load_rows(
+    results: &BTreeMap<ServerKind, Vec<LoadResult>>,
+    servers: &[ServerKind],
+) -> Vec<(&'static str, Vec<f64>, &'static str)> {
+    let column = |f: fn(&LoadResult) -> f64| -> Vec<f64> {
+        servers
+            .iter()
+            .map(|k| median(results[k].iter().map(f).collect()))
+            .collect()
+    };
+    vec![
+        ("p50 latency (ms)", column(|r| r.p50_ms), "f2"),
+        ("p99 latency (ms)", column(|r| r.p99_ms), "f2"),
+        ("p99.9 latency (ms)", column(|r| r.p999_ms), "f2"),
+        ("max latency (ms)", column(|r| r.max_ms), "f1"),
+        ("delivered events/s", column(|r| r.delivered_per_sec), "int"),
+        ("published events/s (achieved)", column(|r| r.published_per_sec), "int"),
+        (
+            "delivered / expected",
+            column(|r| r.delivered as f64 / r.expected.max(1) as f64),
+            "f3",
+        ),
+        ("server CPU (cores)", column(|r| r.server_cpu), "f2"),
+        (
+            "server CPU per delivered event (µs)",
+            column(|r| r.server_cpu_us_per_delivery),
+            "f2",
+        ),
+        ("loadgen CPU (cores)", column(|r| r.loadgen_cpu), "f2"),
+        ("other processes' CPU (cores, noise)", column(|r| r.other_cpu), "f2"),
+        (
+            "verified runs (no loss/dup/misroute)",
+            column(|r| if r.verified() { 1.0 } else { 0.0 }),
+            "f2",
+        ),
+    ]
+}
+
+fn print_run(kind: ServerKind, label: &str, r: &LoadResult) {
+    println!(
+        "  {label} {:<17} p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms | delivered {}/{} ({:.0}/s) published {} ({:.0}/s) | cpu server {:.2} ({:.2} µs/event) loadgen {:.2} other {:.2} | {}",
+        kind.name(),
+        r.p50_ms,
+        r.p99_ms,
+        r.p999_ms,
+        r.max_ms,
+        r.delivered,
+        r.expected,
+        r.delivered_per_sec,
+        r.published,
+        r.published_per_sec,
+        r.server_cpu,
+        r.server_cpu_us_per_delivery,
+        r.loadgen_cpu,
+        r.other_cpu,
+        r.verdict()
+    );
+}
+
+async fn scenario_rate(cli: &Cli) {
+    let connections = cli.connections.unwrap_or(1_000);
+    let users = (connections / cli.tabs) as u32;
+    println!();
+    println!(
+        "## Scenario 2: {connections} connections ({users} users x {} tabs), fixed delivered rates, {} s each",
+        cli.tabs, cli.duration_secs
+    );
+    for &rate in &cli.rates {
+        let publishes_per_sec = rate as f64 / cli.tabs as f64;
+        let per_user = ((publishes_per_sec * cli.duration_secs) / f64::from(users))
+            .round()
+            .max(1.0) as u64;
+        let mut results: BTreeMap<ServerKind, Vec<LoadResult>> = BTreeMap::new();
+        for run in 0..cli.runs {
+            for &kind in &cli.servers {
+                let server = start_server(cli, kind).await;
+                let result = load_run(cli, &server, users, cli.tabs, Some(publishes_per_sec), per_user).await;
+                print_run(kind, &format!("rate {rate}/s run {run}"), &result);
+                results.entry(kind).or_default().push(result);
+            }
+        }
+        print_table(
+            &format!(
+                "rate: {rate} delivered events/s over {connections} connections ({} publishes/s over HTTP), median of {} runs",
+                publishes_per_sec, cli.runs
+            ),
+            &cli.servers,
+            &load_rows(&results, &cli.servers),
+        );
+    }
+}
+
+async fn scenario_peak(cli: &Cli) {
+    let connections = cli.connections.unwrap_or(1_000);
+    let users = (connections / cli.tabs) as u32;
+    let steps: Vec<u64> = if cli.quick {
+        cli.peak_rates.iter().copied().step_by(2).collect()
+    } else {
+        cli.peak_rates.clone()
+    };
+    println!();
+    println!(
+        "## Scenario 3: peak sustained delivered events/s over {connections} connections ({users} users x {} tabs); \
+         a step passes with no loss and p99 <= {} ms; {} s per step",
+        cli.tabs, cli.peak_p99_ms_max, cli.duration_secs
+    );
+    let mut peaks: BTreeMap<ServerKind, Vec<(f64, f64)>> = BTreeMap::new();
+    for run in 0..cli.runs {
+        for &kind in &cli.servers {
+            let server = start_server(cli, kind).await;
+            let mut best = (0.0, f64::NAN);
+            for &rate in &steps {
+                let publishes_per_sec = rate as f64 / cli.tabs as f64;
+                let per_user = ((publishes_per_sec * cli.duration_secs) / f64::from(users))
+                    .round()
+                    .max(1.0) as u64;
+                let result = load_run(cli, &server, users, cli.tabs, Some(publishes_per_sec), per_user).await;
+                print_run(kind, &format!("peak step {rate}/s run {run}"), &result);
+                let kept_up = result.published_per_sec >= 0.95 * publishes_per_sec
+                    && result.delivered_per_sec >= 0.90 * rate as f64;
+                if result.verified() && result.p99_ms <= cli.peak_p99_ms_max && kept_up {
+                    best = (result.delivered_per_sec, result.p99_ms);
+                } else {
+                    break;
+                }
+            }
+            println!(
+                "  run {run} {:<17} peak sustained {:.0} delivered events/s (p99 {:.2} ms)",
+                kind.name(),
+                best.0,
+                best.1
+            );
+            peaks.entry(kind).or_default().push(best);
+        }
+    }
+    let column = |f: fn(&(f64, f64)) -> f64| -> Vec<f64> {
+        cli.servers
+            .iter()
+            .map(|k| median(peaks[k].iter().map(f).collect()))
+            .collect()
+    };
+    print_table(
+        &format!("peak sustained delivered events/s, median of {} runs", cli.runs),
+        &cli.servers,
+        &[
+            ("peak delivered events/s", column(|v| v.0), "int"),
+            ("p99 at peak (ms)", column(|v| v.1), "f2"),
+        ],
+    );
+}
+
+async fn scenario_burst(cli: &Cli) {
+    let users = 100u32;
+    let events = 100_000u64;
+    println!();
+    println!(
+        "## Scenario 4: burst of {events} events to {users} users (1 connection each), published as fast as possible"
+    );
+    let mut results: BTreeMap<ServerKind, Vec<LoadResult>> = BTreeMap::new();
+    for run in 0..cli.runs {
+        for &kind in &cli.servers {
+            let server = start_server(cli, kind).await;
+            let result = load_run(cli, &server, users, 1, None, events / u64::from(users)).await;
+            print_run(kind, &format!("burst run {run}"), &result);
+            results.entry(kind).or_default().push(result);
+        }
+    }
+    let mut rows = load_rows(&results, &cli.servers);
+    let column = |f: fn(&LoadResult) -> f64| -> Vec<f64> {
+        cli.servers
+            .iter()
+            .map(|k| median(results[k].iter().map(f).collect()))
+            .collect()
+    };
+    rows.insert(0, ("time to deliver all (s)", column(|r| r.elapsed_secs), "f3"));
+    print_table(
+        &format!("burst: {events} events to {users} users, median of {} runs", cli.runs),
+        &cli.servers,
+        &rows,
+    );
+}
+
+async fn scenario_resume(cli: &Cli) {
+    let connections = cli.connections.unwrap_or(1_000);
+    let tabs = cli.tabs;
+    let users = (connections / tabs) as u32;
+    let before = 10u64;
+    let missed = 100u64;
+    println!();
+    println!(
+        "## Scenario 5: {connections} clients ({users} users x {tabs} tabs) drop, miss {missed} events per user, \
+         then reconnect at once with resume"
+    );
+    println!("  baselines skipped: the naive baseline has no retention and no resume (missed events are lost)");
+    let mut rows: Vec<(f64, f64, f64, f64, f64)> = Vec::new();
+    for run in 0..cli.runs {
+        let server = start_server(cli, ServerKind::Herald).await;
+        let population = connect_population(server.addr, users, tabs, None)
+            .await
+            .expect("connect");
+        let progress = population.progress.clone();
+        let plan = Arc::new(PublishPlan {
+            users,
+            rate: None,
+            per_user: before,
+            first_k: 1,
+            pad: "x".repeat(cli.payload_pad_bytes),
+        });
+        let first = publish(server.addr, cli.http_connections, plan).await;
+        assert_eq!(first.errors, 0, "publish errors: {:?}", first.first_error);
+        let expected_first = first.accepted * tabs as u64;
+        let deadline = Instant::now() + Duration::from_millis(DRAIN_TIMEOUT_MS);
+        while progress.delivered.load(Ordering::Relaxed) < expected_first && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Drop every connection abruptly (no close frame), as a network blip would.
+        let (clients, progress) = population.stop().await;
+        let mut saved: Vec<ClientStats> = Vec::new();
+        for (ws, stats) in clients {
+            drop(ws);
+            saved.push(stats);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let plan = Arc::new(PublishPlan {
+            users,
+            rate: None,
+            per_user: missed,
+            first_k: before + 1,
+            pad: "x".repeat(cli.payload_pad_bytes),
+        });
+        let second = publish(server.addr, cli.http_connections, plan).await;
+        assert_eq!(second.errors, 0, "publish errors: {:?}", second.first_error);
+        for user in 0..users {
+            progress.target_k[user as usize].store(before + missed, Ordering::Relaxed);
+        }
+        let cpu_before = server.cpu_secs();
+        // Reconnect everyone at once.
+        let t0 = now_ns();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut opening = Vec::new();
+        for stats in saved {
+            let addr = server.addr;
+            let progress = progress.clone();
+            let stop_rx = stop_rx.clone();
+            opening.push(tokio::spawn(async move {
+                let (ws, welcome) = open_client(addr, stats.user, Some((&stats.epoch, stats.last_seq)))
+                    .await
+                    .expect("reconnect");
+                let welcomed_ns = now_ns();
+                let mut stats = stats;
+                stats.recovered = welcome.recovered;
+                let result = read_loop(ws, stats, stop_rx, progress).await;
+                (welcomed_ns, result)
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_millis(DRAIN_TIMEOUT_MS);
+        while progress.caught_up.load(Ordering::Relaxed) < connections as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let all_caught_up_ms = (now_ns() - t0) as f64 / 1e6;
+        let cpu = server.cpu_secs() - cpu_before;
+        stop.send_replace(true);
+        let mut welcomed_max_ms: f64 = 0.0;
+        let mut caught_up: Vec<f64> = Vec::new();
+        let mut recovered = 0u64;
+        let mut bad = 0u64;
+        for handle in opening {
+            let (welcomed_ns, (_ws, stats)) = handle.await.expect("reader");
+            welcomed_max_ms = welcomed_max_ms.max((welcomed_ns - t0) as f64 / 1e6);
+            if stats.caught_up_ns > 0 {
+                caught_up.push((stats.caught_up_ns - t0) as f64 / 1e6);
+            }
+            recovered += u64::from(stats.recovered);
+            let complete = stats.next_k == before + missed + 1;
+            if !complete || stats.duplicates > 0 || stats.skipped > 0 || stats.misrouted > 0 || stats.seq_errors > 0 {
+                bad += 1;
+            }
+        }
+        caught_up.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p50 = caught_up.get(caught_up.len() / 2).copied().unwrap_or(f64::NAN);
+        println!(
+            "  run {run} herald: all {connections} welcomed after {welcomed_max_ms:.1} ms, all caught up after {all_caught_up_ms:.1} ms \
+             (median client {p50:.1} ms); recovered {recovered}/{connections}; caught up {}/{connections}; \
+             clients with loss/dup/misroute {bad}; server CPU {cpu:.2} s",
+            caught_up.len()
+        );
+        rows.push((welcomed_max_ms, all_caught_up_ms, p50, recovered as f64, bad as f64));
+    }
+    println!();
+    println!(
+        "### resume: {connections} clients, {missed} missed events each, median of {} runs",
+        cli.runs
+    );
+    println!("| metric | herald | baseline-small | baseline-default |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| all welcomed (ms) | {:.1} | n/a (no resume) | n/a (no resume) |",
+        median(rows.iter().map(|r| r.0).collect())
+    );
+    println!(
+        "| all caught up (ms) | {:.1} | n/a | n/a |",
+        median(rows.iter().map(|r| r.1).collect())
+    );
+    println!(
+        "| median client caught up (ms) | {:.1} | n/a | n/a |",
+        median(rows.iter().map(|r| r.2).collect())
+    );
+    println!(
+        "| clients recovered (welcome.recovered) | {:.0} | n/a | n/a |",
+        median(rows.iter().map(|r| r.3).collect())
+    );
+    println!(
+        "| clients with loss/dup/misroute | {:.0} | n/a | n/a |",
+        median(rows.iter().map(|r| r.4).collect())
+    );
+}

@@ -1,0 +1,381 @@
+//! The campaign's CLI commands: `fuzz`, `replay`, `shrink`, `check-determinism`.
+//! Exit codes: 0 nothing failed, 1 something failed, 2 usage or I/O error (returned as `Err`).
+
+use super::case::{run_and_judge, FailureKey};
+use super::seeds::{
+    bare_seed_file, git_revision, load_seed_file, replay, seed_name, verdict, write_atomically, Replay,
+};
+use super::shrinking::shrink_failure;
+use super::{parse_duration, CampaignReport, FuzzOptions, Limit, ProgressMode, Shard};
+use crate::cli::SizeArg;
+use crate::server_under_test::{RealServer, ServerUnderTest};
+use crate::timeline::{render, TimelineOptions};
+use crate::world::{run_with, WorldOptions};
+use herald_properties::generators::{generate, GeneratorSettings};
+use herald_properties::history::History;
+use herald_properties::seed_file::{RecordedCrash, RecordedFailure, SeedFile};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct FuzzArgs {
+    /// Run for this long: 90s, 10m, 1h (default 60s unless --cases is given).
+    #[arg(long, conflicts_with = "cases")]
+    pub time: Option<String>,
+    /// Run exactly this many cases (in this shard).
+    #[arg(long)]
+    pub cases: Option<u64>,
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// This machine's shard of the seed space, 0-based: `--shard 3/8`.
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    /// First case seed (default: random, printed as SEED= so the campaign can be rerun).
+    #[arg(long, env = "HERALD_SEED_START")]
+    pub seed_start: Option<u64>,
+    /// Swarm testing: each scenario enables a random subset of step families and fault rates.
+    #[arg(long)]
+    pub swarm: bool,
+    #[arg(long, value_enum, default_value_t = SizeArg::Small)]
+    pub size: SizeArg,
+    /// Where shrunk failures are saved as seed files.
+    #[arg(long, default_value = "seeds")]
+    pub seeds_dir: PathBuf,
+    /// Save nothing (no seed files, no in-progress markers).
+    #[arg(long, conflicts_with = "seeds_dir")]
+    pub no_seeds: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Save failures unshrunk.
+    #[arg(long)]
+    pub no_shrink: bool,
+    /// World runs per shrink.
+    #[arg(long, default_value_t = super::SHRINK_ATTEMPTS_DEFAULT)]
+    pub shrink_attempts: usize,
+    /// Stop starting cases after this many failed.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Wall time one world run may take before it is reported as a hang.
+    #[arg(long, default_value = "60s")]
+    pub hang_budget: String,
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// `herald-sim fuzz`.
+pub fn fuzz_command(args: FuzzArgs) -> Result<ExitCode, String> {
+    let limit = match (&args.time, args.cases) {
+        (Some(time), _) => Limit::Time(parse_duration(time)?),
+        (None, Some(cases)) => Limit::Cases(cases),
+        (None, None) => Limit::Time(Duration::from_secs(60)),
+    };
+    let seed_start = args.seed_start.unwrap_or_else(random_seed);
+    let options = FuzzOptions {
+        limit,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1),
+        shard: Shard::parse(&args.shard)?,
+        seed_start,
+        swarm: args.swarm,
+        size: args.size.into(),
+        seeds_dir: (!args.no_seeds).then(|| args.seeds_dir.clone()),
+        shrink: !args.no_shrink,
+        shrink_attempts: args.shrink_attempts,
+        stop_after_failures: args.stop_after,
+        case_wall_budget: parse_duration(&args.hang_budget)?,
+        progress: args.progress,
+        ..FuzzOptions::cases(0)
+    };
+    let report = super::fuzz(&options, &|| Rc::new(RealServer) as Rc<dyn ServerUnderTest>);
+    report
+        .print_summary(&mut std::io::stdout().lock())
+        .map_err(|e| format!("cannot print the summary: {e}"))?;
+    if let Some(path) = &args.report {
+        write_report(&report, path)?;
+    }
+    if !report.io_errors.is_empty() {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_report(report: &CampaignReport, path: &PathBuf) -> Result<(), String> {
+    let mut text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A campaign's start seed when none is given. Campaign drivers are outside the simulation, so
+/// the wall clock is fine here; the seed is printed, so the campaign stays reproducible.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Spread nearby start times apart, and keep seeds readable (below 2^48).
+    (nanos ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// A seed file (seeds/*.json, a catalogue entry, or an in-progress marker).
+    pub file: PathBuf,
+    /// Capture tracing logs of server and clients and interleave them in the timeline.
+    #[arg(long)]
+    pub trace: bool,
+    /// Show the hub gauge samples too.
+    #[arg(long)]
+    pub gauges: bool,
+    /// Print only the verdict and the digest, not the timeline.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Write the full history as JSON to this file.
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+}
+
+/// `herald-sim replay`: rerun a seed file, print its timeline, judge it.
+pub fn replay_command(args: ReplayArgs) -> Result<ExitCode, String> {
+    let file = load_seed_file(&args.file)?;
+    let result = replay(&file, Rc::new(RealServer), args.trace);
+    if let Some(output) = &result.judged.output {
+        if !args.quiet {
+            let text = render(
+                &file.scenario,
+                &output.history,
+                &result.judged.failures,
+                args.trace.then_some(output.trace.as_str()),
+                TimelineOptions {
+                    color: std::io::stdout().is_terminal(),
+                    gauges: args.gauges,
+                },
+            );
+            print!("{text}");
+        }
+        if let Some(path) = &args.history {
+            let text = serde_json::to_string_pretty(&output.history).map_err(|e| e.to_string())?;
+            std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    print_replay_footer(&file, &result);
+    Ok(match verdict(&file, &result) {
+        Ok(summary) => {
+            println!("verdict: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            println!("verdict: FAILED ({})", args.file.display());
+            for line in problems.lines() {
+                println!("  {line}");
+            }
+            ExitCode::from(1)
+        }
+    })
+}
+
+fn print_replay_footer(file: &SeedFile, result: &Replay) {
+    println!(
+        "seed file: {} (world seed {}, {} steps)",
+        file.name,
+        file.seed,
+        file.scenario.steps.len()
+    );
+    if let Some(failure) = &file.failure {
+        println!("recorded failure: {}: {}", failure.invariant, failure.explanation);
+    }
+    if let Some(crash) = &file.crash {
+        println!("recorded crash: {}: {}", crash.kind.as_str(), crash.message);
+    }
+    for unmet in &result.unmet {
+        println!("EXPECTATION UNMET: {unmet}");
+    }
+    match (&result.digest, Replay::recorded_digest(file)) {
+        (Some(digest), Some(recorded)) if digest == recorded => {
+            println!("history-digest: {digest} (matches the recorded digest)")
+        }
+        (Some(digest), Some(recorded)) => println!(
+            "history-digest: {digest} (DIFFERS from the recorded {recorded}: the code changed since the file \
+             was written, or the run is not deterministic — check with `herald-sim check-determinism`)"
+        ),
+        (Some(digest), None) => println!("history-digest: {digest} (no digest recorded)"),
+        (None, _) => println!("history-digest: none (the world panicked)"),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ShrinkArgs {
+    /// A seed file or a bare scenario JSON file.
+    pub file: PathBuf,
+    /// Where to write the shrunk seed file (default: next to the input, `<stem>.shrunk.json`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// World seed for a bare scenario file (seed files carry their own).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// World runs to spend.
+    #[arg(long, default_value_t = super::SHRINK_ATTEMPTS_DEFAULT)]
+    pub attempts: usize,
+}
+
+/// `herald-sim shrink`: shrink a failing scenario (hand-written, or an older seed) further.
+pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let base = match SeedFile::from_json(&text) {
+        Ok(file) => file,
+        Err(_) => {
+            let scenario = crate::cli::load_scenario(&args.file)?;
+            bare_seed_file("scenario".into(), args.seed, scenario)
+        }
+    };
+    let server: Rc<dyn ServerUnderTest> = Rc::new(RealServer);
+    let judged = run_and_judge(&base.scenario, base.seed, server.clone(), false);
+    let Some(primary) = judged.primary().cloned() else {
+        println!(
+            "{}: every invariant holds (world seed {}); nothing to shrink",
+            args.file.display(),
+            base.seed
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "{} fails {} with {} steps; shrinking (up to {} runs)...",
+        args.file.display(),
+        primary.key,
+        base.scenario.steps.len(),
+        args.attempts
+    );
+    let shrunk = shrink_failure(
+        &base.scenario,
+        base.seed,
+        primary.key,
+        &server,
+        args.attempts,
+        None,
+        &mut |_| {},
+    );
+    let rerun = run_and_judge(&shrunk.scenario, base.seed, server, false);
+    let failure = rerun
+        .failures
+        .iter()
+        .find(|f| f.key == primary.key)
+        .cloned()
+        .unwrap_or(primary);
+    let digest = rerun.history().map(History::digest);
+    let mut file = base.clone();
+    file.name = seed_name(failure.key, &shrunk.scenario);
+    file.scenario = shrunk.scenario.clone();
+    file.git_revision = git_revision().or(base.git_revision);
+    file.failure = None;
+    file.crash = None;
+    match failure.key {
+        FailureKey::Invariant(invariant) => {
+            file.failure = Some(RecordedFailure {
+                invariant,
+                explanation: failure.explanation.clone(),
+                history_digest: digest.unwrap_or_default(),
+                steps_before_shrink: shrunk.steps_before,
+                steps_after_shrink: shrunk.steps_after,
+            })
+        }
+        FailureKey::Crash(kind) => {
+            file.crash = Some(RecordedCrash {
+                kind,
+                message: failure.explanation.clone(),
+                history_digest: digest,
+                steps_before_shrink: shrunk.steps_before,
+                steps_after_shrink: shrunk.steps_after,
+            })
+        }
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .file
+            .file_stem()
+            .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+        args.file.with_file_name(format!("{stem}.shrunk.json"))
+    });
+    write_atomically(&out, &file.to_json())?;
+    println!(
+        "shrunk {} → {} steps in {} runs; {}: {}",
+        shrunk.steps_before, shrunk.steps_after, shrunk.attempts, failure.key, failure.explanation
+    );
+    println!("wrote {}", out.display());
+    println!(
+        "reproduce with: cargo run --release -p herald-sim -- replay {}",
+        out.display()
+    );
+    Ok(ExitCode::from(1))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckDeterminismArgs {
+    /// Cases to run (each twice).
+    #[arg(long, default_value_t = 20)]
+    pub cases: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed_start: u64,
+    #[arg(long, value_enum, default_value_t = SizeArg::Small)]
+    pub size: SizeArg,
+    #[arg(long)]
+    pub swarm: bool,
+}
+
+/// `herald-sim check-determinism`: every case run twice in this process must produce the same
+/// history digest. On a mismatch, the first differing entry is printed.
+pub fn check_determinism_command(args: CheckDeterminismArgs) -> Result<ExitCode, String> {
+    let settings = GeneratorSettings {
+        size: args.size.into(),
+        swarm: args.swarm,
+    };
+    let mut mismatches = 0;
+    for k in 0..args.cases {
+        let seed = args.seed_start.wrapping_add(k);
+        let scenario = generate(settings, seed);
+        let a = run_with(&scenario, seed, WorldOptions::default()).history;
+        let b = run_with(&scenario, seed, WorldOptions::default()).history;
+        let (da, db) = (a.digest(), b.digest());
+        if da == db {
+            println!("seed {seed}: {da} ok");
+            continue;
+        }
+        mismatches += 1;
+        println!("seed {seed}: MISMATCH {da} vs {db}");
+        if let Some(line) = first_difference(&a, &b) {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "{} cases, {} mismatches{}",
+        args.cases,
+        mismatches,
+        if mismatches == 0 { "; deterministic" } else { "" }
+    );
+    Ok(if mismatches == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The first entry where two histories differ, described.
+pub fn first_difference(a: &History, b: &History) -> Option<String> {
+    let n = a.entries.len().max(b.entries.len());
+    (0..n).find_map(|i| match (a.entries.get(i), b.entries.get(i)) {
+        (Some(x), Some(y)) if x == y => None,
+        (x, y) => Some(format!(
+            "first difference at entry {i}:\n    run 1: {}\n    run 2: {}",
+            x.map_or("(none)".into(), |e| serde_json::to_string(e).unwrap_or_default()),
+            y.map_or("(none)".into(), |e| serde_json::to_string(e).unwrap_or_default())
+        )),
+    })
+}

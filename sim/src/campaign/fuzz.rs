@@ -1,0 +1,642 @@
+//! The campaign loop: worker threads (one world at a time each) take case numbers from a shared
+//! counter; the calling thread draws progress and watches for hangs.
+//!
+//! Hangs: a world that spins inside one turmoil step cannot be interrupted. The watchdog reports
+//! such a run as a `hang` failure (seed file included) and abandons the worker: workers are
+//! detached threads, so [`fuzz`] returns its report even while one is stuck. Everything a worker
+//! touches after start-up is owned or shared through `Arc`.
+
+use super::case::{run_and_judge, CaseFailure, FailureKey};
+use super::dedup::shape;
+use super::progress::{Reporter, Snapshot};
+use super::report::{Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings};
+use super::seeds::{bare_seed_file, git_revision, in_progress_path, seed_name, write_atomically, write_seed_file};
+use super::shrinking::shrink_failure;
+use super::{case_seed, FuzzOptions, Limit, SHRINK_GRACE};
+use crate::server_under_test::ServerUnderTest;
+use herald_properties::coverage::{paths_reached, Path as CoveragePath};
+use herald_properties::generators::generate;
+use herald_properties::scenario::Scenario;
+use herald_properties::seed_file::{CrashKind, GeneratorInfo, RecordedCrash, RecordedFailure, SeedFile};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often the calling thread refreshes progress and checks for hangs.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What one worker is doing, for the watchdog.
+#[derive(Default)]
+struct Slot {
+    /// Since when the current world run has been running.
+    busy_since: Option<Instant>,
+    case_seed: u64,
+    /// The scenario of the current run (a shrink candidate differs from the case's).
+    scenario: Option<Scenario>,
+    /// Set by the watchdog: the worker must not report anything any more.
+    abandoned: bool,
+}
+
+struct Shared {
+    options: FuzzOptions,
+    started: Instant,
+    deadline: Option<Instant>,
+    next_case: AtomicU64,
+    stop: AtomicBool,
+    finished_workers: AtomicUsize,
+    aggregate: Mutex<Aggregate>,
+    slots: Vec<Mutex<Slot>>,
+    reporter: Reporter,
+    git_revision: Option<String>,
+}
+
+/// Locks, ignoring poisoning: a worker that panicked while holding a lock has been reported, and
+/// the counters it guards are still the best information there is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The server factory handed to detached workers. See [`fuzz`] for why this is sound.
+struct Factory(&'static (dyn Fn() -> Rc<dyn ServerUnderTest> + Sync));
+
+/// Runs a campaign. Each worker thread calls `make_server` once, at its start, to build its own
+/// server object (worlds are single-threaded and servers are `Rc`).
+pub fn fuzz(options: &FuzzOptions, make_server: &(dyn Fn() -> Rc<dyn ServerUnderTest> + Sync)) -> CampaignReport {
+    let options = options.clone();
+    let jobs = options.jobs.max(1);
+    let started = Instant::now();
+    let deadline = match options.limit {
+        Limit::Time(d) => Some(started + d),
+        Limit::Cases(_) => None,
+    };
+    let shared = Arc::new(Shared {
+        reporter: Reporter::new(options.progress),
+        git_revision: options.seeds_dir.as_ref().and_then(|_| git_revision()),
+        options,
+        started,
+        deadline,
+        next_case: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        finished_workers: AtomicUsize::new(0),
+        aggregate: Mutex::new(Aggregate {
+            coverage: CoveragePath::ALL.into_iter().map(|p| (p, (0, 0))).collect(),
+            ..Aggregate::default()
+        }),
+        slots: (0..jobs).map(|_| Mutex::new(Slot::default())).collect(),
+    });
+    banner(&shared);
+
+    // SAFETY: the reference is extended to 'static only for the workers' start-up: each worker
+    // calls the factory once and then signals `ready` (also when the call panicked, and the
+    // channel closes if the thread dies). Nothing between spawning and the loop below can panic
+    // or return, and the loop waits for one signal (or disconnect) per worker, so no worker
+    // touches `make_server` after this function returns or unwinds.
+    let factory: &'static (dyn Fn() -> Rc<dyn ServerUnderTest> + Sync) = unsafe { std::mem::transmute(make_server) };
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut spawned = 0;
+    let mut spawn_errors = Vec::new();
+    for worker in 0..jobs {
+        let for_worker = shared.clone();
+        let ready = ready_tx.clone();
+        let factory = Factory(factory);
+        let spawn = std::thread::Builder::new()
+            .name(format!("fuzz-worker-{worker}"))
+            .spawn(move || worker_main(worker, for_worker, factory, ready));
+        match spawn {
+            Ok(_) => spawned += 1,
+            Err(error) => {
+                shared.finished_workers.fetch_add(1, Ordering::SeqCst);
+                spawn_errors.push(format!("cannot spawn worker {worker}: {error}"));
+            }
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..spawned {
+        if ready_rx.recv().is_err() {
+            break;
+        }
+    }
+    lock(&shared.aggregate).io_errors.extend(spawn_errors);
+
+    let mut last_plain = Instant::now();
+    while shared.finished_workers.load(Ordering::SeqCst) < jobs {
+        std::thread::sleep(WATCH_INTERVAL);
+        watch_for_hangs(&shared);
+        let plain_due = last_plain.elapsed() >= shared.options.plain_progress_interval;
+        if plain_due {
+            last_plain = Instant::now();
+        }
+        shared.reporter.update(&snapshot(&shared), plain_due);
+    }
+    shared.reporter.finish();
+    build_report(&shared)
+}
+
+fn banner(shared: &Shared) {
+    let o = &shared.options;
+    shared.reporter.println(&format!(
+        "SEED={} shard={}/{} jobs={} size={} swarm={} limit={} shrink={} seeds-dir={}",
+        o.seed_start,
+        o.shard.index,
+        o.shard.count,
+        o.jobs.max(1),
+        o.size.as_str(),
+        o.swarm,
+        limit_text(o.limit),
+        o.shrink,
+        o.seeds_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "(none)".into())
+    ));
+}
+
+fn limit_text(limit: Limit) -> String {
+    match limit {
+        Limit::Time(d) => format!("{}s", d.as_secs()),
+        Limit::Cases(n) => format!("{n} cases"),
+    }
+}
+
+fn snapshot(shared: &Shared) -> Snapshot {
+    let aggregate = lock(&shared.aggregate);
+    Snapshot {
+        elapsed: shared.started.elapsed(),
+        limit: limit_text(shared.options.limit),
+        cases: aggregate.cases_run,
+        failures: aggregate.cases_failed,
+        simulated_ms: aggregate.simulated_ms,
+        world_wall: aggregate.world_wall,
+        coverage_reached: aggregate.coverage_reached(),
+        coverage_total: CoveragePath::ALL.len(),
+    }
+}
+
+fn worker_main(worker: usize, shared: Arc<Shared>, factory: Factory, ready: mpsc::Sender<()>) {
+    // The factory is used here and never again (see the SAFETY note in `fuzz`).
+    let Factory(make_server) = factory;
+    let server = catch_unwind(AssertUnwindSafe(make_server));
+    let _ = ready.send(());
+    match server {
+        Ok(server) => {
+            let run = catch_unwind(AssertUnwindSafe(|| worker_loop(worker, &shared, &server)));
+            if let Err(payload) = run {
+                lock(&shared.aggregate).io_errors.push(format!(
+                    "worker {worker} panicked outside a world: {}",
+                    super::case::panic_message(payload.as_ref())
+                ));
+            }
+        }
+        Err(payload) => lock(&shared.aggregate).io_errors.push(format!(
+            "worker {worker}: building the server panicked: {}",
+            super::case::panic_message(payload.as_ref())
+        )),
+    }
+    finish_worker(&shared, worker);
+}
+
+/// Counts a worker as finished exactly once: by itself, or by the watchdog that abandoned it.
+fn finish_worker(shared: &Shared, worker: usize) {
+    let mut slot = lock(&shared.slots[worker]);
+    if !slot.abandoned {
+        slot.abandoned = true;
+        shared.finished_workers.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Marks the start / end of one world run for the watchdog; `false` when abandoned.
+fn set_busy(shared: &Shared, worker: usize, busy: Option<(u64, &Scenario)>) -> bool {
+    let mut slot = lock(&shared.slots[worker]);
+    match busy {
+        Some((seed, scenario)) => {
+            slot.busy_since = Some(Instant::now());
+            slot.case_seed = seed;
+            slot.scenario = Some(scenario.clone());
+        }
+        None => {
+            slot.busy_since = None;
+            slot.scenario = None;
+        }
+    }
+    !slot.abandoned
+}
+
+fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>) {
+    let options = &shared.options;
+    let settings = options.generator();
+    let marker = options.seeds_dir.as_ref().map(|dir| in_progress_path(dir, worker));
+    if let Some(dir) = &options.seeds_dir {
+        if let Err(error) = std::fs::create_dir_all(dir) {
+            lock(&shared.aggregate)
+                .io_errors
+                .push(format!("cannot create {}: {error}", dir.display()));
+        }
+    }
+    loop {
+        if shared.stop.load(Ordering::SeqCst) || shared.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let k = shared.next_case.fetch_add(1, Ordering::SeqCst);
+        if let Limit::Cases(n) = options.limit {
+            if k >= n {
+                break;
+            }
+        }
+        let seed = case_seed(options.seed_start, k, options.shard);
+        let scenario = match catch_unwind(|| generate(settings, seed)) {
+            Ok(scenario) => scenario,
+            Err(payload) => {
+                let failure = CaseFailure::crash(
+                    CrashKind::Panic,
+                    format!(
+                        "the generator panicked: {}",
+                        super::case::panic_message(payload.as_ref())
+                    ),
+                    Vec::new(),
+                );
+                record_unshrunk(shared, seed, 0, &failure, Vec::new());
+                continue;
+            }
+        };
+        persist_marker(shared, marker.as_deref(), seed, &scenario);
+        if !set_busy(shared, worker, Some((seed, &scenario))) {
+            return;
+        }
+        let started = Instant::now();
+        let judged = run_and_judge(&scenario, seed, server.clone(), false);
+        let world_wall = started.elapsed();
+        if !set_busy(shared, worker, None) {
+            return;
+        }
+        let reached = judged.history().map(paths_reached).unwrap_or_default();
+        let primary = judged.primary().cloned();
+        {
+            let mut aggregate = lock(&shared.aggregate);
+            aggregate.cases_run += 1;
+            aggregate.simulated_ms += judged.history().and_then(|h| h.end_at_ms()).unwrap_or(0);
+            aggregate.world_wall += world_wall;
+            aggregate.add_coverage(&reached);
+            if let Some(primary) = &primary {
+                aggregate.count_failure(primary, shared.started.elapsed().as_millis() as u64);
+                if options
+                    .stop_after_failures
+                    .is_some_and(|n| aggregate.cases_failed >= n as u64)
+                {
+                    shared.stop.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        if let Some(primary) = primary {
+            let also: Vec<FailureKey> = judged.failures.iter().skip(1).map(|f| f.key).collect();
+            if !handle_failure(
+                shared,
+                worker,
+                server,
+                marker.as_deref(),
+                seed,
+                &scenario,
+                &primary,
+                also,
+            ) {
+                return;
+            }
+        }
+        if let Some(marker) = &marker {
+            let _ = std::fs::remove_file(marker);
+        }
+    }
+    if let Some(marker) = &marker {
+        let _ = std::fs::remove_file(marker);
+    }
+}
+
+fn persist_marker(shared: &Shared, marker: Option<&std::path::Path>, seed: u64, scenario: &Scenario) {
+    let Some(marker) = marker else { return };
+    let mut file = bare_seed_file("in-progress".into(), seed, scenario.clone());
+    file.generator = Some(generator_info(&shared.options, seed));
+    file.description = format!(
+        "The case a fuzz worker was running when it stopped (removed after each case; a leftover \
+         means the run hung or the process died): case seed {seed}."
+    );
+    if let Err(error) = write_atomically(marker, &file.to_json()) {
+        lock(&shared.aggregate).io_errors.push(error);
+    }
+}
+
+fn generator_info(options: &FuzzOptions, seed: u64) -> GeneratorInfo {
+    GeneratorInfo {
+        seed,
+        size: options.size.as_str().to_string(),
+        swarm: options.swarm,
+    }
+}
+
+/// Records a failure that is not shrunk (shrinking off, budget spent, or nothing to shrink).
+fn record_unshrunk(shared: &Shared, seed: u64, steps: usize, failure: &CaseFailure, also: Vec<FailureKey>) {
+    let group = FailureGroup {
+        key: failure.key,
+        severity: failure.severity,
+        category: failure.category,
+        shape: "not shrunk".into(),
+        count: 0,
+        case_seeds: Vec::new(),
+        explanation: failure.explanation.clone(),
+        also_failed: also,
+        seed_file: None,
+        steps_before_shrink: steps,
+        steps_after_shrink: None,
+        history_digest: None,
+    };
+    lock(&shared.aggregate).add_to_group(group, seed);
+}
+
+/// Shrinks (within budget), saves and groups one failing case. `false` when abandoned.
+#[allow(clippy::too_many_arguments)]
+fn handle_failure(
+    shared: &Shared,
+    worker: usize,
+    server: &Rc<dyn ServerUnderTest>,
+    marker: Option<&std::path::Path>,
+    seed: u64,
+    scenario: &Scenario,
+    primary: &CaseFailure,
+    also: Vec<FailureKey>,
+) -> bool {
+    let options = &shared.options;
+    let within_budget = {
+        let mut aggregate = lock(&shared.aggregate);
+        let started = aggregate.shrinks_started.entry(primary.key).or_default();
+        let allowed = *started < options.shrinks_per_key;
+        if allowed {
+            *started += 1;
+        }
+        allowed
+    };
+    if !within_budget {
+        record_unshrunk(shared, seed, scenario.steps.len(), primary, also);
+        return true;
+    }
+    let (final_scenario, steps_after) = if options.shrink {
+        let deadline = shared.deadline.map(|d| d + SHRINK_GRACE);
+        let mut abandoned = false;
+        let mut before_run = |candidate: &Scenario| {
+            persist_marker(shared, marker, seed, candidate);
+            abandoned |= !set_busy(shared, worker, Some((seed, candidate)));
+        };
+        let shrunk = shrink_failure(
+            scenario,
+            seed,
+            primary.key,
+            server,
+            options.shrink_attempts,
+            deadline,
+            &mut before_run,
+        );
+        if abandoned || !set_busy(shared, worker, None) {
+            return false;
+        }
+        let steps = shrunk.steps_after;
+        (shrunk.scenario, Some(steps))
+    } else {
+        (scenario.clone(), None)
+    };
+
+    // Rerun the final scenario once for its history digest and its own explanation.
+    if !set_busy(shared, worker, Some((seed, &final_scenario))) {
+        return false;
+    }
+    let rerun = run_and_judge(&final_scenario, seed, server.clone(), false);
+    if !set_busy(shared, worker, None) {
+        return false;
+    }
+    let failure = rerun
+        .failures
+        .iter()
+        .find(|f| f.key == primary.key)
+        .cloned()
+        .unwrap_or_else(|| primary.clone());
+    let digest = rerun.history().map(|h| h.digest());
+    let name = seed_name(primary.key, &final_scenario);
+    let mut file = bare_seed_file(name, seed, final_scenario.clone());
+    file.family = Some(failure.category);
+    file.severity = Some(failure.severity);
+    file.description = format!(
+        "Found by `herald-sim fuzz` (case seed {seed}, size {}, swarm {}): {}",
+        options.size.as_str(),
+        options.swarm,
+        failure.explanation
+    );
+    file.generator = Some(generator_info(options, seed));
+    file.git_revision = shared.git_revision.clone();
+    match failure.key {
+        FailureKey::Invariant(invariant) => {
+            file.failure = Some(RecordedFailure {
+                invariant,
+                explanation: failure.explanation.clone(),
+                history_digest: digest.clone().unwrap_or_default(),
+                steps_before_shrink: scenario.steps.len(),
+                steps_after_shrink: final_scenario.steps.len(),
+            })
+        }
+        FailureKey::Crash(kind) => {
+            file.crash = Some(RecordedCrash {
+                kind,
+                message: failure.explanation.clone(),
+                history_digest: digest.clone(),
+                steps_before_shrink: scenario.steps.len(),
+                steps_after_shrink: final_scenario.steps.len(),
+            })
+        }
+    }
+    let group_shape = if steps_after.is_some() {
+        shape(&final_scenario)
+    } else {
+        "not shrunk".into()
+    };
+    // A second failure with the same key and shrunk shape is the same bug: counted, not saved.
+    let known = lock(&shared.aggregate)
+        .groups
+        .contains_key(&(failure.key, group_shape.clone()));
+    let seed_file = if known { None } else { save(shared, &file) };
+    if !known {
+        announce(shared, seed, &failure, seed_file.as_deref());
+    }
+    let group = FailureGroup {
+        key: failure.key,
+        severity: failure.severity,
+        category: failure.category,
+        shape: group_shape,
+        count: 0,
+        case_seeds: Vec::new(),
+        explanation: failure.explanation,
+        also_failed: also,
+        seed_file,
+        steps_before_shrink: scenario.steps.len(),
+        steps_after_shrink: steps_after,
+        history_digest: digest,
+    };
+    lock(&shared.aggregate).add_to_group(group, seed);
+    true
+}
+
+fn save(shared: &Shared, file: &SeedFile) -> Option<String> {
+    let dir = shared.options.seeds_dir.as_ref()?;
+    match write_seed_file(dir, file) {
+        Ok(path) => Some(path.display().to_string()),
+        Err(error) => {
+            lock(&shared.aggregate).io_errors.push(error);
+            None
+        }
+    }
+}
+
+fn announce(shared: &Shared, seed: u64, failure: &CaseFailure, seed_file: Option<&str>) {
+    let o = &shared.options;
+    let reproduce = match seed_file {
+        Some(path) => format!("cargo run --release -p herald-sim -- replay {path}"),
+        None => format!(
+            "cargo run --release -p herald-sim -- run --seed {seed} --size {}{}",
+            o.size.as_str(),
+            if o.swarm { " --swarm" } else { "" }
+        ),
+    };
+    shared.reporter.println(&format!(
+        "FAILURE {} [{} / {}] case seed {seed}: {}\n  reproduce with: {reproduce}",
+        failure.key,
+        failure.severity.as_str(),
+        failure.category.as_str(),
+        failure.explanation
+    ));
+}
+
+/// Reports and abandons every worker whose current world run exceeded the wall budget.
+fn watch_for_hangs(shared: &Shared) {
+    let budget = shared.options.case_wall_budget;
+    for (worker, slot) in shared.slots.iter().enumerate() {
+        let hung = {
+            let mut slot = lock(slot);
+            match slot.busy_since {
+                Some(since) if !slot.abandoned && since.elapsed() > budget => {
+                    slot.abandoned = true;
+                    shared.finished_workers.fetch_add(1, Ordering::SeqCst);
+                    Some((slot.case_seed, slot.scenario.take()))
+                }
+                _ => None,
+            }
+        };
+        let Some((seed, scenario)) = hung else { continue };
+        let failure = CaseFailure::crash(
+            CrashKind::Hang,
+            format!(
+                "a world run exceeded the wall-time budget of {:.0}s (case seed {seed}); worker {worker} abandoned",
+                budget.as_secs_f64()
+            ),
+            Vec::new(),
+        );
+        let mut seed_file = None;
+        if let Some(scenario) = scenario {
+            let mut file = bare_seed_file(seed_name(failure.key, &scenario), seed, scenario.clone());
+            file.family = Some(failure.category);
+            file.severity = Some(failure.severity);
+            file.description = failure.explanation.clone();
+            file.generator = Some(generator_info(&shared.options, seed));
+            file.git_revision = shared.git_revision.clone();
+            file.crash = Some(RecordedCrash {
+                kind: CrashKind::Hang,
+                message: failure.explanation.clone(),
+                history_digest: None,
+                steps_before_shrink: scenario.steps.len(),
+                steps_after_shrink: scenario.steps.len(),
+            });
+            seed_file = save(shared, &file);
+            if seed_file.is_some() {
+                if let Some(dir) = &shared.options.seeds_dir {
+                    let _ = std::fs::remove_file(in_progress_path(dir, worker));
+                }
+            }
+        }
+        announce(shared, seed, &failure, seed_file.as_deref());
+        let mut aggregate = lock(&shared.aggregate);
+        aggregate.count_failure(&failure, shared.started.elapsed().as_millis() as u64);
+        aggregate.add_to_group(
+            FailureGroup {
+                key: failure.key,
+                severity: failure.severity,
+                category: failure.category,
+                shape: "not shrunk".into(),
+                count: 0,
+                case_seeds: Vec::new(),
+                explanation: failure.explanation.clone(),
+                also_failed: Vec::new(),
+                seed_file,
+                steps_before_shrink: 0,
+                steps_after_shrink: None,
+                history_digest: None,
+            },
+            seed,
+        );
+        drop(aggregate);
+        if shared
+            .options
+            .stop_after_failures
+            .is_some_and(|n| lock(&shared.aggregate).cases_failed >= n as u64)
+        {
+            shared.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn build_report(shared: &Shared) -> CampaignReport {
+    let aggregate = lock(&shared.aggregate);
+    let o = &shared.options;
+    let wall = shared.started.elapsed();
+    let coverage: Vec<CoverageRow> = CoveragePath::ALL
+        .into_iter()
+        .map(|path| {
+            let (cases, occurrences) = aggregate.coverage.get(&path).copied().unwrap_or((0, 0));
+            CoverageRow {
+                path,
+                cases,
+                occurrences,
+            }
+        })
+        .collect();
+    let not_reached = coverage.iter().filter(|r| r.cases == 0).map(|r| r.path).collect();
+    let mut failures: Vec<FailureGroup> = aggregate.groups.values().cloned().collect();
+    failures.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.key.cmp(&b.key))
+            .then(a.shape.cmp(&b.shape))
+    });
+    CampaignReport {
+        settings: ReportSettings {
+            seed_start: o.seed_start,
+            shard: format!("{}/{}", o.shard.index, o.shard.count),
+            jobs: o.jobs.max(1),
+            size: o.size.as_str().to_string(),
+            swarm: o.swarm,
+            limit: limit_text(o.limit),
+            shrink: o.shrink,
+            seeds_dir: o.seeds_dir.as_ref().map(|d| d.display().to_string()),
+            git_revision: shared.git_revision.clone(),
+        },
+        cases_run: aggregate.cases_run,
+        cases_failed: aggregate.cases_failed,
+        wall_ms: wall.as_millis() as u64,
+        cases_per_second: aggregate.cases_run as f64 / wall.as_secs_f64().max(1e-9),
+        simulated_ms: aggregate.simulated_ms,
+        world_wall_ms: aggregate.world_wall.as_millis() as u64,
+        simulated_per_wall: aggregate.simulated_ms as f64 / 1000.0 / aggregate.world_wall.as_secs_f64().max(1e-9),
+        time_to_first_failure_ms: aggregate.first_failure_ms,
+        failures_by_key: aggregate.by_key.clone(),
+        failures_by_category: aggregate.by_category.clone(),
+        failures_by_severity: aggregate.by_severity.clone(),
+        coverage,
+        not_reached,
+        failures,
+        io_errors: aggregate.io_errors.clone(),
+    }
+}

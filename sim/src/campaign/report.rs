@@ -1,0 +1,274 @@
+//! The campaign report: what ran, what failed (by invariant, category, severity, deduplicated
+//! with counts) and what was covered. Printed as a summary at the end of `herald-sim fuzz` and
+//! written as JSON with `--report`.
+
+use super::case::{CaseFailure, FailureKey};
+use herald_properties::checkers::{Category, Severity};
+use herald_properties::coverage::Path as CoveragePath;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+/// Case seeds listed per failure group (the count says how many there were).
+pub const CASE_SEEDS_LISTED_MAX: usize = 10;
+
+/// The settings a campaign ran with, repeated in the report so it stands alone.
+#[derive(Serialize, Debug, Clone)]
+pub struct ReportSettings {
+    pub seed_start: u64,
+    pub shard: String,
+    pub jobs: usize,
+    pub size: String,
+    pub swarm: bool,
+    pub limit: String,
+    pub shrink: bool,
+    pub seeds_dir: Option<String>,
+    pub git_revision: Option<String>,
+}
+
+/// How often one coverage path was reached.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct CoverageRow {
+    pub path: CoveragePath,
+    /// Cases in which the path was reached at least once.
+    pub cases: u64,
+    /// Times it was reached, over all cases.
+    pub occurrences: u64,
+}
+
+/// Failures with the same key and the same shrunk shape: one bug, counted.
+#[derive(Serialize, Debug, Clone)]
+pub struct FailureGroup {
+    pub key: FailureKey,
+    pub severity: Severity,
+    pub category: Category,
+    /// Step types of the shrunk scenario, or `not shrunk` (shrinking off, or this key's shrink
+    /// budget was spent on earlier failures).
+    pub shape: String,
+    pub count: u64,
+    /// The first case seeds (rerun one alone with `herald-sim run --seed S --size SIZE`).
+    pub case_seeds: Vec<u64>,
+    pub explanation: String,
+    /// Other keys that failed in the first case of the group.
+    pub also_failed: Vec<FailureKey>,
+    pub seed_file: Option<String>,
+    pub steps_before_shrink: usize,
+    pub steps_after_shrink: Option<usize>,
+    pub history_digest: Option<String>,
+}
+
+/// Everything a campaign found.
+#[derive(Serialize, Debug, Clone)]
+pub struct CampaignReport {
+    pub settings: ReportSettings,
+    pub cases_run: u64,
+    pub cases_failed: u64,
+    pub wall_ms: u64,
+    pub cases_per_second: f64,
+    /// Simulated time over all cases.
+    pub simulated_ms: u64,
+    /// Wall time spent inside worlds, summed over workers (excludes shrinking).
+    pub world_wall_ms: u64,
+    /// Simulated seconds per wall second of world time.
+    pub simulated_per_wall: f64,
+    /// Wall time from the start until the first failing case was judged (before shrinking).
+    pub time_to_first_failure_ms: Option<u64>,
+    pub failures_by_key: BTreeMap<String, u64>,
+    pub failures_by_category: BTreeMap<String, u64>,
+    pub failures_by_severity: BTreeMap<String, u64>,
+    pub coverage: Vec<CoverageRow>,
+    /// Paths no case reached: the campaign proves nothing about them.
+    pub not_reached: Vec<CoveragePath>,
+    /// Deduplicated failures, most frequent first.
+    pub failures: Vec<FailureGroup>,
+    /// Seed files or markers that could not be written.
+    pub io_errors: Vec<String>,
+}
+
+impl CampaignReport {
+    pub fn failed(&self) -> bool {
+        self.cases_failed > 0
+    }
+
+    /// The summary printed at the end of a campaign.
+    pub fn print_summary(&self, out: &mut dyn Write) -> io::Result<()> {
+        let s = &self.settings;
+        writeln!(out, "\n=== herald-sim fuzz summary ===")?;
+        writeln!(
+            out,
+            "settings: SEED={} shard={} jobs={} size={} swarm={} limit={} shrink={}{}",
+            s.seed_start,
+            s.shard,
+            s.jobs,
+            s.size,
+            s.swarm,
+            s.limit,
+            s.shrink,
+            s.git_revision
+                .as_ref()
+                .map(|r| format!(" git={}", &r[..r.len().min(12)]))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            out,
+            "cases: {} run, {} failed in {:.1}s ({:.1} cases/s); simulated {:.0}s ({:.0}x wall)",
+            self.cases_run,
+            self.cases_failed,
+            self.wall_ms as f64 / 1000.0,
+            self.cases_per_second,
+            self.simulated_ms as f64 / 1000.0,
+            self.simulated_per_wall
+        )?;
+        if let Some(ms) = self.time_to_first_failure_ms {
+            writeln!(out, "first failure after {:.2}s", ms as f64 / 1000.0)?;
+        }
+        writeln!(out, "\nfailures by invariant:")?;
+        write_counts(out, &self.failures_by_key)?;
+        writeln!(out, "failures by category:")?;
+        write_counts(out, &self.failures_by_category)?;
+        writeln!(out, "failures by severity:")?;
+        write_counts(out, &self.failures_by_severity)?;
+
+        writeln!(out, "\ncoverage ({} cases):", self.cases_run)?;
+        writeln!(out, "  {:<30} {:>8} {:>12}", "path", "cases", "occurrences")?;
+        for row in &self.coverage {
+            let flag = if row.cases == 0 { "  NOT REACHED" } else { "" };
+            writeln!(
+                out,
+                "  {:<30} {:>8} {:>12}{flag}",
+                row.path.as_str(),
+                row.cases,
+                row.occurrences
+            )?;
+        }
+        if self.not_reached.is_empty() {
+            writeln!(out, "every coverage path was reached")?;
+        } else {
+            let names: Vec<&str> = self.not_reached.iter().map(|p| p.as_str()).collect();
+            writeln!(
+                out,
+                "NOT REACHED: {} (this campaign proves nothing about them)",
+                names.join(", ")
+            )?;
+        }
+
+        if !self.failures.is_empty() {
+            writeln!(out, "\ndeduplicated failures ({} groups):", self.failures.len())?;
+        }
+        for group in &self.failures {
+            writeln!(
+                out,
+                "  {}× {} [{} / {}] shape: {}",
+                group.count,
+                group.key,
+                group.severity.as_str(),
+                group.category.as_str(),
+                group.shape
+            )?;
+            writeln!(out, "     {}", group.explanation)?;
+            if !group.also_failed.is_empty() {
+                let also: Vec<&str> = group.also_failed.iter().map(|k| k.as_str()).collect();
+                writeln!(out, "     also failed: {}", also.join(", "))?;
+            }
+            let seeds: Vec<String> = group.case_seeds.iter().map(u64::to_string).collect();
+            writeln!(out, "     case seeds: {}", seeds.join(" "))?;
+            match &group.seed_file {
+                Some(file) => writeln!(
+                    out,
+                    "     shrunk {} → {} steps; reproduce with: cargo run --release -p herald-sim -- replay {file}",
+                    group.steps_before_shrink,
+                    group.steps_after_shrink.unwrap_or(group.steps_before_shrink)
+                )?,
+                None => writeln!(
+                    out,
+                    "     reproduce with: cargo run --release -p herald-sim -- run --seed {} --size {}{}",
+                    group.case_seeds.first().copied().unwrap_or(0),
+                    s.size,
+                    if s.swarm { " --swarm" } else { "" }
+                )?,
+            }
+        }
+        for error in &self.io_errors {
+            writeln!(out, "I/O ERROR: {error}")?;
+        }
+        writeln!(
+            out,
+            "\nverdict: {}",
+            if self.failed() { "FAILED" } else { "no invariant failed" }
+        )?;
+        Ok(())
+    }
+}
+
+fn write_counts(out: &mut dyn Write, counts: &BTreeMap<String, u64>) -> io::Result<()> {
+    if counts.is_empty() {
+        return writeln!(out, "  (none)");
+    }
+    for (name, count) in counts {
+        writeln!(out, "  {name:<30} {count:>8}")?;
+    }
+    Ok(())
+}
+
+/// Running totals of a campaign, shared by the workers.
+#[derive(Default)]
+pub(crate) struct Aggregate {
+    pub cases_run: u64,
+    pub cases_failed: u64,
+    pub simulated_ms: u64,
+    pub world_wall: std::time::Duration,
+    pub first_failure_ms: Option<u64>,
+    pub coverage: BTreeMap<CoveragePath, (u64, u64)>,
+    pub by_key: BTreeMap<String, u64>,
+    pub by_category: BTreeMap<String, u64>,
+    pub by_severity: BTreeMap<String, u64>,
+    pub groups: BTreeMap<(FailureKey, String), FailureGroup>,
+    /// Shrinks started per key (bounded by `shrinks_per_key`).
+    pub shrinks_started: BTreeMap<FailureKey, usize>,
+    pub io_errors: Vec<String>,
+}
+
+impl Aggregate {
+    pub fn add_coverage(&mut self, reached: &BTreeMap<CoveragePath, u64>) {
+        for (path, count) in reached {
+            let entry = self.coverage.entry(*path).or_default();
+            if *count > 0 {
+                entry.0 += 1;
+                entry.1 += count;
+            }
+        }
+    }
+
+    pub fn coverage_reached(&self) -> usize {
+        self.coverage.values().filter(|(cases, _)| *cases > 0).count()
+    }
+
+    /// Counts a failing case (its primary failure).
+    pub fn count_failure(&mut self, primary: &CaseFailure, elapsed_ms: u64) {
+        self.cases_failed += 1;
+        self.first_failure_ms.get_or_insert(elapsed_ms);
+        *self.by_key.entry(primary.key.to_string()).or_default() += 1;
+        *self
+            .by_category
+            .entry(primary.category.as_str().to_string())
+            .or_default() += 1;
+        *self
+            .by_severity
+            .entry(primary.severity.as_str().to_string())
+            .or_default() += 1;
+    }
+
+    /// Adds a failure to its group (creating it from `group` if new).
+    pub fn add_to_group(&mut self, group: FailureGroup, case_seed: u64) {
+        let key = (group.key, group.shape.clone());
+        let entry = self.groups.entry(key).or_insert_with(|| FailureGroup {
+            count: 0,
+            case_seeds: Vec::new(),
+            ..group
+        });
+        entry.count += 1;
+        if entry.case_seeds.len() < CASE_SEEDS_LISTED_MAX {
+            entry.case_seeds.push(case_seed);
+        }
+    }
+}
