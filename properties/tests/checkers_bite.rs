@@ -452,6 +452,21 @@ fn liveness_fires_when_a_client_never_comes_back_after_the_heal() {
 }
 
 #[test]
+fn liveness_near_miss_a_client_refused_by_a_configured_limit_is_told_so() {
+    // The same client as above, but the server refuses its reconnect with 4009: an explicit,
+    // documented refusal (a limit), not a silent failure to come back.
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(200);
+    b.connecting(0, Some(("E0", 0)));
+    b.at(250);
+    b.closed(0, Some(4009), ClosedBy::Server);
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
 fn liveness_fires_when_a_publish_hangs() {
     let (scenario, mut b) = base();
     b.at(100);

@@ -542,6 +542,17 @@ impl<'a> Index<'a> {
             .any(|life| life.started_at <= from && life.stopped_at.is_none_or(|stop| stop > to))
     }
 
+    /// Whether the client's last connection attempt was refused by a configured limit (4009
+    /// `too_many_connections`: `connections_per_user_max`, `connections_max`, `users_max`)
+    /// without being welcomed. Such a client is told explicitly why it cannot connect; it is
+    /// not expected to catch up, so loss and liveness do not judge it (an explicit refusal is
+    /// not a silent failure).
+    pub fn refused_by_limit(&self, client: &Client<'_>) -> bool {
+        client.conns.last().is_some_and(|conn| {
+            conn.welcome.is_none() && conn.closed.is_some_and(|closed| self.close_code(closed) == Some(4009))
+        })
+    }
+
     /// Whether a server life started or stopped in `[from, to]`.
     pub fn server_changed_during(&self, from: u64, to: u64) -> bool {
         self.lives.iter().any(|life| {

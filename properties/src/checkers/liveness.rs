@@ -25,12 +25,20 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         return Ok(());
     };
     let bound = liveness_bound_ms(&index.scenario.config.timeouts);
-    for client in index.clients.values().filter(|c| c.is_live()) {
+    for client in index
+        .clients
+        .values()
+        .filter(|c| c.is_live() && !index.refused_by_limit(c))
+    {
         if let Some(v) = reconnects(index, client, heal_idx, heal_at, end_idx, end_at, bound) {
             return Err(v);
         }
     }
-    for client in index.clients.values().filter(|c| c.is_live()) {
+    for client in index
+        .clients
+        .values()
+        .filter(|c| c.is_live() && !index.refused_by_limit(c))
+    {
         let coverage = Coverage::new(index, client);
         for instance in expected(index, client) {
             let inst = &index.instances[instance];

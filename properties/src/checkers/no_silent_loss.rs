@@ -124,7 +124,11 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     let Some((end_idx, end_at)) = index.end else {
         return Ok(());
     };
-    for client in index.clients.values().filter(|c| c.is_live()) {
+    for client in index
+        .clients
+        .values()
+        .filter(|c| c.is_live() && !index.refused_by_limit(c))
+    {
         let coverage = Coverage::new(index, client);
         for instance in expected(index, client) {
             if coverage.covered_by(index, instance).is_some() {

@@ -342,6 +342,7 @@ pub fn check_determinism_command(args: CheckDeterminismArgs) -> Result<ExitCode,
         let seed = args.seed_start.wrapping_add(k);
         let scenario = generate(settings, seed);
         let a = run_with(&scenario, seed, WorldOptions::default()).history;
+        perturb_process_state(k + 1);
         let b = run_with(&scenario, seed, WorldOptions::default()).history;
         let (da, db) = (a.digest(), b.digest());
         if da == db {
@@ -365,6 +366,24 @@ pub fn check_determinism_command(args: CheckDeterminismArgs) -> Result<ExitCode,
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Shifts process-wide state that must never reach a history: tokio's task id counter (which
+/// picks the shard tokio drops a task from when a runtime shuts down) and the thread's
+/// `RandomState` keys. A second run after this must still give the same digest. (A crash once
+/// reset connections in tokio's task order; this is how that was caught.)
+pub fn perturb_process_state(round: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a plain runtime builds");
+    runtime.block_on(async {
+        for _ in 0..(round % 13) * 7 + 1 {
+            let _ = tokio::spawn(async {}).await;
+        }
+    });
+    for _ in 0..round % 5 {
+        let _ = std::collections::hash_map::RandomState::new();
+    }
 }
 
 /// The first entry where two histories differ, described.
