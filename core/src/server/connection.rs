@@ -7,6 +7,11 @@
 //! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
 //! a peer that does not drain its socket in time is dropped. However the task ends — returned,
 //! panicked or aborted — [`Registration`] removes the connection from the hub.
+//!
+//! Writes are coalesced below tungstenite: the WebSocket is configured with no write buffer
+//! (an idle connection keeps none), so every frame reaches the socket wrapper [`CoalescingIo`]
+//! at once; that wrapper gathers the frames of one batch in a buffer that exists only until the
+//! batch's `flush`, so a batch of frames costs one `write` syscall instead of one per frame.
 
 use super::Shared;
 use crate::hub::{ConnectionId, Transmit};
@@ -14,21 +19,25 @@ use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 /// Transmits taken from the hub per lock acquisition: bounds the critical section.
 const BATCH_TRANSMITS_MAX: usize = 64;
+/// Bytes a [`CoalescingIo`] gathers before it writes them out without waiting for a flush:
+/// bounds the transient buffer of a connection that is being written (a full batch of
+/// `BATCH_TRANSMITS_MAX` typical event frames is ~20 KiB, so at most a few syscalls per batch).
+/// A single write at least this large is passed straight through, never copied.
+const WRITE_COALESCE_BYTES_MAX: usize = 16 * 1024;
 /// Batch capacity kept while idle; a larger buffer left by a burst is freed, so idle
 /// connections stay small.
 const BATCH_IDLE_CAPACITY_MAX: usize = 8;
-/// After a read error (an oversized frame) the socket can no longer be read, so the client's
-/// close reply cannot be awaited; the task waits this long (at most `write_timeout_ms`) before
-/// dropping the socket, so the unread input does not reset the connection before the client
-/// has read the error and close frames.
-const CLOSE_GRACE_MS_MAX: u64 = 250;
 /// Tokens valid for longer than this re-check expiry at this interval (keeps `Instant`
 /// arithmetic far from overflow for `exp` values in the far future).
 const EXPIRY_RECHECK_MAX_SECS: u64 = 86_400;
@@ -197,12 +206,17 @@ async fn reject(shared: &Shared, mut socket: WebSocket, code: ErrorCode, message
 }
 
 /// After our close frame, reads (and discards) until the client's close reply or the write
-/// timeout, so the error frame is not lost to a TCP reset caused by unread input. If the socket
-/// can no longer be read, waits `CLOSE_GRACE_MS_MAX` instead.
+/// timeout, so the error frame is not lost to a TCP reset caused by unread input.
+///
+/// If the socket can no longer be read (an oversized frame broke the framing), the task keeps
+/// it open, unread, for `idle_timeout_ms` — a lingering close. Dropping it at once would turn
+/// the unread input into a reset, and a reset can overtake (or, on a real kernel, discard) the
+/// error and close frames still in flight: the simulation caught exactly that under a latency
+/// spike, with the 250 ms grace this replaced. The cost is one parked task per misbehaving
+/// connection for a bounded time, within `connections_max`.
 async fn linger(shared: &Shared, socket: &mut WebSocket, read_failed: bool) {
     if read_failed {
-        let grace_ms = CLOSE_GRACE_MS_MAX.min(shared.config.write_timeout_ms);
-        tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+        tokio::time::sleep(Duration::from_millis(shared.config.idle_timeout_ms)).await;
         return;
     }
     let _ = timeout(write_timeout(shared), async {
@@ -412,5 +426,225 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// Wraps a listener so that every accepted connection is a [`CoalescingIo`]. Used by
+/// `Server::serve` for every listener (tokio TCP in production, turmoil TCP in the simulation).
+pub(super) struct CoalescingListener<L>(pub(super) L);
+
+impl<L: axum::serve::Listener> axum::serve::Listener for CoalescingListener<L> {
+    type Io = CoalescingIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.0.accept().await;
+        (CoalescingIo::new(io), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A socket whose writes are gathered until the next `flush` (or until
+/// `WRITE_COALESCE_BYTES_MAX` bytes are pending), then written with one syscall. The buffer is
+/// allocated by the first write after a flush and freed once it has been written out, so an
+/// idle connection holds no write buffer (an empty `Vec`). Every writer on a server socket
+/// flushes when it is done — hyper after each response, tungstenite in `flush` and when it
+/// answers pings or closes, our connection task after every batch — so nothing waits here
+/// beyond the end of its batch.
+pub(super) struct CoalescingIo<S> {
+    inner: S,
+    /// Bytes accepted but not yet written to `inner`; `pending[written..]` is still to go.
+    pending: Vec<u8>,
+    written: usize,
+}
+
+impl<S> CoalescingIo<S> {
+    fn new(inner: S) -> Self {
+        CoalescingIo {
+            inner,
+            pending: Vec::new(),
+            written: 0,
+        }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.len() - self.written
+    }
+
+    /// Takes `bytes` into the buffer if they fit under `WRITE_COALESCE_BYTES_MAX`.
+    fn gather(&mut self, bytes: &[u8]) -> bool {
+        if self.pending.len() + bytes.len() > WRITE_COALESCE_BYTES_MAX {
+            return false;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve_exact(WRITE_COALESCE_BYTES_MAX);
+        }
+        self.pending.extend_from_slice(bytes);
+        debug_assert!(self.pending.len() <= WRITE_COALESCE_BYTES_MAX);
+        true
+    }
+}
+
+impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
+    /// Writes out everything pending, then frees the buffer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending_len() > 0 {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.pending = Vec::new();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CoalescingIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.gather(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        ready!(this.poll_drain(cx))?;
+        if this.gather(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // Larger than the whole buffer: nothing is pending, so write it through.
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.pending.len() + total > WRITE_COALESCE_BYTES_MAX {
+            ready!(this.poll_drain(cx))?;
+            if total > WRITE_COALESCE_BYTES_MAX {
+                return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for buf in bufs {
+            let gathered = this.gather(buf);
+            debug_assert!(gathered);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Counts the writes that reach the inner socket.
+    struct CountingWriter {
+        writes: usize,
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncWrite for CountingWriter {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_write_and_the_buffer_is_freed_by_flush() {
+        let mut io = CoalescingIo::new(CountingWriter {
+            writes: 0,
+            bytes: Vec::new(),
+        });
+        for i in 0..64u8 {
+            io.write_all(&[i; 100]).await.unwrap();
+        }
+        assert_eq!(io.inner.writes, 0, "nothing is written before the flush");
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.writes, 1);
+        assert_eq!(io.inner.bytes.len(), 6_400);
+        assert!(io
+            .inner
+            .bytes
+            .chunks(100)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| usize::from(*b) == i)));
+        assert_eq!(io.pending.capacity(), 0, "an idle connection holds no write buffer");
+    }
+
+    #[tokio::test]
+    async fn the_buffer_is_bounded_and_large_writes_pass_through() {
+        let mut io = CoalescingIo::new(CountingWriter {
+            writes: 0,
+            bytes: Vec::new(),
+        });
+        let chunk = vec![7u8; WRITE_COALESCE_BYTES_MAX / 4 + 1];
+        for _ in 0..4 {
+            io.write_all(&chunk).await.unwrap();
+            assert!(io.pending.len() <= WRITE_COALESCE_BYTES_MAX);
+        }
+        assert_eq!(
+            io.inner.writes, 1,
+            "the fourth chunk did not fit: the first three went out"
+        );
+        let large = vec![9u8; WRITE_COALESCE_BYTES_MAX + 1];
+        io.write_all(&large).await.unwrap();
+        assert_eq!(
+            io.inner.writes, 3,
+            "pending drained, then the large write passed through"
+        );
+        assert_eq!(io.pending.capacity(), 0);
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.bytes.len(), 4 * chunk.len() + large.len());
+        assert_eq!(io.inner.bytes[4 * chunk.len()..], large[..]);
+    }
+
+    #[tokio::test]
+    async fn reads_and_shutdown_pass_through_after_pending_bytes() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut io = CoalescingIo::new(a);
+        io.write_all(b"hello").await.unwrap();
+        b.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        io.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello", "shutdown writes out what was pending");
     }
 }
