@@ -648,6 +648,31 @@ fn forged_token_history(code: Option<u16>, partitioned: bool) -> (Scenario, Hist
 }
 
 #[test]
+fn auth_fires_on_a_quick_hello_timeout_but_accepts_a_slow_one() {
+    // A forged token answered with 4008 50 ms after connecting: the server did not judge the
+    // token, it pretended to time out. Caught.
+    let (scenario, history) = forged_token_history(Some(4008), false);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    // The same 4008 after a full hello_timeout_ms (the token never arrived over a slow link)
+    // is the documented answer.
+    let hello_timeout_ms = scenario.config.timeouts.hello_timeout_ms;
+    let mut extra = vec![Step::SetLatency { min_ms: 1, max_ms: 20 }];
+    extra.push(Step::Hostile {
+        host: 0,
+        attack: Attack::ForgedToken { user: 1 },
+    });
+    let (scenario, mut b) = base_with(extra);
+    let hostile = HOSTILE + 3 * 100;
+    b.hostile_client(hostile, "u1");
+    b.at(100);
+    b.connecting(hostile, None);
+    b.at(100 + hello_timeout_ms);
+    b.closed(hostile, Some(4008), ClosedBy::Server);
+    let history = finish(&mut b, 100 + hello_timeout_ms + 1000);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
 fn auth_fires_on_the_wrong_close_code() {
     let (scenario, history) = forged_token_history(Some(4004), false);
     assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);

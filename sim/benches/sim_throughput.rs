@@ -9,7 +9,10 @@
 //! ```text
 //! cargo bench -p herald-sim --bench sim_throughput                       # all sizes, 5 repetitions
 //! cargo bench -p herald-sim --bench sim_throughput -- --size medium --repetitions 3
+//! cargo bench -p herald-sim --bench sim_throughput -- --size medium --set tick_ms=10,quiet_period_ms=20000
 //! ```
+//! `--set key=value,...` overrides fields of every generated scenario's config (nested fields
+//! as `timeouts.idle_timeout_ms`), to measure what one knob costs with the very same steps.
 //! Run outside `cargo bench` (e.g. `cargo test --all-targets`) it does one small smoke pass.
 
 use herald_properties::checkers::check_all;
@@ -24,6 +27,8 @@ struct Options {
     sizes: Vec<Size>,
     repetitions: usize,
     scenarios: Option<usize>,
+    /// `--set`: config overrides, as (dotted path, JSON value).
+    overrides: Vec<(String, serde_json::Value)>,
     smoke: bool,
 }
 
@@ -33,6 +38,7 @@ fn parse_options() -> Options {
         sizes: vec![Size::Small, Size::Medium, Size::Large],
         repetitions: 5,
         scenarios: None,
+        overrides: Vec::new(),
         smoke: !args.iter().any(|a| a == "--bench"),
     };
     let mut i = 0;
@@ -48,6 +54,18 @@ fn parse_options() -> Options {
             }
             "--repetitions" => {
                 options.repetitions = value.parse().expect("--repetitions N");
+                i += 1;
+            }
+            "--set" => {
+                options.overrides = value
+                    .split(',')
+                    .map(|pair| {
+                        let (key, v) = pair
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("--set {pair}: need key=value"));
+                        (key.to_string(), serde_json::from_str(v).unwrap_or_else(|_| v.into()))
+                    })
+                    .collect();
                 i += 1;
             }
             "--scenarios" => {
@@ -74,6 +92,25 @@ fn default_count(size: Size) -> usize {
         Size::Medium => 20,
         Size::Large => 3,
     }
+}
+
+/// Applies `--set` overrides to a scenario's config (through its JSON form, so every field
+/// is reachable by name and a typo fails loudly).
+fn apply_overrides(scenario: &mut Scenario, overrides: &[(String, serde_json::Value)]) {
+    if overrides.is_empty() {
+        return;
+    }
+    let mut config = serde_json::to_value(&scenario.config).expect("config serializes");
+    for (path, value) in overrides {
+        let mut slot = &mut config;
+        for part in path.split('.') {
+            slot = slot
+                .get_mut(part)
+                .unwrap_or_else(|| panic!("--set {path}: no field {part:?} in the scenario config"));
+        }
+        *slot = value.clone();
+    }
+    scenario.config = serde_json::from_value(config).expect("overridden config deserializes");
 }
 
 struct Repetition {
@@ -116,9 +153,14 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn main() {
     let options = parse_options();
     println!(
-        "# sim_throughput: one thread, {} repetition(s) per size, median reported{}",
+        "# sim_throughput: one thread, {} repetition(s) per size, median reported{}{}",
         options.repetitions,
-        if options.smoke { " (smoke pass)" } else { "" }
+        if options.smoke { " (smoke pass)" } else { "" },
+        if options.overrides.is_empty() {
+            String::new()
+        } else {
+            format!(", config overrides {:?}", options.overrides)
+        }
     );
     println!("| size | scenarios | steps (mean) | simulated s / scenario | scenarios/s | simulated s per wall s | world share of wall | min..max scenarios/s | violations |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -129,7 +171,11 @@ fn main() {
             swarm: false,
         };
         let scenarios: Vec<(u64, Scenario)> = (0..count as u64)
-            .map(|i| (FIRST_SEED + i, generate(settings, FIRST_SEED + i)))
+            .map(|i| {
+                let mut scenario = generate(settings, FIRST_SEED + i);
+                apply_overrides(&mut scenario, &options.overrides);
+                (FIRST_SEED + i, scenario)
+            })
             .collect();
         let steps: usize = scenarios.iter().map(|(_, s)| s.steps.len()).sum();
         let repetitions: Vec<Repetition> = (0..options.repetitions).map(|_| run_batch(&scenarios)).collect();
