@@ -11,9 +11,13 @@ mkdir -p bench/results
 nproc > bench/results/machine.txt; lscpu | head -15 >> bench/results/machine.txt
 cargo build --release -p herald-core --bin herald --example baseline_server
 lg() { cargo bench -p herald-core --bench loadgen -- "$@" "${quick[@]}"; }
-lg --scenario idle --connections 10000 --runs 3              | tee bench/results/idle.txt
-lg --scenario rate --rates 20000,50000,100000 --runs 3       | tee bench/results/rate.txt
-lg --scenario peak --runs 1 --duration-secs 5                | tee bench/results/peak.txt
-lg --scenario burst --runs 3                                 | tee bench/results/burst.txt
-lg --scenario resume --runs 3                                | tee bench/results/resume.txt
+# Servers: herald (binary, HTTP publish), herald-notifier (in this process, Server::notifier()
+# from a thread), baseline-small and baseline-default (HTTP publish). See BENCHMARKS.md.
+all=herald,herald-notifier,baseline-small,baseline-default
+lg --scenario idle --connections 10000 --runs 3                                  | tee bench/results/idle.txt
+lg --scenario rate --rates 20000,50000,100000 --runs 3 --duration-secs 5 --servers $all | tee bench/results/rate.txt
+lg --scenario peak --runs 3 --duration-secs 5 --servers herald,herald-notifier,baseline-small \
+   --peak-rates 100000,125000,150000,200000,250000,300000,400000,500000     | tee bench/results/peak.txt
+lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
+lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt

@@ -1,12 +1,21 @@
 //! Load generator: Herald against the naive baseline, on loopback, with real sockets (issue 9).
 //!
-//! Each server under test runs as its own process (the `herald` binary, and the
-//! `baseline_server` example with default or small WebSocket buffers), so its RSS and CPU are
-//! read from `/proc/<pid>` and hold nothing of the generator. The generator opens WebSocket
-//! connections with real tokens, publishes through the HTTP API (pipelined keep-alive
-//! connections), embeds the intended send time, the target user and a per-user counter in every
-//! payload, and checks every frame at the client: no loss, no duplicate, no reordering, no
-//! misrouting. Latency is measured from the *intended* send time (no coordinated omission).
+//! Servers under test and their publish paths:
+//! - `herald`: the `herald` binary as its own process, published over the HTTP API;
+//! - `herald-notifier`: a herald `Server` inside this process (its own tokio runtime, threads
+//!   named `herald-srv`), published through `Server::notifier()` — the production "bridge"
+//!   path — from one dedicated thread (`herald-pub`); its clients still connect over real
+//!   loopback sockets. Its CPU is read per thread from `/proc/self/task`; RSS is not isolated,
+//!   so the idle scenario skips it;
+//! - `baseline-small` / `baseline-default`: the `baseline_server` example as its own process,
+//!   published over HTTP (it has no in-process API).
+//!
+//! Process servers' RSS and CPU are read from `/proc/<pid>` and hold nothing of the generator.
+//! The generator opens WebSocket connections with real tokens, publishes (pipelined keep-alive
+//! HTTP connections, or the notifier), embeds the intended send time, the target user and a
+//! per-user counter in every payload, and checks every frame at the client: no loss, no
+//! duplicate, no reordering, no misrouting. Latency is measured from the *intended* send time
+//! (no coordinated omission).
 //!
 //! ```text
 //! cargo build --release -p herald-core --bin herald --example baseline_server
@@ -20,6 +29,11 @@
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::auth::mint_token;
+use herald_core::clock::TokioClock;
+use herald_core::notifier::Notifier;
+use herald_core::protocol::EventKind;
+use herald_core::rng::SeededRng;
+use herald_core::server::{Server, ServerConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -29,7 +43,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -66,8 +80,10 @@ enum Scenario {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum ServerKind {
-    /// The `herald` binary.
+    /// The `herald` binary (own process), published over HTTP.
     Herald,
+    /// A herald `Server` in this process, published through `Server::notifier()` from a thread.
+    HeraldNotifier,
     /// `baseline_server --buffers default` (128 KiB tungstenite buffers).
     BaselineDefault,
     /// `baseline_server --buffers small` (1 KiB read buffer, no write buffer).
@@ -78,6 +94,7 @@ impl ServerKind {
     fn name(self) -> &'static str {
         match self {
             ServerKind::Herald => "herald",
+            ServerKind::HeraldNotifier => "herald-notifier",
             ServerKind::BaselineDefault => "baseline-default",
             ServerKind::BaselineSmall => "baseline-small",
         }
@@ -95,7 +112,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "herald,baseline-small,baseline-default"
+        default_value = "herald,herald-notifier,baseline-small,baseline-default"
     )]
     servers: Vec<ServerKind>,
     /// Connections for idle (default 10000), rate/peak/resume (default 1000).
@@ -210,15 +227,41 @@ fn print_machine() {
 
 struct ServerProcess {
     kind: ServerKind,
-    child: Child,
+    host: Host,
     addr: SocketAddr,
 }
 
+/// Where a server under test runs.
+enum Host {
+    /// Its own process.
+    Child(Child),
+    /// In this process, on its own runtime; published through `notifier`.
+    InProcess {
+        server: Server,
+        notifier: Notifier,
+        runtime: Option<tokio::runtime::Runtime>,
+    },
+}
+
+/// Thread name prefix of the in-process server's runtime (`/proc/self/task/*/comm`).
+const SERVER_THREAD_NAME: &str = "herald-srv";
+
 impl ServerProcess {
     fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.host {
+            Host::Child(child) => child.id(),
+            Host::InProcess { .. } => std::process::id(),
+        }
     }
 
+    fn notifier(&self) -> Option<&Notifier> {
+        match &self.host {
+            Host::Child(_) => None,
+            Host::InProcess { notifier, .. } => Some(notifier),
+        }
+    }
+
+    /// RSS of the server's process; for an in-process server that includes the generator.
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
@@ -229,16 +272,50 @@ impl ServerProcess {
             .unwrap_or(0)
     }
 
+    /// CPU seconds of the server: its process, or the in-process server's runtime threads
+    /// (the publishing thread is added by the caller, see `PublishReport::thread_cpu_secs`).
     fn cpu_secs(&self) -> f64 {
-        proc_cpu_secs(&format!("/proc/{}/stat", self.pid()))
+        match &self.host {
+            Host::Child(child) => proc_cpu_secs(&format!("/proc/{}/stat", child.id())),
+            Host::InProcess { .. } => threads_sum(SERVER_THREAD_NAME, "stat", proc_cpu_secs),
+        }
     }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.host {
+            Host::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Host::InProcess { server, runtime, .. } => {
+                server.shutdown();
+                if let Some(runtime) = runtime.take() {
+                    // Dropped from async code: shut down without blocking.
+                    runtime.shutdown_background();
+                }
+            }
+        }
     }
+}
+
+/// Sum of `read(/proc/self/task/<tid>/<file>)` over this process's live threads whose name
+/// starts with `prefix`.
+fn threads_sum<T: std::iter::Sum + Default>(prefix: &str, file: &str, read: impl Fn(&str) -> T) -> T {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return T::default();
+    };
+    tasks
+        .flatten()
+        .map(|task| task.path())
+        .filter(|path| {
+            std::fs::read_to_string(path.join("comm"))
+                .unwrap_or_default()
+                .starts_with(prefix)
+        })
+        .map(|path| read(&path.join(file).to_string_lossy()))
+        .sum()
 }
 
 /// utime + stime of a process, in seconds (CLK_TCK is 100 on Linux).
@@ -279,10 +356,50 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// Starts a herald `Server` in this process on its own runtime (tokio's default worker count,
+/// like the `herald` binary), with the binary's default configuration.
+fn start_in_process_server(kind: ServerKind) -> ServerProcess {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(SERVER_THREAD_NAME)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let config = ServerConfig::new(JWT_SECRET.as_bytes().to_vec(), API_KEY.to_string());
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (server, addr) = runtime.block_on(async {
+        let clock = TokioClock::shared(unix_ms);
+        let server = Server::new(config, clock, SeededRng::new(unix_ms)).expect("server config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(server.clone().serve(listener));
+        (server, addr)
+    });
+    let notifier = server.notifier();
+    ServerProcess {
+        kind,
+        host: Host::InProcess {
+            server,
+            notifier,
+            runtime: Some(runtime),
+        },
+        addr,
+    }
+}
+
 async fn start_server(cli: &Cli, kind: ServerKind) -> ServerProcess {
+    if kind == ServerKind::HeraldNotifier {
+        // Built outside the generator's runtime (a runtime cannot be built from inside one).
+        let server = tokio::task::block_in_place(|| start_in_process_server(kind));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return server;
+    }
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut command = match kind {
+        ServerKind::HeraldNotifier => unreachable!("handled above"),
         ServerKind::Herald => {
             let bin = cli
                 .herald_bin
@@ -324,7 +441,11 @@ async fn start_server(cli: &Cli, kind: ServerKind) -> ServerProcess {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let child = command.spawn().expect("spawn the server under test");
-    let server = ServerProcess { kind, child, addr };
+    let server = ServerProcess {
+        kind,
+        host: Host::Child(child),
+        addr,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut stream) = TcpStream::connect(addr).await {
@@ -625,6 +746,92 @@ struct PublishReport {
     first_error: Option<String>,
     /// Wall time from the first to the last request written.
     write_secs: f64,
+    /// CPU seconds of the in-process publishing thread (notifier path only; 0 over HTTP).
+    thread_cpu_secs: f64,
+}
+
+/// Publishes `plan` through the server's publish path: the notifier for an in-process server,
+/// else HTTP.
+async fn publish_to(server: &ServerProcess, http_connections: usize, plan: Arc<PublishPlan>) -> PublishReport {
+    match server.notifier() {
+        Some(notifier) => publish_notifier(notifier.clone(), plan).await,
+        None => publish(server.addr, http_connections, plan).await,
+    }
+}
+
+/// The publishing thread's pacing tick: when nothing is due it sleeps this long, then publishes
+/// everything that fell due meanwhile. 1 ms is the resolution of tokio's timer, which paces
+/// the HTTP publisher, so both paths batch alike (and the latency, measured from each event's
+/// intended send time, includes the wait either way).
+const NOTIFIER_TICK_US: u64 = 1_000;
+
+/// The in-process path: one dedicated thread calls `Notifier::publish_raw` (what the HTTP API
+/// calls after parsing the request) open loop at the plan's rate, in the same per-user order
+/// and with the same payload as the HTTP publisher.
+async fn publish_notifier(notifier: Notifier, plan: Arc<PublishPlan>) -> PublishReport {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("herald-pub".into())
+        .spawn(move || {
+            let _ = done.send(publish_notifier_thread(&notifier, &plan));
+        })
+        .expect("spawn the publishing thread");
+    result.await.expect("publishing thread")
+}
+
+fn publish_notifier_thread(notifier: &Notifier, plan: &PublishPlan) -> PublishReport {
+    let cpu_before = proc_cpu_secs("/proc/thread-self/stat");
+    let users = plan.users as u64;
+    let total = users * plan.per_user;
+    let interval_ns = plan.rate.map(|rate| 1e9 / rate);
+    let start_ns = now_ns() + 5_000_000;
+    let runs: Vec<String> = (0..plan.users).map(|u| format!("run-{u}")).collect();
+    let names: Vec<String> = (0..plan.users).map(user_name).collect();
+    let mut report = PublishReport::default();
+    let mut first_ns = 0;
+    let mut j = 0u64;
+    while j < total {
+        let now = now_ns();
+        let due = match interval_ns {
+            Some(_) if now < start_ns => 0,
+            Some(interval) => (((now - start_ns) as f64 / interval) as u64 + 1).min(total),
+            None => total,
+        };
+        if due <= j {
+            std::thread::sleep(Duration::from_micros(NOTIFIER_TICK_US));
+            continue;
+        }
+        if first_ns == 0 {
+            first_ns = now;
+        }
+        while j < due {
+            let user = (j % users) as u32;
+            let k = plan.first_k + j / users;
+            let t = match interval_ns {
+                Some(interval) => start_ns + (j as f64 * interval) as u64,
+                None => now_ns(),
+            };
+            let text = format!(r#"{{"u":{user},"k":{k},"t":{t},"text":"{}"}}"#, plan.pad);
+            let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
+            match notifier.publish_raw(
+                &names[user as usize],
+                &runs[user as usize],
+                EventKind::AgentThinking,
+                &raw,
+                None,
+            ) {
+                Ok(_) => report.accepted += 1,
+                Err(e) => {
+                    report.errors += 1;
+                    report.first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+            j += 1;
+        }
+    }
+    report.write_secs = (now_ns() - first_ns) as f64 / 1e9;
+    report.thread_cpu_secs = proc_cpu_secs("/proc/thread-self/stat") - cpu_before;
+    report
 }
 
 async fn publish(addr: SocketAddr, http_connections: usize, plan: Arc<PublishPlan>) -> PublishReport {
@@ -669,6 +876,7 @@ async fn publish_connection(
         tokio::spawn(read_responses(read_half, total, in_flight, window))
     };
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut body: Vec<u8> = Vec::with_capacity(256);
     let mut i = 0u64;
     let mut first_write_ns = 0;
     while i < total {
@@ -689,17 +897,21 @@ async fn publish_connection(
                     Some(interval) => start_ns + (j as f64 * interval) as u64,
                     None => now,
                 };
-                let body = format!(
+                body.clear();
+                write!(
+                    body,
                     r#"{{"run":"run-{user}","kind":"agent_thinking","data":{{"u":{user},"k":{k},"t":{t},"text":"{}"}}}}"#,
                     plan.pad
-                );
+                )
+                .unwrap();
                 write!(
                     buf,
-                    "POST /v1/users/{}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    user_name(user),
+                    // The path names `user_name(user)`, written in place.
+                    "POST /v1/users/u{user}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 )
                 .unwrap();
+                buf.extend_from_slice(&body);
             }
             in_flight.fetch_add(until - i, Ordering::AcqRel);
             if first_write_ns == 0 {
@@ -730,57 +942,86 @@ async fn publish_connection(
     report
 }
 
+/// Reads the pipelined responses of one publishing connection. Parses bytes in place (status,
+/// `content-length`) without per-line allocations: the generator shares the 2 cores with the
+/// server under test, so its own cost per publish matters.
 async fn read_responses(
-    read_half: tokio::net::tcp::OwnedReadHalf,
+    mut read_half: tokio::net::tcp::OwnedReadHalf,
     total: u64,
     in_flight: Arc<AtomicU64>,
     window: Arc<Notify>,
 ) -> PublishReport {
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut report = PublishReport::default();
-    let mut line = String::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut start = 0usize;
     let timeout = Duration::from_millis(NETWORK_TIMEOUT_MS);
-    for _ in 0..total {
-        line.clear();
-        match tokio::time::timeout(timeout, reader.read_line(&mut line)).await {
+    let mut done = 0u64;
+    'responses: while done < total {
+        // Parse every complete response in the buffer.
+        let mut parsed = 0u64;
+        while let Some((status, body, length)) = parse_response(&buf[start..]) {
+            if (200..300).contains(&status) {
+                report.accepted += 1;
+            } else {
+                report.errors += 1;
+                report
+                    .first_error
+                    .get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(body)));
+            }
+            start += length;
+            parsed += 1;
+            done += 1;
+            if done == total {
+                break;
+            }
+        }
+        if parsed > 0 {
+            in_flight.fetch_sub(parsed, Ordering::AcqRel);
+            window.notify_one();
+        }
+        if done == total {
+            break;
+        }
+        buf.drain(..start);
+        start = 0;
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match tokio::time::timeout(timeout, read_half.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => {
                 report.errors += 1;
                 report
                     .first_error
                     .get_or_insert_with(|| "publish connection lost".into());
-                break;
+                break 'responses;
             }
         }
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut content_length = 0usize;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                break;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(value) = lower.strip_prefix("content-length:") {
-                content_length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        let _ = reader.read_exact(&mut body).await;
-        if (200..300).contains(&status) {
-            report.accepted += 1;
-        } else {
-            report.errors += 1;
-            report
-                .first_error
-                .get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
-        }
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-        window.notify_one();
     }
     report
+}
+
+/// One complete HTTP/1.1 response at the start of `bytes`: (status, body, total length).
+fn parse_response(bytes: &[u8]) -> Option<(u16, &[u8], usize)> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = &bytes[..head_end];
+    let status = head
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut content_length = 0usize;
+    for line in head.split(|b| *b == b'\n') {
+        const NAME: &[u8] = b"content-length:";
+        if line.len() > NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+            content_length = std::str::from_utf8(&line[NAME.len()..])
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    let end = head_end + content_length;
+    (bytes.len() >= end).then(|| (status, &bytes[head_end..end], end))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -875,7 +1116,7 @@ async fn load_run(
         first_k: 1,
         pad: "x".repeat(cli.payload_pad_bytes),
     });
-    let report = publish(server.addr, cli.http_connections, plan).await;
+    let report = publish_to(server, cli.http_connections, plan).await;
     let expected = report.accepted * tabs as u64;
     let deadline = Instant::now() + Duration::from_millis(DRAIN_TIMEOUT_MS);
     let mut last_delivery = Instant::now();
@@ -892,8 +1133,15 @@ async fn load_run(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = last_delivery.duration_since(started).as_secs_f64();
-    let server_cpu_secs = server.cpu_secs() - cpu_before;
-    let loadgen_cpu_secs = proc_cpu_secs("/proc/self/stat") - self_before;
+    // In process, the server's threads and the publishing thread are part of /proc/self.
+    let in_process = server.notifier().is_some();
+    let server_cpu_secs = server.cpu_secs() - cpu_before + report.thread_cpu_secs;
+    let self_cpu_secs = proc_cpu_secs("/proc/self/stat") - self_before;
+    let loadgen_cpu_secs = if in_process {
+        (self_cpu_secs - server_cpu_secs).max(0.0)
+    } else {
+        self_cpu_secs
+    };
     let other_cpu_secs = (machine_busy_secs() - machine_before - server_cpu_secs - loadgen_cpu_secs).max(0.0);
     let server_cpu = server_cpu_secs / elapsed;
     let loadgen_cpu = loadgen_cpu_secs / elapsed;
@@ -972,11 +1220,12 @@ fn print_table(title: &str, servers: &[ServerKind], rows: &[(&str, Vec<f64>, &st
         header.push_str(&format!(" {} |", server.name()));
         rule.push_str("---:|");
     }
-    let herald = servers.iter().position(|s| *s == ServerKind::Herald);
-    let baselines: Vec<usize> = (0..servers.len()).filter(|i| Some(*i) != herald).collect();
-    if herald.is_some() {
+    let is_herald = |k: ServerKind| matches!(k, ServerKind::Herald | ServerKind::HeraldNotifier);
+    let heralds: Vec<usize> = (0..servers.len()).filter(|i| is_herald(servers[*i])).collect();
+    let baselines: Vec<usize> = (0..servers.len()).filter(|i| !is_herald(servers[*i])).collect();
+    for h in &heralds {
         for b in &baselines {
-            header.push_str(&format!(" herald / {} |", servers[*b].name()));
+            header.push_str(&format!(" {} / {} |", servers[*h].name(), servers[*b].name()));
             rule.push_str("---:|");
         }
     }
@@ -993,9 +1242,9 @@ fn print_table(title: &str, servers: &[ServerKind], rows: &[(&str, Vec<f64>, &st
             };
             line.push_str(&format!(" {cell} |"));
         }
-        if let Some(h) = herald {
+        for h in &heralds {
             for b in &baselines {
-                line.push_str(&format!(" {} |", ratio(values[h], values[*b])));
+                line.push_str(&format!(" {} |", ratio(values[*h], values[*b])));
             }
         }
         println!("{line}");
@@ -1010,8 +1259,15 @@ async fn scenario_idle(cli: &Cli) {
     println!();
     println!("## Scenario 1: {connections} idle connections (1 per user), server RSS per connection");
     let mut per_server: BTreeMap<ServerKind, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    // The in-process server shares this process's RSS: it cannot be measured apart.
+    let servers: Vec<ServerKind> = cli
+        .servers
+        .iter()
+        .copied()
+        .filter(|k| *k != ServerKind::HeraldNotifier)
+        .collect();
     for run in 0..cli.runs {
-        for &kind in &cli.servers {
+        for &kind in &servers {
             let server = start_server(cli, kind).await;
             let before = server.rss_kib();
             let population = connect_population(server.addr, connections as u32, 1, None)
@@ -1034,14 +1290,14 @@ async fn scenario_idle(cli: &Cli) {
         }
     }
     let column = |f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
-        cli.servers
+        servers
             .iter()
             .map(|k| median(per_server[k].iter().map(f).collect()))
             .collect()
     };
     print_table(
         &format!("idle: {connections} connections, median of {} runs", cli.runs),
-        &cli.servers,
+        &servers,
         &[
             ("RSS before (MiB)", column(|v| v.0), "f1"),
             ("RSS after (MiB)", column(|v| v.1), "f1"),
@@ -1133,7 +1389,7 @@ async fn scenario_rate(cli: &Cli) {
         }
         print_table(
             &format!(
-                "rate: {rate} delivered events/s over {connections} connections ({} publishes/s over HTTP), median of {} runs",
+                "rate: {rate} delivered events/s over {connections} connections ({} publishes/s: herald-notifier through Server::notifier() in process, the others over HTTP), median of {} runs",
                 publishes_per_sec, cli.runs
             ),
             &cli.servers,

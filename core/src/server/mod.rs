@@ -140,30 +140,42 @@ pub(crate) struct State {
 }
 
 /// The hub lock. Dropping it wakes every connection the hub asked to wake, so no mutation can
-/// forget to (the one rule of using the hub: after every mutation, `take_wakes`).
-pub(crate) struct Locked<'a>(MutexGuard<'a, State>);
+/// forget to (the one rule of using the hub: after every mutation, `take_wakes`). The wakes
+/// happen after the mutex is released: waking a task can cost a syscall (unparking a worker
+/// thread), which must not lengthen the critical section every publish and connection contends on.
+pub(crate) struct Locked<'a>(Option<MutexGuard<'a, State>>);
 
 impl Deref for Locked<'_> {
     type Target = State;
     fn deref(&self) -> &State {
-        &self.0
+        self.0.as_ref().expect("held until drop")
     }
 }
 
 impl DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut State {
-        &mut self.0
+        self.0.as_mut().expect("held until drop")
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let state = &mut *self.0;
+        let Some(mut guard) = self.0.take() else {
+            return;
+        };
+        let state = &mut *guard;
         state.hub.take_wakes(&mut state.wakes);
-        for id in state.wakes.drain(..) {
-            if let Some(notify) = state.writers.get(&id) {
-                notify.notify_one();
-            }
+        if state.wakes.is_empty() {
+            return;
+        }
+        let notifies: Vec<Arc<Notify>> = state
+            .wakes
+            .drain(..)
+            .filter_map(|id| state.writers.get(&id).cloned())
+            .collect();
+        drop(guard);
+        for notify in notifies {
+            notify.notify_one();
         }
     }
 }
@@ -183,7 +195,7 @@ impl Shared {
     /// Locks the hub. `None` when the lock is poisoned (a panic inside the hub): callers treat
     /// that exactly like a shut-down server, so a crash never turns into silent success.
     pub fn lock(&self) -> Option<Locked<'_>> {
-        self.state.lock().ok().map(Locked)
+        self.state.lock().ok().map(|guard| Locked(Some(guard)))
     }
 
     /// Shuts the hub down (clients get `shutting_down` and 1001; publishes fail) and tells
@@ -299,6 +311,8 @@ impl Server {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             }
         };
+        // Every socket gathers its writes until the writer flushes (one syscall per batch).
+        let listener = connection::CoalescingListener(listener);
         let server = axum::serve(listener, self.router())
             .with_graceful_shutdown(signal)
             .into_future();
