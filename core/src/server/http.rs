@@ -72,7 +72,7 @@ async fn publish(
             "expected Authorization: Bearer <api key>",
         );
     }
-    if shared.is_closed() {
+    if shared.is_closing() {
         let e = PublishError::ShuttingDown;
         metrics.record_publish_error(e.code());
         return error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string());

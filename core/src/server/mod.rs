@@ -158,6 +158,9 @@ impl DerefMut for Locked<'_> {
     }
 }
 
+/// Writers woken per unlock without allocating (the default `connections_per_user_max`).
+const WAKES_INLINE_MAX: usize = 8;
+
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let Some(mut guard) = self.0.take() else {
@@ -168,13 +171,20 @@ impl Drop for Locked<'_> {
         if state.wakes.is_empty() {
             return;
         }
-        let notifies: Vec<Arc<Notify>> = state
-            .wakes
-            .drain(..)
-            .filter_map(|id| state.writers.get(&id).cloned())
-            .collect();
+        // Woken after the unlock, so a woken task never waits for this lock. A publish wakes
+        // at most `connections_per_user_max` writers, so the usual case needs no allocation.
+        let mut inline: [Option<Arc<Notify>>; WAKES_INLINE_MAX] = Default::default();
+        let mut overflow = Vec::new();
+        for (i, id) in state.wakes.drain(..).enumerate() {
+            if let Some(notify) = state.writers.get(&id) {
+                match inline.get_mut(i) {
+                    Some(slot) => *slot = Some(notify.clone()),
+                    None => overflow.push(notify.clone()),
+                }
+            }
+        }
         drop(guard);
-        for notify in notifies {
+        for notify in inline.iter().flatten().chain(overflow.iter()) {
             notify.notify_one();
         }
     }
@@ -211,6 +221,12 @@ impl Shared {
 
     pub fn is_closed(&self) -> bool {
         *self.shutdown.borrow() || self.lock().is_none_or(|state| state.hub.is_shutting_down())
+    }
+
+    /// The cheap half of [`Shared::is_closed`], without taking the hub lock: for fast paths
+    /// that go on to the hub anyway (which answers `ShuttingDown` itself after a crash).
+    pub fn is_closing(&self) -> bool {
+        *self.shutdown.borrow()
     }
 }
 
