@@ -342,6 +342,12 @@ impl StepFamily {
     ];
 }
 
+/// The name of user `index` (`u0`, `u1`, ...): the one definition the world, the checkers and
+/// the timeline share, so a scenario's user index and a history's user name always agree.
+pub fn user_name(index: u32) -> String {
+    format!("u{index}")
+}
+
 impl Scenario {
     /// The time of the last step (0 for an empty scenario).
     pub fn last_step_ms(&self) -> u64 {

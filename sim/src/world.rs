@@ -757,6 +757,4 @@ pub fn client_host_name(host: u32) -> String {
     format!("client{host}")
 }
 
-pub fn user_name(user: u32) -> String {
-    format!("u{user}")
-}
+pub use herald_properties::scenario::user_name;

@@ -297,8 +297,9 @@ impl Hub {
 
         // Wake or cut every connection of this user.
         let send_queue_max = self.config.send_queue_max;
-        let connection_ids = self.users[&user_key].connections.clone();
-        for id in connection_ids {
+        // Disjoint fields: the stream is read while connections, counters and wakes change, so
+        // the hot path copies no id list.
+        for &id in &self.users[&user_key].connections {
             let connection = self
                 .connections
                 .get_mut(&id)
@@ -602,9 +603,7 @@ impl Hub {
         self.retained_events -= 1;
         self.counters.evicted += 1;
         // Connections lagging under the new front get a retention gap at their next poll.
-        for id in stream.connections.clone() {
-            self.wakes.push(id);
-        }
+        self.wakes.extend_from_slice(&stream.connections);
         self.drop_stream_if_idle(user);
     }
 

@@ -88,7 +88,7 @@ impl HistoryBuilder {
 
     pub fn step(&mut self, index: usize, step: Step) -> usize {
         if let Step::Connect { client, user, .. } = &step {
-            self.client_users.insert(*client, format!("u{user}"));
+            self.client_users.insert(*client, crate::scenario::user_name(*user));
             self.client_hostile.insert(*client, false);
         }
         self.record(Observation::StepApplied { index, step })

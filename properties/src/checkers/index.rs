@@ -474,7 +474,7 @@ impl<'a> Index<'a> {
                 token_ttl_ms,
             } => {
                 let ttl = token_ttl_ms.unwrap_or(self.scenario.config.token_ttl_ms);
-                let c = self.client_mut(*client, &format!("u{user}"), false);
+                let c = self.client_mut(*client, &crate::scenario::user_name(*user), false);
                 c.host = Some(*host);
                 c.connect_applied.get_or_insert(idx);
                 c.token_ttl_ms = ttl;
