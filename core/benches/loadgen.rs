@@ -8,7 +8,10 @@
 //!   loopback sockets. Its CPU is read per thread from `/proc/self/task`; RSS is not isolated,
 //!   so the idle scenario skips it;
 //! - `baseline-small` / `baseline-default`: the `baseline_server` example as its own process,
-//!   published over HTTP (it has no in-process API).
+//!   published over HTTP;
+//! - `baseline-notifier`: the same example's code (tuned buffers) inside this process (threads
+//!   named `baseline-srv`), published through its `App::publish_raw` from the same kind of
+//!   dedicated thread — the like-for-like counterpart of `herald-notifier`.
 //!
 //! Process servers' RSS and CPU are read from `/proc/<pid>` and hold nothing of the generator.
 //! The generator opens WebSocket connections with real tokens, publishes (pipelined keep-alive
@@ -49,6 +52,11 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The naive baseline, embedded for the in-process comparison (its `main` is unused here).
+#[allow(dead_code)]
+#[path = "../examples/baseline_server.rs"]
+mod baseline;
+
 const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789abcdef";
 const API_KEY: &str = "loadgen-api-key";
 /// Pipelined requests in flight per HTTP publishing connection; the writer waits beyond it.
@@ -88,6 +96,9 @@ enum ServerKind {
     BaselineDefault,
     /// `baseline_server --buffers small` (1 KiB read buffer, no write buffer).
     BaselineSmall,
+    /// The baseline's code with small buffers in this process, published through
+    /// `App::publish_raw` from a thread: like for like with `HeraldNotifier`.
+    BaselineNotifier,
 }
 
 impl ServerKind {
@@ -97,6 +108,20 @@ impl ServerKind {
             ServerKind::HeraldNotifier => "herald-notifier",
             ServerKind::BaselineDefault => "baseline-default",
             ServerKind::BaselineSmall => "baseline-small",
+            ServerKind::BaselineNotifier => "baseline-notifier",
+        }
+    }
+
+    /// Runs inside the generator's process (RSS not separable; published from a thread).
+    fn in_process(self) -> bool {
+        matches!(self, ServerKind::HeraldNotifier | ServerKind::BaselineNotifier)
+    }
+
+    /// Prefix of the in-process server's runtime thread names (`/proc/self/task/*/comm`).
+    fn thread_name(self) -> &'static str {
+        match self {
+            ServerKind::BaselineNotifier => "baseline-srv",
+            _ => "herald-srv",
         }
     }
 }
@@ -112,7 +137,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "herald,herald-notifier,baseline-small,baseline-default"
+        default_value = "herald,herald-notifier,baseline-small,baseline-default,baseline-notifier"
     )]
     servers: Vec<ServerKind>,
     /// Connections for idle (default 10000), rate/peak/resume (default 1000).
@@ -235,16 +260,34 @@ struct ServerProcess {
 enum Host {
     /// Its own process.
     Child(Child),
-    /// In this process, on its own runtime; published through `notifier`.
+    /// In this process, on its own runtime; published through `bridge`.
     InProcess {
-        server: Server,
-        notifier: Notifier,
+        bridge: Bridge,
         runtime: Option<tokio::runtime::Runtime>,
     },
 }
 
-/// Thread name prefix of the in-process server's runtime (`/proc/self/task/*/comm`).
-const SERVER_THREAD_NAME: &str = "herald-srv";
+/// The in-process publishing entry of a server under test.
+#[derive(Clone)]
+enum Bridge {
+    Herald { server: Server, notifier: Notifier },
+    Baseline(Arc<baseline::App>),
+}
+
+impl Bridge {
+    fn publish(&self, user: &str, run: &str, data: &serde_json::value::RawValue) -> Result<(), String> {
+        match self {
+            Bridge::Herald { notifier, .. } => notifier
+                .publish_raw(user, run, EventKind::AgentThinking, data, None)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Bridge::Baseline(app) => {
+                app.publish_raw(user, run, EventKind::AgentThinking.as_str(), data);
+                Ok(())
+            }
+        }
+    }
+}
 
 impl ServerProcess {
     fn pid(&self) -> u32 {
@@ -254,10 +297,10 @@ impl ServerProcess {
         }
     }
 
-    fn notifier(&self) -> Option<&Notifier> {
+    fn bridge(&self) -> Option<&Bridge> {
         match &self.host {
             Host::Child(_) => None,
-            Host::InProcess { notifier, .. } => Some(notifier),
+            Host::InProcess { bridge, .. } => Some(bridge),
         }
     }
 
@@ -277,7 +320,7 @@ impl ServerProcess {
     fn cpu_secs(&self) -> f64 {
         match &self.host {
             Host::Child(child) => proc_cpu_secs(&format!("/proc/{}/stat", child.id())),
-            Host::InProcess { .. } => threads_sum(SERVER_THREAD_NAME, "stat", proc_cpu_secs),
+            Host::InProcess { .. } => threads_sum(self.kind.thread_name(), "stat", proc_cpu_secs),
         }
     }
 }
@@ -289,8 +332,10 @@ impl Drop for ServerProcess {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Host::InProcess { server, runtime, .. } => {
-                server.shutdown();
+            Host::InProcess { bridge, runtime } => {
+                if let Bridge::Herald { server, .. } = bridge {
+                    server.shutdown();
+                }
                 if let Some(runtime) = runtime.take() {
                     // Dropped from async code: shut down without blocking.
                     runtime.shutdown_background();
@@ -356,14 +401,33 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Starts a herald `Server` in this process on its own runtime (tokio's default worker count,
-/// like the `herald` binary), with the binary's default configuration.
+/// Starts a herald `Server` (the binary's default configuration) or the baseline (small
+/// buffers) in this process on its own runtime with tokio's default worker count, like the
+/// binaries.
 fn start_in_process_server(kind: ServerKind) -> ServerProcess {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name(SERVER_THREAD_NAME)
+        .thread_name(kind.thread_name())
         .enable_all()
         .build()
         .expect("server runtime");
+    if kind == ServerKind::BaselineNotifier {
+        let app = baseline::App::new(baseline::Buffers::Small);
+        let addr = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            let router = baseline::router(app.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            addr
+        });
+        return ServerProcess {
+            kind,
+            host: Host::InProcess {
+                bridge: Bridge::Baseline(app),
+                runtime: Some(runtime),
+            },
+            addr,
+        };
+    }
     let config = ServerConfig::new(JWT_SECRET.as_bytes().to_vec(), API_KEY.to_string());
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -381,8 +445,7 @@ fn start_in_process_server(kind: ServerKind) -> ServerProcess {
     ServerProcess {
         kind,
         host: Host::InProcess {
-            server,
-            notifier,
+            bridge: Bridge::Herald { server, notifier },
             runtime: Some(runtime),
         },
         addr,
@@ -390,7 +453,7 @@ fn start_in_process_server(kind: ServerKind) -> ServerProcess {
 }
 
 async fn start_server(cli: &Cli, kind: ServerKind) -> ServerProcess {
-    if kind == ServerKind::HeraldNotifier {
+    if kind.in_process() {
         // Built outside the generator's runtime (a runtime cannot be built from inside one).
         let server = tokio::task::block_in_place(|| start_in_process_server(kind));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -399,7 +462,7 @@ async fn start_server(cli: &Cli, kind: ServerKind) -> ServerProcess {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut command = match kind {
-        ServerKind::HeraldNotifier => unreachable!("handled above"),
+        ServerKind::HeraldNotifier | ServerKind::BaselineNotifier => unreachable!("handled above"),
         ServerKind::Herald => {
             let bin = cli
                 .herald_bin
@@ -753,8 +816,8 @@ struct PublishReport {
 /// Publishes `plan` through the server's publish path: the notifier for an in-process server,
 /// else HTTP.
 async fn publish_to(server: &ServerProcess, http_connections: usize, plan: Arc<PublishPlan>) -> PublishReport {
-    match server.notifier() {
-        Some(notifier) => publish_notifier(notifier.clone(), plan).await,
+    match server.bridge() {
+        Some(bridge) => publish_notifier(bridge.clone(), plan).await,
         None => publish(server.addr, http_connections, plan).await,
     }
 }
@@ -765,21 +828,22 @@ async fn publish_to(server: &ServerProcess, http_connections: usize, plan: Arc<P
 /// intended send time, includes the wait either way).
 const NOTIFIER_TICK_US: u64 = 1_000;
 
-/// The in-process path: one dedicated thread calls `Notifier::publish_raw` (what the HTTP API
-/// calls after parsing the request) open loop at the plan's rate, in the same per-user order
-/// and with the same payload as the HTTP publisher.
-async fn publish_notifier(notifier: Notifier, plan: Arc<PublishPlan>) -> PublishReport {
+/// The in-process path: one dedicated thread calls the bridge (herald: `Notifier::publish_raw`,
+/// what the HTTP API calls after parsing the request; baseline: `App::publish_raw`) open loop
+/// at the plan's rate, in the same per-user order and with the same payload as the HTTP
+/// publisher.
+async fn publish_notifier(bridge: Bridge, plan: Arc<PublishPlan>) -> PublishReport {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("herald-pub".into())
+        .name("loadgen-pub".into())
         .spawn(move || {
-            let _ = done.send(publish_notifier_thread(&notifier, &plan));
+            let _ = done.send(publish_notifier_thread(&bridge, &plan));
         })
         .expect("spawn the publishing thread");
     result.await.expect("publishing thread")
 }
 
-fn publish_notifier_thread(notifier: &Notifier, plan: &PublishPlan) -> PublishReport {
+fn publish_notifier_thread(bridge: &Bridge, plan: &PublishPlan) -> PublishReport {
     let cpu_before = proc_cpu_secs("/proc/thread-self/stat");
     let users = plan.users as u64;
     let total = users * plan.per_user;
@@ -813,17 +877,11 @@ fn publish_notifier_thread(notifier: &Notifier, plan: &PublishPlan) -> PublishRe
             };
             let text = format!(r#"{{"u":{user},"k":{k},"t":{t},"text":"{}"}}"#, plan.pad);
             let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
-            match notifier.publish_raw(
-                &names[user as usize],
-                &runs[user as usize],
-                EventKind::AgentThinking,
-                &raw,
-                None,
-            ) {
-                Ok(_) => report.accepted += 1,
+            match bridge.publish(&names[user as usize], &runs[user as usize], &raw) {
+                Ok(()) => report.accepted += 1,
                 Err(e) => {
                     report.errors += 1;
-                    report.first_error.get_or_insert_with(|| e.to_string());
+                    report.first_error.get_or_insert(e);
                 }
             }
             j += 1;
@@ -1134,7 +1192,7 @@ async fn load_run(
     }
     let elapsed = last_delivery.duration_since(started).as_secs_f64();
     // In process, the server's threads and the publishing thread are part of /proc/self.
-    let in_process = server.notifier().is_some();
+    let in_process = server.bridge().is_some();
     let server_cpu_secs = server.cpu_secs() - cpu_before + report.thread_cpu_secs;
     let self_cpu_secs = proc_cpu_secs("/proc/self/stat") - self_before;
     let loadgen_cpu_secs = if in_process {
@@ -1221,10 +1279,13 @@ fn print_table(title: &str, servers: &[ServerKind], rows: &[(&str, Vec<f64>, &st
         rule.push_str("---:|");
     }
     let is_herald = |k: ServerKind| matches!(k, ServerKind::Herald | ServerKind::HeraldNotifier);
+    // Columns compare like with like only: a ratio of an in-process bridge to an HTTP
+    // publisher would compare publish paths, not servers.
     let heralds: Vec<usize> = (0..servers.len()).filter(|i| is_herald(servers[*i])).collect();
     let baselines: Vec<usize> = (0..servers.len()).filter(|i| !is_herald(servers[*i])).collect();
+    let like = |h: usize, b: usize| servers[h].in_process() == servers[b].in_process();
     for h in &heralds {
-        for b in &baselines {
+        for b in baselines.iter().filter(|b| like(*h, **b)) {
             header.push_str(&format!(" {} / {} |", servers[*h].name(), servers[*b].name()));
             rule.push_str("---:|");
         }
@@ -1243,7 +1304,7 @@ fn print_table(title: &str, servers: &[ServerKind], rows: &[(&str, Vec<f64>, &st
             line.push_str(&format!(" {cell} |"));
         }
         for h in &heralds {
-            for b in &baselines {
+            for b in baselines.iter().filter(|b| like(*h, **b)) {
                 line.push_str(&format!(" {} |", ratio(values[*h], values[*b])));
             }
         }
@@ -1260,12 +1321,7 @@ async fn scenario_idle(cli: &Cli) {
     println!("## Scenario 1: {connections} idle connections (1 per user), server RSS per connection");
     let mut per_server: BTreeMap<ServerKind, Vec<(f64, f64, f64)>> = BTreeMap::new();
     // The in-process server shares this process's RSS: it cannot be measured apart.
-    let servers: Vec<ServerKind> = cli
-        .servers
-        .iter()
-        .copied()
-        .filter(|k| *k != ServerKind::HeraldNotifier)
-        .collect();
+    let servers: Vec<ServerKind> = cli.servers.iter().copied().filter(|k| !k.in_process()).collect();
     for run in 0..cli.runs {
         for &kind in &servers {
             let server = start_server(cli, kind).await;
@@ -1389,7 +1445,7 @@ async fn scenario_rate(cli: &Cli) {
         }
         print_table(
             &format!(
-                "rate: {rate} delivered events/s over {connections} connections ({} publishes/s: herald-notifier through Server::notifier() in process, the others over HTTP), median of {} runs",
+                "rate: {rate} delivered events/s over {connections} connections ({} publishes/s: *-notifier through their in-process bridge, the others over HTTP), median of {} runs",
                 publishes_per_sec, cli.runs
             ),
             &cli.servers,

@@ -15,6 +15,10 @@
 //! ```
 //! `--buffers default` keeps tungstenite's 128 KiB read and write buffers; `--buffers small` sets
 //! a 1 KiB read buffer and no write buffer (the tuning Centrifugo and REFERENCE.md describe).
+//!
+//! The load generator also embeds this file (`#[path]` module) to run the baseline in its own
+//! process and publish through [`App::publish_raw`], the in-process counterpart of herald's
+//! `Notifier`, so that the two bridges are compared like for like.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -24,7 +28,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +38,7 @@ use tokio::sync::mpsc;
 
 /// WebSocket buffer sizes of the baseline variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Buffers {
+pub enum Buffers {
     /// tungstenite's defaults: 128 KiB read buffer, 128 KiB write buffer.
     Default,
     /// 1 KiB read buffer, write buffer 0 (every frame is written through).
@@ -58,10 +63,61 @@ struct UserEntry {
     connections: Vec<(u64, mpsc::UnboundedSender<Message>)>,
 }
 
-struct App {
+pub struct App {
     users: Mutex<HashMap<String, UserEntry>>,
     next_connection: AtomicU64,
     buffers: Buffers,
+}
+
+impl App {
+    pub fn new(buffers: Buffers) -> Arc<App> {
+        Arc::new(App {
+            users: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            buffers,
+        })
+    }
+
+    /// The in-process publish: what a team would call from the agent runner instead of going
+    /// through HTTP. `data` is already-validated JSON, as with herald's `Notifier::publish_raw`,
+    /// and the frame is serialized from borrowed fields (the cheapest encoding, so the
+    /// comparison is conservative for herald). Returns the event's seq.
+    pub fn publish_raw(&self, user: &str, run: &str, kind: &str, data: &RawValue) -> u64 {
+        self.deliver(user, |seq| {
+            serde_json::to_string(&EventFrame {
+                kind_tag: "event",
+                seq,
+                run,
+                kind,
+                data,
+            })
+            .expect("an event frame serializes")
+        })
+    }
+
+    /// Bumps `user`'s seq and sends `frame(seq)` to every open connection of the user.
+    fn deliver(&self, user: &str, frame: impl FnOnce(u64) -> String) -> u64 {
+        let mut users = self.users.lock().unwrap();
+        if !users.contains_key(user) {
+            users.insert(user.to_string(), UserEntry::default());
+        }
+        let entry = users.get_mut(user).expect("inserted above");
+        entry.seq += 1;
+        let message = Message::Text(frame(entry.seq).into());
+        entry.connections.retain(|(_, tx)| tx.send(message.clone()).is_ok());
+        entry.seq
+    }
+}
+
+/// `{"type":"event","seq":..,"run":..,"kind":..,"data":..}`, serialized without a `Value` tree.
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind_tag: &'static str,
+    seq: u64,
+    run: &'a str,
+    kind: &'a str,
+    data: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -79,22 +135,22 @@ struct PublishBody {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
-    let app = Arc::new(App {
-        users: Mutex::new(HashMap::new()),
-        next_connection: AtomicU64::new(1),
-        buffers: cli.buffers,
-    });
-    let router = Router::new()
-        .route("/v1/ws", get(websocket))
-        .route("/v1/users/{user}/events", post(publish))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(app);
+    let router = router(App::new(cli.buffers));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     eprintln!(
         "baseline_server listening on {} (buffers {:?})",
         cli.listen, cli.buffers
     );
     axum::serve(listener, router).await
+}
+
+/// `GET /v1/ws?user=..`, `POST /v1/users/{user}/events`, `GET /healthz`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/ws", get(websocket))
+        .route("/v1/users/{user}/events", post(publish))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(app)
 }
 
 async fn websocket(State(app): State<Arc<App>>, Query(query): Query<UserQuery>, upgrade: WebSocketUpgrade) -> Response {
@@ -154,20 +210,16 @@ async fn connection(app: Arc<App>, user: String, socket: WebSocket) {
 }
 
 async fn publish(State(app): State<Arc<App>>, Path(user): Path<String>, Json(body): Json<PublishBody>) -> Response {
-    let mut users = app.users.lock().unwrap();
-    let entry = users.entry(user).or_default();
-    entry.seq += 1;
-    let frame = serde_json::json!({
-        "type": "event",
-        "seq": entry.seq,
-        "run": body.run,
-        "kind": body.kind,
-        "data": body.data,
+    let seq = app.deliver(&user, |seq| {
+        serde_json::json!({
+            "type": "event",
+            "seq": seq,
+            "run": body.run,
+            "kind": body.kind,
+            "data": body.data,
+        })
+        .to_string()
     });
-    let message = Message::Text(frame.to_string().into());
-    entry.connections.retain(|(_, tx)| tx.send(message.clone()).is_ok());
-    let seq = entry.seq;
-    drop(users);
     (
         StatusCode::CREATED,
         Json(serde_json::json!({ "seq": seq, "epoch": "baseline" })),

@@ -258,7 +258,9 @@ impl Hub {
             }
         }
         // Encode with the seq it will get, to check the size before touching any state.
-        let next_seq = self.users.get(user).map_or(1, |s| s.head + 1);
+        let existing = self.users.get_key_value(user);
+        let next_seq = existing.map_or(1, |(_, s)| s.head + 1);
+        let known_key = existing.map(|(key, _)| key.clone());
         let frame = crate::protocol::encode_event_frame(next_seq, request.run, request.kind, request.data);
         let bytes = frame.len() as u64;
         if bytes > self.config.event_bytes_max {
@@ -267,23 +269,30 @@ impl Hub {
                 max: self.config.event_bytes_max,
             });
         }
-        let user_key = self.stream_for(user).map_err(|max| PublishError::UsersFull { max })?;
+        let user_key = match known_key {
+            Some(key) => key,
+            None => self.new_stream(user).map_err(|max| PublishError::UsersFull { max })?,
+        };
         self.publish_order += 1;
         let order = self.publish_order;
-        let stream = self.users.get_mut(&user_key).expect("stream_for created it");
+        let stream = self
+            .users
+            .get_mut(&user_key)
+            .expect("the stream exists or was just created");
         let was_empty = stream.is_empty();
         let seq = stream.push(order, now_ms, Arc::from(frame), request.idempotency_key);
         debug_assert_eq!(seq, next_seq);
+        let over_count = (stream.len() as u64).saturating_sub(self.config.retention_events_max);
+        let epoch = stream.epoch.clone();
         if was_empty {
             self.oldest.insert(order, user_key.clone());
         }
         self.retained_bytes += bytes;
         self.retained_events += 1;
         self.counters.published += 1;
-        let epoch = stream.epoch.clone();
 
         // Per-user count limit, then global bytes: evict oldest first.
-        while self.users[&user_key].len() as u64 > self.config.retention_events_max {
+        for _ in 0..over_count {
             self.evict_front(&user_key);
         }
         while self.retained_bytes > self.config.retention_bytes_max {
@@ -295,7 +304,8 @@ impl Hub {
             self.evict_front(&oldest_user);
         }
 
-        // Wake or cut every connection of this user.
+        // Wake or cut every connection of this user. The stream still exists: the new event
+        // fits in retention_bytes_max, so eviction never empties the stream it was pushed to.
         let send_queue_max = self.config.send_queue_max;
         // Disjoint fields: the stream is read while connections, counters and wakes change, so
         // the hot path copies no id list.
@@ -490,7 +500,35 @@ impl Hub {
 
     /// The next frame to write on `id`, or `None` when it is up to date (wait for a wake).
     pub fn poll_transmit(&mut self, id: ConnectionId) -> Option<Transmit> {
-        let connection = self.connections.get_mut(&id)?;
+        let mut one = None;
+        self.poll_transmits(id, 1, |transmit| one = Some(transmit));
+        one
+    }
+
+    /// Up to `max` frames to write on `id`, oldest first, each handed to `out`; returns how
+    /// many. Fewer than `max` means the connection is up to date (wait for a wake). One call
+    /// per batch looks the connection and its stream up once, not once per frame.
+    pub fn poll_transmits(&mut self, id: ConnectionId, max: usize, mut out: impl FnMut(Transmit)) -> usize {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return 0;
+        };
+        let stream = self.users.get(&connection.user);
+        let mut count = 0;
+        while count < max {
+            let Some(transmit) = Self::next_transmit(connection, stream, &mut self.counters) else {
+                break;
+            };
+            out(transmit);
+            count += 1;
+        }
+        count
+    }
+
+    fn next_transmit(
+        connection: &mut Connection,
+        stream: Option<&UserStream>,
+        counters: &mut Counters,
+    ) -> Option<Transmit> {
         if connection.closed {
             return None;
         }
@@ -501,10 +539,7 @@ impl Hub {
             connection.closed = true;
             return Some(Transmit::Close(code));
         }
-        let stream = self
-            .users
-            .get(&connection.user)
-            .expect("a connection's user has a stream");
+        let stream = stream.expect("a connection's user has a stream");
         if connection.cursor > stream.head {
             return None;
         }
@@ -518,7 +553,7 @@ impl Hub {
                 reason: GapReason::Retention,
             };
             connection.cursor = first;
-            self.counters.gaps += 1;
+            counters.gaps += 1;
             return Some(Transmit::Control(encode(&gap)));
         }
         let event = stream.get(connection.cursor).expect("cursor within retained range");
@@ -528,7 +563,7 @@ impl Hub {
             published_at_ms: event.published_at_ms,
         };
         connection.cursor += 1;
-        self.counters.delivered += 1;
+        counters.delivered += 1;
         Some(transmit)
     }
 
@@ -613,6 +648,13 @@ impl Hub {
         if let Some((key, _)) = self.users.get_key_value(user) {
             return Ok(key.clone());
         }
+        self.new_stream(user)
+    }
+
+    /// Creates `user`'s stream with a fresh epoch; the caller checked that it has none.
+    /// `Err(users_max)` when the map is full.
+    fn new_stream(&mut self, user: &str) -> Result<Arc<str>, u64> {
+        debug_assert!(!self.users.contains_key(user));
         if self.users.len() as u64 >= self.config.users_max {
             return Err(self.config.users_max);
         }

@@ -19,6 +19,7 @@ use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -260,21 +261,19 @@ async fn serve_connection(
     tokio::pin!(expiry);
 
     loop {
-        // Drain everything the hub has for this connection, one bounded batch per lock.
+        // Drain everything the hub has for this connection, one bounded batch per lock. A
+        // short batch means the hub had nothing more: anything published while it is written
+        // leaves a permit in `notify`, so the select below returns at once (no lost wake-up)
+        // and the common one-frame wake-up takes the lock once.
         loop {
             debug_assert!(batch.is_empty());
-            {
+            let taken = {
                 let Some(mut state) = shared.lock() else {
                     return DisconnectReason::ConnectionLost;
                 };
-                while batch.len() < BATCH_TRANSMITS_MAX {
-                    match state.hub.poll_transmit(id) {
-                        Some(transmit) => batch.push(transmit),
-                        None => break,
-                    }
-                }
-            }
-            if batch.is_empty() {
+                state.hub.poll_transmits(id, BATCH_TRANSMITS_MAX, |t| batch.push(t))
+            };
+            if taken == 0 {
                 break;
             }
             let closing = match write_batch(shared, socket, &batch).await {
@@ -284,6 +283,9 @@ async fn serve_connection(
             batch.clear();
             if let Some(code) = closing {
                 return DisconnectReason::Error(code);
+            }
+            if taken < BATCH_TRANSMITS_MAX {
+                break;
             }
         }
         if batch.capacity() > BATCH_IDLE_CAPACITY_MAX {
@@ -373,7 +375,16 @@ async fn write_batch(
         }
         socket.flush().await
     };
-    match timeout(write_timeout(shared), write).await {
+    // The usual write completes in its first poll; only one that has to wait for the peer
+    // pays for arming the write timer.
+    let written = {
+        let mut write = std::pin::pin!(write);
+        match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => timeout(write_timeout(shared), write).await,
+        }
+    };
+    match written {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(DisconnectReason::ConnectionLost),
         Err(_) => return Err(DisconnectReason::WriteTimeout),
