@@ -240,6 +240,13 @@ fn pick<T: Copy>(items: &[T], n: u32) -> T {
     items[n as usize % items.len()]
 }
 
+/// The simulated time step of generated scenarios. Turmoil polls every host once per tick, so
+/// the tick sets most of a world's cost: 20 ms runs a medium scenario with ~24 % fewer
+/// instructions than 10 ms (BENCHMARKS.md), and is still well below every timeout the
+/// scenarios exercise (the shortest, `hello_timeout_ms`, is 2 s). Checkers allow two ticks of
+/// slack wherever hosts' clocks are compared.
+pub const GENERATED_TICK_MS: u64 = 20;
+
 fn range(n: u32, lo: u64, hi: u64) -> u64 {
     lo + u64::from(n) % (hi - lo + 1)
 }
@@ -258,6 +265,7 @@ fn build(
     let mut config = ScenarioConfig {
         users: shape.users,
         client_hosts: hosts,
+        tick_ms: GENERATED_TICK_MS,
         latency_min_ms: latency_min,
         latency_max_ms: latency_max.max(latency_min),
         limits: Limits {

@@ -182,6 +182,12 @@ pub enum Direction {
     FromServer,
 }
 
+/// How long a hostile client waits for the server's answer beyond `hello_timeout_ms`, counted
+/// from the end of its WebSocket handshake; then it gives up and closes itself ("hostile client
+/// finished"). A server answer that needs more than this to cross the network (a latency spike
+/// at least this long) cannot be observed, so the auth checker does not judge a give-up then.
+pub const HOSTILE_PATIENCE_MS: u64 = 2_000;
+
 /// What a hostile client tries. Each must be refused with the documented close code and must
 /// receive nothing that belongs to anyone else.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -672,6 +672,66 @@ fn auth_fires_on_a_quick_hello_timeout_but_accepts_a_slow_one() {
     assert_clean(&scenario, &history);
 }
 
+/// One hostile connection of `attack` (step 3) under latency up to `latency_max_ms`, connecting
+/// at 100 ms and closed `after_ms` later with `code` by `by`.
+fn one_hostile_history(
+    attack: Attack,
+    latency_max_ms: u64,
+    after_ms: u64,
+    code: Option<u16>,
+    by: ClosedBy,
+) -> (Scenario, History) {
+    let extra = vec![
+        Step::SetLatency {
+            min_ms: 1,
+            max_ms: latency_max_ms,
+        },
+        Step::Hostile { host: 0, attack },
+    ];
+    let (scenario, mut b) = base_with(extra);
+    let hostile = HOSTILE + 3 * 100;
+    b.hostile_client(hostile, "u1");
+    b.at(100);
+    b.connecting(hostile, None);
+    b.at(100 + after_ms);
+    b.closed(hostile, code, by);
+    let history = finish(&mut b, 100 + after_ms + 1000);
+    (scenario, history)
+}
+
+#[test]
+fn auth_fires_on_a_quick_4008_to_a_flood_but_accepts_a_slow_one() {
+    let flood = || Attack::Flood {
+        user: 1,
+        connections: 1,
+    };
+    // A flood connection refused with 4008 right away: the server said "hello timeout" where
+    // it meant (or failed to say) "too many connections". Caught.
+    let (scenario, history) = one_hostile_history(flood(), 20, 50, Some(4008), ClosedBy::Server);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    // The same 4008 a full hello_timeout_ms after connecting: the hello did not arrive in time
+    // over a slow link, the documented answer.
+    let hello_timeout_ms = scenario.config.timeouts.hello_timeout_ms;
+    let (scenario, history) = one_hostile_history(flood(), 20, hello_timeout_ms, Some(4008), ClosedBy::Server);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn auth_fires_when_a_silent_hello_is_never_answered_unless_a_spike_outran_the_client() {
+    let patience_ms = herald_properties::scenario::HOSTILE_PATIENCE_MS;
+    // The client waited hello_timeout_ms + its patience on a fast link and heard nothing: the
+    // server never enforced the hello timeout. Caught.
+    let (scenario, _) = one_hostile_history(Attack::SilentHello, 20, 0, None, ClosedBy::Client);
+    let waited_ms = scenario.config.timeouts.hello_timeout_ms + patience_ms;
+    let (scenario, history) = one_hostile_history(Attack::SilentHello, 20, waited_ms, None, ClosedBy::Client);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    // The same give-up while latency could exceed the client's patience: the 4008 may still
+    // have been on the way, so nothing can be judged.
+    let (scenario, history) =
+        one_hostile_history(Attack::SilentHello, patience_ms, waited_ms, None, ClosedBy::Client);
+    assert_clean(&scenario, &history);
+}
+
 #[test]
 fn auth_fires_on_the_wrong_close_code() {
     let (scenario, history) = forged_token_history(Some(4004), false);

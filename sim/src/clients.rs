@@ -12,7 +12,7 @@ use herald_core::client::{
 };
 use herald_core::protocol::{ClientFrame, Resume, ServerFrame};
 use herald_properties::history::{ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent};
-use herald_properties::scenario::{Attack, ScenarioConfig};
+use herald_properties::scenario::{Attack, ScenarioConfig, HOSTILE_PATIENCE_MS};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -449,7 +449,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
         }
     }
     // Flood connections that get in stay a while, so the others meet the per-user limit.
-    let linger = Duration::from_millis(timeouts.hello_timeout_ms + 2_000);
+    let linger = Duration::from_millis(timeouts.hello_timeout_ms + HOSTILE_PATIENCE_MS);
     let deadline = tokio::time::Instant::now() + linger;
     loop {
         let next = tokio::time::timeout_at(deadline, socket.next()).await;

@@ -8,8 +8,10 @@
 //!   hello → 4008; flood connections that are not welcomed → 4009, and one flood never gets more
 //!   than `connections_per_user_max` welcomes while all of them are still open. A connection
 //!   that is never closed counts once `End` is well past its hello timeout.
-//!   A 4008 `hello_timeout` at least `hello_timeout_ms` after connecting is also accepted (the
-//!   attack frame may not have arrived in time over a slow link).
+//!   A 4008 `hello_timeout` at least `hello_timeout_ms` after connecting is also accepted, for
+//!   floods too (the attack frame or hello may not have arrived in time over a slow link); so is
+//!   the hostile client giving up by itself (no close code) when a latency spike of at least
+//!   `HOSTILE_PATIENCE_MS` could have held the server's answer back.
 //!   Skipped when the attempt cannot be judged: the server was not up for the whole attempt, or
 //!   its host was partitioned / held, or messages were being lost, around it;
 //! - a normal connection still open (no `Closed`) more than 2·heartbeat_interval + 2000 ms
@@ -19,7 +21,8 @@
 
 use super::index::{Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::scenario::Attack;
+use crate::history::{ClosedBy, Observation};
+use crate::scenario::{Attack, HOSTILE_PATIENCE_MS};
 
 fn denied(explanation: String, evidence: Vec<usize>) -> Violation {
     violation(
@@ -100,11 +103,7 @@ fn hostile_conn(
             if code.is_some_and(|c| expected.contains(&c)) {
                 return None;
             }
-            // A slow link (a latency spike) can keep the attack's first frame from arriving
-            // within `hello_timeout_ms`; the documented answer is then 4008. Only a 4008 that
-            // came at least that long after connecting is accepted, so a server answering a bad
-            // token with a quick 4008 is still caught.
-            if code == Some(4008) && index.at(closed).saturating_sub(conn.at) >= timeouts.hello_timeout_ms {
+            if slow_hello_timeout(index, conn, closed) || answer_outran_patience(index, closed) {
                 return None;
             }
             Some(denied(
@@ -130,6 +129,29 @@ fn hostile_conn(
             })
         }
     }
+}
+
+/// A slow link (a latency spike) can keep the attack's first frame, or a flood connection's
+/// hello, from arriving within `hello_timeout_ms`; the documented answer is then 4008. Only a
+/// 4008 that came at least that long after connecting is accepted, so a server answering a bad
+/// token with a quick 4008 is still caught.
+fn slow_hello_timeout(index: &Index<'_>, conn: &Conn<'_>, closed: usize) -> bool {
+    index.close_code(closed) == Some(4008)
+        && index.at(closed).saturating_sub(conn.at) >= index.scenario.config.timeouts.hello_timeout_ms
+}
+
+/// The hostile client gave up by itself (no close code) while the scenario's latency could
+/// exceed its patience: the server's answer may still have been on the way.
+fn answer_outran_patience(index: &Index<'_>, closed: usize) -> bool {
+    let gave_up = matches!(
+        index.entries[closed].what,
+        Observation::Closed {
+            code: None,
+            by: ClosedBy::Client,
+            ..
+        }
+    );
+    gave_up && index.latency_max_ms + 2 * index.scenario.config.tick_ms >= HOSTILE_PATIENCE_MS
 }
 
 fn floods(index: &Index<'_>) -> Option<Violation> {
@@ -164,7 +186,7 @@ fn floods(index: &Index<'_>) -> Option<Violation> {
             }
             if let Some(closed) = conn.closed {
                 let code = index.close_code(closed);
-                if code != Some(4009) {
+                if code != Some(4009) && !slow_hello_timeout(index, conn, closed) {
                     return Some(denied(
                         format!(
                             "flood connection {} of step {step} was refused at {} with code {code:?}, expected 4009 too_many_connections",
