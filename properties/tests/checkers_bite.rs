@@ -727,8 +727,7 @@ fn auth_fires_when_a_silent_hello_is_never_answered_unless_a_spike_outran_the_cl
     assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
     // The same give-up while latency could exceed the client's patience: the 4008 may still
     // have been on the way, so nothing can be judged.
-    let (scenario, history) =
-        one_hostile_history(Attack::SilentHello, patience_ms, waited_ms, None, ClosedBy::Client);
+    let (scenario, history) = one_hostile_history(Attack::SilentHello, patience_ms, waited_ms, None, ClosedBy::Client);
     assert_clean(&scenario, &history);
 }
 

@@ -465,19 +465,42 @@ impl<L: axum::serve::Listener> axum::serve::Listener for CoalescingListener<L> {
 /// flushes when it is done — hyper after each response, tungstenite in `flush` and when it
 /// answers pings or closes, our connection task after every batch — so nothing waits here
 /// beyond the end of its batch.
-pub(super) struct CoalescingIo<S> {
+///
+/// While the socket still speaks HTTP/1 (until it writes `101 Switching Protocols`), hyper's
+/// flush after a response is *owed* rather than performed, and paid as soon as a read finds
+/// nothing more to read (or at the bound, at shutdown, at drop). A publisher that pipelines
+/// requests thus gets its responses in one write per batch, and a publisher that waits for
+/// each response loses nothing: hyper reads for the next request right after it flushes,
+/// that read finds nothing, and the response leaves then. Once upgraded, every flush writes.
+pub(super) struct CoalescingIo<S: AsyncWrite + Unpin> {
     inner: S,
     /// Bytes accepted but not yet written to `inner`; `pending[written..]` is still to go.
     pending: Vec<u8>,
     written: usize,
+    /// HTTP/1 phase: flushes are deferred to the next read that would block.
+    defer_flush: bool,
+    /// A flush was requested and deferred; `pending` must go out at the next idle read.
+    flush_owed: bool,
 }
 
-impl<S> CoalescingIo<S> {
+/// The status line hyper writes when a WebSocket upgrade succeeds; from then on the socket
+/// carries WebSocket frames and every flush writes through.
+const UPGRADE_STATUS_LINE: &[u8] = b"HTTP/1.1 101 ";
+
+impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
     fn new(inner: S) -> Self {
         CoalescingIo {
             inner,
             pending: Vec::new(),
             written: 0,
+            defer_flush: true,
+            flush_owed: false,
+        }
+    }
+
+    fn note_upgrade(&mut self, bytes: &[u8]) {
+        if self.defer_flush && bytes.starts_with(UPGRADE_STATUS_LINE) {
+            self.defer_flush = false;
         }
     }
 
@@ -502,6 +525,7 @@ impl<S> CoalescingIo<S> {
 impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
     /// Writes out everything pending, then frees the buffer.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        debug_assert!(self.written <= self.pending.len());
         while self.pending_len() > 0 {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
             if n == 0 {
@@ -511,19 +535,48 @@ impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
         }
         self.pending = Vec::new();
         self.written = 0;
+        self.flush_owed = false;
         Poll::Ready(Ok(()))
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for CoalescingIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescingIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if read.is_pending() && this.flush_owed {
+            // Nothing more to read: the peer is waiting for our answers. If the socket cannot
+            // take them all yet, the write side's waker is registered too.
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Drop for CoalescingIo<S> {
+    /// Best effort, never blocking: answers whose flush was deferred are offered to the socket
+    /// once more, so a connection that ends without a shutdown (an error) still sends them if
+    /// the socket has room.
+    fn drop(&mut self) {
+        if self.pending_len() == 0 {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while self.pending_len() > 0 {
+            match Pin::new(&mut self.inner).poll_write(&mut cx, &self.pending[self.written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => self.written += n,
+                _ => break,
+            }
+        }
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.note_upgrade(buf);
         if this.gather(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
@@ -541,6 +594,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.note_upgrade(first);
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if this.pending.len() + total > WRITE_COALESCE_BYTES_MAX {
             ready!(this.poll_drain(cx))?;
@@ -560,6 +616,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.defer_flush && self.pending_len() > 0 {
+            self.flush_owed = true;
+            return Poll::Ready(Ok(()));
+        }
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -595,9 +655,16 @@ mod tests {
         }
     }
 
+    /// A socket past its WebSocket upgrade: every flush writes.
+    fn upgraded<S: AsyncWrite + Unpin>(inner: S) -> CoalescingIo<S> {
+        let mut io = CoalescingIo::new(inner);
+        io.defer_flush = false;
+        io
+    }
+
     #[tokio::test]
     async fn a_batch_is_one_write_and_the_buffer_is_freed_by_flush() {
-        let mut io = CoalescingIo::new(CountingWriter {
+        let mut io = upgraded(CountingWriter {
             writes: 0,
             bytes: Vec::new(),
         });
@@ -619,7 +686,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_buffer_is_bounded_and_large_writes_pass_through() {
-        let mut io = CoalescingIo::new(CountingWriter {
+        let mut io = upgraded(CountingWriter {
             writes: 0,
             bytes: Vec::new(),
         });
@@ -642,6 +709,101 @@ mod tests {
         io.flush().await.unwrap();
         assert_eq!(io.inner.bytes.len(), 4 * chunk.len() + large.len());
         assert_eq!(io.inner.bytes[4 * chunk.len()..], large[..]);
+    }
+
+    /// Counts writes; reads return the queued chunks, then `Pending`.
+    #[derive(Default)]
+    struct ScriptedSocket {
+        writes: usize,
+        bytes: Vec<u8>,
+        reads: std::collections::VecDeque<Vec<u8>>,
+    }
+
+    impl AsyncRead for ScriptedSocket {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            match self.reads.pop_front() {
+                Some(chunk) => {
+                    buf.put_slice(&chunk);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for ScriptedSocket {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Polls one read once; `Some(bytes)` if it was ready.
+    async fn read_once(io: &mut CoalescingIo<ScriptedSocket>) -> Option<Vec<u8>> {
+        let mut storage = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut storage);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_read(cx, &mut buf))).await;
+        match polled {
+            Poll::Ready(result) => {
+                result.unwrap();
+                Some(buf.filled().to_vec())
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_http_responses_leave_together_when_a_read_finds_nothing() {
+        let mut socket = ScriptedSocket::default();
+        socket.reads.push_back(b"POST /2".to_vec());
+        let mut io = CoalescingIo::new(socket);
+        io.write_all(b"HTTP/1.1 201 Created\r\n\r\n1").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.writes, 0, "the flush is owed while requests may follow");
+        assert_eq!(read_once(&mut io).await.as_deref(), Some(&b"POST /2"[..]));
+        assert_eq!(io.inner.writes, 0, "a read that finds a request keeps gathering");
+        io.write_all(b"HTTP/1.1 201 Created\r\n\r\n2").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(read_once(&mut io).await, None);
+        assert_eq!(
+            io.inner.writes, 1,
+            "the idle read paid the owed flush, both answers in one write"
+        );
+        assert_eq!(
+            io.inner.bytes,
+            b"HTTP/1.1 201 Created\r\n\r\n1HTTP/1.1 201 Created\r\n\r\n2"
+        );
+        assert_eq!(io.pending.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_ends_flush_deferral() {
+        let mut io = CoalescingIo::new(ScriptedSocket::default());
+        io.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.writes, 1, "the 101 leaves at its flush");
+        io.write_all(b"\x81\x02{}").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.writes, 2, "WebSocket frames leave at every flush");
+    }
+
+    #[tokio::test]
+    async fn owed_answers_are_offered_to_the_socket_on_drop() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut io = CoalescingIo::new(a);
+        io.write_all(b"HTTP/1.1 201 Created\r\n\r\n").await.unwrap();
+        io.flush().await.unwrap();
+        drop(io);
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"HTTP/1.1 201 Created\r\n\r\n");
     }
 
     #[tokio::test]
