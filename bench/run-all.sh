@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md on this machine and writes the raw output under
-# bench/results/. Long: ~15-20 minutes. Pass --quick for a ~3-minute smoke pass.
+# bench/results/. Long: ~35 minutes. Pass --quick for a ~3-minute smoke pass.
 # Never run in CI (CI only does `cargo bench --no-run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,12 +12,15 @@ nproc > bench/results/machine.txt; lscpu | head -15 >> bench/results/machine.txt
 cargo build --release -p herald-core --bin herald --example baseline_server
 lg() { cargo bench -p herald-core --bench loadgen -- "$@" "${quick[@]}"; }
 # Servers: herald (binary, HTTP publish), herald-notifier (in this process, Server::notifier()
-# from a thread), baseline-small and baseline-default (HTTP publish). See BENCHMARKS.md.
-all=herald,herald-notifier,baseline-small,baseline-default
+# from a thread), baseline-small and baseline-default (HTTP publish), baseline-notifier (the
+# baseline's code in this process, App::publish_raw from a thread). See BENCHMARKS.md.
+all=herald,herald-notifier,baseline-small,baseline-default,baseline-notifier
 lg --scenario idle --connections 10000 --runs 3                                  | tee bench/results/idle.txt
 lg --scenario rate --rates 20000,50000,100000 --runs 3 --duration-secs 5 --servers $all | tee bench/results/rate.txt
-lg --scenario peak --runs 3 --duration-secs 5 --servers herald,herald-notifier,baseline-small \
-   --peak-rates 100000,125000,150000,200000,250000,300000,400000,500000     | tee bench/results/peak.txt
+lg --scenario peak --runs 3 --duration-secs 5 \
+   --servers herald,herald-notifier,baseline-small,baseline-notifier       | tee bench/results/peak.txt
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt
+cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 --set tick_ms=10 | tee bench/results/sim-tick10.txt
+cargo bench -p herald-sim --bench time_to_find | tee bench/results/time-to-find.txt
