@@ -1,7 +1,8 @@
 //! The hub: a sans-IO state machine that owns users, their event streams and their connections.
 //!
 //! Inputs carry `now_ms` explicitly (`publish`, `connect`, `tick`, ...); outputs are polled
-//! (`poll_transmit` per connection, `take_wakes` for connections that have something to send).
+//! (`poll_transmits` per connection, a batch at a time; `take_wakes` for connections that have
+//! something to send).
 //! It has no sockets, no clock and no randomness of its own (ids come from an injected
 //! [`SeededRng`]), so the same inputs always give the same outputs — in production, in unit
 //! tests and in the simulation.
@@ -26,8 +27,9 @@ pub use config::HubConfig;
 use crate::protocol::{validate_id, ErrorCode, EventKind, GapReason, InvalidId, Resume, ServerFrame};
 use crate::rng::SeededRng;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use stream::UserStream;
 
@@ -198,7 +200,10 @@ impl Connection {
 pub struct Hub {
     config: HubConfig,
     rng: SeededRng,
-    users: BTreeMap<Arc<str>, UserStream>,
+    /// Looked up on every publish and every batch a connection takes, so hashed; the hasher is
+    /// fixed (no random keys) and nothing iterates it in an order that reaches behaviour (only
+    /// sums and maxima), so the hub stays deterministic.
+    users: HashMap<Arc<str>, UserStream, BuildHasherDefault<DefaultHasher>>,
     connections: BTreeMap<ConnectionId, Connection>,
     /// Each user with retained events appears once, keyed by the publish order of its oldest
     /// retained event: the first entry is the globally oldest event (for age and byte eviction).
@@ -219,7 +224,7 @@ impl Hub {
         Ok(Hub {
             config,
             rng,
-            users: BTreeMap::new(),
+            users: HashMap::default(),
             connections: BTreeMap::new(),
             oldest: BTreeMap::new(),
             publish_order: 0,

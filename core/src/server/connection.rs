@@ -2,7 +2,7 @@
 //!
 //! Phases: `hello` (bounded by `hello_timeout_ms`, then the token is verified and the hub
 //! connects the user), then a loop that drains the hub's transmits for this connection and
-//! otherwise waits on: its writer [`Notify`] (the hub has something to send), the socket (client
+//! otherwise waits on: its [`WriterWake`] (the hub has something to send), the socket (client
 //! pings, pongs, close, bad frames), the heartbeat (send a ping; close if the client was silent
 //! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
 //! a peer that does not drain its socket in time is dropped. However the task ends — returned,
@@ -13,7 +13,7 @@
 //! at once; that wrapper gathers the frames of one batch in a buffer that exists only until the
 //! batch's `flush`, so a batch of frames costs one `write` syscall instead of one per frame.
 
-use super::Shared;
+use super::{Shared, WriterWake};
 use crate::hub::{ConnectionId, Transmit};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 /// Transmits taken from the hub per lock acquisition: bounds the critical section.
@@ -70,14 +69,14 @@ pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
             return;
         }
     };
-    let notify = Arc::new(Notify::new());
+    let writer = Arc::new(WriterWake::default());
     let connected = match shared.lock() {
         None => Err((ErrorCode::ShuttingDown, "the server is shutting down".to_string())),
         Some(mut state) => {
             let now_ms = shared.clock.now_ms();
             match state.hub.connect(now_ms, &claims.sub, resume.as_ref()) {
                 Ok(id) => {
-                    state.writers.insert(id, notify.clone());
+                    state.writers.insert(id, writer.clone());
                     Ok(id)
                 }
                 Err(rejected) => Err((rejected.code, rejected.message)),
@@ -100,7 +99,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
         done: false,
     };
     let mut read_failed = false;
-    let reason = serve_connection(&shared, &mut socket, id, &notify, token_exp, &mut read_failed).await;
+    let reason = serve_connection(&shared, &mut socket, id, &writer, token_exp, &mut read_failed).await;
     tracing::debug!(connection = %id, ?reason, "disconnected");
     registration.release();
     shared.metrics.record_disconnect(reason);
@@ -246,7 +245,7 @@ async fn serve_connection(
     shared: &Shared,
     socket: &mut WebSocket,
     id: ConnectionId,
-    notify: &Notify,
+    writer: &WriterWake,
     token_exp: u64,
     read_failed: &mut bool,
 ) -> DisconnectReason {
@@ -263,7 +262,7 @@ async fn serve_connection(
     loop {
         // Drain everything the hub has for this connection, one bounded batch per lock. A
         // short batch means the hub had nothing more: anything published while it is written
-        // leaves a permit in `notify`, so the select below returns at once (no lost wake-up)
+        // stays in `writer`, so the select below returns at once (no lost wake-up)
         // and the common one-frame wake-up takes the lock once.
         loop {
             debug_assert!(batch.is_empty());
@@ -294,7 +293,7 @@ async fn serve_connection(
 
         tokio::select! {
             biased;
-            () = notify.notified() => {}
+            () = writer.woken() => {}
             message = socket.recv() => {
                 last_seen = Instant::now();
                 heartbeat.as_mut().reset(next_ping.min(last_seen + idle_timeout));

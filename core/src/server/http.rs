@@ -18,7 +18,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// The HTTP publish endpoint; `{user}` is the target user id.
@@ -82,11 +84,15 @@ async fn publish(
         return error(StatusCode::BAD_REQUEST, HTTP_MALFORMED, "bad user path segment");
     };
     let limit = shared.config.publish_body_bytes_max();
-    let read = tokio::time::timeout(
-        Duration::from_millis(shared.config.write_timeout_ms),
-        axum::body::to_bytes(body, limit),
-    )
-    .await;
+    // A body that arrived with its headers (the usual case) is read in the first poll; only a
+    // body still on its way pays for arming the timer.
+    let read = {
+        let mut read = std::pin::pin!(axum::body::to_bytes(body, limit));
+        match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => tokio::time::timeout(Duration::from_millis(shared.config.write_timeout_ms), read).await,
+        }
+    };
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {

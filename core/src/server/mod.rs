@@ -2,7 +2,7 @@
 //!
 //! One `std::sync::Mutex` guards the hub and the table of connection writers; every critical
 //! section is short and none spans an `.await`. Each WebSocket connection is one tokio task
-//! ([`connection`]) that waits on its own [`Notify`] and pulls frames from the hub — there are
+//! ([`connection`]) that waits on its own [`WriterWake`] and pulls frames from the hub — there are
 //! no per-connection channels, so an idle connection costs a socket, a small read buffer and a
 //! parked task. The HTTP API ([`http`]) and the in-process [`Notifier`] publish through the same
 //! lock. Generic over the listener (axum's [`Listener`]), so the very same router serves
@@ -18,13 +18,17 @@ use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::rng::SeededRng;
 use axum::serve::Listener;
+use futures_util::task::AtomicWaker;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::poll_fn;
 use std::future::IntoFuture;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// Everything a server needs besides its clock and seed. Units are in the field names.
 #[derive(Clone)]
@@ -135,8 +139,42 @@ impl ServerConfig {
 /// What the lock guards: the hub and the wakers of the connection tasks.
 pub(crate) struct State {
     pub hub: Hub,
-    pub writers: BTreeMap<ConnectionId, Arc<Notify>>,
+    pub writers: BTreeMap<ConnectionId, Arc<WriterWake>>,
     wakes: Vec<ConnectionId>,
+}
+
+/// Wakes one connection task when the hub has something for it: a flag plus the task's waker.
+/// A wake that comes while the task is busy (writing) stays in the flag and is seen at its next
+/// wait, so none is lost; unlike `tokio::sync::Notify` there is no waiter list to lock.
+#[derive(Default)]
+pub(crate) struct WriterWake {
+    woken: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl WriterWake {
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves once a wake arrived since it last resolved.
+    pub async fn woken(&self) {
+        poll_fn(|cx| self.poll_woken(cx)).await
+    }
+
+    fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the check and the registration found no waker: check again.
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// The hub lock. Dropping it wakes every connection the hub asked to wake, so no mutation can
@@ -173,19 +211,19 @@ impl Drop for Locked<'_> {
         }
         // Woken after the unlock, so a woken task never waits for this lock. A publish wakes
         // at most `connections_per_user_max` writers, so the usual case needs no allocation.
-        let mut inline: [Option<Arc<Notify>>; WAKES_INLINE_MAX] = Default::default();
+        let mut inline: [Option<Arc<WriterWake>>; WAKES_INLINE_MAX] = Default::default();
         let mut overflow = Vec::new();
         for (i, id) in state.wakes.drain(..).enumerate() {
-            if let Some(notify) = state.writers.get(&id) {
+            if let Some(writer) = state.writers.get(&id) {
                 match inline.get_mut(i) {
-                    Some(slot) => *slot = Some(notify.clone()),
-                    None => overflow.push(notify.clone()),
+                    Some(slot) => *slot = Some(writer.clone()),
+                    None => overflow.push(writer.clone()),
                 }
             }
         }
         drop(guard);
-        for notify in inline.iter().flatten().chain(overflow.iter()) {
-            notify.notify_one();
+        for writer in inline.iter().flatten().chain(overflow.iter()) {
+            writer.wake();
         }
     }
 }
