@@ -181,3 +181,109 @@ async fn healthz_and_metrics() {
         .unwrap();
     assert!(retained_bytes > 0);
 }
+
+/// Reads `count` HTTP/1.1 responses (status, body) from a keep-alive stream, in order.
+async fn read_responses(stream: &mut tokio::net::TcpStream, count: usize) -> Vec<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut responses = Vec::new();
+    while responses.len() < count {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffer[..end].to_vec()).expect("utf-8 head");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+                let body = String::from_utf8(buffer[end + 4..end + 4 + length].to_vec()).expect("utf-8 body");
+                responses.push((status, body));
+                buffer.drain(..end + 4 + length);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("the next response within WAIT")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    responses
+}
+
+fn publish_request(user: &str, n: u64) -> String {
+    let body = json!({"run": "run-1", "kind": "agent_thinking", "data": {"n": n}}).to_string();
+    format!(
+        "POST /v1/users/{user}/events HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn pipelined_publishes_are_answered_in_order_and_delivered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(test_config(), 21).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let requests: String = (1..=20).map(|n| publish_request("alice", n)).collect();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let responses = read_responses(&mut stream, 20).await;
+    let seqs: Vec<(u16, u64)> = responses
+        .iter()
+        .map(|(status, body)| {
+            (
+                *status,
+                serde_json::from_str::<serde_json::Value>(body).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seqs, (1..=20).map(|seq| (201, seq)).collect::<Vec<_>>());
+    for seq in 1..=20 {
+        let (got, data) = expect_event(&mut ws).await;
+        assert_eq!((got, data["n"].as_u64()), (seq, Some(seq)));
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_waiting_for_each_response_gets_it_on_a_kept_alive_connection() {
+    use tokio::io::AsyncWriteExt;
+    // The server owes its flush until a read finds nothing: a client that waits for each
+    // response must still get it (the read for the next request finds nothing and pays it).
+    let server = start(test_config(), 22).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    for n in 1..=3 {
+        stream.write_all(publish_request("bob", n).as_bytes()).await.unwrap();
+        let responses = read_responses(&mut stream, 1).await;
+        assert_eq!(responses.len(), 1);
+        assert_eq!(responses[0].0, 201, "{}", responses[0].1);
+    }
+}
+
+#[tokio::test]
+async fn answers_to_valid_pipelined_requests_survive_a_malformed_one() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(test_config(), 23).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let requests = format!(
+        "{}{}NOT HTTP AT ALL\r\n\r\n",
+        publish_request("carol", 1),
+        publish_request("carol", 2)
+    );
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let responses = read_responses(&mut stream, 3).await;
+    assert!(responses.len() >= 2, "{responses:?}");
+    assert_eq!((responses[0].0, responses[1].0), (201, 201), "{responses:?}");
+    if let Some((status, _)) = responses.get(2) {
+        assert_eq!(*status, 400, "{responses:?}");
+    }
+}
