@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use herald_core::protocol::EventKind;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn http_publish_is_delivered_and_idempotent() {
@@ -184,7 +185,6 @@ async fn healthz_and_metrics() {
 
 /// Reads `count` HTTP/1.1 responses (status, body) from a keep-alive stream, in order.
 async fn read_responses(stream: &mut tokio::net::TcpStream, count: usize) -> Vec<(u16, String)> {
-    use tokio::io::AsyncReadExt;
     let mut buffer: Vec<u8> = Vec::new();
     let mut responses = Vec::new();
     while responses.len() < count {
@@ -229,7 +229,6 @@ fn publish_request(user: &str, n: u64) -> String {
 
 #[tokio::test]
 async fn pipelined_publishes_are_answered_in_order_and_delivered_in_order() {
-    use tokio::io::AsyncWriteExt;
     let server = start(test_config(), 21).await;
     let (mut ws, _) = connect_user(&server, "alice", None).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -256,7 +255,6 @@ async fn pipelined_publishes_are_answered_in_order_and_delivered_in_order() {
 
 #[tokio::test]
 async fn a_publisher_waiting_for_each_response_gets_it_on_a_kept_alive_connection() {
-    use tokio::io::AsyncWriteExt;
     // The server owes its flush until a read finds nothing: a client that waits for each
     // response must still get it (the read for the next request finds nothing and pays it).
     let server = start(test_config(), 22).await;
@@ -271,7 +269,6 @@ async fn a_publisher_waiting_for_each_response_gets_it_on_a_kept_alive_connectio
 
 #[tokio::test]
 async fn answers_to_valid_pipelined_requests_survive_a_malformed_one() {
-    use tokio::io::AsyncWriteExt;
     let server = start(test_config(), 23).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let requests = format!(

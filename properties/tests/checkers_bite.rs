@@ -721,8 +721,10 @@ fn auth_fires_when_a_silent_hello_is_never_answered_unless_a_spike_outran_the_cl
     let patience_ms = herald_properties::scenario::HOSTILE_PATIENCE_MS;
     // The client waited hello_timeout_ms + its patience on a fast link and heard nothing: the
     // server never enforced the hello timeout. Caught.
-    let (scenario, _) = one_hostile_history(Attack::SilentHello, 20, 0, None, ClosedBy::Client);
-    let waited_ms = scenario.config.timeouts.hello_timeout_ms + patience_ms;
+    let waited_ms = herald_properties::scenario::ScenarioConfig::default()
+        .timeouts
+        .hello_timeout_ms
+        + patience_ms;
     let (scenario, history) = one_hostile_history(Attack::SilentHello, 20, waited_ms, None, ClosedBy::Client);
     assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
     // The same give-up while latency could exceed the client's patience: the 4008 may still

@@ -13,13 +13,12 @@
 //! at once; that wrapper gathers the frames of one batch in a buffer that exists only until the
 //! batch's `flush`, so a batch of frames costs one `write` syscall instead of one per frame.
 
-use super::{Shared, WriterWake};
+use super::{timeout_if_pending, Shared, WriterWake};
 use crate::hub::{ConnectionId, Transmit};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -374,16 +373,7 @@ async fn write_batch(
         }
         socket.flush().await
     };
-    // The usual write completes in its first poll; only one that has to wait for the peer
-    // pays for arming the write timer.
-    let written = {
-        let mut write = std::pin::pin!(write);
-        match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-            Poll::Ready(result) => Ok(result),
-            Poll::Pending => timeout(write_timeout(shared), write).await,
-        }
-    };
-    match written {
+    match timeout_if_pending(write_timeout(shared), write).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(DisconnectReason::ConnectionLost),
         Err(_) => return Err(DisconnectReason::WriteTimeout),

@@ -3,7 +3,7 @@
 //! HTTP errors always carry `{"error":{"code":"..","message":".."}}`, with the same codes as
 //! [`PublishError::code`] plus `malformed`, `unknown_kind` and `unauthorized`.
 
-use super::{connection, Shared};
+use super::{connection, timeout_if_pending, Shared};
 use crate::hub::PublishError;
 use crate::metrics::{HTTP_MALFORMED, HTTP_UNAUTHORIZED, HTTP_UNKNOWN_KIND};
 use crate::notifier::Notifier;
@@ -18,9 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 /// The HTTP publish endpoint; `{user}` is the target user id.
@@ -84,15 +82,11 @@ async fn publish(
         return error(StatusCode::BAD_REQUEST, HTTP_MALFORMED, "bad user path segment");
     };
     let limit = shared.config.publish_body_bytes_max();
-    // A body that arrived with its headers (the usual case) is read in the first poll; only a
-    // body still on its way pays for arming the timer.
-    let read = {
-        let mut read = std::pin::pin!(axum::body::to_bytes(body, limit));
-        match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-            Poll::Ready(result) => Ok(result),
-            Poll::Pending => tokio::time::timeout(Duration::from_millis(shared.config.write_timeout_ms), read).await,
-        }
-    };
+    let read = timeout_if_pending(
+        Duration::from_millis(shared.config.write_timeout_ms),
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {

@@ -143,6 +143,20 @@ pub(crate) struct State {
     wakes: Vec<ConnectionId>,
 }
 
+/// `tokio::time::timeout`, except that a future ready at its first poll never arms the timer.
+/// The usual socket write and request-body read complete at once; only one that has to wait
+/// for the peer pays for a timer entry. The bound is the same either way: a poll cannot block.
+pub(crate) async fn timeout_if_pending<F: std::future::Future>(
+    limit: Duration,
+    future: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut future = std::pin::pin!(future);
+    match poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => tokio::time::timeout(limit, future).await,
+    }
+}
+
 /// Wakes one connection task when the hub has something for it: a flag plus the task's waker.
 /// A wake that comes while the task is busy (writing) stays in the flag and is seen at its next
 /// wait, so none is lost; unlike `tokio::sync::Notify` there is no waiter list to lock.
