@@ -188,6 +188,14 @@ pub enum Direction {
 /// at least this long) cannot be observed, so the auth checker does not judge a give-up then.
 pub const HOSTILE_PATIENCE_MS: u64 = 2_000;
 
+/// How long a hostile client waits for its TCP connect, and again for its WebSocket handshake,
+/// before it gives up (a network-side close with no code). A connect needs one round trip: when
+/// a latency spike makes the round trip longer than this, the connection may never have reached
+/// the server, so the auth checker does not judge such a give-up then.
+pub fn hostile_connect_timeout_ms(timeouts: &Timeouts) -> u64 {
+    timeouts.hello_timeout_ms + 1_000
+}
+
 /// What a hostile client tries. Each must be refused with the documented close code and must
 /// receive nothing that belongs to anyone else.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -734,6 +734,35 @@ fn auth_fires_when_a_silent_hello_is_never_answered_unless_a_spike_outran_the_cl
 }
 
 #[test]
+fn auth_fires_when_a_flood_connection_times_out_unanswered_unless_a_spike_outran_its_connect() {
+    let flood = || Attack::Flood {
+        user: 1,
+        connections: 1,
+    };
+    let connect_timeout_ms = herald_properties::scenario::hostile_connect_timeout_ms(
+        &herald_properties::scenario::ScenarioConfig::default().timeouts,
+    );
+    // On a fast link the connect or handshake never completing means the server never
+    // answered: a flood connection must be refused with 4009, not left hanging. Caught.
+    let (scenario, history) = one_hostile_history(flood(), 20, connect_timeout_ms, None, ClosedBy::Network);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    // Nor does a spike that fits in the timeout's round trip excuse it.
+    let fits_ms = connect_timeout_ms / 2 - 200;
+    let (scenario, history) = one_hostile_history(flood(), fits_ms, connect_timeout_ms, None, ClosedBy::Network);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    // A spike whose round trip exceeds the connect timeout: the connection may never have
+    // reached the server, so nothing can be judged.
+    let (scenario, history) = one_hostile_history(
+        flood(),
+        connect_timeout_ms / 2 + 100,
+        connect_timeout_ms,
+        None,
+        ClosedBy::Network,
+    );
+    assert_clean(&scenario, &history);
+}
+
+#[test]
 fn auth_fires_on_the_wrong_close_code() {
     let (scenario, history) = forged_token_history(Some(4004), false);
     assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);

@@ -15,6 +15,10 @@
 //! as `timeouts.idle_timeout_ms`), to measure what one knob costs with the very same steps.
 //! Run outside `cargo bench` (e.g. `cargo test --all-targets`) it does one small smoke pass.
 
+/// The same allocator as the `herald-sim` binary (see sim/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use herald_properties::checkers::check_all;
 use herald_properties::generators::{generate, GeneratorSettings, Size};
 use herald_properties::scenario::Scenario;

@@ -12,7 +12,7 @@ use herald_core::client::{
 };
 use herald_core::protocol::{ClientFrame, Resume, ServerFrame};
 use herald_properties::history::{ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent};
-use herald_properties::scenario::{Attack, ScenarioConfig, HOSTILE_PATIENCE_MS};
+use herald_properties::scenario::{hostile_connect_timeout_ms, Attack, ScenarioConfig, HOSTILE_PATIENCE_MS};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -418,7 +418,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
             hostile: true,
         });
     };
-    let connect_timeout = Duration::from_millis(timeouts.hello_timeout_ms + 1_000);
+    let connect_timeout = Duration::from_millis(hostile_connect_timeout_ms(timeouts));
     let stream = match tokio::time::timeout(connect_timeout, TurmoilConnector.connect()).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return closed(None, ClosedBy::Network, format!("connect failed: {error}")),

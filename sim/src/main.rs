@@ -3,6 +3,11 @@
 //! Exit codes: 0 nothing failed, 1 an invariant (or catalogue expectation) failed, 2 usage or
 //! I/O error.
 
+/// mimalloc: the worlds allocate and free many small buffers per tick; measured on a medium
+/// scenario it takes 8 % fewer instructions than the system allocator (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use herald_sim::campaign::commands;
 use herald_sim::{catalogue, cli};

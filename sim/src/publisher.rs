@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use turmoil::net::TcpStream;
 
 /// Largest HTTP response the publisher reads; anything longer is a failure.
 const RESPONSE_BYTES_MAX: usize = 64 * 1024;
@@ -58,6 +59,9 @@ pub async fn run(ctx: PublisherContext, mut commands: mpsc::Receiver<PublishComm
 async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
     let user = user_name(command.user);
     let run = format!("run-{}", command.run);
+    // One keep-alive connection per publish step, reused by its events in order, as an agent
+    // platform's pooled HTTP client would; any failure drops it and the next attempt connects.
+    let mut connection: Option<TcpStream> = None;
     for (publish, event_id, kind) in &command.publishes {
         let data = serde_json::json!({
             "id": event_id,
@@ -86,7 +90,18 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
             });
             let outcome = match command.via {
                 Via::Notifier => publish_in_process(ctx, &user, &run, *kind, &data),
-                Via::Http { .. } => publish_http(ctx, &user, &run, *kind, &data, idempotency_key.as_deref()).await,
+                Via::Http { .. } => {
+                    publish_http(
+                        ctx,
+                        &mut connection,
+                        &user,
+                        &run,
+                        *kind,
+                        &data,
+                        idempotency_key.as_deref(),
+                    )
+                    .await
+                }
             };
             let retry = matches!(&outcome, PublishOutcome::Failed { code, .. } if is_retryable(code));
             ctx.recorder.record(Observation::PublishReturned {
@@ -149,11 +164,14 @@ fn publish_in_process(
     }
 }
 
-/// `POST /v1/users/{user}/events` over simulated TCP. Outcomes: the server's answer; or
-/// `connect_failed` (never reached the server: not published), `timeout` / `connection_lost`
-/// (the request may or may not have been applied: an ambiguous outcome).
+/// `POST /v1/users/{user}/events` over simulated TCP, on `connection` if it is open (else on a
+/// new one, left open for the next event of the step unless the server closes it). Outcomes:
+/// the server's answer; or `connect_failed` (never reached the server: not published),
+/// `timeout` / `connection_lost` (the request may or may not have been applied: an ambiguous
+/// outcome — also when a reused connection turns out to be dead, as for any pooled client).
 async fn publish_http(
     ctx: &PublisherContext,
+    connection: &mut Option<TcpStream>,
     user: &str,
     run: &str,
     kind: Kind,
@@ -167,18 +185,20 @@ async fn publish_http(
     let body = body.to_string();
     let request = format!(
         "POST /v1/users/{user}/events HTTP/1.1\r\nHost: {SERVER_HOST}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         ctx.api_key,
         body.len()
     );
     let timeout = Duration::from_millis(ctx.timeouts.publish_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut stream =
-        match tokio::time::timeout_at(deadline, turmoil::net::TcpStream::connect((SERVER_HOST, SERVER_PORT))).await {
+    let mut stream = match connection.take() {
+        Some(stream) => stream,
+        None => match tokio::time::timeout_at(deadline, TcpStream::connect((SERVER_HOST, SERVER_PORT))).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => return failed("connect_failed", format!("connect failed: {error}")),
             Err(_) => return failed("connect_failed", "connect timed out".into()),
-        };
+        },
+    };
     let exchange = async {
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
@@ -186,14 +206,17 @@ async fn publish_http(
         loop {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
-                return Ok::<_, std::io::Error>(response);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before a whole response",
+                ));
             }
             response.extend_from_slice(&chunk[..n]);
             if response.len() > RESPONSE_BYTES_MAX {
                 return Err(std::io::Error::other("response larger than RESPONSE_BYTES_MAX"));
             }
-            if response_complete(&response) {
-                return Ok(response);
+            if let Some(complete) = response_complete(&response) {
+                return Ok((response, complete));
             }
         }
     };
@@ -206,7 +229,12 @@ async fn publish_http(
             ),
         ),
         Ok(Err(error)) => failed("connection_lost", format!("connection lost: {error}")),
-        Ok(Ok(response)) => parse_response(&response),
+        Ok(Ok((response, complete))) => {
+            if complete.keep_alive && complete.length == response.len() {
+                *connection = Some(stream);
+            }
+            parse_response(&response)
+        }
     }
 }
 
@@ -217,20 +245,28 @@ fn failed(code: &str, message: String) -> PublishOutcome {
     }
 }
 
-/// Whether a full response (headers and a `Content-Length` body) has arrived.
-fn response_complete(response: &[u8]) -> bool {
-    let Some(header_end) = find(response, b"\r\n\r\n") else {
-        return false;
-    };
+/// A whole response's length in bytes and whether the server keeps the connection open.
+struct Complete {
+    length: usize,
+    keep_alive: bool,
+}
+
+/// `Some` once a full response (headers and a `Content-Length` body) has arrived.
+fn response_complete(response: &[u8]) -> Option<Complete> {
+    let header_end = find(response, b"\r\n\r\n")?;
     let headers = String::from_utf8_lossy(&response[..header_end]).to_ascii_lowercase();
     let length = headers.lines().find_map(|line| {
         line.strip_prefix("content-length:")
             .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-    });
-    match length {
-        Some(length) => response.len() >= header_end + 4 + length,
-        None => false,
-    }
+    })?;
+    let length = header_end + 4 + length;
+    let closes = headers
+        .lines()
+        .any(|line| line.strip_prefix("connection:").is_some_and(|v| v.trim() == "close"));
+    (response.len() >= length).then_some(Complete {
+        length,
+        keep_alive: !closes,
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -264,5 +300,33 @@ fn parse_response(response: &[u8]) -> PublishOutcome {
             let message = json["error"]["message"].as_str().unwrap_or(body).to_string();
             PublishOutcome::Failed { code, message }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_is_complete_only_with_its_whole_body() {
+        let head = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n";
+        let mut response = head.to_vec();
+        response.extend_from_slice(b"{\"seq\"");
+        assert!(response_complete(&response).is_none(), "one body byte missing");
+        response.push(b'}');
+        let complete = response_complete(&response).expect("whole response");
+        assert_eq!(complete.length, response.len());
+        assert!(
+            complete.keep_alive,
+            "HTTP/1.1 keeps the connection unless told otherwise"
+        );
+        assert!(response_complete(b"HTTP/1.1 201 Created\r\ncontent-le").is_none());
+    }
+
+    #[test]
+    fn a_connection_close_header_ends_reuse() {
+        let response = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        let complete = response_complete(response).expect("whole response");
+        assert!(!complete.keep_alive);
     }
 }

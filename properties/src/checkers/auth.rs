@@ -10,8 +10,9 @@
 //!   that is never closed counts once `End` is well past its hello timeout.
 //!   A 4008 `hello_timeout` at least `hello_timeout_ms` after connecting is also accepted, for
 //!   floods too (the attack frame or hello may not have arrived in time over a slow link); so is
-//!   the hostile client giving up by itself (no close code) when a latency spike of at least
-//!   `HOSTILE_PATIENCE_MS` could have held the server's answer back.
+//!   the hostile client giving up by itself (no close code) when a latency spike could have
+//!   held the server's answer back longer than its patience (`HOSTILE_PATIENCE_MS`), or its
+//!   connect / handshake round trip longer than `hostile_connect_timeout_ms`.
 //!   Skipped when the attempt cannot be judged: the server was not up for the whole attempt, or
 //!   its host was partitioned / held, or messages were being lost, around it;
 //! - a normal connection still open (no `Closed`) more than 2·heartbeat_interval + 2000 ms
@@ -22,7 +23,7 @@
 use super::index::{Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{ClosedBy, Observation};
-use crate::scenario::{Attack, HOSTILE_PATIENCE_MS};
+use crate::scenario::{hostile_connect_timeout_ms, Attack, HOSTILE_PATIENCE_MS};
 
 fn denied(explanation: String, evidence: Vec<usize>) -> Violation {
     violation(
@@ -141,17 +142,26 @@ fn slow_hello_timeout(index: &Index<'_>, conn: &Conn<'_>, closed: usize) -> bool
 }
 
 /// The hostile client gave up by itself (no close code) while the scenario's latency could
-/// exceed its patience: the server's answer may still have been on the way.
+/// hold the answer back longer than it waits: after its handshake, for the server's answer
+/// (`HOSTILE_PATIENCE_MS`, a close by the client); before it, for a connect or handshake round
+/// trip (`hostile_connect_timeout_ms`, a close by the network) — such a connection may never
+/// have reached the server.
 fn answer_outran_patience(index: &Index<'_>, closed: usize) -> bool {
-    let gave_up = matches!(
-        index.entries[closed].what,
+    let config = &index.scenario.config;
+    let slack_ms = 2 * config.tick_ms;
+    match index.entries[closed].what {
         Observation::Closed {
             code: None,
             by: ClosedBy::Client,
             ..
-        }
-    );
-    gave_up && index.latency_max_ms + 2 * index.scenario.config.tick_ms >= HOSTILE_PATIENCE_MS
+        } => index.latency_max_ms + slack_ms >= HOSTILE_PATIENCE_MS,
+        Observation::Closed {
+            code: None,
+            by: ClosedBy::Network,
+            ..
+        } => 2 * index.latency_max_ms + slack_ms >= hostile_connect_timeout_ms(&config.timeouts),
+        _ => false,
+    }
 }
 
 fn floods(index: &Index<'_>) -> Option<Violation> {
@@ -186,7 +196,10 @@ fn floods(index: &Index<'_>) -> Option<Violation> {
             }
             if let Some(closed) = conn.closed {
                 let code = index.close_code(closed);
-                if code != Some(4009) && !slow_hello_timeout(index, conn, closed) {
+                if code != Some(4009)
+                    && !slow_hello_timeout(index, conn, closed)
+                    && !answer_outran_patience(index, closed)
+                {
                     return Some(denied(
                         format!(
                             "flood connection {} of step {step} was refused at {} with code {code:?}, expected 4009 too_many_connections",
