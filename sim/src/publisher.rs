@@ -17,6 +17,8 @@ use turmoil::net::TcpStream;
 
 /// Largest HTTP response the publisher reads; anything longer is a failure.
 const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// Capacity a response is read into at a time (answers are a few hundred bytes).
+const RESPONSE_BYTES_READ: usize = 1024;
 /// Pause between retries of one publish, multiplied by the attempt number.
 const RETRY_BACKOFF_MS: u64 = 250;
 
@@ -201,17 +203,19 @@ async fn publish_http(
     };
     let exchange = async {
         stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        let mut chunk = [0u8; 4096];
+        // `read_buf` appends to the spare capacity: no zero-filled chunk per request.
+        let mut response = Vec::with_capacity(RESPONSE_BYTES_READ);
         loop {
-            let n = stream.read(&mut chunk).await?;
+            if response.capacity() == response.len() {
+                response.reserve(RESPONSE_BYTES_READ);
+            }
+            let n = stream.read_buf(&mut response).await?;
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "closed before a whole response",
                 ));
             }
-            response.extend_from_slice(&chunk[..n]);
             if response.len() > RESPONSE_BYTES_MAX {
                 return Err(std::io::Error::other("response larger than RESPONSE_BYTES_MAX"));
             }
