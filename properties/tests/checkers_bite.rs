@@ -656,19 +656,8 @@ fn auth_fires_on_a_quick_hello_timeout_but_accepts_a_slow_one() {
     // The same 4008 after a full hello_timeout_ms (the token never arrived over a slow link)
     // is the documented answer.
     let hello_timeout_ms = scenario.config.timeouts.hello_timeout_ms;
-    let mut extra = vec![Step::SetLatency { min_ms: 1, max_ms: 20 }];
-    extra.push(Step::Hostile {
-        host: 0,
-        attack: Attack::ForgedToken { user: 1 },
-    });
-    let (scenario, mut b) = base_with(extra);
-    let hostile = HOSTILE + 3 * 100;
-    b.hostile_client(hostile, "u1");
-    b.at(100);
-    b.connecting(hostile, None);
-    b.at(100 + hello_timeout_ms);
-    b.closed(hostile, Some(4008), ClosedBy::Server);
-    let history = finish(&mut b, 100 + hello_timeout_ms + 1000);
+    let forged = Attack::ForgedToken { user: 1 };
+    let (scenario, history) = one_hostile_history(forged, 20, hello_timeout_ms, Some(4008), ClosedBy::Server);
     assert_clean(&scenario, &history);
 }
 

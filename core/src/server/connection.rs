@@ -624,26 +624,6 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Counts the writes that reach the inner socket.
-    struct CountingWriter {
-        writes: usize,
-        bytes: Vec<u8>,
-    }
-
-    impl AsyncWrite for CountingWriter {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            self.writes += 1;
-            self.bytes.extend_from_slice(buf);
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     /// A socket past its WebSocket upgrade: every flush writes.
     fn upgraded<S: AsyncWrite + Unpin>(inner: S) -> CoalescingIo<S> {
         let mut io = CoalescingIo::new(inner);
@@ -653,10 +633,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_is_one_write_and_the_buffer_is_freed_by_flush() {
-        let mut io = upgraded(CountingWriter {
-            writes: 0,
-            bytes: Vec::new(),
-        });
+        let mut io = upgraded(ScriptedSocket::default());
         for i in 0..64u8 {
             io.write_all(&[i; 100]).await.unwrap();
         }
@@ -675,10 +652,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_buffer_is_bounded_and_large_writes_pass_through() {
-        let mut io = upgraded(CountingWriter {
-            writes: 0,
-            bytes: Vec::new(),
-        });
+        let mut io = upgraded(ScriptedSocket::default());
         let chunk = vec![7u8; WRITE_COALESCE_BYTES_MAX / 4 + 1];
         for _ in 0..4 {
             io.write_all(&chunk).await.unwrap();
