@@ -543,6 +543,22 @@ fn now_ns() -> u64 {
     base().elapsed().as_nanos() as u64
 }
 
+/// How many of `total` events are due at `now` for a publisher pacing one event every
+/// `interval_ns` from `start_ns` (all of them at once when unpaced).
+fn events_due(interval_ns: Option<f64>, start_ns: u64, now: u64, total: u64) -> u64 {
+    match interval_ns {
+        Some(_) if now < start_ns => 0,
+        Some(interval) => (((now - start_ns) as f64 / interval) as u64 + 1).min(total),
+        None => total,
+    }
+}
+
+/// When event `j` of a paced publisher is scheduled: latency is measured from there, so a
+/// publisher that falls behind does not hide its own delay. `None` when unpaced.
+fn scheduled_ns(interval_ns: Option<f64>, start_ns: u64, j: u64) -> Option<u64> {
+    interval_ns.map(|interval| start_ns + (j as f64 * interval) as u64)
+}
+
 fn user_name(user: u32) -> String {
     format!("u{user}")
 }
@@ -856,11 +872,7 @@ fn publish_notifier_thread(bridge: &Bridge, plan: &PublishPlan) -> PublishReport
     let mut j = 0u64;
     while j < total {
         let now = now_ns();
-        let due = match interval_ns {
-            Some(_) if now < start_ns => 0,
-            Some(interval) => (((now - start_ns) as f64 / interval) as u64 + 1).min(total),
-            None => total,
-        };
+        let due = events_due(interval_ns, start_ns, now, total);
         if due <= j {
             std::thread::sleep(Duration::from_micros(NOTIFIER_TICK_US));
             continue;
@@ -871,10 +883,7 @@ fn publish_notifier_thread(bridge: &Bridge, plan: &PublishPlan) -> PublishReport
         while j < due {
             let user = (j % users) as u32;
             let k = plan.first_k + j / users;
-            let t = match interval_ns {
-                Some(interval) => start_ns + (j as f64 * interval) as u64,
-                None => now_ns(),
-            };
+            let t = scheduled_ns(interval_ns, start_ns, j).unwrap_or_else(now_ns);
             let text = format!(r#"{{"u":{user},"k":{k},"t":{t},"text":"{}"}}"#, plan.pad);
             let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
             match bridge.publish(&names[user as usize], &runs[user as usize], &raw) {
@@ -939,11 +948,7 @@ async fn publish_connection(
     let mut first_write_ns = 0;
     while i < total {
         let now = now_ns();
-        let due = match interval_ns {
-            Some(_) if now < start_ns => 0,
-            Some(interval) => (((now - start_ns) as f64 / interval) as u64 + 1).min(total),
-            None => total,
-        };
+        let due = events_due(interval_ns, start_ns, now, total);
         let room = HTTP_IN_FLIGHT_MAX.saturating_sub(in_flight.load(Ordering::Acquire));
         let until = due.min(i + room);
         if until > i {
@@ -951,10 +956,7 @@ async fn publish_connection(
             for j in i..until {
                 let user = my_users[(j % my_users.len() as u64) as usize];
                 let k = plan.first_k + j / my_users.len() as u64;
-                let t = match interval_ns {
-                    Some(interval) => start_ns + (j as f64 * interval) as u64,
-                    None => now,
-                };
+                let t = scheduled_ns(interval_ns, start_ns, j).unwrap_or(now);
                 body.clear();
                 write!(
                     body,

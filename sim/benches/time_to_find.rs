@@ -24,8 +24,7 @@
 #[path = "../tests/fixtures/mod.rs"]
 mod fixtures;
 
-/// mimalloc: the worlds allocate and free many small buffers per tick; measured on a medium
-/// scenario it takes 8 % fewer instructions than the system allocator (BENCHMARKS.md).
+/// The same allocator as the `herald-sim` binary (see sim/src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
