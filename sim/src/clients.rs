@@ -12,7 +12,7 @@ use herald_core::client::{
 };
 use herald_core::protocol::{ClientFrame, Resume, ServerFrame};
 use herald_properties::history::{ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent};
-use herald_properties::scenario::{hostile_connect_timeout_ms, Attack, ScenarioConfig, HOSTILE_PATIENCE_MS};
+use herald_properties::scenario::{hostile_connect_timeout_ms, Attack, ScenarioConfig, Timeouts, HOSTILE_PATIENCE_MS};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -115,6 +115,14 @@ fn forward(ctx: &HostContext, clients: &BTreeMap<u32, mpsc::Sender<PerClient>>, 
     }
 }
 
+/// The simulated clients' heartbeat: 1.5× the server's, the ratio of the production defaults
+/// (client 15 s, server 10 s). A client pings only after that much silence, so against a live
+/// server it answers the server's pings instead of sending its own, as in production; when the
+/// server is gone it probes the line, and its idle timeout still ends the connection.
+fn client_heartbeat_interval_ms(timeouts: &Timeouts) -> u64 {
+    (timeouts.heartbeat_interval_ms * 3 / 2).min(timeouts.idle_timeout_ms.saturating_sub(1).max(1))
+}
+
 /// The `exp` claim (Unix seconds) of a token minted now with `ttl_ms` to live.
 fn token_exp_secs(ttl_ms: u64) -> u64 {
     (SIM_UNIX_EPOCH_MS + sim_now_ms() + ttl_ms) / 1000
@@ -140,7 +148,7 @@ struct Observer {
 impl ClientObserver for Observer {
     fn connecting(&self, attempt: u32, resume: Option<&Resume>) {
         // The library mints its token for this attempt at the same simulated instant with the
-        // same formula (`token_for`), so this is the exp it sends; signing a JWT just to read
+        // same formula (`token_exp_secs`), so this is the exp it sends; signing a JWT just to read
         // it back cost 1.7% of a medium scenario's instructions.
         let token_exp_ms = (token_exp_secs(self.token_ttl_ms) * 1000).saturating_sub(SIM_UNIX_EPOCH_MS);
         self.recorder.record(Observation::Connecting {
@@ -286,7 +294,7 @@ async fn normal_client(
         ctx.seed ^ u64::from(client).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
     config.connect_timeout_ms = timeouts.hello_timeout_ms + 1_000;
-    config.heartbeat_interval_ms = timeouts.heartbeat_interval_ms;
+    config.heartbeat_interval_ms = client_heartbeat_interval_ms(timeouts);
     config.idle_timeout_ms = timeouts.idle_timeout_ms;
     config.write_timeout_ms = timeouts.write_timeout_ms;
     config.backoff_initial_ms = timeouts.backoff_initial_ms;
@@ -294,7 +302,21 @@ async fn normal_client(
     config.items_max = CLIENT_ITEMS_MAX;
     config.frame_bytes_max = 4 * FRAME_BYTES_MAX + 64 * 1024;
     let token_user = user.clone();
-    let tokens = move || token_for(&token_user, token_ttl_ms, JWT_SECRET).0;
+    // A token is a pure function of (user, exp second): attempts within one simulated second
+    // reuse the signed bytes instead of signing them again.
+    let last_token: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
+    let tokens = move || {
+        let exp_secs = token_exp_secs(token_ttl_ms);
+        let mut last = last_token.lock().expect("the token cache is never poisoned");
+        match &*last {
+            Some((secs, token)) if *secs == exp_secs => token.clone(),
+            _ => {
+                let token = mint_token(JWT_SECRET, &token_user, exp_secs);
+                *last = Some((exp_secs, token.clone()));
+                token
+            }
+        }
+    };
     let observer = Observer {
         recorder: ctx.recorder.clone(),
         client,

@@ -65,12 +65,7 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
     // platform's pooled HTTP client would; any failure drops it and the next attempt connects.
     let mut connection: Option<TcpStream> = None;
     for (publish, event_id, kind) in &command.publishes {
-        let data = serde_json::json!({
-            "id": event_id,
-            "user": user,
-            "secret": format!("secret-of-{user}"),
-            "pad": "x".repeat(command.payload_bytes as usize),
-        });
+        let data = EventData::new(event_id, &user, command.payload_bytes as usize);
         let (idempotency_key, retries) = match command.via {
             Via::Http {
                 idempotency_key: true,
@@ -91,7 +86,7 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
                 payload_bytes: command.payload_bytes as u64,
             });
             let outcome = match command.via {
-                Via::Notifier => publish_in_process(ctx, &user, &run, *kind, &data),
+                Via::Notifier => publish_in_process(ctx, &user, &run, *kind, &data.value()),
                 Via::Http { .. } => {
                     publish_http(
                         ctx,
@@ -116,6 +111,50 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
             }
             tokio::time::sleep(Duration::from_millis(RETRY_BACKOFF_MS * u64::from(attempt + 1))).await;
         }
+    }
+}
+
+/// An event's `data`: its id, the intended user and a per-user secret (which the isolation
+/// checker looks for in other users' frames), padded to the step's size. The HTTP path sends it
+/// as text (ids are plain ASCII, see `validate_id`), the notifier path as the `Value` an
+/// application would hand the bridge; both spell the same JSON, keys in `serde_json`'s order.
+struct EventData {
+    event_id: String,
+    user: String,
+    pad_bytes: usize,
+}
+
+impl EventData {
+    fn new(event_id: &str, user: &str, pad_bytes: usize) -> EventData {
+        EventData {
+            event_id: event_id.to_string(),
+            user: user.to_string(),
+            pad_bytes,
+        }
+    }
+
+    fn value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.event_id,
+            "user": self.user,
+            "secret": format!("secret-of-{}", self.user),
+            "pad": "x".repeat(self.pad_bytes),
+        })
+    }
+
+    /// The `POST /v1/users/{user}/events` body, byte for byte what serializing
+    /// `{"run", "kind", "data": self.value(), "idempotency_key"}` as a `Value` gives.
+    fn http_body(&self, run: &str, kind: Kind, idempotency_key: Option<&str>) -> String {
+        let (id, user) = (&self.event_id, &self.user);
+        let mut body = String::with_capacity(self.pad_bytes + 160);
+        body.push_str(&format!(r#"{{"data":{{"id":"{id}","pad":""#));
+        body.extend(std::iter::repeat_n('x', self.pad_bytes));
+        body.push_str(&format!(r#"","secret":"secret-of-{user}","user":"{user}"}}"#));
+        if let Some(key) = idempotency_key {
+            body.push_str(&format!(r#","idempotency_key":"{key}""#));
+        }
+        body.push_str(&format!(r#","kind":"{}","run":"{run}"}}"#, kind.as_str()));
+        body
     }
 }
 
@@ -177,14 +216,10 @@ async fn publish_http(
     user: &str,
     run: &str,
     kind: Kind,
-    data: &serde_json::Value,
+    data: &EventData,
     idempotency_key: Option<&str>,
 ) -> PublishOutcome {
-    let mut body = serde_json::json!({ "run": run, "kind": kind.as_str(), "data": data });
-    if let Some(key) = idempotency_key {
-        body["idempotency_key"] = serde_json::Value::String(key.to_string());
-    }
-    let body = body.to_string();
+    let body = data.http_body(run, kind, idempotency_key);
     let request = format!(
         "POST /v1/users/{user}/events HTTP/1.1\r\nHost: {SERVER_HOST}\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -310,6 +345,18 @@ fn parse_response(response: &[u8]) -> PublishOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_body_is_the_json_of_the_value() {
+        let data = EventData::new("e-12", "u3", 5);
+        for key in [None, Some("e-12")] {
+            let mut expected = serde_json::json!({ "run": "run-0", "kind": "tool_executing", "data": data.value() });
+            if let Some(key) = key {
+                expected["idempotency_key"] = serde_json::Value::String(key.to_string());
+            }
+            assert_eq!(data.http_body("run-0", Kind::ToolExecuting, key), expected.to_string());
+        }
+    }
 
     #[test]
     fn a_response_is_complete_only_with_its_whole_body() {

@@ -438,7 +438,9 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                 Wake::Message(Some(Ok(message))) => message,
             };
             if welcomed {
+                // Anything received proves the line alive: no ping is due until it falls silent.
                 read_deadline = Instant::now() + idle;
+                next_ping = Instant::now() + heartbeat;
             }
             let text = match message {
                 Message::Text(text) => text,

@@ -36,8 +36,12 @@ pub struct ClientConfig {
     pub url: String,
     /// Bound on one attempt: TCP connect + WebSocket handshake + hello + welcome.
     pub connect_timeout_ms: u64,
-    /// A `{"type":"ping"}` is sent this often while connected, so that a healthy but quiet
-    /// connection keeps receiving (pongs) and a dead one is noticed.
+    /// A `{"type":"ping"}` is sent when nothing has been received for this long on a welcomed
+    /// connection (and again every interval while the silence lasts), so that a quiet
+    /// connection keeps receiving (pongs) and a dead one is noticed. A herald server pings every
+    /// `heartbeat_interval_ms` of its own (default 10 s), so with the client's default of 15 s a
+    /// healthy connection carries no client pings at all: probing a line that is visibly alive
+    /// only costs both ends a frame.
     pub heartbeat_interval_ms: u64,
     /// Nothing received for this long on a welcomed connection: it is dead (a partition gives
     /// no error, reads just hang); close it and reconnect. Must exceed `heartbeat_interval_ms`.
