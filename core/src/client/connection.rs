@@ -463,7 +463,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     return server_closed(code, close_reason, last_error, welcomed);
                 }
             };
-            let frame = match serde_json::from_str::<ServerFrame>(text.as_str()) {
+            let frame = match ServerFrame::from_text(text.as_str()) {
                 Ok(frame) => frame,
                 Err(e) => {
                     tracing::warn!(error = %e, "unparsable frame from the server, skipped");
