@@ -293,23 +293,38 @@ struct Complete {
 /// `Some` once a full response (headers and a `Content-Length` body) has arrived.
 fn response_complete(response: &[u8]) -> Option<Complete> {
     let header_end = find(response, b"\r\n\r\n")?;
-    let headers = String::from_utf8_lossy(&response[..header_end]).to_ascii_lowercase();
-    let length = headers.lines().find_map(|line| {
-        line.strip_prefix("content-length:")
-            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-    })?;
-    let length = header_end + 4 + length;
-    let closes = headers
-        .lines()
-        .any(|line| line.strip_prefix("connection:").is_some_and(|v| v.trim() == "close"));
+    let mut length = None;
+    let mut closes = false;
+    for line in response[..header_end].split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(value) = header_value(line, b"content-length:") {
+            let parsed = std::str::from_utf8(value).ok().and_then(|v| v.parse::<usize>().ok());
+            length = length.or(Some(parsed.unwrap_or(0)));
+        } else if let Some(value) = header_value(line, b"connection:") {
+            closes |= value.eq_ignore_ascii_case(b"close");
+        }
+    }
+    let length = header_end + 4 + length?;
     (response.len() >= length).then_some(Complete {
         length,
         keep_alive: !closes,
     })
 }
 
+/// The trimmed value of a header line if its name (given lowercase, with the colon) matches,
+/// in any case.
+fn header_value<'r>(line: &'r [u8], name: &[u8]) -> Option<&'r [u8]> {
+    let value = line
+        .get(..name.len())
+        .filter(|prefix| prefix.eq_ignore_ascii_case(name))
+        .map(|_| &line[name.len()..])?;
+    Some(value.trim_ascii())
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    haystack
+        .windows(needle.len())
+        .position(|w| w[0] == needle[0] && w == needle)
 }
 
 fn parse_response(response: &[u8]) -> PublishOutcome {

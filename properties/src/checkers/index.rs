@@ -7,6 +7,7 @@
 use crate::history::{DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent};
 use crate::scenario::{Attack, Scenario, Step, Timeouts};
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// Hostile connections are recorded with client ids `HOSTILE_CLIENT_BASE + step_index * 100 + k`.
 pub(super) const HOSTILE_CLIENT_BASE: u32 = 1_000_000;
@@ -131,11 +132,30 @@ impl Client<'_> {
         self.pauses.iter().any(|&(a, b)| a <= to && b >= from)
     }
 
-    pub fn describe(&self) -> String {
+    /// "client 3 (user u1)", formatted only when a violation is written (checkers hold it for
+    /// every frame they look at).
+    pub fn describe(&self) -> Describe<'_> {
+        Describe {
+            id: self.id,
+            user: &self.user,
+            hostile: self.hostile,
+        }
+    }
+}
+
+/// A client as named in explanations; see [`Client::describe`].
+pub(super) struct Describe<'c> {
+    id: u32,
+    user: &'c str,
+    hostile: bool,
+}
+
+impl fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.hostile {
-            format!("hostile client {} (token user {})", self.id, self.user)
+            write!(f, "hostile client {} (token user {})", self.id, self.user)
         } else {
-            format!("client {} (user {})", self.id, self.user)
+            write!(f, "client {} (user {})", self.id, self.user)
         }
     }
 }
