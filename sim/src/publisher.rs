@@ -65,7 +65,11 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
     // platform's pooled HTTP client would; any failure drops it and the next attempt connects.
     let mut connection: Option<TcpStream> = None;
     for (publish, event_id, kind) in &command.publishes {
-        let data = EventData::new(event_id, &user, command.payload_bytes as usize);
+        let data = EventData {
+            event_id,
+            user: &user,
+            pad_bytes: command.payload_bytes as usize,
+        };
         let (idempotency_key, retries) = match command.via {
             Via::Http {
                 idempotency_key: true,
@@ -118,21 +122,13 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
 /// checker looks for in other users' frames), padded to the step's size. The HTTP path sends it
 /// as text (ids are plain ASCII, see `validate_id`), the notifier path as the `Value` an
 /// application would hand the bridge; both spell the same JSON, keys in `serde_json`'s order.
-struct EventData {
-    event_id: String,
-    user: String,
+struct EventData<'a> {
+    event_id: &'a str,
+    user: &'a str,
     pad_bytes: usize,
 }
 
-impl EventData {
-    fn new(event_id: &str, user: &str, pad_bytes: usize) -> EventData {
-        EventData {
-            event_id: event_id.to_string(),
-            user: user.to_string(),
-            pad_bytes,
-        }
-    }
-
+impl EventData<'_> {
     fn value(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.event_id,
@@ -145,15 +141,16 @@ impl EventData {
     /// The `POST /v1/users/{user}/events` body, byte for byte what serializing
     /// `{"run", "kind", "data": self.value(), "idempotency_key"}` as a `Value` gives.
     fn http_body(&self, run: &str, kind: Kind, idempotency_key: Option<&str>) -> String {
-        let (id, user) = (&self.event_id, &self.user);
+        use std::fmt::Write;
+        let (id, user) = (self.event_id, self.user);
         let mut body = String::with_capacity(self.pad_bytes + 160);
-        body.push_str(&format!(r#"{{"data":{{"id":"{id}","pad":""#));
+        let _ = write!(body, r#"{{"data":{{"id":"{id}","pad":""#);
         body.extend(std::iter::repeat_n('x', self.pad_bytes));
-        body.push_str(&format!(r#"","secret":"secret-of-{user}","user":"{user}"}}"#));
+        let _ = write!(body, r#"","secret":"secret-of-{user}","user":"{user}"}}"#);
         if let Some(key) = idempotency_key {
-            body.push_str(&format!(r#","idempotency_key":"{key}""#));
+            let _ = write!(body, r#","idempotency_key":"{key}""#);
         }
-        body.push_str(&format!(r#","kind":"{}","run":"{run}"}}"#, kind.as_str()));
+        let _ = write!(body, r#","kind":"{}","run":"{run}"}}"#, kind.as_str());
         body
     }
 }
@@ -216,7 +213,7 @@ async fn publish_http(
     user: &str,
     run: &str,
     kind: Kind,
-    data: &EventData,
+    data: &EventData<'_>,
     idempotency_key: Option<&str>,
 ) -> PublishOutcome {
     let body = data.http_body(run, kind, idempotency_key);
@@ -363,7 +360,11 @@ mod tests {
 
     #[test]
     fn the_http_body_is_the_json_of_the_value() {
-        let data = EventData::new("e-12", "u3", 5);
+        let data = EventData {
+            event_id: "e-12",
+            user: "u3",
+            pad_bytes: 5,
+        };
         for key in [None, Some("e-12")] {
             let mut expected = serde_json::json!({ "run": "run-0", "kind": "tool_executing", "data": data.value() });
             if let Some(key) = key {
