@@ -439,8 +439,9 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
             };
             if welcomed {
                 // Anything received proves the line alive: no ping is due until it falls silent.
-                read_deadline = Instant::now() + idle;
-                next_ping = Instant::now() + heartbeat;
+                let now = Instant::now();
+                read_deadline = now + idle;
+                next_ping = now + heartbeat;
             }
             let text = match message {
                 Message::Text(text) => text,
