@@ -9,6 +9,13 @@ use crate::scenario::{Attack, Scenario, Step, Timeouts};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// A failed publish outcome that does not say whether the server applied the request: no answer
+/// in time, or the connection died after the request was sent (the publisher's `timeout` and
+/// `connection_lost`). Every other failure means the event was not created.
+pub(super) fn is_ambiguous_failure(code: &str) -> bool {
+    matches!(code, "timeout" | "connection_lost")
+}
+
 /// Hostile connections are recorded with client ids `HOSTILE_CLIENT_BASE + step_index * 100 + k`.
 pub(super) const HOSTILE_CLIENT_BASE: u32 = 1_000_000;
 
@@ -53,7 +60,8 @@ pub(super) struct Event<'a> {
     /// Entry index of the last `PublishReturned` of any attempt (the latest moment a retry
     /// could have created the event again).
     pub last_return: Option<usize>,
-    /// Some attempt timed out or never returned: the event may exist without our knowing.
+    /// Some attempt failed ambiguously ([`is_ambiguous_failure`]) or never returned: the event
+    /// may exist without our knowing.
     pub ambiguous: bool,
     /// Every attempt returned a non-ambiguous failure: the event certainly does not exist.
     pub definitely_failed: bool,
@@ -195,8 +203,10 @@ pub(super) struct Index<'a> {
     faults: Vec<Fault>,
     /// Prefix sums of estimated frame bytes over `calls` (same order).
     call_bytes_prefix: Vec<u64>,
-    /// Per user: first-call times of events that may exist but have no known position.
-    unknown_positions: BTreeMap<&'a str, Vec<u64>>,
+    /// Per user: ambiguous events as (first call time, event). Each may occupy a position in any
+    /// epoch where no position of it is known: a timed-out attempt may have been applied by one
+    /// server life while a retry landed in the next.
+    unknown_positions: BTreeMap<&'a str, Vec<(u64, usize)>>,
 }
 
 impl<'a> Index<'a> {
@@ -312,7 +322,7 @@ impl<'a> Index<'a> {
                             }
                         }
                         PublishOutcome::Failed { code, .. } => {
-                            if code == "timeout" {
+                            if is_ambiguous_failure(code) {
                                 index.events[event].ambiguous = true;
                                 index.events[event].definitely_failed = false;
                             }
@@ -437,17 +447,17 @@ impl<'a> Index<'a> {
             });
         }
         // Calls that never returned are ambiguous too.
-        for event in &mut index.events {
+        for (event_index, event) in index.events.iter_mut().enumerate() {
             if event.calls.iter().any(|&c| index.calls[c].returned.is_none()) {
                 event.ambiguous = true;
                 event.definitely_failed = false;
             }
-            if event.instances.is_empty() && event.ambiguous {
+            if event.ambiguous {
                 index
                     .unknown_positions
                     .entry(event.user)
                     .or_default()
-                    .push(event.first_call_at);
+                    .push((event.first_call_at, event_index));
             }
         }
         // Hostile clients: attach their attack.
@@ -632,10 +642,18 @@ impl<'a> Index<'a> {
             .map(|((_, _, s), _)| *s)
             .max()
             .unwrap_or(seq);
-        let unknown = self
-            .unknown_positions
-            .get(user)
-            .map_or(0, |times| times.iter().filter(|&&t| t <= at_ms).count() as u64);
+        let unknown = self.unknown_positions.get(user).map_or(0, |events| {
+            events
+                .iter()
+                .filter(|&&(first_call_at, event)| {
+                    first_call_at <= at_ms
+                        && !self.events[event]
+                            .instances
+                            .iter()
+                            .any(|&i| self.instances[i].epoch == epoch)
+                })
+                .count() as u64
+        });
         if (known_head - seq) + unknown >= limits.retention_events_max {
             return false;
         }

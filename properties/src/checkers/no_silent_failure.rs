@@ -4,10 +4,10 @@
 //! Rules:
 //! - every `PublishCalled` has its `PublishReturned` before `End` (a publish that never resolves
 //!   leaves an agent believing its notification went out);
-//! - an event whose every attempt failed with a non-ambiguous code (anything but `timeout`,
-//!   which means "no answer": the event may exist) must never appear in any frame or delivered
-//!   item: the publisher was told "not published" and the user saw it anyway, so the agent
-//!   retries and the user gets it twice, or the error was a lie;
+//! - an event whose every attempt failed with a non-ambiguous code (anything but `timeout` and
+//!   `connection_lost`, which mean "no answer": the event may exist) must never appear in any
+//!   frame or delivered item: the publisher was told "not published" and the user saw it
+//!   anyway, so the agent retries and the user gets it twice, or the error was a lie;
 //! - a success names a position that can exist: `seq >= 1` (streams start at 1) and a
 //!   non-empty epoch, and no two different events of one user are told the same `(epoch, seq)`.
 //!   A bridge that swallows errors into a default `Ok` (the `Option`-bridge no-op, an
