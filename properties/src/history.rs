@@ -36,8 +36,17 @@ pub enum PublishOutcome {
         duplicate: bool,
     },
     /// A typed error: `code` is the `PublishError` code, or for HTTP the error body's code
-    /// (`timeout` and `connect_failed` when no answer came).
+    /// (`connect_failed` when the request never reached the server; `timeout` and
+    /// `connection_lost` when it went out and no answer came, see [`is_ambiguous_failure`]).
     Failed { code: String, message: String },
+}
+
+/// A failure code that does not say whether the server applied the request: no answer in time
+/// (`timeout`), or the connection died after the request was sent (`connection_lost`). Every
+/// other failure means the event was not created. The publisher retries these; the checkers
+/// treat such an event as possibly existing.
+pub fn is_ambiguous_failure(code: &str) -> bool {
+    matches!(code, "timeout" | "connection_lost")
 }
 
 /// An item the client library handed to the application.

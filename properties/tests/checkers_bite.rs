@@ -8,6 +8,14 @@ use herald_properties::scenario::{Attack, Scenario, Step, Via};
 
 const HOSTILE: u32 = 1_000_000;
 
+/// A publish through the HTTP API, with or without an idempotency key.
+fn http(idempotency_key: bool, retries: u8) -> Via {
+    Via::Http {
+        idempotency_key,
+        retries,
+    }
+}
+
 fn connect(client: u32, user: u32) -> Step {
     Step::Connect {
         client,
@@ -262,14 +270,7 @@ fn no_duplicates_fires_when_replay_restarts_at_after() {
 fn no_duplicates_fires_when_an_idempotent_retry_creates_a_second_event() {
     let (scenario, mut b) = base();
     b.at(100);
-    let id = b.publish_called(
-        "u0",
-        Via::Http {
-            idempotency_key: true,
-            retries: 2,
-        },
-        10,
-    );
+    let id = b.publish_called("u0", http(true, 2), 10);
     b.at(2100);
     b.failed(&id, "timeout");
     b.deliver_event_with_id(0, "E0", 1, &id);
@@ -290,14 +291,7 @@ fn no_duplicates_fires_when_an_idempotent_retry_creates_a_second_event() {
 fn no_duplicates_near_miss_same_event_recreated_in_a_new_epoch() {
     let (scenario, mut b) = base();
     b.at(100);
-    let id = b.publish_called(
-        "u0",
-        Via::Http {
-            idempotency_key: true,
-            retries: 2,
-        },
-        10,
-    );
+    let id = b.publish_called("u0", http(true, 2), 10);
     b.at(150);
     b.deliver_event_with_id(0, "E0", 1, &id);
     b.server_stopped(0, "crash");
@@ -349,22 +343,8 @@ fn order_fires_when_seq_order_differs_from_publish_order() {
 fn order_near_miss_concurrent_publishes_may_land_in_any_order() {
     let (scenario, mut b) = base();
     b.at(100);
-    let first = b.publish_called(
-        "u0",
-        Via::Http {
-            idempotency_key: false,
-            retries: 0,
-        },
-        10,
-    );
-    let second = b.publish_called(
-        "u0",
-        Via::Http {
-            idempotency_key: false,
-            retries: 0,
-        },
-        10,
-    );
+    let first = b.publish_called("u0", http(false, 0), 10);
+    let second = b.publish_called("u0", http(false, 0), 10);
     b.at(150);
     // Both were in flight at once: the later call may get the lower seq.
     b.published(&second, "E0", 1, false);
@@ -451,14 +431,7 @@ fn ambiguous_publish_then_gap(gap_to: u64) -> (Scenario, History) {
     for seq in 1..=3 {
         b.publish_ok("u0", "E0", seq);
     }
-    let ambiguous = b.publish_called(
-        "u0",
-        Via::Http {
-            idempotency_key: true,
-            retries: 1,
-        },
-        10,
-    );
+    let ambiguous = b.publish_called("u0", http(true, 1), 10);
     b.at(300);
     b.connecting(0, Some(("E0", 0)));
     b.welcome(0, "E0", 4, false);
@@ -529,14 +502,7 @@ fn liveness_near_miss_a_client_refused_by_a_configured_limit_is_told_so() {
 fn liveness_fires_when_a_publish_hangs() {
     let (scenario, mut b) = base();
     b.at(100);
-    let id = b.publish_called(
-        "u0",
-        Via::Http {
-            idempotency_key: false,
-            retries: 0,
-        },
-        10,
-    );
+    let id = b.publish_called("u0", http(false, 0), 10);
     b.at(9_000);
     b.published(&id, "E0", 1, false);
     b.deliver(0, "E0", 1);
@@ -601,14 +567,7 @@ fn no_silent_failure_near_miss_an_unanswered_publish_may_still_arrive() {
     for code in ["timeout", "connection_lost"] {
         let (scenario, mut b) = base();
         b.at(100);
-        let id = b.publish_called(
-            "u0",
-            Via::Http {
-                idempotency_key: false,
-                retries: 0,
-            },
-            10,
-        );
+        let id = b.publish_called("u0", http(false, 0), 10);
         b.at(200);
         b.deliver_event_with_id(0, "E0", 1, &id);
         b.at(2_100);

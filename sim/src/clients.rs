@@ -116,9 +116,10 @@ fn forward(ctx: &HostContext, clients: &BTreeMap<u32, mpsc::Sender<PerClient>>, 
 }
 
 /// The simulated clients' heartbeat: 1.5× the server's, the ratio of the production defaults
-/// (client 15 s, server 10 s). A client pings only after that much silence, so against a live
-/// server it answers the server's pings instead of sending its own, as in production; when the
-/// server is gone it probes the line, and its idle timeout still ends the connection.
+/// (client 15 s, server 10 s), kept below the idle timeout as the client requires. A client
+/// pings only after that much silence, so against a live server it answers the server's pings
+/// instead of sending its own, as in production; when the server is gone it probes the line,
+/// and its idle timeout still ends the connection.
 fn client_heartbeat_interval_ms(timeouts: &Timeouts) -> u64 {
     (timeouts.heartbeat_interval_ms * 3 / 2).min(timeouts.idle_timeout_ms.saturating_sub(1).max(1))
 }
@@ -128,13 +129,9 @@ fn token_exp_secs(ttl_ms: u64) -> u64 {
     (SIM_UNIX_EPOCH_MS + sim_now_ms() + ttl_ms) / 1000
 }
 
-/// Mints a token for `user` valid for `ttl_ms` from now; returns it and its expiry in simulated ms.
-fn token_for(user: &str, ttl_ms: u64, secret: &[u8]) -> (String, u64) {
-    let exp_secs = token_exp_secs(ttl_ms);
-    (
-        mint_token(secret, user, exp_secs),
-        (exp_secs * 1000).saturating_sub(SIM_UNIX_EPOCH_MS),
-    )
+/// Mints a token for `user` valid for `ttl_ms` from now.
+fn token_for(user: &str, ttl_ms: u64, secret: &[u8]) -> String {
+    mint_token(secret, user, token_exp_secs(ttl_ms))
 }
 
 /// Records what the client library observes.
@@ -365,7 +362,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
     let (user, hello) = match &attack {
         Attack::ForgedToken { user } => {
             let user = user_name(*user);
-            let (token, _) = token_for(&user, ttl_ms, b"not-the-server-secret");
+            let token = token_for(&user, ttl_ms, b"not-the-server-secret");
             (user, Some(ClientFrame::Hello { token, resume: None }))
         }
         Attack::ExpiredToken { user } => {
@@ -388,7 +385,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
         ),
         Attack::ResumeAsOther { user, .. } => {
             let user = user_name(*user);
-            let (token, _) = token_for(&user, ttl_ms, JWT_SECRET);
+            let token = token_for(&user, ttl_ms, JWT_SECRET);
             let resume = victim_position
                 .map(|(epoch, seq)| Resume {
                     epoch,
@@ -408,7 +405,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
         }
         Attack::Flood { user, .. } => {
             let user = user_name(*user);
-            let (token, _) = token_for(&user, ttl_ms, JWT_SECRET);
+            let token = token_for(&user, ttl_ms, JWT_SECRET);
             (user, Some(ClientFrame::Hello { token, resume: None }))
         }
         Attack::FrameBeforeHello | Attack::MalformedFrame | Attack::OversizedFrame { .. } | Attack::SilentHello => {

@@ -7,7 +7,7 @@ use crate::recorder::Recorder;
 use crate::server_under_test::Publish;
 use crate::world::user_name;
 use herald_core::protocol::EventKind;
-use herald_properties::history::{Observation, PublishOutcome};
+use herald_properties::history::{is_ambiguous_failure, Observation, PublishOutcome};
 use herald_properties::scenario::{Kind, Timeouts, Via};
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,9 +167,10 @@ fn via_name(via: Via) -> &'static str {
     }
 }
 
-/// Transient failures worth retrying under the same idempotency key.
+/// Transient failures worth retrying under the same idempotency key: the ambiguous ones, and
+/// those that certainly created nothing but may pass later.
 fn is_retryable(code: &str) -> bool {
-    matches!(code, "timeout" | "connection_lost" | "connect_failed" | "shutting_down")
+    is_ambiguous_failure(code) || matches!(code, "connect_failed" | "shutting_down")
 }
 
 pub fn kind_of(kind: Kind) -> EventKind {

@@ -4,17 +4,12 @@
 //! at t?", "was the network around this host disturbed between a and b?") instead of each
 //! re-deriving them with slightly different assumptions.
 
-use crate::history::{DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent};
+use crate::history::{
+    is_ambiguous_failure, DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent,
+};
 use crate::scenario::{Attack, Scenario, Step, Timeouts};
 use std::collections::BTreeMap;
 use std::fmt;
-
-/// A failed publish outcome that does not say whether the server applied the request: no answer
-/// in time, or the connection died after the request was sent (the publisher's `timeout` and
-/// `connection_lost`). Every other failure means the event was not created.
-pub(super) fn is_ambiguous_failure(code: &str) -> bool {
-    matches!(code, "timeout" | "connection_lost")
-}
 
 /// Hostile connections are recorded with client ids `HOSTILE_CLIENT_BASE + step_index * 100 + k`.
 pub(super) const HOSTILE_CLIENT_BASE: u32 = 1_000_000;
