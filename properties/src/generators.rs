@@ -14,6 +14,7 @@
 
 use crate::checkers::liveness_bound_ms;
 use crate::scenario::{Attack, Direction, Kind, Limits, Scenario, ScenarioConfig, Step, StepFamily, TimedStep, Via};
+use crate::settling::settle_ms_for;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -284,6 +285,7 @@ fn build(
         ..ScenarioConfig::default()
     };
     config.quiet_period_ms = config.quiet_period_ms.max(liveness_bound_ms(&config.timeouts) + 5_000);
+    config.settle_ms = Some(settle_ms_for(&config));
 
     let mut b = Builder {
         steps: Vec::new(),

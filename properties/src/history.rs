@@ -207,6 +207,9 @@ pub enum Observation {
     },
     /// The network was healed; from here on the world is quiet until `End`.
     HealStarted,
+    /// The world settled (see [`crate::settling`]): every live client is connected, nothing is
+    /// pending and nothing happened for `settle_ms`, so it ends before the quiet period is over.
+    Settled,
     /// A sample of the hub's resource gauges.
     Gauges(GaugeSample),
     /// A panic or error in a host, recorded instead of aborting.

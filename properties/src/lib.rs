@@ -9,4 +9,5 @@ pub mod generators;
 pub mod history;
 pub mod scenario;
 pub mod seed_file;
+pub mod settling;
 pub mod shrink;

@@ -33,6 +33,11 @@ pub struct ScenarioConfig {
     /// After the last step the network is healed and the world runs this long with no faults,
     /// so that every live client can reconnect and catch up (loss and liveness are decidable).
     pub quiet_period_ms: u64,
+    /// The world may end early once it has been settled this long after the heal (see
+    /// [`crate::settling`]); the quiet period stays the upper bound. `None`: always run the whole
+    /// quiet period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle_ms: Option<u64>,
     /// How often the hub's gauges are sampled into the history.
     pub gauge_interval_ms: u64,
     /// Lifetime of the tokens normal clients get (a short one provokes `token_expired`).
@@ -50,6 +55,7 @@ impl Default for ScenarioConfig {
             latency_min_ms: 1,
             latency_max_ms: 20,
             quiet_period_ms: 20_000,
+            settle_ms: None,
             gauge_interval_ms: 1_000,
             token_ttl_ms: 3_600_000,
             limits: Limits::default(),

@@ -14,6 +14,7 @@ use herald_core::protocol::{ClientFrame, Resume, ServerFrame};
 use herald_properties::history::{ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent};
 use herald_properties::scenario::{hostile_connect_timeout_ms, Attack, ScenarioConfig, Timeouts, HOSTILE_PATIENCE_MS};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -134,20 +135,47 @@ fn token_for(user: &str, ttl_ms: u64, secret: &[u8]) -> String {
     mint_token(secret, user, token_exp_secs(ttl_ms))
 }
 
+/// The token a normal client holds, renewed the way an application's token provider would:
+/// when less than half of its lifetime is left (so every attempt after an expiry gets a fresh
+/// one). Shared by the client library's provider and the observer, which records the `exp` of
+/// the token each attempt sends; the first of the two to ask at an instant signs it, the other
+/// gets the same bytes.
+struct HeldToken {
+    user: String,
+    ttl_ms: u64,
+    held: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl HeldToken {
+    /// The token to send now, and its `exp` in Unix seconds.
+    fn current(&self) -> (u64, String) {
+        let mut held = self.held.lock().expect("the held token is never poisoned");
+        let now_ms = SIM_UNIX_EPOCH_MS + sim_now_ms();
+        match &*held {
+            Some((exp_secs, token)) if exp_secs * 1000 >= now_ms + self.ttl_ms / 2 => (*exp_secs, token.clone()),
+            _ => {
+                let exp_secs = token_exp_secs(self.ttl_ms);
+                let token = mint_token(JWT_SECRET, &self.user, exp_secs);
+                *held = Some((exp_secs, token.clone()));
+                (exp_secs, token)
+            }
+        }
+    }
+}
+
 /// Records what the client library observes.
 struct Observer {
     recorder: Recorder,
     client: u32,
     user: String,
-    token_ttl_ms: u64,
+    token: Arc<HeldToken>,
 }
 
 impl ClientObserver for Observer {
     fn connecting(&self, attempt: u32, resume: Option<&Resume>) {
-        // The library mints its token for this attempt at the same simulated instant with the
-        // same formula (`token_exp_secs`), so this is the exp it sends; signing a JWT just to read
-        // it back cost 1.7% of a medium scenario's instructions.
-        let token_exp_ms = (token_exp_secs(self.token_ttl_ms) * 1000).saturating_sub(SIM_UNIX_EPOCH_MS);
+        // The library asks for this attempt's token at the same simulated instant, and gets
+        // this one (see `HeldToken`).
+        let token_exp_ms = (self.token.current().0 * 1000).saturating_sub(SIM_UNIX_EPOCH_MS);
         self.recorder.record(Observation::Connecting {
             client: self.client,
             user: self.user.clone(),
@@ -298,27 +326,18 @@ async fn normal_client(
     config.backoff_max_ms = timeouts.backoff_max_ms;
     config.items_max = CLIENT_ITEMS_MAX;
     config.frame_bytes_max = 4 * FRAME_BYTES_MAX + 64 * 1024;
-    let token_user = user.clone();
-    // A token is a pure function of (user, exp second): attempts within one simulated second
-    // reuse the signed bytes instead of signing them again.
-    let last_token: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
-    let tokens = move || {
-        let exp_secs = token_exp_secs(token_ttl_ms);
-        let mut last = last_token.lock().expect("the token cache is never poisoned");
-        match &*last {
-            Some((secs, token)) if *secs == exp_secs => token.clone(),
-            _ => {
-                let token = mint_token(JWT_SECRET, &token_user, exp_secs);
-                *last = Some((exp_secs, token.clone()));
-                token
-            }
-        }
-    };
+    let token = Arc::new(HeldToken {
+        user: user.clone(),
+        ttl_ms: token_ttl_ms,
+        held: std::sync::Mutex::new(None),
+    });
+    let provider = token.clone();
+    let tokens = move || provider.current().1;
     let observer = Observer {
         recorder: ctx.recorder.clone(),
         client,
         user: user.clone(),
-        token_ttl_ms,
+        token,
     };
     let mut library = herald_core::client::Client::spawn(config, TurmoilConnector, tokens, observer);
     let mut paused_until: Option<tokio::time::Instant> = None;

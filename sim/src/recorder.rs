@@ -3,6 +3,7 @@
 
 use crate::clock::sim_now_ms;
 use herald_properties::history::{History, Observation, PublishOutcome};
+use herald_properties::settling::Settling;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, Once};
 
@@ -58,6 +59,16 @@ impl Recorder {
             }
         }
         last
+    }
+
+    /// Feeds `settling` every entry recorded since the first `*observed` ones and advances
+    /// `*observed`: each entry is observed once, in history order.
+    pub fn feed(&self, settling: &mut Settling, observed: &mut usize) {
+        let history = self.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for entry in &history.entries[*observed..] {
+            settling.observe(entry);
+        }
+        *observed = history.entries.len();
     }
 
     pub fn into_history(self) -> History {

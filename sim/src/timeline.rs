@@ -277,6 +277,10 @@ fn describe(what: &Observation, connection_of: &mut BTreeMap<u32, String>) -> (S
             ),
         ),
         Observation::Failure { host, message } => (host.clone(), format!("FAILURE: {message}")),
+        Observation::Settled => (
+            "world".into(),
+            "settled: every live client connected, nothing pending or happening; quiet period ends early".into(),
+        ),
         Observation::End => ("world".into(), "end".into()),
     }
 }

@@ -6,7 +6,8 @@
 //! per step grows with the square of the host count). The stepping loop below owns the `Sim`: it
 //! applies each step when its time comes (network and server faults directly on the `Sim`,
 //! everything else as commands to the hosts), samples the hub's gauges, then heals the network
-//! and runs a quiet period so that loss and liveness are decidable.
+//! and runs a quiet period so that loss and liveness are decidable — ended early once the world
+//! has settled, when the scenario allows it (`settle_ms`, see `herald_properties::settling`).
 
 use crate::clients::{self, ClientCommand};
 use crate::clock::{SimClock, SIM_UNIX_EPOCH_MS};
@@ -19,6 +20,7 @@ use herald_core::rng::SeededRng;
 use herald_core::server::ServerConfig;
 use herald_properties::history::{GaugeSample, History, Observation};
 use herald_properties::scenario::{Scenario, Step};
+use herald_properties::settling::Settling;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -316,6 +318,8 @@ impl Driver<'_> {
         let mut next_step = 0;
         let mut next_gauge_ms = 0;
         let mut healed = false;
+        let mut settling = Settling::new();
+        let mut observed = 0;
         loop {
             let now_ms = sim.elapsed().as_millis() as u64;
             if let Some(op) = self.pending_op.take() {
@@ -337,6 +341,13 @@ impl Driver<'_> {
             if now_ms >= next_gauge_ms {
                 self.sample_gauges(sim, now_ms);
                 next_gauge_ms = now_ms + gauge_interval_ms;
+                if healed && config.settle_ms.is_some() {
+                    self.recorder.feed(&mut settling, &mut observed);
+                    if settling.is_settled(config) {
+                        self.recorder.record_at(now_ms, Observation::Settled);
+                        break;
+                    }
+                }
             }
             if healed && now_ms >= end_at_ms {
                 break;

@@ -7,13 +7,15 @@
 //!   connections_max`, `users <= users_max` (the hub enforces these before returning from a
 //!   publish or connect, and samples are taken between hub calls);
 //! - drop-back, on the last sample before `End`, only when it was taken at least B (the
-//!   liveness bound) after the heal so that every client had time to catch up: no send queue
+//!   liveness bound) after the heal so that every client had time to catch up, or the world
+//!   settled (it ends early only on a sample that shows the drop-back, so there the rule
+//!   cross-checks [`crate::settling`]): no send queue
 //!   is lagging (`send_queue_depth_max == 0`), and the hub holds no more connections than the
 //!   live normal clients plus the hostile connections that were welcomed and never closed;
 //!   and, when no publish was called within `retention_age_ms` (plus two gauge intervals and a
 //!   publish timeout) before the sample, nothing is retained any more.
 
-use super::index::{liveness_bound_ms, Index};
+use super::index::{liveness_bound_ms, retention_expiry_ms, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{GaugeSample, Observation};
 
@@ -80,7 +82,7 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         return Ok(());
     };
     let last_at = index.at(last);
-    if last_at < heal_at + liveness_bound_ms(&config.timeouts) {
+    if last_at < heal_at + liveness_bound_ms(&config.timeouts) && index.settled.is_none() {
         return Ok(());
     }
     let g = sample(index, last);
@@ -111,7 +113,7 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             vec![heal_idx, last],
         ));
     }
-    let quiet_needed = limits.retention_age_ms + 2 * config.gauge_interval_ms + config.timeouts.publish_timeout_ms;
+    let quiet_needed = retention_expiry_ms(config);
     let last_publish = index.calls.iter().rev().map(|c| c.at).find(|&at| at <= last_at);
     if g.retained_events > 0 && last_publish.is_none_or(|p| p + quiet_needed < last_at) {
         return Err(over(

@@ -7,7 +7,8 @@
 use crate::history::{
     is_ambiguous_failure, DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent,
 };
-use crate::scenario::{Attack, Scenario, Step, Timeouts};
+use crate::scenario::{Attack, Scenario, ScenarioConfig, Step, Timeouts};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -29,6 +30,13 @@ const FRAME_OVERHEAD_BYTES: u64 = 200;
 /// restarting server can burn a `hello_timeout` twice; 1000 ms covers latency and ticks.
 pub fn liveness_bound_ms(timeouts: &Timeouts) -> u64 {
     2 * timeouts.idle_timeout_ms + 2 * timeouts.backoff_max_ms + 2 * timeouts.hello_timeout_ms + 1000
+}
+
+/// How long after the last publish call the hub must have let every retained event age out,
+/// in simulated ms: `retention_age_ms`, plus two gauge intervals for the sample that shows it,
+/// plus `publish_timeout_ms` for a call whose event was created late in its attempt.
+pub fn retention_expiry_ms(config: &ScenarioConfig) -> u64 {
+    config.limits.retention_age_ms + 2 * config.gauge_interval_ms + config.timeouts.publish_timeout_ms
 }
 
 /// One publish attempt (a `PublishCalled` and, if it came, its `PublishReturned`).
@@ -183,13 +191,17 @@ pub(super) struct Index<'a> {
     pub entries: &'a [Entry],
     pub end: Option<(usize, u64)>,
     pub heal: Option<(usize, u64)>,
+    /// The world settled (see [`crate::settling`]) and ended before its quiet period was over.
+    pub settled: Option<(usize, u64)>,
     pub calls: Vec<Call<'a>>,
     pub events: Vec<Event<'a>>,
-    pub event_by_id: BTreeMap<&'a str, usize>,
+    pub event_by_id: FxHashMap<&'a str, usize>,
     pub instances: Vec<Instance<'a>>,
     pub instance_at: BTreeMap<(&'a str, &'a str, u64), usize>,
+    /// Each user's instances, in the order they were created.
+    pub instances_of_user: FxHashMap<&'a str, Vec<usize>>,
     /// Which user an epoch belongs to, from publish outcomes and normal welcomes.
-    pub epoch_owner: BTreeMap<&'a str, &'a str>,
+    pub epoch_owner: FxHashMap<&'a str, &'a str>,
     pub clients: BTreeMap<u32, Client<'a>>,
     pub lives: Vec<Life>,
     pub gauges: Vec<usize>,
@@ -201,7 +213,7 @@ pub(super) struct Index<'a> {
     /// Per user: ambiguous events as (first call time, event). Each may occupy a position in any
     /// epoch where no position of it is known: a timed-out attempt may have been applied by one
     /// server life while a retry landed in the next.
-    unknown_positions: BTreeMap<&'a str, Vec<(u64, usize)>>,
+    unknown_positions: FxHashMap<&'a str, Vec<(u64, usize)>>,
 }
 
 impl<'a> Index<'a> {
@@ -212,22 +224,24 @@ impl<'a> Index<'a> {
             entries,
             end: None,
             heal: None,
+            settled: None,
             calls: Vec::new(),
             events: Vec::new(),
-            event_by_id: BTreeMap::new(),
+            event_by_id: FxHashMap::default(),
             instances: Vec::new(),
             instance_at: BTreeMap::new(),
-            epoch_owner: BTreeMap::new(),
+            instances_of_user: FxHashMap::default(),
+            epoch_owner: FxHashMap::default(),
             clients: BTreeMap::new(),
             lives: Vec::new(),
             gauges: Vec::new(),
             latency_max_ms: scenario.config.latency_max_ms,
             faults: Vec::new(),
             call_bytes_prefix: vec![0],
-            unknown_positions: BTreeMap::new(),
+            unknown_positions: FxHashMap::default(),
         };
         // Open publish attempts by (publish id, event id), matched FIFO with their returns.
-        let mut open_calls: BTreeMap<(u64, &'a str), Vec<usize>> = BTreeMap::new();
+        let mut open_calls: FxHashMap<(u64, &'a str), Vec<usize>> = FxHashMap::default();
         // Open faults: (host or None for loss, kind) → start.
         let mut open_faults: BTreeMap<(Option<u32>, u8), u64> = BTreeMap::new();
         let mut hostile_steps: BTreeMap<usize, &'a Step> = BTreeMap::new();
@@ -313,6 +327,7 @@ impl<'a> Index<'a> {
                                     returned_at: at,
                                 });
                                 index.instance_at.insert(key, instance);
+                                index.instances_of_user.entry(user).or_default().push(instance);
                                 index.events[event].instances.push(instance);
                             }
                         }
@@ -427,6 +442,9 @@ impl<'a> Index<'a> {
                     }
                 }
                 Observation::Gauges(_) => index.gauges.push(idx),
+                Observation::Settled => {
+                    index.settled.get_or_insert((idx, at));
+                }
                 Observation::End => {
                     index.end.get_or_insert((idx, at));
                 }

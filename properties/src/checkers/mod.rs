@@ -29,7 +29,7 @@ use crate::scenario::Scenario;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-pub use index::liveness_bound_ms;
+pub use index::{liveness_bound_ms, retention_expiry_ms};
 
 /// The properties Herald promises. Order is the order of [`Invariant::ALL`] and of
 /// [`check_all`]'s result.

@@ -16,6 +16,7 @@
 use super::index::Index;
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{DeliveredItem, FrameSeen};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
@@ -27,8 +28,8 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     };
     for client in index.clients.values() {
         let who = client.describe();
-        let mut by_seq: BTreeMap<(&str, u64), usize> = BTreeMap::new();
-        let mut by_id: BTreeMap<(&str, &str), (usize, u64)> = BTreeMap::new();
+        let mut by_seq: FxHashMap<(&str, u64), usize> = FxHashMap::default();
+        let mut by_id: FxHashMap<(&str, &str), (usize, u64)> = FxHashMap::default();
         for &idx in &client.delivered {
             let Some(DeliveredItem::Event {
                 epoch, seq, event_id, ..

@@ -17,7 +17,7 @@
 use super::index::Index;
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{DeliveredItem, FrameSeen, Observation, PublishOutcome};
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     if let Some((end_idx, end_at)) = index.end {
@@ -41,6 +41,16 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     if let Some(v) = fake_success(index) {
         return Err(v);
     }
+    let failed: FxHashMap<&str, usize> = index
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.definitely_failed)
+        .map(|(i, e)| (e.event_id, i))
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
     for (idx, entry) in index.entries.iter().enumerate() {
         let (client, id) = match &entry.what {
             Observation::FrameReceived {
@@ -55,9 +65,10 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             } => (*client, id),
             _ => continue,
         };
-        let Some(event) = index.event(id).filter(|e| e.definitely_failed) else {
+        let Some(&event) = failed.get(id.as_str()) else {
             continue;
         };
+        let event = &index.events[event];
         let last = *event.calls.last().expect("an event has at least one call");
         let returned = index.calls[last].returned.expect("definitely failed implies returned");
         let code = match &index.entries[returned].what {
@@ -87,7 +98,7 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
 /// The first success whose position cannot be real: seq 0, an empty epoch, or a position
 /// another event of the same user was already given.
 fn fake_success(index: &Index<'_>) -> Option<Violation> {
-    let mut given: BTreeMap<(&str, &str, u64), (&str, usize)> = BTreeMap::new();
+    let mut given: FxHashMap<(&str, &str, u64), (&str, usize)> = FxHashMap::default();
     for (idx, entry) in index.entries.iter().enumerate() {
         let Observation::PublishReturned {
             event_id,

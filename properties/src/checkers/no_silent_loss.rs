@@ -20,21 +20,21 @@
 use super::index::{Client, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::DeliveredItem;
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
 /// A delivered gap: (entry, epoch, from, to, reason, epoch of the latest welcome before it).
 type DeliveredGap<'a> = (usize, &'a str, u64, Option<u64>, &'a str, Option<&'a str>);
 
 /// What one client's application was handed, indexed for coverage questions.
 pub(super) struct Coverage<'a> {
-    events: BTreeMap<(&'a str, u64), (usize, Option<&'a str>)>,
+    events: FxHashMap<(&'a str, u64), (usize, Option<&'a str>)>,
     gaps: Vec<DeliveredGap<'a>>,
 }
 
 impl<'a> Coverage<'a> {
     pub fn new(index: &Index<'a>, client: &Client<'a>) -> Coverage<'a> {
         let mut coverage = Coverage {
-            events: BTreeMap::new(),
+            events: FxHashMap::default(),
             gaps: Vec::new(),
         };
         let welcomes: Vec<(usize, &'a str)> = client
@@ -101,12 +101,14 @@ pub(super) fn expected(index: &Index<'_>, client: &Client<'_>) -> Vec<usize> {
     let Some(w0) = client.first_welcome() else {
         return Vec::new();
     };
-    let mut out: Vec<usize> = index
-        .instances
+    let Some(instances) = index.instances_of_user.get(client.user.as_str()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<usize> = instances
         .iter()
-        .enumerate()
-        .filter(|(_, inst)| inst.user == client.user)
-        .filter(|(_, inst)| {
+        .copied()
+        .filter(|&i| {
+            let inst = &index.instances[i];
             let event = &index.events[inst.event];
             if inst.epoch == w0.epoch {
                 inst.seq > w0.head
@@ -114,7 +116,6 @@ pub(super) fn expected(index: &Index<'_>, client: &Client<'_>) -> Vec<usize> {
                 event.first_call_idx > w0.idx
             }
         })
-        .map(|(i, _)| i)
         .collect();
     out.sort_by_key(|&i| (index.events[index.instances[i].event].first_call_idx, i));
     out

@@ -14,6 +14,7 @@
 use super::index::Index;
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{DeliveredItem, FrameSeen};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
@@ -39,7 +40,7 @@ fn misorder(explanation: String, evidence: Vec<usize>) -> Violation {
 fn delivered_order(index: &Index<'_>) -> Option<Violation> {
     for client in index.clients.values() {
         // epoch → (position, entry that set it)
-        let mut position: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+        let mut position: FxHashMap<&str, (u64, usize)> = FxHashMap::default();
         for &idx in &client.delivered {
             match index.delivered_item(idx) {
                 Some(DeliveredItem::Event {
