@@ -5,7 +5,7 @@
 //! at `End`. Most worlds have recovered a few seconds after the heal and then idle for the rest
 //! of it — simulated time that costs as much as the faults did and shows nothing new.
 //!
-//! With `settle_ms` = W set in the scenario config, a world *settles* at a gauge sample when:
+//! With `settle_ms` = W set in the scenario config, a world *settles* at a tick when:
 //! 1. the heal is at least W ago and nothing but gauges and pongs was recorded for W (a paused
 //!    reader counts as activity until its pause ends: that is when it is handed what waited). In
 //!    a healthy recovery the history is silent longest while a connection stalled by a partition
@@ -15,11 +15,11 @@
 //! 2. every publish call has returned;
 //! 3. every live client (opened, never closed for good) is connected: welcomed since its last
 //!    attempt and close;
-//! 4. that sample shows what the bounded-resources check demands after the load: no send queue
+//! 4. the hub's gauges, read then, show what the bounded-resources check demands after the load: no send queue
 //!    lags, the hub holds no more connections than clients hold open, and no events are retained
 //!    if their retention age runs out before the quiet period would end.
 //!
-//! The world then records `Settled` and `End`. A world that never settles (a client that never
+//! The world then records that gauge sample, `Settled` and `End`. A world that never settles (a client that never
 //! comes back, a queue that never drains, a publish that hangs) runs the whole quiet period and
 //! the checkers decide as before, so an early end hides no loss, liveness or leak failure: each
 //! of those is still visible at `End`, or the world would not have settled. What it gives up is
@@ -53,7 +53,6 @@ pub struct Settling {
     /// Publish calls made minus publish calls returned.
     calls_pending: u64,
     last_publish_at: Option<u64>,
-    last_gauges: Option<(u64, GaugeSample)>,
 }
 
 impl Settling {
@@ -65,11 +64,8 @@ impl Settling {
     pub fn observe(&mut self, entry: &Entry) {
         let at = entry.at_ms;
         match &entry.what {
-            Observation::Gauges(sample) => {
-                self.last_gauges = Some((at, sample.clone()));
-                return;
-            }
-            Observation::FrameReceived {
+            Observation::Gauges(_)
+            | Observation::FrameReceived {
                 frame: FrameSeen::Pong { .. },
                 ..
             } => return,
@@ -113,27 +109,30 @@ impl Settling {
         self.last_activity_at = self.last_activity_at.max(at);
     }
 
-    /// Whether the world has settled (see the module doc), judged at the newest gauge sample;
-    /// without one (no server running yet) it has not.
-    pub fn is_settled(&self, config: &ScenarioConfig) -> bool {
-        let Some(settle_ms) = config.settle_ms else {
+    /// Rules 1–3 of the module doc at `now_ms`: what the history alone can say. Cheap, so the
+    /// world asks every tick and reads the hub's gauges only when this holds.
+    pub fn is_quiet(&self, config: &ScenarioConfig, now_ms: u64) -> bool {
+        let (Some(settle_ms), Some(heal_at)) = (config.settle_ms, self.heal_at) else {
             return false;
         };
-        let Some(heal_at) = self.heal_at else {
-            return false;
-        };
-        let Some((now_ms, gauges)) = &self.last_gauges else {
-            return false;
-        };
-        let now_ms = *now_ms;
-        let quiet_end_at = heal_at + config.quiet_period_ms;
-        let retention_runs_out = self
-            .last_publish_at
-            .is_some_and(|at| at + retention_expiry_ms(config) < quiet_end_at);
         now_ms >= heal_at + settle_ms
             && now_ms >= self.last_activity_at + settle_ms
             && self.calls_pending == 0
             && self.live.iter().all(|client| self.connected.contains(client))
+    }
+
+    /// Whether the world has settled at `now_ms` (all four rules), given the hub's gauges read
+    /// at `now_ms`. The world records that sample before `Settled`, so the bounded-resources
+    /// check sees what this judged.
+    pub fn is_settled(&self, config: &ScenarioConfig, now_ms: u64, gauges: &GaugeSample) -> bool {
+        let Some(heal_at) = self.heal_at else {
+            return false;
+        };
+        let quiet_end_at = heal_at + config.quiet_period_ms;
+        let retention_runs_out = self
+            .last_publish_at
+            .is_some_and(|at| at + retention_expiry_ms(config) < quiet_end_at);
+        self.is_quiet(config, now_ms)
             && gauges.send_queue_depth_max == 0
             && gauges.connections <= self.connected.len() as u64
             && (gauges.retained_events == 0 || !retention_runs_out)
@@ -146,15 +145,15 @@ mod tests {
     use crate::history::{ClosedBy, History, PublishOutcome};
     use crate::scenario::Limits;
 
-    fn gauges(connections: u64, retained_events: u64, send_queue_depth_max: u64) -> Observation {
-        Observation::Gauges(GaugeSample {
+    fn gauges(connections: u64, retained_events: u64, send_queue_depth_max: u64) -> GaugeSample {
+        GaugeSample {
             users: 1,
             connections,
             retained_events,
             retained_bytes: retained_events * 100,
             send_queue_depth_max,
             connections_per_user_max: 1,
-        })
+        }
     }
 
     fn welcome(client: u32) -> Observation {
@@ -199,9 +198,9 @@ mod tests {
         }
     }
 
-    /// Client 0 opened and welcomed, the network healed at 1000, then `extra`, then a gauge
-    /// sample `sample` at `now`: has the world settled at `now`?
-    fn settled(config: &ScenarioConfig, extra: &[(u64, Observation)], sample: Observation, now: u64) -> bool {
+    /// Client 0 opened and welcomed, the network healed at 1000, then `extra`; with the gauges
+    /// `sample` read at `now`, has the world settled at `now`?
+    fn settled(config: &ScenarioConfig, extra: &[(u64, Observation)], sample: GaugeSample, now: u64) -> bool {
         let mut history = History::default();
         history.record(
             0,
@@ -223,12 +222,11 @@ mod tests {
         for (at, what) in extra.iter().filter(|(at, _)| *at >= 1000) {
             history.record(*at, what.clone());
         }
-        history.record(now, sample);
         let mut settling = Settling::new();
         for entry in &history.entries {
             settling.observe(entry);
         }
-        settling.is_settled(config)
+        settling.is_settled(config, now, &sample)
     }
 
     fn config() -> ScenarioConfig {

@@ -22,6 +22,10 @@ pub struct RunArgs {
     /// Generate with swarm testing (a random subset of step families per scenario).
     #[arg(long)]
     pub swarm: bool,
+    /// Run the generated scenario's whole quiet period instead of ending once the world has
+    /// settled (as `fuzz --whole-quiet-period` does).
+    #[arg(long)]
+    pub whole_quiet_period: bool,
     /// Print the captured tracing logs of every host after the summary.
     #[arg(long)]
     pub trace: bool,
@@ -66,13 +70,19 @@ pub fn load_scenario(path: &PathBuf) -> Result<Scenario, String> {
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let scenario = match &args.scenario {
         Some(path) => load_scenario(path)?,
-        None => generate(
-            GeneratorSettings {
-                size: args.size.into(),
-                swarm: args.swarm,
-            },
-            args.seed,
-        ),
+        None => {
+            let mut scenario = generate(
+                GeneratorSettings {
+                    size: args.size.into(),
+                    swarm: args.swarm,
+                },
+                args.seed,
+            );
+            if args.whole_quiet_period {
+                scenario.config.settle_ms = None;
+            }
+            scenario
+        }
     };
     println!(
         "SEED={} steps={} users={} client_hosts={}",

@@ -44,11 +44,15 @@ pub fn render(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "scenario: {} steps, {} users, {} client hosts, quiet period {} ms; world seed {}",
+        "scenario: {} steps, {} users, {} client hosts, quiet period {} ms{}; world seed {}",
         scenario.steps.len(),
         scenario.config.users,
         scenario.config.client_hosts,
         scenario.config.quiet_period_ms,
+        scenario
+            .config
+            .settle_ms
+            .map_or_else(String::new, |ms| format!(" (ends early once settled for {ms} ms)")),
         history.seed
     );
     let mut connection_of: BTreeMap<u32, String> = BTreeMap::new();

@@ -341,11 +341,17 @@ impl Driver<'_> {
             if now_ms >= next_gauge_ms {
                 self.sample_gauges(sim, now_ms);
                 next_gauge_ms = now_ms + gauge_interval_ms;
-                if healed && config.settle_ms.is_some() {
-                    self.recorder.feed(&mut settling, &mut observed);
-                    if settling.is_settled(config) {
-                        self.recorder.record_at(now_ms, Observation::Settled);
-                        break;
+            }
+            if healed && config.settle_ms.is_some() {
+                self.recorder.feed(&mut settling, &mut observed);
+                if settling.is_quiet(config, now_ms) {
+                    if let Some(sample) = self.read_gauges(sim) {
+                        if settling.is_settled(config, now_ms, &sample) {
+                            self.recorder.record_at(now_ms, Observation::Gauges(sample));
+                            self.recorder.record_at(now_ms, Observation::Settled);
+                            self.recorder.record_at(now_ms, Observation::End);
+                            return;
+                        }
                     }
                 }
             }
@@ -631,24 +637,32 @@ impl Driver<'_> {
     }
 
     fn sample_gauges(&self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        if let Some(sample) = self.read_gauges(sim) {
+            self.recorder.record_at(now_ms, Observation::Gauges(sample));
+        }
+    }
+
+    /// The live server's hub gauges, if a server life is running.
+    fn read_gauges(&self, sim: &mut turmoil::Sim<'_>) -> Option<GaugeSample> {
         if !self.server_running || !sim.is_host_running(SERVER_HOST) {
-            return;
+            return None;
         }
-        let control = self.slot.lock().unwrap().live.as_ref().map(|live| live.control.clone());
-        if let Some(control) = control {
-            let g = control.gauges();
-            self.recorder.record_at(
-                now_ms,
-                Observation::Gauges(GaugeSample {
-                    users: g.users,
-                    connections: g.connections,
-                    retained_events: g.retained_events,
-                    retained_bytes: g.retained_bytes,
-                    send_queue_depth_max: g.send_queue_depth_max,
-                    connections_per_user_max: g.connections_per_user_max,
-                }),
-            );
-        }
+        let control = self
+            .slot
+            .lock()
+            .unwrap()
+            .live
+            .as_ref()
+            .map(|live| live.control.clone())?;
+        let g = control.gauges();
+        Some(GaugeSample {
+            users: g.users,
+            connections: g.connections,
+            retained_events: g.retained_events,
+            retained_bytes: g.retained_bytes,
+            send_queue_depth_max: g.send_queue_depth_max,
+            connections_per_user_max: g.connections_per_user_max,
+        })
     }
 
     /// First phase of a server operation: if a runtime is alive, ask the life to reset its

@@ -42,6 +42,10 @@ pub struct FuzzArgs {
     pub swarm: bool,
     #[arg(long, value_enum, default_value_t = SizeArg::Small)]
     pub size: SizeArg,
+    /// Never end a world early once it has settled: run every case's whole quiet period
+    /// (slower; also watches for misbehaviour that starts after seconds of complete idleness).
+    #[arg(long)]
+    pub whole_quiet_period: bool,
     /// Where shrunk failures are saved as seed files.
     #[arg(long, default_value = "seeds")]
     pub seeds_dir: PathBuf,
@@ -85,6 +89,7 @@ pub fn fuzz_command(args: FuzzArgs) -> Result<ExitCode, String> {
         seed_start,
         swarm: args.swarm,
         size: args.size.into(),
+        whole_quiet_period: args.whole_quiet_period,
         seeds_dir: (!args.no_seeds).then(|| args.seeds_dir.clone()),
         shrink: !args.no_shrink,
         shrink_attempts: args.shrink_attempts,
@@ -328,6 +333,9 @@ pub struct CheckDeterminismArgs {
     pub size: SizeArg,
     #[arg(long)]
     pub swarm: bool,
+    /// Run every case's whole quiet period (see `fuzz --whole-quiet-period`).
+    #[arg(long)]
+    pub whole_quiet_period: bool,
 }
 
 /// `herald-sim check-determinism`: every case run twice in this process must produce the same
@@ -340,7 +348,10 @@ pub fn check_determinism_command(args: CheckDeterminismArgs) -> Result<ExitCode,
     let mut mismatches = 0;
     for k in 0..args.cases {
         let seed = args.seed_start.wrapping_add(k);
-        let scenario = generate(settings, seed);
+        let mut scenario = generate(settings, seed);
+        if args.whole_quiet_period {
+            scenario.config.settle_ms = None;
+        }
         let a = run_with(&scenario, seed, WorldOptions::default()).history;
         perturb_process_state(k + 1);
         let b = run_with(&scenario, seed, WorldOptions::default()).history;

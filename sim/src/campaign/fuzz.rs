@@ -15,7 +15,6 @@ use super::shrinking::shrink_failure;
 use super::{case_seed, FuzzOptions, Limit, SHRINK_GRACE};
 use crate::server_under_test::ServerUnderTest;
 use herald_properties::coverage::{paths_reached, Path as CoveragePath};
-use herald_properties::generators::generate;
 use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{CrashKind, GeneratorInfo, RecordedCrash, RecordedFailure, SeedFile};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -225,7 +224,6 @@ fn set_busy(shared: &Shared, worker: usize, busy: Option<(u64, &Scenario)>) -> b
 
 fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>) {
     let options = &shared.options;
-    let settings = options.generator();
     let marker = options.seeds_dir.as_ref().map(|dir| in_progress_path(dir, worker));
     if let Some(dir) = &options.seeds_dir {
         if let Err(error) = std::fs::create_dir_all(dir) {
@@ -245,7 +243,7 @@ fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>)
             }
         }
         let seed = case_seed(options.seed_start, k, options.shard);
-        let scenario = match catch_unwind(|| generate(settings, seed)) {
+        let scenario = match catch_unwind(|| options.scenario(seed)) {
             Ok(scenario) => scenario,
             Err(payload) => {
                 let failure = CaseFailure::crash(
@@ -497,9 +495,14 @@ fn announce(shared: &Shared, seed: u64, failure: &CaseFailure, seed_file: Option
     let reproduce = match seed_file {
         Some(path) => format!("cargo run --release -p herald-sim -- replay {path}"),
         None => format!(
-            "cargo run --release -p herald-sim -- run --seed {seed} --size {}{}",
+            "cargo run --release -p herald-sim -- run --seed {seed} --size {}{}{}",
             o.size.as_str(),
-            if o.swarm { " --swarm" } else { "" }
+            if o.swarm { " --swarm" } else { "" },
+            if o.whole_quiet_period {
+                " --whole-quiet-period"
+            } else {
+                ""
+            }
         ),
     };
     shared.reporter.println(&format!(
@@ -618,6 +621,7 @@ fn build_report(shared: &Shared) -> CampaignReport {
             jobs: o.jobs.max(1),
             size: o.size.as_str().to_string(),
             swarm: o.swarm,
+            whole_quiet_period: o.whole_quiet_period,
             limit: limit_text(o.limit),
             shrink: o.shrink,
             seeds_dir: o.seeds_dir.as_ref().map(|d| d.display().to_string()),

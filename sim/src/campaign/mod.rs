@@ -6,7 +6,8 @@
 //!
 //! Case seeds: case `k` of shard `i/n` uses `seed_start + k*n + i`, so the N machines of a CI
 //! matrix cover disjoint seeds with no coordinator, and any case reruns alone from its seed
-//! (`herald-sim run --seed S --size SIZE [--swarm]` regenerates the very same scenario).
+//! (`herald-sim run --seed S --size SIZE [--swarm] [--whole-quiet-period]` regenerates the very
+//! same scenario).
 //!
 //! Modules: [`case`] runs and judges one scenario (panics and hangs included), [`shrinking`]
 //! drives the shrinker, [`dedup`] groups failures, [`seeds`] writes and replays seed files,
@@ -27,7 +28,8 @@ pub use fuzz::fuzz;
 pub use progress::ProgressMode;
 pub use report::CampaignReport;
 
-use herald_properties::generators::{GeneratorSettings, Size};
+use herald_properties::generators::{generate, GeneratorSettings, Size};
+use herald_properties::scenario::Scenario;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,6 +102,9 @@ pub struct FuzzOptions {
     pub seed_start: u64,
     pub swarm: bool,
     pub size: Size,
+    /// Run every case's whole quiet period instead of ending its world once it has settled
+    /// (`herald_properties::settling`): slower, but it also watches the idle tail.
+    pub whole_quiet_period: bool,
     /// Where seed files (and the in-progress markers) go; `None` writes nothing.
     pub seeds_dir: Option<PathBuf>,
     pub shrink: bool,
@@ -127,6 +132,7 @@ impl FuzzOptions {
             seed_start: 0,
             swarm: false,
             size: Size::Small,
+            whole_quiet_period: false,
             seeds_dir: None,
             shrink: true,
             shrink_attempts: SHRINK_ATTEMPTS_DEFAULT,
@@ -144,6 +150,15 @@ impl FuzzOptions {
             size: self.size,
             swarm: self.swarm,
         }
+    }
+
+    /// The scenario of the case with `seed`.
+    pub fn scenario(&self, seed: u64) -> Scenario {
+        let mut scenario = generate(self.generator(), seed);
+        if self.whole_quiet_period {
+            scenario.config.settle_ms = None;
+        }
+        scenario
     }
 }
 

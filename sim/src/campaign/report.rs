@@ -20,6 +20,7 @@ pub struct ReportSettings {
     pub jobs: usize,
     pub size: String,
     pub swarm: bool,
+    pub whole_quiet_period: bool,
     pub limit: String,
     pub shrink: bool,
     pub seeds_dir: Option<String>,
@@ -96,12 +97,17 @@ impl CampaignReport {
         writeln!(out, "\n=== herald-sim fuzz summary ===")?;
         writeln!(
             out,
-            "settings: SEED={} shard={} jobs={} size={} swarm={} limit={} shrink={}{}",
+            "settings: SEED={} shard={} jobs={} size={} swarm={}{} limit={} shrink={}{}",
             s.seed_start,
             s.shard,
             s.jobs,
             s.size,
             s.swarm,
+            if s.whole_quiet_period {
+                " whole-quiet-period"
+            } else {
+                ""
+            },
             s.limit,
             s.shrink,
             s.git_revision
@@ -181,10 +187,15 @@ impl CampaignReport {
                 )?,
                 None => writeln!(
                     out,
-                    "     reproduce with: cargo run --release -p herald-sim -- run --seed {} --size {}{}",
+                    "     reproduce with: cargo run --release -p herald-sim -- run --seed {} --size {}{}{}",
                     group.case_seeds.first().copied().unwrap_or(0),
                     s.size,
-                    if s.swarm { " --swarm" } else { "" }
+                    if s.swarm { " --swarm" } else { "" },
+                    if s.whole_quiet_period {
+                        " --whole-quiet-period"
+                    } else {
+                        ""
+                    }
                 )?,
             }
         }
