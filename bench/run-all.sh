@@ -22,5 +22,5 @@ lg --scenario peak --runs 3 --duration-secs 5 \
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt
-cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 --set tick_ms=20 | tee bench/results/sim-tick20.txt
+cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 --set settle_ms=null | tee bench/results/sim-whole-quiet-period.txt
 cargo bench -p herald-sim --bench time_to_find | tee bench/results/time-to-find.txt

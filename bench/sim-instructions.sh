@@ -2,7 +2,7 @@
 # Instructions per medium scenario (callgrind; steady on a noisy machine, unlike wall time).
 # Runs the sim_throughput bench binary on the first 5 fixed medium scenarios under callgrind
 # and prints total instructions / 5. Extra arguments go to the bench, e.g. a config override:
-#   bench/sim-instructions.sh                          # the generated config (tick 40 ms)
+#   bench/sim-instructions.sh                          # the generated config
 #   bench/sim-instructions.sh --set tick_ms=20          # one knob changed, same steps
 # Needs valgrind. Takes ~15 s per call.
 set -euo pipefail
