@@ -15,15 +15,16 @@
 //! 2. every publish call has returned;
 //! 3. every live client (opened, never closed for good) is connected: welcomed since its last
 //!    attempt and close;
-//! 4. the hub's gauges, read then, show what the bounded-resources check demands after the load: no send queue
-//!    lags, the hub holds no more connections than clients hold open, and no events are retained
-//!    if their retention age runs out before the quiet period would end.
+//! 4. the hub's gauges, read then, show what the bounded-resources check demands after the
+//!    load: no send queue lags, the hub holds no more connections than clients hold open, and
+//!    no events are retained if their retention age runs out before the quiet period would end.
 //!
-//! The world then records that gauge sample, `Settled` and `End`. A world that never settles (a client that never
-//! comes back, a queue that never drains, a publish that hangs) runs the whole quiet period and
-//! the checkers decide as before, so an early end hides no loss, liveness or leak failure: each
-//! of those is still visible at `End`, or the world would not have settled. What it gives up is
-//! misbehaviour that begins only after W of complete idleness with every client connected.
+//! The world then records that gauge sample, `Settled` and `End`. A world that never settles (a
+//! client that never comes back, a queue that never drains, a publish that hangs) runs the
+//! whole quiet period and the checkers decide as before, so an early end hides no loss,
+//! liveness or leak failure: each of those is still visible at `End`, or the world would not
+//! have settled. What it gives up is misbehaviour that begins only after W of complete idleness
+//! with every client connected (`herald-sim fuzz --whole-quiet-period` still looks for it).
 //! `settle_ms: None` (the default, and every hand-written catalogue scenario) keeps the whole
 //! quiet period.
 
