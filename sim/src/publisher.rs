@@ -145,7 +145,7 @@ impl EventData<'_> {
         let (id, user) = (self.event_id, self.user);
         let mut body = String::with_capacity(self.pad_bytes + 160);
         let _ = write!(body, r#"{{"data":{{"id":"{id}","pad":""#);
-        body.extend(std::iter::repeat_n('x', self.pad_bytes));
+        body.push_str(&"x".repeat(self.pad_bytes));
         let _ = write!(body, r#"","secret":"secret-of-{user}","user":"{user}"}}"#);
         if let Some(key) = idempotency_key {
             let _ = write!(body, r#","idempotency_key":"{key}""#);
