@@ -2,7 +2,7 @@
 
 use crate::world::{run_with, WorldOptions};
 use herald_properties::checkers::check_all;
-use herald_properties::generators::{generate, GeneratorSettings, Size};
+use herald_properties::generators::{GeneratorSettings, Size};
 use herald_properties::history::{History, Observation};
 use herald_properties::scenario::Scenario;
 use std::path::PathBuf;
@@ -70,19 +70,14 @@ pub fn load_scenario(path: &PathBuf) -> Result<Scenario, String> {
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let scenario = match &args.scenario {
         Some(path) => load_scenario(path)?,
-        None => {
-            let mut scenario = generate(
-                GeneratorSettings {
-                    size: args.size.into(),
-                    swarm: args.swarm,
-                },
-                args.seed,
-            );
-            if args.whole_quiet_period {
-                scenario.config.settle_ms = None;
-            }
-            scenario
-        }
+        None => crate::campaign::generated_scenario(
+            GeneratorSettings {
+                size: args.size.into(),
+                swarm: args.swarm,
+            },
+            args.seed,
+            args.whole_quiet_period,
+        ),
     };
     println!(
         "SEED={} steps={} users={} client_hosts={}",

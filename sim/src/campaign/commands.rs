@@ -11,7 +11,7 @@ use crate::cli::SizeArg;
 use crate::server_under_test::{RealServer, ServerUnderTest};
 use crate::timeline::{render, TimelineOptions};
 use crate::world::{run_with, WorldOptions};
-use herald_properties::generators::{generate, GeneratorSettings};
+use herald_properties::generators::GeneratorSettings;
 use herald_properties::history::History;
 use herald_properties::seed_file::{RecordedCrash, RecordedFailure, SeedFile};
 use std::io::IsTerminal;
@@ -348,10 +348,7 @@ pub fn check_determinism_command(args: CheckDeterminismArgs) -> Result<ExitCode,
     let mut mismatches = 0;
     for k in 0..args.cases {
         let seed = args.seed_start.wrapping_add(k);
-        let mut scenario = generate(settings, seed);
-        if args.whole_quiet_period {
-            scenario.config.settle_ms = None;
-        }
+        let scenario = super::generated_scenario(settings, seed, args.whole_quiet_period);
         let a = run_with(&scenario, seed, WorldOptions::default()).history;
         perturb_process_state(k + 1);
         let b = run_with(&scenario, seed, WorldOptions::default()).history;

@@ -154,12 +154,19 @@ impl FuzzOptions {
 
     /// The scenario of the case with `seed`.
     pub fn scenario(&self, seed: u64) -> Scenario {
-        let mut scenario = generate(self.generator(), seed);
-        if self.whole_quiet_period {
-            scenario.config.settle_ms = None;
-        }
-        scenario
+        generated_scenario(self.generator(), seed, self.whole_quiet_period)
     }
+}
+
+/// The generated scenario of `seed`, as every command builds it: `whole_quiet_period` (the
+/// `--whole-quiet-period` flag) keeps the world running through its whole quiet period instead
+/// of ending it once it has settled.
+pub fn generated_scenario(settings: GeneratorSettings, seed: u64, whole_quiet_period: bool) -> Scenario {
+    let mut scenario = generate(settings, seed);
+    if whole_quiet_period {
+        scenario.config.settle_ms = None;
+    }
+    scenario
 }
 
 /// Parses `90`, `90s`, `10m`, `1h`, `1h30m`, `500ms`.
