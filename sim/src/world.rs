@@ -320,6 +320,8 @@ impl Driver<'_> {
         let mut healed = false;
         let mut settling = Settling::new();
         let mut observed = 0;
+        // The gauge sample the world settled on, if it did.
+        let mut settled_on: Option<GaugeSample> = None;
         loop {
             let now_ms = sim.elapsed().as_millis() as u64;
             if let Some(op) = self.pending_op.take() {
@@ -345,13 +347,11 @@ impl Driver<'_> {
             if healed && config.settle_ms.is_some() {
                 self.recorder.feed(&mut settling, &mut observed);
                 if settling.is_quiet(config, now_ms) {
-                    if let Some(sample) = self.read_gauges(sim) {
-                        if settling.is_settled(config, now_ms, &sample) {
-                            self.recorder.record_at(now_ms, Observation::Gauges(sample));
-                            self.recorder.record_at(now_ms, Observation::Settled);
-                            self.recorder.record_at(now_ms, Observation::End);
-                            return;
-                        }
+                    settled_on = self
+                        .read_gauges(sim)
+                        .filter(|sample| settling.is_settled(config, now_ms, sample));
+                    if settled_on.is_some() {
+                        break;
                     }
                 }
             }
@@ -388,7 +388,13 @@ impl Driver<'_> {
             }
         }
         let now_ms = sim.elapsed().as_millis() as u64;
-        self.sample_gauges(sim, now_ms);
+        match settled_on {
+            Some(sample) => {
+                self.recorder.record_at(now_ms, Observation::Gauges(sample));
+                self.recorder.record_at(now_ms, Observation::Settled);
+            }
+            None => self.sample_gauges(sim, now_ms),
+        }
         self.recorder.record_at(now_ms, Observation::End);
     }
 

@@ -494,16 +494,7 @@ fn announce(shared: &Shared, seed: u64, failure: &CaseFailure, seed_file: Option
     let o = &shared.options;
     let reproduce = match seed_file {
         Some(path) => format!("cargo run --release -p herald-sim -- replay {path}"),
-        None => format!(
-            "cargo run --release -p herald-sim -- run --seed {seed} --size {}{}{}",
-            o.size.as_str(),
-            if o.swarm { " --swarm" } else { "" },
-            if o.whole_quiet_period {
-                " --whole-quiet-period"
-            } else {
-                ""
-            }
-        ),
+        None => super::run_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period),
     };
     shared.reporter.println(&format!(
         "FAILURE {} [{} / {}] case seed {seed}: {}\n  reproduce with: {reproduce}",

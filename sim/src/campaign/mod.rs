@@ -169,6 +169,19 @@ pub fn generated_scenario(settings: GeneratorSettings, seed: u64, whole_quiet_pe
     scenario
 }
 
+/// The command that regenerates and reruns one case (when no seed file was saved for it).
+pub fn run_command(seed: u64, size: &str, swarm: bool, whole_quiet_period: bool) -> String {
+    format!(
+        "cargo run --release -p herald-sim -- run --seed {seed} --size {size}{}{}",
+        if swarm { " --swarm" } else { "" },
+        if whole_quiet_period {
+            " --whole-quiet-period"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Parses `90`, `90s`, `10m`, `1h`, `1h30m`, `500ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -187,15 +187,13 @@ impl CampaignReport {
                 )?,
                 None => writeln!(
                     out,
-                    "     reproduce with: cargo run --release -p herald-sim -- run --seed {} --size {}{}{}",
-                    group.case_seeds.first().copied().unwrap_or(0),
-                    s.size,
-                    if s.swarm { " --swarm" } else { "" },
-                    if s.whole_quiet_period {
-                        " --whole-quiet-period"
-                    } else {
-                        ""
-                    }
+                    "     reproduce with: {}",
+                    super::run_command(
+                        group.case_seeds.first().copied().unwrap_or(0),
+                        &s.size,
+                        s.swarm,
+                        s.whole_quiet_period
+                    )
                 )?,
             }
         }
