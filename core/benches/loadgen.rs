@@ -18,7 +18,8 @@
 //! HTTP connections, or the notifier), embeds the intended send time, the target user and a
 //! per-user counter in every payload, and checks every frame at the client: no loss, no
 //! duplicate, no reordering, no misrouting. Latency is measured from the *intended* send time
-//! (no coordinated omission).
+//! (no coordinated omission), and also from the moment the publish was issued (the same
+//! deliveries without the generator's own pacing delay).
 //!
 //! ```text
 //! cargo build --release -p herald-core --bin herald --example baseline_server
@@ -180,6 +181,12 @@ struct Cli {
     /// The baseline binary (default: target/release/examples/baseline_server).
     #[arg(long)]
     baseline_bin: Option<PathBuf>,
+    /// The in-process publishing thread's pacing tick, µs: when nothing is due it sleeps this
+    /// long, then publishes everything that fell due meanwhile. The default, 1 ms, is the
+    /// resolution of tokio's timer, which paces the HTTP publisher, so both paths publish in
+    /// the same bursts (and latency from the intended send time includes the wait either way).
+    #[arg(long, default_value_t = 1_000)]
+    notifier_tick_us: u64,
     /// Worker threads of the generator's runtime.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
@@ -337,11 +344,32 @@ impl Drop for ServerProcess {
                     server.shutdown();
                 }
                 if let Some(runtime) = runtime.take() {
+                    if std::env::var_os("LOADGEN_RUNTIME_METRICS").is_some() {
+                        print_runtime_metrics(self.kind, &runtime);
+                    }
                     // Dropped from async code: shut down without blocking.
                     runtime.shutdown_background();
                 }
             }
         }
+    }
+}
+
+/// Diagnostic (`LOADGEN_RUNTIME_METRICS=1`): how often the in-process server's workers parked,
+/// stole and polled over its life. Parks are the wake-ups a publish costs beyond the write
+/// itself: each is a futex or epoll round trip and usually a context switch.
+fn print_runtime_metrics(kind: ServerKind, runtime: &tokio::runtime::Runtime) {
+    let metrics = runtime.metrics();
+    for worker in 0..metrics.num_workers() {
+        eprintln!(
+            "  {} runtime worker {worker}: parks {} (woken for nothing {}) steals {} polls {} busy {:.2} s",
+            kind.name(),
+            metrics.worker_park_count(worker),
+            metrics.worker_noop_count(worker),
+            metrics.worker_steal_count(worker),
+            metrics.worker_poll_count(worker),
+            metrics.worker_total_busy_duration(worker).as_secs_f64()
+        );
     }
 }
 
@@ -587,6 +615,9 @@ struct Payload {
     k: u64,
     /// Intended send time, ns since the generator's base instant.
     t: u64,
+    /// When the publish was actually issued (the bridge call, or the HTTP request's write), ns
+    /// since the base instant: `p - t` is the generator's own pacing delay.
+    p: u64,
 }
 
 /// What one client saw; checked against what was published.
@@ -604,8 +635,10 @@ struct ClientStats {
     misrouted: u64,
     seq_errors: u64,
     other_frames: u64,
-    /// Latency samples, µs.
+    /// Latency samples from the intended send time, µs.
     latency_us: Vec<u32>,
+    /// Latency samples from the moment the publish was issued, µs.
+    publish_latency_us: Vec<u32>,
     /// When this client had everything it was expecting (ns since base), set by the reader.
     caught_up_ns: u64,
     recovered: bool,
@@ -729,6 +762,9 @@ async fn read_loop(
         stats
             .latency_us
             .push((now.saturating_sub(payload.t) / 1_000).min(u64::from(u32::MAX)) as u32);
+        stats
+            .publish_latency_us
+            .push((now.saturating_sub(payload.p) / 1_000).min(u64::from(u32::MAX)) as u32);
         progress.delivered.fetch_add(1, Ordering::Relaxed);
         let target = progress.target_k[stats.user as usize].load(Ordering::Relaxed);
         if target != 0 && payload.k == target {
@@ -816,6 +852,8 @@ struct PublishPlan {
     /// First counter value per user (k), so a second batch continues the sequence.
     first_k: u64,
     pad: String,
+    /// The publishing thread's pacing tick (`--notifier-tick-us`).
+    notifier_tick_us: u64,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -837,12 +875,6 @@ async fn publish_to(server: &ServerProcess, http_connections: usize, plan: Arc<P
         None => publish(server.addr, http_connections, plan).await,
     }
 }
-
-/// The publishing thread's pacing tick: when nothing is due it sleeps this long, then publishes
-/// everything that fell due meanwhile. 1 ms is the resolution of tokio's timer, which paces
-/// the HTTP publisher, so both paths batch alike (and the latency, measured from each event's
-/// intended send time, includes the wait either way).
-const NOTIFIER_TICK_US: u64 = 1_000;
 
 /// The in-process path: one dedicated thread calls the bridge (herald: `Notifier::publish_raw`,
 /// what the HTTP API calls after parsing the request; baseline: `App::publish_raw`) open loop
@@ -874,7 +906,7 @@ fn publish_notifier_thread(bridge: &Bridge, plan: &PublishPlan) -> PublishReport
         let now = now_ns();
         let due = events_due(interval_ns, start_ns, now, total);
         if due <= j {
-            std::thread::sleep(Duration::from_micros(NOTIFIER_TICK_US));
+            std::thread::sleep(Duration::from_micros(plan.notifier_tick_us));
             continue;
         }
         if first_ns == 0 {
@@ -883,8 +915,9 @@ fn publish_notifier_thread(bridge: &Bridge, plan: &PublishPlan) -> PublishReport
         while j < due {
             let user = (j % users) as u32;
             let k = plan.first_k + j / users;
-            let t = scheduled_ns(interval_ns, start_ns, j).unwrap_or_else(now_ns);
-            let text = format!(r#"{{"u":{user},"k":{k},"t":{t},"text":"{}"}}"#, plan.pad);
+            let p = now_ns();
+            let t = scheduled_ns(interval_ns, start_ns, j).unwrap_or(p);
+            let text = format!(r#"{{"u":{user},"k":{k},"t":{t},"p":{p},"text":"{}"}}"#, plan.pad);
             let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
             match bridge.publish(&names[user as usize], &runs[user as usize], &raw) {
                 Ok(()) => report.accepted += 1,
@@ -957,10 +990,12 @@ async fn publish_connection(
                 let user = my_users[(j % my_users.len() as u64) as usize];
                 let k = plan.first_k + j / my_users.len() as u64;
                 let t = scheduled_ns(interval_ns, start_ns, j).unwrap_or(now);
+                // The whole batch leaves in the one write below, a few µs after `now`.
+                let p = now;
                 body.clear();
                 write!(
                     body,
-                    r#"{{"run":"run-{user}","kind":"agent_thinking","data":{{"u":{user},"k":{k},"t":{t},"text":"{}"}}}}"#,
+                    r#"{{"run":"run-{user}","kind":"agent_thinking","data":{{"u":{user},"k":{k},"t":{t},"p":{p},"text":"{}"}}}}"#,
                     plan.pad
                 )
                 .unwrap();
@@ -1102,6 +1137,11 @@ struct LoadResult {
     p99_ms: f64,
     p999_ms: f64,
     max_ms: f64,
+    /// The same percentiles measured from the moment each publish was issued: what the server
+    /// (and the clients' side of the machine) added, without the generator's pacing delay.
+    publish_p50_ms: f64,
+    publish_p99_ms: f64,
+    publish_p999_ms: f64,
     /// Deliveries per second from the first publish to the last delivery.
     delivered_per_sec: f64,
     /// Achieved publish rate (publishes/s while writing).
@@ -1175,6 +1215,7 @@ async fn load_run(
         per_user,
         first_k: 1,
         pad: "x".repeat(cli.payload_pad_bytes),
+        notifier_tick_us: cli.notifier_tick_us,
     });
     let report = publish_to(server, cli.http_connections, plan).await;
     let expected = report.accepted * tabs as u64;
@@ -1222,6 +1263,7 @@ async fn load_run(
     }
     let per_user_accepted = report.accepted / u64::from(users);
     let mut latencies = Vec::with_capacity(expected as usize);
+    let mut publish_latencies = Vec::with_capacity(expected as usize);
     for (ws, stats) in clients {
         drop(ws);
         result.delivered += stats.received - stats.duplicates - stats.misrouted;
@@ -1232,12 +1274,17 @@ async fn load_run(
         let last_k = stats.next_k - 1;
         result.missing += stats.skipped + per_user_accepted.saturating_sub(last_k);
         latencies.extend_from_slice(&stats.latency_us);
+        publish_latencies.extend_from_slice(&stats.publish_latency_us);
     }
     latencies.sort_unstable();
     result.p50_ms = percentile_ms(&latencies, 0.50);
     result.p99_ms = percentile_ms(&latencies, 0.99);
     result.p999_ms = percentile_ms(&latencies, 0.999);
     result.max_ms = latencies.last().map_or(f64::NAN, |v| f64::from(*v) / 1_000.0);
+    publish_latencies.sort_unstable();
+    result.publish_p50_ms = percentile_ms(&publish_latencies, 0.50);
+    result.publish_p99_ms = percentile_ms(&publish_latencies, 0.99);
+    result.publish_p999_ms = percentile_ms(&publish_latencies, 0.999);
     result.delivered_per_sec = result.delivered as f64 / elapsed.max(1e-9);
     result.server_cpu_us_per_delivery = server_cpu_secs * 1e6 / result.delivered.max(1) as f64;
     // Let the server reap the closed connections before the next run.
@@ -1379,6 +1426,9 @@ fn load_rows(
         ("p99 latency (ms)", column(|r| r.p99_ms), "f2"),
         ("p99.9 latency (ms)", column(|r| r.p999_ms), "f2"),
         ("max latency (ms)", column(|r| r.max_ms), "f1"),
+        ("p50 from publish (ms)", column(|r| r.publish_p50_ms), "f2"),
+        ("p99 from publish (ms)", column(|r| r.publish_p99_ms), "f2"),
+        ("p99.9 from publish (ms)", column(|r| r.publish_p999_ms), "f2"),
         ("delivered events/s", column(|r| r.delivered_per_sec), "int"),
         ("published events/s (achieved)", column(|r| r.published_per_sec), "int"),
         (
@@ -1404,12 +1454,15 @@ fn load_rows(
 
 fn print_run(kind: ServerKind, label: &str, r: &LoadResult) {
     println!(
-        "  {label} {:<17} p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms | delivered {}/{} ({:.0}/s) published {} ({:.0}/s) | cpu server {:.2} ({:.2} µs/event) loadgen {:.2} other {:.2} | {}",
+        "  {label} {:<17} p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms (from publish: p50 {:.2} p99 {:.2} p99.9 {:.2}) | delivered {}/{} ({:.0}/s) published {} ({:.0}/s) | cpu server {:.2} ({:.2} µs/event) loadgen {:.2} other {:.2} | {}",
         kind.name(),
         r.p50_ms,
         r.p99_ms,
         r.p999_ms,
         r.max_ms,
+        r.publish_p50_ms,
+        r.publish_p99_ms,
+        r.publish_p999_ms,
         r.delivered,
         r.expected,
         r.delivered_per_sec,
@@ -1571,6 +1624,7 @@ async fn scenario_resume(cli: &Cli) {
             per_user: before,
             first_k: 1,
             pad: "x".repeat(cli.payload_pad_bytes),
+            notifier_tick_us: cli.notifier_tick_us,
         });
         let first = publish(server.addr, cli.http_connections, plan).await;
         assert_eq!(first.errors, 0, "publish errors: {:?}", first.first_error);
@@ -1593,6 +1647,7 @@ async fn scenario_resume(cli: &Cli) {
             per_user: missed,
             first_k: before + 1,
             pad: "x".repeat(cli.payload_pad_bytes),
+            notifier_tick_us: cli.notifier_tick_us,
         });
         let second = publish(server.addr, cli.http_connections, plan).await;
         assert_eq!(second.errors, 0, "publish errors: {:?}", second.first_error);

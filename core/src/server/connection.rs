@@ -1,8 +1,8 @@
 //! One WebSocket connection: one tokio task, no channels.
 //!
 //! Phases: `hello` (bounded by `hello_timeout_ms`, then the token is verified and the hub
-//! connects the user), then a loop that drains the hub's transmits for this connection and
-//! otherwise waits on: its [`WriterWake`] (the hub has something to send), the socket (client
+//! connects the user), then a loop that writes what its [`Outbox`] holds and otherwise waits
+//! on: the outbox's wake (frames were moved into it), the socket (client
 //! pings, pongs, close, bad frames), the heartbeat (send a ping; close if the client was silent
 //! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
 //! a peer that does not drain its socket in time is dropped. However the task ends — returned,
@@ -13,7 +13,7 @@
 //! at once; that wrapper gathers the frames of one batch in a buffer that exists only until the
 //! batch's `flush`, so a batch of frames costs one `write` syscall instead of one per frame.
 
-use super::{timeout_if_pending, Shared, WriterWake};
+use super::{timeout_if_pending, Outbox, Shared};
 use crate::hub::{ConnectionId, Transmit};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
@@ -27,16 +27,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-/// Transmits taken from the hub per lock acquisition: bounds the critical section.
-const BATCH_TRANSMITS_MAX: usize = 64;
 /// Bytes a [`CoalescingIo`] gathers before it writes them out without waiting for a flush:
 /// bounds the transient buffer of a connection that is being written (a full batch of
-/// `BATCH_TRANSMITS_MAX` typical event frames is ~20 KiB, so at most a few syscalls per batch).
+/// `OUTBOX_TRANSMITS_MAX` typical event frames is ~20 KiB, so at most a few syscalls per batch).
 /// A single write at least this large is passed straight through, never copied.
 const WRITE_COALESCE_BYTES_MAX: usize = 16 * 1024;
-/// Batch capacity kept while idle; a larger buffer left by a burst is freed, so idle
-/// connections stay small.
-const BATCH_IDLE_CAPACITY_MAX: usize = 8;
+/// First capacity of a [`CoalescingIo`] buffer: one typical event frame fits, and an
+/// allocation this small is served from the allocator's per-thread cache (no arena lock).
+const GATHER_INITIAL_BYTES: usize = 1024;
 /// Tokens valid for longer than this re-check expiry at this interval (keeps `Instant`
 /// arithmetic far from overflow for `exp` values in the far future).
 const EXPIRY_RECHECK_MAX_SECS: u64 = 86_400;
@@ -68,7 +66,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
             return;
         }
     };
-    let writer = Arc::new(WriterWake::default());
+    let writer = Arc::new(Outbox::default());
     let connected = match shared.lock() {
         None => Err((ErrorCode::ShuttingDown, "the server is shutting down".to_string())),
         Some(mut state) => {
@@ -244,13 +242,12 @@ async fn serve_connection(
     shared: &Shared,
     socket: &mut WebSocket,
     id: ConnectionId,
-    writer: &WriterWake,
+    writer: &Outbox,
     token_exp: u64,
     read_failed: &mut bool,
 ) -> DisconnectReason {
     let heartbeat_interval = Duration::from_millis(shared.config.heartbeat_interval_ms);
     let idle_timeout = Duration::from_millis(shared.config.idle_timeout_ms);
-    let mut batch: Vec<Transmit> = Vec::new();
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + heartbeat_interval;
     let heartbeat = sleep_until(next_ping.min(last_seen + idle_timeout));
@@ -259,35 +256,30 @@ async fn serve_connection(
     tokio::pin!(expiry);
 
     loop {
-        // Drain everything the hub has for this connection, one bounded batch per lock. A
-        // short batch means the hub had nothing more: anything published while it is written
-        // stays in `writer`, so the select below returns at once (no lost wake-up)
-        // and the common one-frame wake-up takes the lock once.
+        // Write everything in the outbox, one bounded batch at a time, without the hub lock.
+        // Only when the last fill stopped at the outbox's bound does the task pull from the
+        // hub itself (under the hub lock, appending, so order holds). Anything published while
+        // a batch is written is already in the outbox and in `writer`'s flag, so the select
+        // below returns at once (no lost wake-up).
         loop {
-            debug_assert!(batch.is_empty());
-            let taken = {
+            let (batch, hub_has_more) = writer.take();
+            if batch.is_empty() {
+                if !hub_has_more {
+                    break;
+                }
                 let Some(mut state) = shared.lock() else {
                     return DisconnectReason::ConnectionLost;
                 };
-                state.hub.poll_transmits(id, BATCH_TRANSMITS_MAX, |t| batch.push(t))
-            };
-            if taken == 0 {
-                break;
+                writer.fill(&mut state.hub, id);
+                continue;
             }
             let closing = match write_batch(shared, socket, &batch).await {
                 Ok(closing) => closing,
                 Err(reason) => return reason,
             };
-            batch.clear();
             if let Some(code) = closing {
                 return DisconnectReason::Error(code);
             }
-            if taken < BATCH_TRANSMITS_MAX {
-                break;
-            }
-        }
-        if batch.capacity() > BATCH_IDLE_CAPACITY_MAX {
-            batch = Vec::new();
         }
 
         tokio::select! {
@@ -502,10 +494,17 @@ impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
         if self.pending.len() + bytes.len() > WRITE_COALESCE_BYTES_MAX {
             return false;
         }
-        if self.pending.capacity() == 0 {
-            self.pending.reserve_exact(WRITE_COALESCE_BYTES_MAX);
+        let needed = self.pending.len() + bytes.len();
+        if needed > self.pending.capacity() {
+            // Geometric growth capped at the bound: the usual one-frame batch costs one small
+            // allocation (served from the allocator's thread cache), a burst at most the bound.
+            let target = (self.pending.capacity() * 2)
+                .max(needed)
+                .clamp(GATHER_INITIAL_BYTES, WRITE_COALESCE_BYTES_MAX);
+            self.pending.reserve_exact(target - self.pending.len());
         }
         self.pending.extend_from_slice(bytes);
+        debug_assert!(self.pending.capacity() <= WRITE_COALESCE_BYTES_MAX);
         debug_assert!(self.pending.len() <= WRITE_COALESCE_BYTES_MAX);
         true
     }
@@ -634,8 +633,15 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_one_write_and_the_buffer_is_freed_by_flush() {
         let mut io = upgraded(ScriptedSocket::default());
-        for i in 0..64u8 {
+        io.write_all(&[0; 100]).await.unwrap();
+        assert_eq!(
+            io.pending.capacity(),
+            GATHER_INITIAL_BYTES,
+            "a one-frame batch costs one small allocation"
+        );
+        for i in 1..64u8 {
             io.write_all(&[i; 100]).await.unwrap();
+            assert!(io.pending.capacity() <= WRITE_COALESCE_BYTES_MAX);
         }
         assert_eq!(io.inner.writes, 0, "nothing is written before the flush");
         io.flush().await.unwrap();
