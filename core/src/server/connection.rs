@@ -1,8 +1,8 @@
 //! One WebSocket connection: one tokio task, no channels.
 //!
 //! Phases: `hello` (bounded by `hello_timeout_ms`, then the token is verified and the hub
-//! connects the user), then a loop that writes what its [`Outbox`] holds and otherwise waits
-//! on: the outbox's wake (frames were moved into it), the socket (client
+//! connects the user), then a loop that drains the hub's transmits for this connection and
+//! otherwise waits on: its [`WriterWake`] (the hub has something to send), the socket (client
 //! pings, pongs, close, bad frames), the heartbeat (send a ping; close if the client was silent
 //! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
 //! a peer that does not drain its socket in time is dropped. However the task ends — returned,
@@ -13,7 +13,7 @@
 //! at once; that wrapper gathers the frames of one batch in a buffer that exists only until the
 //! batch's `flush`, so a batch of frames costs one `write` syscall instead of one per frame.
 
-use super::{timeout_if_pending, Outbox, Shared};
+use super::{timeout_if_pending, Shared, WriterWake};
 use crate::hub::{ConnectionId, Transmit};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
@@ -27,11 +27,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
+/// Transmits taken from the hub per lock acquisition: bounds the critical section.
+const BATCH_TRANSMITS_MAX: usize = 64;
 /// Bytes a [`CoalescingIo`] gathers before it writes them out without waiting for a flush:
 /// bounds the transient buffer of a connection that is being written (a full batch of
-/// `OUTBOX_TRANSMITS_MAX` typical event frames is ~20 KiB, so at most a few syscalls per batch).
+/// `BATCH_TRANSMITS_MAX` typical event frames is ~20 KiB, so at most a few syscalls per batch).
 /// A single write at least this large is passed straight through, never copied.
 const WRITE_COALESCE_BYTES_MAX: usize = 16 * 1024;
+/// Batch capacity kept while idle; a larger buffer left by a burst is freed, so idle
+/// connections stay small.
+const BATCH_IDLE_CAPACITY_MAX: usize = 8;
 /// First capacity of a [`CoalescingIo`] buffer: one typical event frame fits, and an
 /// allocation this small is served from the allocator's per-thread cache (no arena lock).
 const GATHER_INITIAL_BYTES: usize = 1024;
@@ -66,7 +71,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
             return;
         }
     };
-    let writer = Arc::new(Outbox::default());
+    let writer = Arc::new(WriterWake::default());
     let connected = match shared.lock() {
         None => Err((ErrorCode::ShuttingDown, "the server is shutting down".to_string())),
         Some(mut state) => {
@@ -242,12 +247,13 @@ async fn serve_connection(
     shared: &Shared,
     socket: &mut WebSocket,
     id: ConnectionId,
-    writer: &Outbox,
+    writer: &WriterWake,
     token_exp: u64,
     read_failed: &mut bool,
 ) -> DisconnectReason {
     let heartbeat_interval = Duration::from_millis(shared.config.heartbeat_interval_ms);
     let idle_timeout = Duration::from_millis(shared.config.idle_timeout_ms);
+    let mut batch: Vec<Transmit> = Vec::new();
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + heartbeat_interval;
     let heartbeat = sleep_until(next_ping.min(last_seen + idle_timeout));
@@ -256,30 +262,35 @@ async fn serve_connection(
     tokio::pin!(expiry);
 
     loop {
-        // Write everything in the outbox, one bounded batch at a time, without the hub lock.
-        // Only when the last fill stopped at the outbox's bound does the task pull from the
-        // hub itself (under the hub lock, appending, so order holds). Anything published while
-        // a batch is written is already in the outbox and in `writer`'s flag, so the select
-        // below returns at once (no lost wake-up).
+        // Drain everything the hub has for this connection, one bounded batch per lock. A
+        // short batch means the hub had nothing more: anything published while it is written
+        // stays in `writer`, so the select below returns at once (no lost wake-up)
+        // and the common one-frame wake-up takes the lock once.
         loop {
-            let (batch, hub_has_more) = writer.take();
-            if batch.is_empty() {
-                if !hub_has_more {
-                    break;
-                }
+            debug_assert!(batch.is_empty());
+            let taken = {
                 let Some(mut state) = shared.lock() else {
                     return DisconnectReason::ConnectionLost;
                 };
-                writer.fill(&mut state.hub, id);
-                continue;
+                state.hub.poll_transmits(id, BATCH_TRANSMITS_MAX, |t| batch.push(t))
+            };
+            if taken == 0 {
+                break;
             }
             let closing = match write_batch(shared, socket, &batch).await {
                 Ok(closing) => closing,
                 Err(reason) => return reason,
             };
+            batch.clear();
             if let Some(code) = closing {
                 return DisconnectReason::Error(code);
             }
+            if taken < BATCH_TRANSMITS_MAX {
+                break;
+            }
+        }
+        if batch.capacity() > BATCH_IDLE_CAPACITY_MAX {
+            batch = Vec::new();
         }
 
         tokio::select! {

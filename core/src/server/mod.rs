@@ -1,10 +1,10 @@
 //! The server adapter: gives the sans-IO [`Hub`] sockets, a clock and a router.
 //!
-//! One `std::sync::Mutex` guards the hub and the table of connection outboxes; every critical
+//! One `std::sync::Mutex` guards the hub and the table of connection writers; every critical
 //! section is short and none spans an `.await`. Each WebSocket connection is one tokio task
-//! ([`connection`]) that waits on its own [`Outbox`], into which whoever changed the hub moved
-//! the connection's frames under the hub lock — there are no per-connection channels, so an
-//! idle connection costs a socket, a small read buffer, an empty outbox and a parked task. The HTTP API ([`http`]) and the in-process [`Notifier`] publish through the same
+//! ([`connection`]) that waits on its own [`WriterWake`] and pulls frames from the hub — there are
+//! no per-connection channels, so an idle connection costs a socket, a small read buffer and a
+//! parked task. The HTTP API ([`http`]) and the in-process [`Notifier`] publish through the same
 //! lock. Generic over the listener (axum's [`Listener`]), so the very same router serves
 //! tokio TCP in production and turmoil TCP in the simulation.
 
@@ -13,7 +13,7 @@ mod http;
 
 use crate::auth::TokenVerifier;
 use crate::clock::Clock;
-use crate::hub::{ConnectionId, Counters, Gauges, Hub, HubConfig, Transmit};
+use crate::hub::{ConnectionId, Counters, Gauges, Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::rng::SeededRng;
@@ -139,7 +139,7 @@ impl ServerConfig {
 /// What the lock guards: the hub and the wakers of the connection tasks.
 pub(crate) struct State {
     pub hub: Hub,
-    pub writers: BTreeMap<ConnectionId, Arc<Outbox>>,
+    pub writers: BTreeMap<ConnectionId, Arc<WriterWake>>,
     wakes: Vec<ConnectionId>,
 }
 
@@ -157,85 +157,16 @@ pub(crate) async fn timeout_if_pending<F: std::future::Future>(
     }
 }
 
-/// The most transmits an [`Outbox`] holds, and so the most one fill pulls from the hub under
-/// the hub lock: bounds both the critical section and what a connection holds beyond its hub
-/// cursor (a full batch of typical event frames is ~20 KiB, written in a few syscalls).
-pub(crate) const OUTBOX_TRANSMITS_MAX: usize = 64;
-
-/// One connection's hand-off point with the hub: the transmits already pulled from the hub for
-/// it, plus a flag and the task's waker.
-///
-/// Whoever changes the hub for a connection (a publish, its own ping, a close, shutdown) moves
-/// the resulting transmits into the connection's outbox while it still holds the hub lock (in
-/// [`Locked`]'s drop), then wakes the task after unlocking. The connection task takes them
-/// under the outbox's own small lock, so the hub lock is contended only by those who change
-/// the hub, never by every connection task on every wake-up. Order holds because every pull
-/// from the hub happens under the hub lock and appends to the outbox, and only the connection
-/// task takes from it. A wake that comes while the task is busy (writing) stays in the flag
-/// and is seen at its next wait, so none is lost; unlike `tokio::sync::Notify` there is no
-/// waiter list to lock.
-pub(crate) struct Outbox {
+/// Wakes one connection task when the hub has something for it: a flag plus the task's waker.
+/// A wake that comes while the task is busy (writing) stays in the flag and is seen at its next
+/// wait, so none is lost; unlike `tokio::sync::Notify` there is no waiter list to lock.
+#[derive(Default)]
+pub(crate) struct WriterWake {
     woken: AtomicBool,
     waker: AtomicWaker,
-    pending: Mutex<Pending>,
 }
 
-/// What an [`Outbox`] holds between a fill and a take.
-struct Pending {
-    /// At most `OUTBOX_TRANSMITS_MAX`, oldest first; an empty `Vec` (no allocation) when idle.
-    transmits: Vec<Transmit>,
-    /// The last fill stopped at the bound (or no fill has happened yet): the hub may hold more
-    /// for this connection, and the task must pull once the outbox is empty.
-    hub_has_more: bool,
-}
-
-impl Default for Outbox {
-    fn default() -> Self {
-        Outbox {
-            woken: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-            pending: Mutex::new(Pending {
-                transmits: Vec::new(),
-                hub_has_more: true,
-            }),
-        }
-    }
-}
-
-impl Outbox {
-    /// Moves this connection's transmits from the hub into the outbox, up to the bound. The
-    /// caller holds the hub lock (the `&mut Hub` comes from a [`Locked`] guard).
-    ///
-    /// Only an empty outbox is filled: what a connection has not yet taken stays in the hub,
-    /// where it counts towards the connection's lag, so `send_queue_max` cuts a connection
-    /// whose task has stopped taking (a reader that stopped reading) exactly as before the
-    /// outbox existed — beyond the lag, a connection holds at most one batch, in its outbox
-    /// or being written.
-    pub fn fill(&self, hub: &mut Hub, id: ConnectionId) {
-        let mut pending = self.lock_pending();
-        if !pending.transmits.is_empty() {
-            pending.hub_has_more = true;
-            return;
-        }
-        let room = OUTBOX_TRANSMITS_MAX.saturating_sub(pending.transmits.len());
-        let transmits = &mut pending.transmits;
-        let pulled = hub.poll_transmits(id, room, |transmit| transmits.push(transmit));
-        pending.hub_has_more = pulled == room;
-        debug_assert!(pending.transmits.len() <= OUTBOX_TRANSMITS_MAX);
-    }
-
-    /// Takes everything pulled so far, oldest first, and whether the hub may hold more (then
-    /// the task fills the outbox itself once it has written these).
-    pub fn take(&self) -> (Vec<Transmit>, bool) {
-        let mut pending = self.lock_pending();
-        (std::mem::take(&mut pending.transmits), pending.hub_has_more)
-    }
-
-    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
-        // The hub lock's poisoning is what reports a crash; this lock guards plain data.
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
+impl WriterWake {
     pub fn wake(&self) {
         self.woken.store(true, Ordering::Release);
         self.waker.wake();
@@ -260,9 +191,8 @@ impl Outbox {
     }
 }
 
-/// The hub lock. Dropping it fills the outbox of every connection the hub asked to wake and
-/// wakes them, so no mutation can forget to (the one rule of using the hub: after every
-/// mutation, `take_wakes`). The wakes
+/// The hub lock. Dropping it wakes every connection the hub asked to wake, so no mutation can
+/// forget to (the one rule of using the hub: after every mutation, `take_wakes`). The wakes
 /// happen after the mutex is released: waking a task can cost a syscall (unparking a worker
 /// thread), which must not lengthen the critical section every publish and connection contends on.
 pub(crate) struct Locked<'a>(Option<MutexGuard<'a, State>>);
@@ -288,29 +218,26 @@ impl Drop for Locked<'_> {
         let Some(mut guard) = self.0.take() else {
             return;
         };
-        let State { hub, writers, wakes } = &mut *guard;
-        hub.take_wakes(wakes);
-        if wakes.is_empty() {
+        let state = &mut *guard;
+        state.hub.take_wakes(&mut state.wakes);
+        if state.wakes.is_empty() {
             return;
         }
-        // Each woken connection's transmits move to its outbox under this lock (so they stay
-        // in hub order); the tasks are woken after the unlock, so a woken task never waits for
-        // this lock. A publish wakes at most `connections_per_user_max` writers, so the usual
-        // case needs no allocation.
-        let mut inline: [Option<Arc<Outbox>>; WAKES_INLINE_MAX] = Default::default();
+        // Woken after the unlock, so a woken task never waits for this lock. A publish wakes
+        // at most `connections_per_user_max` writers, so the usual case needs no allocation.
+        let mut inline: [Option<Arc<WriterWake>>; WAKES_INLINE_MAX] = Default::default();
         let mut overflow = Vec::new();
-        for (i, id) in wakes.drain(..).enumerate() {
-            if let Some(outbox) = writers.get(&id) {
-                outbox.fill(hub, id);
+        for (i, id) in state.wakes.drain(..).enumerate() {
+            if let Some(writer) = state.writers.get(&id) {
                 match inline.get_mut(i) {
-                    Some(slot) => *slot = Some(outbox.clone()),
-                    None => overflow.push(outbox.clone()),
+                    Some(slot) => *slot = Some(writer.clone()),
+                    None => overflow.push(writer.clone()),
                 }
             }
         }
         drop(guard);
-        for outbox in inline.iter().flatten().chain(overflow.iter()) {
-            outbox.wake();
+        for writer in inline.iter().flatten().chain(overflow.iter()) {
+            writer.wake();
         }
     }
 }
@@ -506,128 +433,5 @@ async fn tick_loop(shared: &Shared) {
             let now_ms = shared.clock.now_ms();
             state.hub.tick(now_ms);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hub::PublishRequest;
-    use crate::protocol::EventKind;
-    use serde_json::value::RawValue;
-
-    fn hub_with_alice(send_queue_max: u64) -> (Hub, ConnectionId) {
-        let config = HubConfig {
-            send_queue_max,
-            ..HubConfig::default()
-        };
-        let mut hub = Hub::new(config, SeededRng::new(3)).unwrap();
-        let id = hub.connect(0, "alice", None).unwrap();
-        (hub, id)
-    }
-
-    fn publish(hub: &mut Hub, n: u64) {
-        let data = RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();
-        let request = PublishRequest {
-            run: "r",
-            kind: EventKind::AgentThinking,
-            data: &data,
-            idempotency_key: None,
-        };
-        hub.publish(1, "alice", request).unwrap();
-    }
-
-    fn seqs(transmits: &[Transmit]) -> Vec<u64> {
-        transmits
-            .iter()
-            .filter_map(|t| match t {
-                Transmit::Event { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn an_outbox_keeps_hub_order_and_its_bound_and_says_when_the_hub_has_more() {
-        let (mut hub, id) = hub_with_alice(1_000);
-        let outbox = Outbox::default();
-        assert!(outbox.take().1, "before the first fill the hub may hold the welcome");
-        outbox.fill(&mut hub, id);
-        let (welcome, more) = outbox.take();
-        assert!(matches!(welcome[..], [Transmit::Control(_)]));
-        assert!(!more, "a fill below the bound emptied the hub");
-
-        for n in 1..=(OUTBOX_TRANSMITS_MAX as u64 + 10) {
-            publish(&mut hub, n);
-        }
-        outbox.fill(&mut hub, id);
-        let (first, more) = outbox.take();
-        assert_eq!(first.len(), OUTBOX_TRANSMITS_MAX, "a fill stops at the bound");
-        assert!(more, "the rest is still in the hub");
-        assert_eq!(seqs(&first), (1..=OUTBOX_TRANSMITS_MAX as u64).collect::<Vec<_>>());
-        outbox.fill(&mut hub, id);
-        let (rest, more) = outbox.take();
-        assert_eq!(
-            seqs(&rest),
-            (OUTBOX_TRANSMITS_MAX as u64 + 1..=OUTBOX_TRANSMITS_MAX as u64 + 10).collect::<Vec<_>>()
-        );
-        assert!(!more);
-        assert!(outbox.take().0.is_empty());
-    }
-
-    #[test]
-    fn an_untaken_outbox_leaves_the_backlog_in_the_hub_where_send_queue_max_cuts_it() {
-        let (mut hub, id) = hub_with_alice(5);
-        let outbox = Outbox::default();
-        outbox.fill(&mut hub, id); // the welcome, never taken: a task that stopped taking
-        for n in 1..=6 {
-            publish(&mut hub, n);
-            outbox.fill(&mut hub, id);
-        }
-        let (taken, more) = outbox.take();
-        assert_eq!(taken.len(), 1, "only the welcome: a full outbox is not refilled");
-        assert!(more);
-        outbox.fill(&mut hub, id);
-        let (after, _) = outbox.take();
-        let error = after
-            .iter()
-            .any(|t| matches!(t, Transmit::Control(frame) if frame.contains("slow_consumer")));
-        assert!(
-            error,
-            "the lag of 6 events passed send_queue_max 5: the hub cut the connection"
-        );
-        assert!(after
-            .iter()
-            .any(|t| matches!(t, Transmit::Close(crate::protocol::ErrorCode::SlowConsumer))));
-    }
-
-    #[test]
-    fn dropping_the_hub_lock_fills_and_wakes_the_outbox_of_every_connection_it_touched() {
-        let server = Server::new(
-            ServerConfig::new(b"secret".to_vec(), "key".into()),
-            crate::clock::TokioClock::shared(0),
-            SeededRng::new(1),
-        )
-        .unwrap();
-        let shared = &server.shared;
-        let outbox = Arc::new(Outbox::default());
-        let id = {
-            let mut state = shared.lock().unwrap();
-            let id = state.hub.connect(0, "alice", None).unwrap();
-            state.writers.insert(id, outbox.clone());
-            id
-        };
-        assert!(outbox.woken.swap(false, Ordering::AcqRel), "the welcome woke it");
-        assert_eq!(outbox.take().0.len(), 1);
-        {
-            let mut state = shared.lock().unwrap();
-            publish(&mut state.hub, 1);
-            assert!(outbox.take().0.is_empty(), "nothing moves while the lock is held");
-        }
-        assert!(outbox.woken.load(Ordering::Acquire));
-        let (taken, more) = outbox.take();
-        assert_eq!(seqs(&taken), vec![1]);
-        assert!(!more, "the task need not take the hub lock for it");
-        let _ = id;
     }
 }
