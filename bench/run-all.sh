@@ -25,6 +25,8 @@ lg --scenario rate --rates 100000 --runs 5 --duration-secs 5 --notifier-tick-us 
    --servers herald-notifier,baseline-notifier                                      | tee bench/results/rate100k-tick100us.txt
 lg --scenario peak --runs 3 --duration-secs 5 \
    --servers herald,herald-notifier,baseline-small,baseline-notifier       | tee bench/results/peak.txt
+lg --scenario peak --runs 3 --duration-secs 5 --servers herald,baseline-small \
+   --peak-rates 100000,110000,120000,130000,140000,150000,160000,170000 | tee bench/results/peak-http-fine.txt
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt
