@@ -759,12 +759,8 @@ async fn read_loop(
             stats.skipped += payload.k - stats.next_k;
         }
         stats.next_k = payload.k + 1;
-        stats
-            .latency_us
-            .push((now.saturating_sub(payload.t) / 1_000).min(u64::from(u32::MAX)) as u32);
-        stats
-            .publish_latency_us
-            .push((now.saturating_sub(payload.p) / 1_000).min(u64::from(u32::MAX)) as u32);
+        stats.latency_us.push(elapsed_us(payload.t, now));
+        stats.publish_latency_us.push(elapsed_us(payload.p, now));
         progress.delivered.fetch_add(1, Ordering::Relaxed);
         let target = progress.target_k[stats.user as usize].load(Ordering::Relaxed);
         if target != 0 && payload.k == target {
@@ -990,12 +986,11 @@ async fn publish_connection(
                 let user = my_users[(j % my_users.len() as u64) as usize];
                 let k = plan.first_k + j / my_users.len() as u64;
                 let t = scheduled_ns(interval_ns, start_ns, j).unwrap_or(now);
-                // The whole batch leaves in the one write below, a few µs after `now`.
-                let p = now;
                 body.clear();
                 write!(
                     body,
-                    r#"{{"run":"run-{user}","kind":"agent_thinking","data":{{"u":{user},"k":{k},"t":{t},"p":{p},"text":"{}"}}}}"#,
+                    // `p` is `now`: the whole batch leaves in the one write below, a few µs later.
+                    r#"{{"run":"run-{user}","kind":"agent_thinking","data":{{"u":{user},"k":{k},"t":{t},"p":{now},"text":"{}"}}}}"#,
                     plan.pad
                 )
                 .unwrap();
@@ -1177,6 +1172,17 @@ impl LoadResult {
     }
 }
 
+/// One latency sample: µs from `since_ns` to `now_ns`, saturated to fit a `u32`.
+fn elapsed_us(since_ns: u64, now_ns: u64) -> u32 {
+    (now_ns.saturating_sub(since_ns) / 1_000).min(u64::from(u32::MAX)) as u32
+}
+
+/// Sorts `samples` (µs) and returns their p50, p99 and p99.9 in ms.
+fn percentiles_ms(samples: &mut [u32]) -> [f64; 3] {
+    samples.sort_unstable();
+    [0.50, 0.99, 0.999].map(|q| percentile_ms(samples, q))
+}
+
 fn percentile_ms(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1276,15 +1282,9 @@ async fn load_run(
         latencies.extend_from_slice(&stats.latency_us);
         publish_latencies.extend_from_slice(&stats.publish_latency_us);
     }
-    latencies.sort_unstable();
-    result.p50_ms = percentile_ms(&latencies, 0.50);
-    result.p99_ms = percentile_ms(&latencies, 0.99);
-    result.p999_ms = percentile_ms(&latencies, 0.999);
+    [result.p50_ms, result.p99_ms, result.p999_ms] = percentiles_ms(&mut latencies);
     result.max_ms = latencies.last().map_or(f64::NAN, |v| f64::from(*v) / 1_000.0);
-    publish_latencies.sort_unstable();
-    result.publish_p50_ms = percentile_ms(&publish_latencies, 0.50);
-    result.publish_p99_ms = percentile_ms(&publish_latencies, 0.99);
-    result.publish_p999_ms = percentile_ms(&publish_latencies, 0.999);
+    [result.publish_p50_ms, result.publish_p99_ms, result.publish_p999_ms] = percentiles_ms(&mut publish_latencies);
     result.delivered_per_sec = result.delivered as f64 / elapsed.max(1e-9);
     result.server_cpu_us_per_delivery = server_cpu_secs * 1e6 / result.delivered.max(1) as f64;
     // Let the server reap the closed connections before the next run.
