@@ -26,10 +26,10 @@ pub use config::HubConfig;
 
 use crate::protocol::{validate_id, ErrorCode, EventKind, GapReason, InvalidId, Resume, ServerFrame};
 use crate::rng::SeededRng;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use stream::UserStream;
 
@@ -175,6 +175,13 @@ pub struct Counters {
     pub slow_consumer_closes: u64,
 }
 
+/// A user's oldest retained event, as listed in `Hub::oldest`. Its publish time is copied here
+/// so that the age check every publish makes reads this map only, not the user's stream.
+struct Oldest {
+    published_at_ms: u64,
+    user: Arc<str>,
+}
+
 struct Connection {
     user: Arc<str>,
     /// Next seq to send from the user's stream.
@@ -200,14 +207,18 @@ impl Connection {
 pub struct Hub {
     config: HubConfig,
     rng: SeededRng,
-    /// Looked up on every publish and every batch a connection takes, so hashed; the hasher is
-    /// fixed (no random keys) and nothing iterates it in an order that reaches behaviour (only
-    /// sums and maxima), so the hub stays deterministic.
-    users: HashMap<Arc<str>, UserStream, BuildHasherDefault<DefaultHasher>>,
-    connections: BTreeMap<ConnectionId, Connection>,
+    /// Looked up on every publish and every batch a connection takes, so hashed. The hasher is
+    /// Fx: fixed (no random keys, so the hub stays deterministic) and a few instructions per
+    /// key. It is not collision-resistant, which is acceptable because no key is chosen by an
+    /// anonymous party: user ids come from the publisher (API key) or a verified token.
+    /// Nothing iterates these maps in an order that reaches behaviour (only sums, maxima, and
+    /// wakes, which `take_wakes` sorts).
+    users: FxHashMap<Arc<str>, UserStream>,
+    /// Keyed by ids drawn from the seeded generator (uniform, never chosen by a peer).
+    connections: FxHashMap<ConnectionId, Connection>,
     /// Each user with retained events appears once, keyed by the publish order of its oldest
     /// retained event: the first entry is the globally oldest event (for age and byte eviction).
-    oldest: BTreeMap<u64, Arc<str>>,
+    oldest: BTreeMap<u64, Oldest>,
     publish_order: u64,
     retained_bytes: u64,
     retained_events: u64,
@@ -224,8 +235,8 @@ impl Hub {
         Ok(Hub {
             config,
             rng,
-            users: HashMap::default(),
-            connections: BTreeMap::new(),
+            users: FxHashMap::default(),
+            connections: FxHashMap::default(),
             oldest: BTreeMap::new(),
             publish_order: 0,
             retained_bytes: 0,
@@ -290,7 +301,13 @@ impl Hub {
         let over_count = (stream.len() as u64).saturating_sub(self.config.retention_events_max);
         let epoch = stream.epoch.clone();
         if was_empty {
-            self.oldest.insert(order, user_key.clone());
+            self.oldest.insert(
+                order,
+                Oldest {
+                    published_at_ms: now_ms,
+                    user: user_key.clone(),
+                },
+            );
         }
         self.retained_bytes += bytes;
         self.retained_events += 1;
@@ -301,11 +318,11 @@ impl Hub {
             self.evict_front(&user_key);
         }
         while self.retained_bytes > self.config.retention_bytes_max {
-            let (_, oldest_user) = self
+            let (_, oldest) = self
                 .oldest
                 .first_key_value()
                 .expect("bytes retained implies an oldest event");
-            let oldest_user = oldest_user.clone();
+            let oldest_user = oldest.user.clone();
             self.evict_front(&oldest_user);
         }
 
@@ -620,12 +637,11 @@ impl Hub {
         );
         self.last_now_ms = self.last_now_ms.max(now_ms);
         let age_max = self.config.retention_age_ms;
-        while let Some((_, user)) = self.oldest.first_key_value() {
-            let user = user.clone();
-            let front = self.users[&user].front().expect("listed in oldest implies non-empty");
-            if front.published_at_ms + age_max > self.last_now_ms {
+        while let Some((_, oldest)) = self.oldest.first_key_value() {
+            if oldest.published_at_ms + age_max > self.last_now_ms {
                 break;
             }
+            let user = oldest.user.clone();
             self.evict_front(&user);
         }
     }
@@ -635,9 +651,18 @@ impl Hub {
         let stream = self.users.get_mut(user).expect("evicting from a known stream");
         let evicted = stream.pop_front().expect("evicting from a non-empty stream");
         let removed = self.oldest.remove(&evicted.order);
-        debug_assert!(removed.is_some(), "the front event is listed in oldest");
+        debug_assert!(
+            removed.is_some_and(|oldest| oldest.published_at_ms == evicted.published_at_ms && oldest.user == *user),
+            "the front event is listed in oldest"
+        );
         if let Some(front) = stream.front() {
-            self.oldest.insert(front.order, user.clone());
+            self.oldest.insert(
+                front.order,
+                Oldest {
+                    published_at_ms: front.published_at_ms,
+                    user: user.clone(),
+                },
+            );
         }
         self.retained_bytes -= evicted.frame.len() as u64;
         self.retained_events -= 1;

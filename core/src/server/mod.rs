@@ -19,7 +19,7 @@ use crate::notifier::Notifier;
 use crate::rng::SeededRng;
 use axum::serve::Listener;
 use futures_util::task::AtomicWaker;
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::future::IntoFuture;
@@ -139,7 +139,8 @@ impl ServerConfig {
 /// What the lock guards: the hub and the wakers of the connection tasks.
 pub(crate) struct State {
     pub hub: Hub,
-    pub writers: BTreeMap<ConnectionId, Arc<WriterWake>>,
+    /// Looked up for every wake; Fx-hashed like the hub's connections (ids are seeded-random).
+    pub writers: FxHashMap<ConnectionId, Arc<WriterWake>>,
     wakes: Vec<ConnectionId>,
 }
 
@@ -311,7 +312,7 @@ impl Server {
                 metrics: Metrics::default(),
                 state: Mutex::new(State {
                     hub,
-                    writers: BTreeMap::new(),
+                    writers: FxHashMap::default(),
                     wakes: Vec::new(),
                 }),
                 shutdown,
