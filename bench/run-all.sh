@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md on this machine and writes the raw output under
-# bench/results/. Long: ~45 minutes. Pass --quick for a ~3-minute smoke pass.
+# bench/results/. Long: ~60 minutes. Pass --quick for a ~3-minute smoke pass.
 # Never run in CI (CI only does `cargo bench --no-run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,11 @@ lg --scenario rate --rates 100000 --runs 5 --duration-secs 5 --notifier-tick-us 
 lg --scenario peak --runs 3 --duration-secs 5 \
    --servers herald,herald-notifier,baseline-small,baseline-notifier       | tee bench/results/peak.txt
 lg --scenario peak --runs 3 --duration-secs 5 --servers herald,baseline-small \
-   --peak-rates 100000,110000,120000,130000,140000,150000,160000,170000 | tee bench/results/peak-http-fine.txt
+   --peak-rates 100000,110000,120000,130000,140000,150000,160000,170000,180000,190000,200000 \
+   | tee bench/results/peak-http-fine.txt
+lg --scenario peak --runs 3 --duration-secs 5 --servers herald-notifier,baseline-notifier \
+   --peak-rates 550000,575000,600000,625000,650000,675000,700000,725000,750000,775000,800000 \
+   | tee bench/results/peak-notifier-fine.txt
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt
