@@ -29,7 +29,7 @@ lg --scenario peak --runs 3 --duration-secs 5 --servers herald,baseline-small \
    --peak-rates 100000,110000,120000,130000,140000,150000,160000,170000,180000,190000,200000 \
    | tee bench/results/peak-http-fine.txt
 lg --scenario peak --runs 3 --duration-secs 5 --servers herald-notifier,baseline-notifier \
-   --peak-rates 550000,575000,600000,625000,650000,675000,700000,725000,750000,775000,800000 \
+   --peak-rates 600000,650000,700000,750000,800000,850000,900000,950000,1000000 \
    | tee bench/results/peak-notifier-fine.txt
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt

@@ -154,7 +154,7 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "60000,70000,80000,90000,100000,150000,200000,250000,300000,350000,400000,500000,600000,700000,800000"
+        default_value = "60000,70000,80000,90000,100000,150000,200000,250000,300000,350000,400000,500000,600000,700000,800000,900000,1000000"
     )]
     peak_rates: Vec<u64>,
     /// A peak step passes if p99 stays at or below this (and nothing is lost).

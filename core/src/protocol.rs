@@ -251,24 +251,41 @@ impl ServerFrame {
 /// Encodes an event frame once, so that it can be stored in retention and written to every
 /// connection of the user without re-serializing. `data` must already be valid JSON.
 pub fn encode_event_frame(seq: u64, run: &str, kind: EventKind, data: &serde_json::value::RawValue) -> String {
-    #[derive(Serialize)]
-    struct EventFrameRef<'a> {
-        #[serde(rename = "type")]
-        frame_type: &'static str,
-        seq: u64,
-        run: &'a str,
-        kind: EventKind,
-        data: &'a serde_json::value::RawValue,
-    }
-    serde_json::to_string(&EventFrameRef {
-        frame_type: "event",
-        seq,
-        run,
-        kind,
-        data,
-    })
-    .expect("event frames always serialize")
+    let mut frame = String::new();
+    encode_event_frame_into(&mut frame, seq, run, kind, data);
+    frame
 }
+
+/// [`encode_event_frame`] appended to `frame`, so that the hub can reuse one buffer for every
+/// publish (no allocation and no regrowth per event). Writes the same bytes serde would: the
+/// fields in declaration order, `run` escaped only if it needs it (a valid id never does).
+pub fn encode_event_frame_into(
+    frame: &mut String,
+    seq: u64,
+    run: &str,
+    kind: EventKind,
+    data: &serde_json::value::RawValue,
+) {
+    use std::fmt::Write as _;
+    frame.reserve(EVENT_FRAME_ENVELOPE_BYTES + run.len() + data.get().len());
+    let _ = write!(frame, r#"{{"type":"event","seq":{seq},"run":"#);
+    if run.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        frame.push('"');
+        frame.push_str(run);
+        frame.push('"');
+    } else {
+        frame.push_str(&serde_json::to_string(run).expect("a string serializes"));
+    }
+    frame.push_str(r#","kind":""#);
+    frame.push_str(kind.as_str());
+    frame.push_str(r#"","data":"#);
+    frame.push_str(data.get());
+    frame.push('}');
+}
+
+/// Bytes of an event frame besides `run` and `data`: the field names, punctuation, the longest
+/// kind and a 20-digit seq, rounded up.
+const EVENT_FRAME_ENVELOPE_BYTES: usize = 96;
 
 /// Why an id (user, run, idempotency key) was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +302,19 @@ impl fmt::Display for InvalidId {
 
 impl std::error::Error for InvalidId {}
 
+/// Which bytes an id may hold: ASCII letters, digits and `-_.:@`. A table, because every
+/// publish checks two or three ids byte by byte.
+const ID_BYTE_ALLOWED: [bool; 256] = {
+    let mut allowed = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        allowed[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'@');
+        b += 1;
+    }
+    allowed
+};
+
 /// Checks a user id, run id or idempotency key: 1..=[`ID_BYTES_MAX`] bytes of ASCII letters,
 /// digits and `-_.:@`. Ids appear in URLs, logs and metrics, so they stay printable and short.
 pub fn validate_id(what: &'static str, id: &str) -> Result<(), InvalidId> {
@@ -297,7 +327,7 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), InvalidId> {
             reason: "longer than 128 bytes",
         });
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b)) {
+    if !id.bytes().all(|b| ID_BYTE_ALLOWED[usize::from(b)]) {
         return Err(InvalidId {
             what,
             reason: "only ASCII letters, digits and -_.:@ are allowed",
@@ -309,6 +339,55 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), InvalidId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_frame_encoding_is_byte_identical_to_serde() {
+        #[derive(Serialize)]
+        struct EventFrameRef<'a> {
+            #[serde(rename = "type")]
+            frame_type: &'static str,
+            seq: u64,
+            run: &'a str,
+            kind: EventKind,
+            data: &'a serde_json::value::RawValue,
+        }
+        let data = serde_json::value::RawValue::from_string(r#"{"text":"h\"i","n":[1,2.5,null]}"#.into()).unwrap();
+        let kinds = [
+            EventKind::AgentStarted,
+            EventKind::AgentThinking,
+            EventKind::ToolExecuting,
+            EventKind::ToolCompleted,
+            EventKind::AgentCompleted,
+            EventKind::AgentError,
+        ];
+        // Valid ids, then runs that need escaping (the encoder must not rely on validation).
+        let runs = ["run-1", "a.b:c@d_e", "q\"uote", "back\\slash", "ctl\u{1}\n", "ünï", ""];
+        let mut reused = String::from("stale bytes the encoder must append after, not keep");
+        for (i, (&kind, run)) in kinds.iter().cycle().zip(runs).enumerate() {
+            for seq in [0, 1, 42, u64::MAX] {
+                let expected = serde_json::to_string(&EventFrameRef {
+                    frame_type: "event",
+                    seq,
+                    run,
+                    kind,
+                    data: &data,
+                })
+                .unwrap();
+                assert_eq!(encode_event_frame(seq, run, kind, &data), expected, "case {i}");
+                reused.clear();
+                encode_event_frame_into(&mut reused, seq, run, kind, &data);
+                assert_eq!(reused, expected, "case {i}, reused buffer");
+            }
+        }
+    }
+
+    #[test]
+    fn id_byte_table_allows_exactly_the_documented_bytes() {
+        for b in 0..=255u8 {
+            let documented = b.is_ascii_alphanumeric() || b"-_.:@".contains(&b);
+            assert_eq!(ID_BYTE_ALLOWED[usize::from(b)], documented, "byte {b}");
+        }
+    }
 
     #[test]
     fn event_frame_encoding_matches_the_decoded_form() {

@@ -223,6 +223,10 @@ pub struct Hub {
     retained_bytes: u64,
     retained_events: u64,
     wakes: Vec<ConnectionId>,
+    /// Every event frame is encoded here, then copied once into its shared `Arc<str>`: no
+    /// allocation or regrowth per publish. Freed after an oversized event, so its capacity stays
+    /// within `event_bytes_max` plus the reservation of one frame's envelope.
+    frame_scratch: String,
     shutting_down: bool,
     last_now_ms: u64,
     counters: Counters,
@@ -242,6 +246,7 @@ impl Hub {
             retained_bytes: 0,
             retained_events: 0,
             wakes: Vec::new(),
+            frame_scratch: String::new(),
             shutting_down: false,
             last_now_ms: 0,
             counters: Counters::default(),
@@ -277,9 +282,13 @@ impl Hub {
         let existing = self.users.get_key_value(user);
         let next_seq = existing.map_or(1, |(_, s)| s.head + 1);
         let known_key = existing.map(|(key, _)| key.clone());
-        let frame = crate::protocol::encode_event_frame(next_seq, request.run, request.kind, request.data);
+        let frame = &mut self.frame_scratch;
+        frame.clear();
+        crate::protocol::encode_event_frame_into(frame, next_seq, request.run, request.kind, request.data);
         let bytes = frame.len() as u64;
         if bytes > self.config.event_bytes_max {
+            // Keep the scratch no larger than the largest event the hub accepts.
+            self.frame_scratch = String::new();
             return Err(PublishError::TooLarge {
                 bytes,
                 max: self.config.event_bytes_max,
@@ -296,7 +305,12 @@ impl Hub {
             .get_mut(&user_key)
             .expect("the stream exists or was just created");
         let was_empty = stream.is_empty();
-        let seq = stream.push(order, now_ms, Arc::from(frame), request.idempotency_key);
+        let seq = stream.push(
+            order,
+            now_ms,
+            Arc::from(self.frame_scratch.as_str()),
+            request.idempotency_key,
+        );
         debug_assert_eq!(seq, next_seq);
         let over_count = (stream.len() as u64).saturating_sub(self.config.retention_events_max);
         let epoch = stream.epoch.clone();
