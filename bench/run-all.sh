@@ -4,8 +4,16 @@
 # Never run in CI (CI only does `cargo bench --no-run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# --server-only skips the simulation benchmarks at the end.
 quick=()
-if [[ "${1:-}" == "--quick" ]]; then quick=(--quick); fi
+server_only=false
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=(--quick) ;;
+    --server-only) server_only=true ;;
+    *) echo "usage: $0 [--quick] [--server-only]" >&2; exit 2 ;;
+  esac
+done
 ulimit -n "$(ulimit -Hn)"   # 10,000 client sockets in the generator, 10,000 in the server
 mkdir -p bench/results
 nproc > bench/results/machine.txt; lscpu | head -15 >> bench/results/machine.txt
@@ -33,6 +41,7 @@ lg --scenario peak --runs 3 --duration-secs 5 --servers herald-notifier,baseline
    | tee bench/results/peak-notifier-fine.txt
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
+if $server_only; then exit 0; fi
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 --set settle_ms=null | tee bench/results/sim-whole-quiet-period.txt
 cargo bench -p herald-sim --bench time_to_find | tee bench/results/time-to-find.txt
