@@ -39,6 +39,18 @@ lg --scenario peak --runs 3 --duration-secs 5 --servers herald,baseline-small \
 lg --scenario peak --runs 3 --duration-secs 5 --servers herald-notifier,baseline-notifier \
    --peak-rates 600000,650000,700000,750000,800000,850000,900000,950000,1000000 \
    | tee bench/results/peak-notifier-fine.txt
+# The same in-process peak, each run of each server in a fresh process (interleaved): with glibc's
+# allocator an in-process server runs slower the more servers ran before it in the same process
+# (BENCHMARKS.md, eighth pass), so this series is the in-process peak's headline.
+: > bench/results/peak-notifier-isolated.txt
+for run in 0 1 2; do
+  for server in herald-notifier baseline-notifier; do
+    echo "# round $run: $server in a fresh process" | tee -a bench/results/peak-notifier-isolated.txt
+    lg --scenario peak --runs 1 --duration-secs 5 --servers $server \
+       --peak-rates 600000,650000,700000,750000,800000,850000,900000,950000,1000000 \
+       | grep -E "peak step|peak sustained" | tee -a bench/results/peak-notifier-isolated.txt
+  done
+done
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 if $server_only; then exit 0; fi

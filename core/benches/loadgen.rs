@@ -30,13 +30,6 @@
 //! Without `--scenario` it prints its usage and exits, so `cargo bench` and `cargo test
 //! --all-targets` never start a long load by accident; CI runs only `cargo bench --no-run`.
 
-/// The generator's allocator, which the in-process servers (`*-notifier`) share. With glibc's
-/// allocator, an in-process server ran slower the more servers had run before it in the same
-/// process, the baseline too (peak 842k, 693k, 645k over three runs); with mimalloc three runs
-/// agree (BENCHMARKS.md, eighth pass). Servers in their own process keep the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::auth::mint_token;
