@@ -352,18 +352,14 @@ mod tests {
             data: &'a serde_json::value::RawValue,
         }
         let data = serde_json::value::RawValue::from_string(r#"{"text":"h\"i","n":[1,2.5,null]}"#.into()).unwrap();
-        let kinds = [
-            EventKind::AgentStarted,
-            EventKind::AgentThinking,
-            EventKind::ToolExecuting,
-            EventKind::ToolCompleted,
-            EventKind::AgentCompleted,
-            EventKind::AgentError,
-        ];
         // Valid ids, then runs that need escaping (the encoder must not rely on validation).
         let runs = ["run-1", "a.b:c@d_e", "q\"uote", "back\\slash", "ctl\u{1}\n", "ünï", ""];
-        let mut reused = String::from("stale bytes the encoder must append after, not keep");
-        for (i, (&kind, run)) in kinds.iter().cycle().zip(runs).enumerate() {
+        let mut reused = String::new();
+        for (i, (kind, run)) in EventKind::ALL
+            .into_iter()
+            .flat_map(|kind| runs.map(|run| (kind, run)))
+            .enumerate()
+        {
             for seq in [0, 1, 42, u64::MAX] {
                 let expected = serde_json::to_string(&EventFrameRef {
                     frame_type: "event",
