@@ -29,6 +29,15 @@ lg --scenario rate --rates 20000,50000,100000 --runs 3 --duration-secs 5 --serve
 # tick (the generator's own pacing delay shrinks; see "Seventh pass" in BENCHMARKS.md).
 lg --scenario rate --rates 100000 --runs 7 --duration-secs 5 \
    --servers herald,baseline-small,herald-notifier,baseline-notifier                | tee bench/results/rate100k.txt
+# The in-process pair again, each run in a fresh process (see the in-process peak below).
+: > bench/results/rate100k-notifier-isolated.txt
+for run in 0 1 2 3 4 5 6; do
+  for server in herald-notifier baseline-notifier; do
+    echo "# round $run: $server in a fresh process" >> bench/results/rate100k-notifier-isolated.txt
+    lg --scenario rate --rates 100000 --runs 1 --duration-secs 5 --servers $server \
+       | grep -E "rate 100000/s run" >> bench/results/rate100k-notifier-isolated.txt
+  done
+done
 lg --scenario rate --rates 100000 --runs 5 --duration-secs 5 --notifier-tick-us 100 \
    --servers herald-notifier,baseline-notifier                                      | tee bench/results/rate100k-tick100us.txt
 lg --scenario peak --runs 3 --duration-secs 5 \
