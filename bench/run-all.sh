@@ -19,6 +19,21 @@ mkdir -p bench/results
 nproc > bench/results/machine.txt; lscpu | head -15 >> bench/results/machine.txt
 cargo build --release -p herald-core --bin herald --example baseline_server
 lg() { cargo bench -p herald-core --bench loadgen -- "$@" "${quick[@]}"; }
+# isolated OUT ROUNDS FILTER ARGS...: `lg ARGS` for each in-process server, one run per fresh
+# process, the servers interleaved, ROUNDS times; the lines matching FILTER go to OUT. With
+# glibc's allocator an in-process server runs slower the more servers ran before it in the
+# same process (BENCHMARKS.md, eighth pass); a fresh process per run removes that.
+isolated() {
+  local out=$1 rounds=$2 filter=$3
+  shift 3
+  : > "$out"
+  for ((run = 0; run < rounds; run++)); do
+    for server in herald-notifier baseline-notifier; do
+      echo "# round $run: $server in a fresh process" | tee -a "$out"
+      lg "$@" --runs 1 --servers "$server" | grep -E "$filter" | tee -a "$out"
+    done
+  done
+}
 # Servers: herald (binary, HTTP publish), herald-notifier (in this process, Server::notifier()
 # from a thread), baseline-small and baseline-default (HTTP publish), baseline-notifier (the
 # baseline's code in this process, App::publish_raw from a thread). See BENCHMARKS.md.
@@ -29,15 +44,9 @@ lg --scenario rate --rates 20000,50000,100000 --runs 3 --duration-secs 5 --serve
 # tick (the generator's own pacing delay shrinks; see "Seventh pass" in BENCHMARKS.md).
 lg --scenario rate --rates 100000 --runs 7 --duration-secs 5 \
    --servers herald,baseline-small,herald-notifier,baseline-notifier                | tee bench/results/rate100k.txt
-# The in-process pair again, each run in a fresh process (see the in-process peak below).
-: > bench/results/rate100k-notifier-isolated.txt
-for run in 0 1 2 3 4 5 6; do
-  for server in herald-notifier baseline-notifier; do
-    echo "# round $run: $server in a fresh process" >> bench/results/rate100k-notifier-isolated.txt
-    lg --scenario rate --rates 100000 --runs 1 --duration-secs 5 --servers $server \
-       | grep -E "rate 100000/s run" >> bench/results/rate100k-notifier-isolated.txt
-  done
-done
+# The in-process pair again, each run in a fresh process (see `isolated` above).
+isolated bench/results/rate100k-notifier-isolated.txt 7 "rate 100000/s run" \
+   --scenario rate --rates 100000 --duration-secs 5
 lg --scenario rate --rates 100000 --runs 5 --duration-secs 5 --notifier-tick-us 100 \
    --servers herald-notifier,baseline-notifier                                      | tee bench/results/rate100k-tick100us.txt
 lg --scenario peak --runs 3 --duration-secs 5 \
@@ -45,21 +54,12 @@ lg --scenario peak --runs 3 --duration-secs 5 \
 lg --scenario peak --runs 3 --duration-secs 5 --servers herald,baseline-small \
    --peak-rates 100000,110000,120000,130000,140000,150000,160000,170000,180000,190000,200000 \
    | tee bench/results/peak-http-fine.txt
+notifier_peak_rates=600000,650000,700000,750000,800000,850000,900000,950000,1000000
 lg --scenario peak --runs 3 --duration-secs 5 --servers herald-notifier,baseline-notifier \
-   --peak-rates 600000,650000,700000,750000,800000,850000,900000,950000,1000000 \
-   | tee bench/results/peak-notifier-fine.txt
-# The same in-process peak, each run of each server in a fresh process (interleaved): with glibc's
-# allocator an in-process server runs slower the more servers ran before it in the same process
-# (BENCHMARKS.md, eighth pass), so this series is the in-process peak's headline.
-: > bench/results/peak-notifier-isolated.txt
-for run in 0 1 2; do
-  for server in herald-notifier baseline-notifier; do
-    echo "# round $run: $server in a fresh process" | tee -a bench/results/peak-notifier-isolated.txt
-    lg --scenario peak --runs 1 --duration-secs 5 --servers $server \
-       --peak-rates 600000,650000,700000,750000,800000,850000,900000,950000,1000000 \
-       | grep -E "peak step|peak sustained" | tee -a bench/results/peak-notifier-isolated.txt
-  done
-done
+   --peak-rates $notifier_peak_rates                                               | tee bench/results/peak-notifier-fine.txt
+# The same in-process peak with every run in a fresh process: the in-process peak's headline.
+isolated bench/results/peak-notifier-isolated.txt 3 "peak step|peak sustained" \
+   --scenario peak --duration-secs 5 --peak-rates $notifier_peak_rates
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 if $server_only; then exit 0; fi

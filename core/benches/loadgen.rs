@@ -852,6 +852,20 @@ struct PublishPlan {
     notifier_tick_us: u64,
 }
 
+impl PublishPlan {
+    /// A plan with the payload padding and pacing tick the command line asked for.
+    fn new(cli: &Cli, users: u32, rate: Option<f64>, per_user: u64, first_k: u64) -> Arc<PublishPlan> {
+        Arc::new(PublishPlan {
+            users,
+            rate,
+            per_user,
+            first_k,
+            pad: "x".repeat(cli.payload_pad_bytes),
+            notifier_tick_us: cli.notifier_tick_us,
+        })
+    }
+}
+
 #[derive(Default, Debug, Clone)]
 struct PublishReport {
     accepted: u64,
@@ -1215,14 +1229,7 @@ async fn load_run(
     let self_before = proc_cpu_secs("/proc/self/stat");
     let machine_before = machine_busy_secs();
     let started = Instant::now();
-    let plan = Arc::new(PublishPlan {
-        users,
-        rate,
-        per_user,
-        first_k: 1,
-        pad: "x".repeat(cli.payload_pad_bytes),
-        notifier_tick_us: cli.notifier_tick_us,
-    });
+    let plan = PublishPlan::new(cli, users, rate, per_user, 1);
     let report = publish_to(server, cli.http_connections, plan).await;
     let expected = report.accepted * tabs as u64;
     let deadline = Instant::now() + Duration::from_millis(DRAIN_TIMEOUT_MS);
@@ -1618,14 +1625,7 @@ async fn scenario_resume(cli: &Cli) {
             .await
             .expect("connect");
         let progress = population.progress.clone();
-        let plan = Arc::new(PublishPlan {
-            users,
-            rate: None,
-            per_user: before,
-            first_k: 1,
-            pad: "x".repeat(cli.payload_pad_bytes),
-            notifier_tick_us: cli.notifier_tick_us,
-        });
+        let plan = PublishPlan::new(cli, users, None, before, 1);
         let first = publish(server.addr, cli.http_connections, plan).await;
         assert_eq!(first.errors, 0, "publish errors: {:?}", first.first_error);
         let expected_first = first.accepted * tabs as u64;
@@ -1641,14 +1641,7 @@ async fn scenario_resume(cli: &Cli) {
             saved.push(stats);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let plan = Arc::new(PublishPlan {
-            users,
-            rate: None,
-            per_user: missed,
-            first_k: before + 1,
-            pad: "x".repeat(cli.payload_pad_bytes),
-            notifier_tick_us: cli.notifier_tick_us,
-        });
+        let plan = PublishPlan::new(cli, users, None, missed, before + 1);
         let second = publish(server.addr, cli.http_connections, plan).await;
         assert_eq!(second.errors, 0, "publish errors: {:?}", second.first_error);
         for user in 0..users {
