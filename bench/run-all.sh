@@ -61,6 +61,8 @@ lg --scenario peak --runs 3 --duration-secs 5 --servers herald-notifier,baseline
 isolated bench/results/peak-notifier-isolated.txt 3 "peak step|peak sustained" \
    --scenario peak --duration-secs 5 --peak-rates $notifier_peak_rates
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
+# The in-process pair of the burst again, each run in a fresh process.
+isolated bench/results/burst-notifier-isolated.txt 7 "burst run" --scenario burst
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
 if $server_only; then exit 0; fi
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt

@@ -1151,6 +1151,11 @@ struct LoadResult {
     publish_p50_ms: f64,
     publish_p99_ms: f64,
     publish_p999_ms: f64,
+    /// Percentiles of the generator's own pacing delay (`p - t`: publish issued minus intended
+    /// send time) over the same deliveries. Every delivery's latency is at least its pacing
+    /// delay, so each percentile here is a floor that no server can go below in this run.
+    pacing_p50_ms: f64,
+    pacing_p99_ms: f64,
     /// Deliveries per second from the first publish to the last delivery.
     delivered_per_sec: f64,
     /// Achieved publish rate (publishes/s while writing).
@@ -1277,6 +1282,7 @@ async fn load_run(
     let per_user_accepted = report.accepted / u64::from(users);
     let mut latencies = Vec::with_capacity(expected as usize);
     let mut publish_latencies = Vec::with_capacity(expected as usize);
+    let mut pacing_delays = Vec::with_capacity(expected as usize);
     for (ws, stats) in clients {
         drop(ws);
         result.delivered += stats.received - stats.duplicates - stats.misrouted;
@@ -1288,10 +1294,14 @@ async fn load_run(
         result.missing += stats.skipped + per_user_accepted.saturating_sub(last_k);
         latencies.extend_from_slice(&stats.latency_us);
         publish_latencies.extend_from_slice(&stats.publish_latency_us);
+        // Both samples of a delivery end at the same arrival, so their difference is `p - t`.
+        let pacing = stats.latency_us.iter().zip(&stats.publish_latency_us);
+        pacing_delays.extend(pacing.map(|(from_intended, from_publish)| from_intended.saturating_sub(*from_publish)));
     }
     [result.p50_ms, result.p99_ms, result.p999_ms] = percentiles_ms(&mut latencies);
     result.max_ms = latencies.last().map_or(f64::NAN, |v| f64::from(*v) / 1_000.0);
     [result.publish_p50_ms, result.publish_p99_ms, result.publish_p999_ms] = percentiles_ms(&mut publish_latencies);
+    [result.pacing_p50_ms, result.pacing_p99_ms, _] = percentiles_ms(&mut pacing_delays);
     result.delivered_per_sec = result.delivered as f64 / elapsed.max(1e-9);
     result.server_cpu_us_per_delivery = server_cpu_secs * 1e6 / result.delivered.max(1) as f64;
     // Let the server reap the closed connections before the next run.
@@ -1436,6 +1446,12 @@ fn load_rows(
         ("p50 from publish (ms)", column(|r| r.publish_p50_ms), "f2"),
         ("p99 from publish (ms)", column(|r| r.publish_p99_ms), "f2"),
         ("p99.9 from publish (ms)", column(|r| r.publish_p999_ms), "f2"),
+        ("p50 pacing delay (ms, generator)", column(|r| r.pacing_p50_ms), "f2"),
+        (
+            "p99 pacing delay (ms, generator: floor of p99)",
+            column(|r| r.pacing_p99_ms),
+            "f2",
+        ),
         ("delivered events/s", column(|r| r.delivered_per_sec), "int"),
         ("published events/s (achieved)", column(|r| r.published_per_sec), "int"),
         (
@@ -1461,7 +1477,7 @@ fn load_rows(
 
 fn print_run(kind: ServerKind, label: &str, r: &LoadResult) {
     println!(
-        "  {label} {:<17} p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms (from publish: p50 {:.2} p99 {:.2} p99.9 {:.2}) | delivered {}/{} ({:.0}/s) published {} ({:.0}/s) | cpu server {:.2} ({:.2} µs/event) loadgen {:.2} other {:.2} | {}",
+        "  {label} {:<17} p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms (from publish: p50 {:.2} p99 {:.2} p99.9 {:.2}; pacing: p50 {:.2} p99 {:.2}) | delivered {}/{} ({:.0}/s) published {} ({:.0}/s) | cpu server {:.2} ({:.2} µs/event) loadgen {:.2} other {:.2} | {}",
         kind.name(),
         r.p50_ms,
         r.p99_ms,
@@ -1470,6 +1486,8 @@ fn print_run(kind: ServerKind, label: &str, r: &LoadResult) {
         r.publish_p50_ms,
         r.publish_p99_ms,
         r.publish_p999_ms,
+        r.pacing_p50_ms,
+        r.pacing_p99_ms,
         r.delivered,
         r.expected,
         r.delivered_per_sec,
