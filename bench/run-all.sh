@@ -49,6 +49,9 @@ isolated bench/results/rate100k-notifier-isolated.txt 7 "rate 100000/s run" \
    --scenario rate --rates 100000 --duration-secs 5
 lg --scenario rate --rates 100000 --runs 5 --duration-secs 5 --notifier-tick-us 100 \
    --servers herald-notifier,baseline-notifier                                      | tee bench/results/rate100k-tick100us.txt
+# The HTTP pair with a 100 µs publishing tick (a thread wakes the publishers; see --http-tick-us).
+lg --scenario rate --rates 100000 --runs 5 --duration-secs 5 --http-tick-us 100 \
+   --servers herald,baseline-small                                                  | tee bench/results/rate100k-http-tick100us.txt
 lg --scenario peak --runs 3 --duration-secs 5 \
    --servers herald,herald-notifier,baseline-small,baseline-notifier       | tee bench/results/peak.txt
 lg --scenario peak --runs 3 --duration-secs 5 --servers herald,baseline-small \
