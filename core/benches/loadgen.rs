@@ -1256,6 +1256,9 @@ impl LoadResult {
     }
 }
 
+/// `LOADGEN_DETAIL=1`: a delivery later than this (µs from the intended send time) is late.
+const DETAIL_LATE_US: u32 = 20_000;
+
 /// One latency sample: µs from `since_ns` to `now_ns`, saturated to fit a `u32`.
 fn elapsed_us(since_ns: u64, now_ns: u64) -> u32 {
     (now_ns.saturating_sub(since_ns) / 1_000).min(u64::from(u32::MAX)) as u32
@@ -1348,7 +1351,25 @@ async fn load_run(
     let mut latencies = Vec::with_capacity(expected as usize);
     let mut publish_latencies = Vec::with_capacity(expected as usize);
     let mut pacing_delays = Vec::with_capacity(expected as usize);
+    // Diagnostic (`LOADGEN_DETAIL=1`): where in each connection's sequence the late deliveries
+    // fall, e.g. at the start of a burst (tasks waking) or at its end (a backlog draining).
+    let detail = std::env::var_os("LOADGEN_DETAIL").is_some();
+    let mut late_by_decile = [0u64; 10];
+    let mut late_connections = 0u64;
     for (ws, stats) in clients {
+        if detail {
+            let n = stats.latency_us.len().max(1);
+            let mut late = 0;
+            for (i, &l) in stats.latency_us.iter().enumerate() {
+                if l > DETAIL_LATE_US {
+                    late += 1;
+                    late_by_decile[i * 10 / n] += 1;
+                }
+            }
+            if late > 0 {
+                late_connections += 1;
+            }
+        }
         drop(ws);
         result.delivered += stats.received - stats.duplicates - stats.misrouted;
         result.duplicates += stats.duplicates;
@@ -1362,6 +1383,12 @@ async fn load_run(
         // Both samples of a delivery end at the same arrival, so their difference is `p - t`.
         let pacing = stats.latency_us.iter().zip(&stats.publish_latency_us);
         pacing_delays.extend(pacing.map(|(from_intended, from_publish)| from_intended.saturating_sub(*from_publish)));
+    }
+    if detail {
+        eprintln!(
+            "  detail: {late_connections} connections had a delivery > {} ms; such deliveries by decile of each connection's sequence: {late_by_decile:?}",
+            DETAIL_LATE_US / 1_000
+        );
     }
     [result.p50_ms, result.p99_ms, result.p999_ms] = percentiles_ms(&mut latencies);
     result.max_ms = latencies.last().map_or(f64::NAN, |v| f64::from(*v) / 1_000.0);
