@@ -44,7 +44,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -988,14 +988,14 @@ async fn publish(addr: SocketAddr, http_connections: usize, plan: Arc<PublishPla
 /// than tokio's 1 ms timer. Stopped and joined on drop.
 struct HttpTicker {
     tick: Arc<Notify>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HttpTicker {
     fn start(tick_us: u64) -> HttpTicker {
         let tick = Arc::new(Notify::new());
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (tick, stop) = (tick.clone(), stop.clone());
             std::thread::Builder::new()
@@ -1359,16 +1359,14 @@ async fn load_run(
     for (ws, stats) in clients {
         if detail {
             let n = stats.latency_us.len().max(1);
-            let mut late = 0;
+            let mut late = false;
             for (i, &l) in stats.latency_us.iter().enumerate() {
                 if l > DETAIL_LATE_US {
-                    late += 1;
+                    late = true;
                     late_by_decile[i * 10 / n] += 1;
                 }
             }
-            if late > 0 {
-                late_connections += 1;
-            }
+            late_connections += u64::from(late);
         }
         drop(ws);
         result.delivered += stats.received - stats.duplicates - stats.misrouted;
