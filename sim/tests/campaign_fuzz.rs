@@ -276,6 +276,32 @@ fn cli_replay_shrink_and_check_determinism() {
         "replay is deterministic with and without --trace"
     );
 
+    // A file whose recorded digest is stale (the code changed since): replay says so, names
+    // the revision, and shows with a second run that this build is deterministic.
+    let mut stale = file.clone();
+    stale.git_revision = Some("0123456789abcdef0123456789abcdef01234567".into());
+    stale.failure = Some(herald_properties::seed_file::RecordedFailure {
+        invariant: herald_properties::checkers::Invariant::NoSilentLoss,
+        explanation: "recorded by an older build".into(),
+        history_digest: "0".repeat(64),
+        steps_before_shrink: 1,
+        steps_after_shrink: 1,
+    });
+    stale.expect = herald_properties::seed_file::Expect::Pass;
+    let stale_path = dir.join("stale.json");
+    std::fs::write(&stale_path, stale.to_json()).unwrap();
+    let (code, out) = herald_sim(&["replay", stale_path.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{} (DIFFERS from the {} recorded at revision 0123456789ab)",
+            digest_line(&out),
+            "0".repeat(64)
+        )),
+        "{out}"
+    );
+    assert!(out.contains("a second run here gave the same digest"), "{out}");
+
     let mut failing = file.clone();
     failing.expectations = vec![herald_properties::expectations::Expectation::ClosedWith { client: 0, code: 4009 }];
     let failing_path = dir.join("failing.json");

@@ -172,7 +172,17 @@ pub fn replay_command(args: ReplayArgs) -> Result<ExitCode, String> {
             std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
     }
-    print_replay_footer(&file, &result);
+    let second_run = SecondRun::judge(result.digest.as_deref(), Replay::recorded_digest(&file), || {
+        replay(&file, Rc::new(RealServer), args.trace).digest
+    });
+    print_replay_footer(&file, &result, &second_run);
+    if matches!(second_run, SecondRun::OtherDigest(_) | SecondRun::Panicked) {
+        println!(
+            "verdict: FAILED ({}): the replay is not deterministic",
+            args.file.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(match verdict(&file, &result) {
         Ok(summary) => {
             println!("verdict: {summary}");
@@ -188,7 +198,32 @@ pub fn replay_command(args: ReplayArgs) -> Result<ExitCode, String> {
     })
 }
 
-fn print_replay_footer(file: &SeedFile, result: &Replay) {
+/// What a second replay gave; made only when the first run's digest differs from the recorded one.
+#[derive(Debug, PartialEq, Eq)]
+enum SecondRun {
+    NotNeeded,
+    SameDigest,
+    OtherDigest(String),
+    Panicked,
+}
+
+impl SecondRun {
+    /// A digest that differs from the recorded one is either a code change since the file was
+    /// written or nondeterminism: `rerun` (a second replay, returning its digest) tells the two
+    /// apart. It is called only then.
+    fn judge(first: Option<&str>, recorded: Option<&str>, rerun: impl FnOnce() -> Option<String>) -> SecondRun {
+        match (first, recorded) {
+            (Some(first), Some(recorded)) if first != recorded => match rerun() {
+                Some(second) if second == first => SecondRun::SameDigest,
+                Some(second) => SecondRun::OtherDigest(second),
+                None => SecondRun::Panicked,
+            },
+            _ => SecondRun::NotNeeded,
+        }
+    }
+}
+
+fn print_replay_footer(file: &SeedFile, result: &Replay, second_run: &SecondRun) {
     println!(
         "seed file: {} (world seed {}, {} steps)",
         file.name,
@@ -208,10 +243,25 @@ fn print_replay_footer(file: &SeedFile, result: &Replay) {
         (Some(digest), Some(recorded)) if digest == recorded => {
             println!("history-digest: {digest} (matches the recorded digest)")
         }
-        (Some(digest), Some(recorded)) => println!(
-            "history-digest: {digest} (DIFFERS from the recorded {recorded}: the code changed since the file \
-             was written, or the run is not deterministic — check with `herald-sim check-determinism`)"
-        ),
+        (Some(digest), Some(recorded)) => {
+            let revision = file.git_revision.as_deref().map_or_else(
+                || "an unrecorded revision".to_string(),
+                |r| format!("revision {}", r.chars().take(12).collect::<String>()),
+            );
+            println!("history-digest: {digest} (DIFFERS from the {recorded} recorded at {revision})");
+            match second_run {
+                SecondRun::SameDigest => println!(
+                    "  a second run here gave the same digest, so this build is deterministic on this scenario: \
+                     the history changed with the code since {revision}"
+                ),
+                SecondRun::OtherDigest(second) => println!(
+                    "  NOT DETERMINISTIC: a second run here gave {second}; run `replay --history <file>` twice \
+                     and diff the two files to find the first differing entry"
+                ),
+                SecondRun::Panicked => println!("  NOT DETERMINISTIC: a second run here panicked"),
+                SecondRun::NotNeeded => {}
+            }
+        }
         (Some(digest), None) => println!("history-digest: {digest} (no digest recorded)"),
         (None, _) => println!("history-digest: none (the world panicked)"),
     }
@@ -405,4 +455,26 @@ pub fn first_difference(a: &History, b: &History) -> Option<String> {
             y.map_or("(none)".into(), |e| serde_json::to_string(e).unwrap_or_default())
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecondRun;
+
+    #[test]
+    fn a_second_replay_runs_only_when_the_digest_differs_and_tells_code_changes_from_nondeterminism() {
+        let never = || -> Option<String> { panic!("no second run is needed") };
+        assert_eq!(SecondRun::judge(Some("a"), Some("a"), never), SecondRun::NotNeeded);
+        assert_eq!(SecondRun::judge(Some("a"), None, never), SecondRun::NotNeeded);
+        assert_eq!(SecondRun::judge(None, Some("a"), never), SecondRun::NotNeeded);
+        assert_eq!(
+            SecondRun::judge(Some("b"), Some("a"), || Some("b".into())),
+            SecondRun::SameDigest
+        );
+        assert_eq!(
+            SecondRun::judge(Some("b"), Some("a"), || Some("c".into())),
+            SecondRun::OtherDigest("c".into())
+        );
+        assert_eq!(SecondRun::judge(Some("b"), Some("a"), || None), SecondRun::Panicked);
+    }
 }
