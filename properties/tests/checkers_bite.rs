@@ -4,7 +4,7 @@
 use herald_properties::checkers::builder::{scenario_with, HistoryBuilder};
 use herald_properties::checkers::{check, check_all, Category, Invariant};
 use herald_properties::history::{ClosedBy, GaugeSample, History};
-use herald_properties::scenario::{Attack, Scenario, Step, Via};
+use herald_properties::scenario::{Attack, Scenario, ScenarioConfig, Step, Via};
 
 const HOSTILE: u32 = 1_000_000;
 
@@ -796,6 +796,41 @@ fn auth_fires_when_an_expired_token_keeps_its_connection() {
     b.connecting_with_exp(0, Some(("E0", 0)), Some(2_000));
     b.welcome(0, "E0", 0, true);
     let history = finish(&mut b, 3000);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+}
+
+/// A token expiring at 2 s whose 4002 reaches the client at `closed_at`, under latency up to
+/// `latency_max_ms` (found by fuzzing: a 4002 sent on time, delayed by a 3 s latency spike, was
+/// called late).
+fn expired_token_closed_late_history(latency_max_ms: u64, closed_at: u64) -> (Scenario, History) {
+    let (scenario, mut b) = base_with(vec![Step::SetLatency {
+        min_ms: 1,
+        max_ms: latency_max_ms,
+    }]);
+    b.at(100);
+    b.closed(0, None, ClosedBy::Killed);
+    b.connecting_with_exp(0, Some(("E0", 0)), Some(2_000));
+    b.welcome(0, "E0", 0, true);
+    b.at(closed_at);
+    b.closed(0, Some(4002), ClosedBy::Server);
+    b.connecting_with_exp(0, Some(("E0", 0)), Some(3_600_000));
+    b.welcome(0, "E0", 0, true);
+    let history = finish(&mut b, closed_at + 1000);
+    (scenario, history)
+}
+
+#[test]
+fn auth_allows_a_4002_delayed_by_latency_but_not_beyond_it() {
+    let slack_ms = 2 * ScenarioConfig::default().timeouts.heartbeat_interval_ms + 2000;
+    // Closed 3 s past the latency-free deadline: late on a fast link...
+    let late_at = 2_000 + slack_ms + 3_000;
+    let (scenario, history) = expired_token_closed_late_history(20, late_at);
+    assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    // ...on time when the link's latency reached 3.2 s.
+    let (scenario, history) = expired_token_closed_late_history(3_200, late_at);
+    assert_clean(&scenario, &history);
+    // Beyond even that latency: late.
+    let (scenario, history) = expired_token_closed_late_history(3_200, 2_000 + slack_ms + 3_300);
     assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
 }
 

@@ -16,9 +16,10 @@
 //!   Skipped when the attempt cannot be judged: the server was not up for the whole attempt, or
 //!   its host was partitioned / held, or messages were being lost, around it;
 //! - a normal connection still open (no `Closed`) more than 2·heartbeat_interval + 2000 ms
-//!   after its token's expiry (1000 ms of that for the JWT's whole-second `exp`), with the server
-//!   up, the network undisturbed and the application not paused in that window, means the
-//!   server never enforced the expiry (it must close with 4002).
+//!   (1000 ms of that for the JWT's whole-second `exp`) plus the scenario's largest latency
+//!   (the close frame's one-way trip) after its token's expiry, with the server up, the
+//!   network undisturbed and the application not paused in that window, means the server
+//!   never enforced the expiry (it must close with 4002).
 
 use super::index::{Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
@@ -245,7 +246,8 @@ fn expiry(index: &Index<'_>, client: &Client<'_>, conn: &Conn<'_>) -> Option<Vio
     let end_at = index.end.map(|(_, at)| at)?;
     let timeouts = &index.scenario.config.timeouts;
     let exp = conn.token_exp_ms.unwrap_or(conn.at + client.token_ttl_ms);
-    let deadline = exp.max(welcome.at) + 2 * timeouts.heartbeat_interval_ms + 2000;
+    // The close frame crosses the link once: a latency spike delays it by up to its maximum.
+    let deadline = exp.max(welcome.at) + 2 * timeouts.heartbeat_interval_ms + 2000 + index.latency_max_ms;
     if deadline >= end_at {
         return None;
     }
