@@ -172,8 +172,14 @@ pub fn replay_command(args: ReplayArgs) -> Result<ExitCode, String> {
             std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
     }
+    // Rerun as `check-determinism` does: process state shifted, no trace (the digest never
+    // depends on it).
     let second_run = SecondRun::judge(result.digest.as_deref(), Replay::recorded_digest(&file), || {
-        replay(&file, Rc::new(RealServer), args.trace).digest
+        perturb_process_state(1);
+        replay(&file, Rc::new(RealServer), false)
+            .judged
+            .output
+            .map(|o| o.history)
     });
     print_replay_footer(&file, &result, &second_run);
     if matches!(second_run, SecondRun::OtherDigest(_) | SecondRun::Panicked) {
@@ -203,18 +209,18 @@ pub fn replay_command(args: ReplayArgs) -> Result<ExitCode, String> {
 enum SecondRun {
     NotNeeded,
     SameDigest,
-    OtherDigest(String),
+    OtherDigest(History),
     Panicked,
 }
 
 impl SecondRun {
     /// A digest that differs from the recorded one is either a code change since the file was
     /// written or nondeterminism: `rerun` (a second replay, returning its digest) tells the two
-    /// apart. It is called only then.
-    fn judge(first: Option<&str>, recorded: Option<&str>, rerun: impl FnOnce() -> Option<String>) -> SecondRun {
+    /// apart. It is called only then, and returns the second run's history.
+    fn judge(first: Option<&str>, recorded: Option<&str>, rerun: impl FnOnce() -> Option<History>) -> SecondRun {
         match (first, recorded) {
             (Some(first), Some(recorded)) if first != recorded => match rerun() {
-                Some(second) if second == first => SecondRun::SameDigest,
+                Some(second) if second.digest() == first => SecondRun::SameDigest,
                 Some(second) => SecondRun::OtherDigest(second),
                 None => SecondRun::Panicked,
             },
@@ -254,10 +260,16 @@ fn print_replay_footer(file: &SeedFile, result: &Replay, second_run: &SecondRun)
                     "  a second run here gave the same digest, so this build is deterministic on this scenario: \
                      the history changed with the code since {revision}"
                 ),
-                SecondRun::OtherDigest(second) => println!(
-                    "  NOT DETERMINISTIC: a second run here gave {second}; run `replay --history <file>` twice \
-                     and diff the two files to find the first differing entry"
-                ),
+                SecondRun::OtherDigest(second) => {
+                    println!("  NOT DETERMINISTIC: a second run here gave {}", second.digest());
+                    if let Some(line) = result
+                        .judged
+                        .history()
+                        .and_then(|first| first_difference(first, second))
+                    {
+                        println!("  {line}");
+                    }
+                }
                 SecondRun::Panicked => println!("  NOT DETERMINISTIC: a second run here panicked"),
                 SecondRun::NotNeeded => {}
             }
@@ -460,21 +472,41 @@ pub fn first_difference(a: &History, b: &History) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::SecondRun;
+    use herald_properties::history::History;
 
     #[test]
     fn a_second_replay_runs_only_when_the_digest_differs_and_tells_code_changes_from_nondeterminism() {
-        let never = || -> Option<String> { panic!("no second run is needed") };
-        assert_eq!(SecondRun::judge(Some("a"), Some("a"), never), SecondRun::NotNeeded);
-        assert_eq!(SecondRun::judge(Some("a"), None, never), SecondRun::NotNeeded);
-        assert_eq!(SecondRun::judge(None, Some("a"), never), SecondRun::NotNeeded);
+        let never = || -> Option<History> { panic!("no second run is needed") };
+        let (b, c) = (
+            History {
+                seed: 2,
+                ..History::default()
+            },
+            History {
+                seed: 3,
+                ..History::default()
+            },
+        );
+        let (a_digest, b_digest) = (
+            History {
+                seed: 1,
+                ..History::default()
+            }
+            .digest(),
+            b.digest(),
+        );
+        let (a, b_digest) = (a_digest.as_str(), b_digest.as_str());
+        assert_eq!(SecondRun::judge(Some(a), Some(a), never), SecondRun::NotNeeded);
+        assert_eq!(SecondRun::judge(Some(a), None, never), SecondRun::NotNeeded);
+        assert_eq!(SecondRun::judge(None, Some(a), never), SecondRun::NotNeeded);
         assert_eq!(
-            SecondRun::judge(Some("b"), Some("a"), || Some("b".into())),
+            SecondRun::judge(Some(b_digest), Some(a), || Some(b.clone())),
             SecondRun::SameDigest
         );
         assert_eq!(
-            SecondRun::judge(Some("b"), Some("a"), || Some("c".into())),
-            SecondRun::OtherDigest("c".into())
+            SecondRun::judge(Some(b_digest), Some(a), || Some(c.clone())),
+            SecondRun::OtherDigest(c.clone())
         );
-        assert_eq!(SecondRun::judge(Some("b"), Some("a"), || None), SecondRun::Panicked);
+        assert_eq!(SecondRun::judge(Some(b_digest), Some(a), || None), SecondRun::Panicked);
     }
 }
