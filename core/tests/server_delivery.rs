@@ -93,6 +93,30 @@ async fn replay_then_live_has_no_gap_or_duplicate_at_the_seam() {
     assert_eq!(next_frame(&mut ws).await, ServerFrame::Pong { id: 9 });
 }
 
+/// Frames that arrive together are read together: the connection task polls its socket only
+/// when the socket wakes it or the last read returned a message, so frames already buffered
+/// behind the first must still be read without a new wake-up.
+#[tokio::test]
+async fn pings_sent_in_one_write_are_all_answered_in_order() {
+    use futures_util::SinkExt;
+    let server = start(test_config(), 14).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    for id in 1..=20u64 {
+        let ping = serde_json::to_string(&herald_core::protocol::ClientFrame::Ping { id }).unwrap();
+        ws.feed(tokio_tungstenite::tungstenite::Message::text(ping))
+            .await
+            .unwrap();
+    }
+    // One flush: the 20 frames leave in one write.
+    ws.flush().await.unwrap();
+    for id in 1..=20u64 {
+        assert_eq!(next_frame(&mut ws).await, ServerFrame::Pong { id });
+    }
+    // And the connection still delivers.
+    publish(&server, "alice", 1);
+    assert_eq!(expect_event(&mut ws).await.0, 1);
+}
+
 #[tokio::test]
 async fn resume_past_retention_gets_an_honest_gap() {
     let mut config = test_config();

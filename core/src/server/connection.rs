@@ -18,11 +18,14 @@ use crate::hub::{ConnectionId, Transmit};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::task::AtomicWaker;
+use futures_util::{SinkExt, StreamExt};
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -34,6 +37,9 @@ const BATCH_TRANSMITS_MAX: usize = 64;
 /// `BATCH_TRANSMITS_MAX` typical event frames is ~20 KiB, so at most a few syscalls per batch).
 /// A single write at least this large is passed straight through, never copied.
 const WRITE_COALESCE_BYTES_MAX: usize = 16 * 1024;
+/// The first allocation of a [`CoalescingIo`] buffer (one typical batch of a single event frame
+/// fits): small enough for glibc's per-thread cache, unlike `WRITE_COALESCE_BYTES_MAX`.
+const WRITE_COALESCE_FIRST_BYTES: usize = 1024;
 /// Batch capacity kept while idle; a larger buffer left by a burst is freed, so idle
 /// connections stay small.
 const BATCH_IDLE_CAPACITY_MAX: usize = 8;
@@ -251,12 +257,13 @@ async fn serve_connection(
     let heartbeat_interval = Duration::from_millis(shared.config.heartbeat_interval_ms);
     let idle_timeout = Duration::from_millis(shared.config.idle_timeout_ms);
     let mut batch: Vec<Transmit> = Vec::new();
+    let reads = ReadGate::new();
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + heartbeat_interval;
-    let heartbeat = sleep_until(next_ping.min(last_seen + idle_timeout));
-    tokio::pin!(heartbeat);
-    let expiry = sleep_until(expiry_deadline(shared, token_exp));
-    tokio::pin!(expiry);
+    let mut expiry_at = expiry_deadline(shared, token_exp);
+    // One timer for the heartbeat, the idle timeout and the token's expiry: whichever is next.
+    let timer = sleep_until(next_ping.min(last_seen + idle_timeout).min(expiry_at));
+    tokio::pin!(timer);
 
     loop {
         // Drain everything the hub has for this connection, one bounded batch per lock. A
@@ -293,9 +300,9 @@ async fn serve_connection(
         tokio::select! {
             biased;
             () = writer.woken() => {}
-            message = socket.recv() => {
+            message = reads.recv(socket) => {
                 last_seen = Instant::now();
-                heartbeat.as_mut().reset(next_ping.min(last_seen + idle_timeout));
+                timer.as_mut().reset(next_ping.min(last_seen + idle_timeout).min(expiry_at));
                 match message {
                     None => return DisconnectReason::ConnectionLost,
                     Some(Ok(Message::Close(_))) => return DisconnectReason::ClientClosed,
@@ -321,8 +328,9 @@ async fn serve_connection(
                     },
                 }
             }
-            () = &mut heartbeat => {
+            () = &mut timer => {
                 let now = Instant::now();
+                // The heartbeat first: when both are due, an idle close wins, as it always has.
                 if now >= last_seen + idle_timeout {
                     let message = format!("nothing received for idle_timeout_ms {}", idle_timeout.as_millis());
                     hub_close(shared, id, ErrorCode::IdleTimeout, &message);
@@ -334,20 +342,84 @@ async fn serve_connection(
                     }
                     next_ping = now + heartbeat_interval;
                 }
-                // After an idle close the timer parks far away; the close ends the loop.
-                let next = next_ping.min(last_seen + idle_timeout).max(now + Duration::from_millis(1));
-                heartbeat.as_mut().reset(next);
-            }
-            () = &mut expiry => {
-                if shared.clock.unix_secs() >= token_exp {
-                    hub_close(shared, id, ErrorCode::TokenExpired, &format!("token expired at {token_exp}"));
-                    // Park the timer; the close frame ends the loop at the next drain.
-                    expiry.as_mut().reset(Instant::now() + Duration::from_secs(EXPIRY_RECHECK_MAX_SECS));
-                } else {
-                    expiry.as_mut().reset(expiry_deadline(shared, token_exp));
+                if now >= expiry_at {
+                    if shared.clock.unix_secs() >= token_exp {
+                        hub_close(shared, id, ErrorCode::TokenExpired, &format!("token expired at {token_exp}"));
+                        // Park the check; the close frame ends the loop at the next drain.
+                        expiry_at = now + Duration::from_secs(EXPIRY_RECHECK_MAX_SECS);
+                    } else {
+                        expiry_at = expiry_deadline(shared, token_exp);
+                    }
                 }
+                // After an idle close the heartbeat parks far away; the close ends the loop.
+                let heartbeat_at = next_ping.min(last_seen + idle_timeout).max(now + Duration::from_millis(1));
+                timer.as_mut().reset(heartbeat_at.min(expiry_at));
             }
         }
+    }
+}
+
+/// The socket's read side, polled only when the socket woke the task (or when the last poll
+/// returned a message: more may be buffered, and no wake-up would announce them). Without the
+/// gate every writer wake-up also ran tungstenite's read path against an empty socket, about a
+/// fifth of the connection task's instructions per delivered event ("Eleventh pass" in
+/// BENCHMARKS.md). The socket wakes the task through both this gate's waker and the task's own
+/// (tokio-tungstenite wakes its read and write wakers together), so nothing waits unseen.
+struct ReadGate {
+    wake: Arc<ReadWake>,
+    /// `wake` as a [`Waker`], made once per connection.
+    waker: Waker,
+}
+
+struct ReadWake {
+    /// The socket may have something to read. Starts `true`; cleared before each poll; set by
+    /// the socket's wake-ups and after every message read.
+    ready: AtomicBool,
+    /// The connection task, woken when the socket becomes readable.
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl ReadGate {
+    fn new() -> ReadGate {
+        let wake = Arc::new(ReadWake {
+            ready: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        ReadGate {
+            waker: Waker::from(wake.clone()),
+            wake,
+        }
+    }
+
+    /// `socket.recv()`, polling the socket only when it may have something. Cancel-safe, like
+    /// `recv`: dropped while pending, it leaves this gate's waker registered with the socket.
+    fn recv<'a>(
+        &'a self,
+        socket: &'a mut WebSocket,
+    ) -> impl Future<Output = Option<Result<Message, axum::Error>>> + 'a {
+        poll_fn(move |cx| {
+            self.wake.task.register(cx.waker());
+            // Cleared before the poll: a wake-up during it sets the flag again.
+            if !self.wake.ready.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let polled = socket.poll_next_unpin(&mut Context::from_waker(&self.waker));
+            if polled.is_ready() {
+                self.wake.ready.store(true, Ordering::Release);
+            }
+            polled
+        })
     }
 }
 
@@ -503,7 +575,9 @@ impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
             return false;
         }
         if self.pending.capacity() == 0 {
-            self.pending.reserve_exact(WRITE_COALESCE_BYTES_MAX);
+            // Most batches are one small frame: a small first allocation is the allocator's
+            // fast path (a 16 KiB one was not), and a larger batch grows the buffer by doubling.
+            self.pending.reserve(bytes.len().max(WRITE_COALESCE_FIRST_BYTES));
         }
         self.pending.extend_from_slice(bytes);
         debug_assert!(self.pending.len() <= WRITE_COALESCE_BYTES_MAX);
