@@ -3,7 +3,8 @@
 //! Phases: `hello` (bounded by `hello_timeout_ms`, then the token is verified and the hub
 //! connects the user), then a loop that drains the hub's transmits for this connection and
 //! otherwise waits on: its [`WriterWake`] (the hub has something to send), the socket (client
-//! pings, pongs, close, bad frames), the heartbeat (send a ping; close if the client was silent
+//! pings, pongs, close, bad frames; polled only when the socket woke the task, see
+//! [`ReadGate`]) and one timer for the heartbeat (send a ping; close if the client was silent
 //! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
 //! a peer that does not drain its socket in time is dropped. However the task ends — returned,
 //! panicked or aborted — [`Registration`] removes the connection from the hub.
