@@ -274,7 +274,7 @@ async fn serve_connection(
         loop {
             debug_assert!(batch.is_empty());
             let taken = {
-                let Some(mut state) = shared.lock() else {
+                let Some(mut state) = shared.lock_yielding().await else {
                     return DisconnectReason::ConnectionLost;
                 };
                 state.hub.poll_transmits(id, BATCH_TRANSMITS_MAX, |t| batch.push(t))

@@ -211,6 +211,9 @@ impl DerefMut for Locked<'_> {
     }
 }
 
+/// Times a connection task yields to a taken hub lock before it waits on the mutex.
+const LOCK_YIELDS_MAX: usize = 16;
+
 /// Writers woken per unlock without allocating (the default `connections_per_user_max`).
 const WAKES_INLINE_MAX: usize = 8;
 
@@ -259,6 +262,23 @@ impl Shared {
     /// that exactly like a shut-down server, so a crash never turns into silent success.
     pub fn lock(&self) -> Option<Locked<'_>> {
         self.state.lock().ok().map(|guard| Locked(Some(guard)))
+    }
+
+    /// [`Shared::lock`] for a connection task: when the lock is taken, the task yields and
+    /// tries again instead of parking its worker thread on the mutex. A parked worker costs a
+    /// context switch, and the unlocking side (often the publishing thread) a futex wake; a
+    /// yielded task costs one trip through the run queue. After `LOCK_YIELDS_MAX` yields it
+    /// waits like [`Shared::lock`], so the retries are bounded.
+    pub async fn lock_yielding(&self) -> Option<Locked<'_>> {
+        for _ in 0..LOCK_YIELDS_MAX {
+            match self.state.try_lock() {
+                Ok(guard) => return Some(Locked(Some(guard))),
+                Err(std::sync::TryLockError::Poisoned(_)) => return None,
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            tokio::task::yield_now().await;
+        }
+        self.lock()
     }
 
     /// Shuts the hub down (clients get `shutting_down` and 1001; publishes fail) and tells
