@@ -456,3 +456,70 @@ async fn tick_loop(shared: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+    use std::sync::atomic::AtomicU64;
+
+    fn shared() -> Arc<Shared> {
+        let config = ServerConfig::new(b"secret".to_vec(), "key".into());
+        Server::new(config, TokioClock::shared(0), SeededRng::new(1))
+            .expect("valid config")
+            .shared
+    }
+
+    /// While another thread holds the hub lock, a connection task waiting for it lets the
+    /// other tasks of its (single) worker thread run, then gets the lock once it is free.
+    #[tokio::test(flavor = "current_thread")]
+    #[allow(clippy::await_holding_lock)] // the point: a lock held while the runtime runs on
+    async fn lock_yielding_lets_the_worker_run_other_tasks_while_the_lock_is_taken() {
+        let shared = shared();
+        let guard = shared.state.lock().unwrap();
+        let other_task_polls = Arc::new(AtomicU64::new(0));
+        let polls = other_task_polls.clone();
+        let other_task = tokio::spawn(async move {
+            loop {
+                polls.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let waiter = {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.lock_yielding().await.is_some() })
+        };
+        // Let the waiter find the lock taken and start yielding.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "the lock is still held");
+        assert!(
+            other_task_polls.load(Ordering::Relaxed) >= 2,
+            "the worker thread kept running other tasks"
+        );
+        drop(guard);
+        assert!(waiter.await.unwrap(), "got the lock once it was free");
+        other_task.abort();
+    }
+
+    /// A lock held for longer than the yields last is still taken: after `LOCK_YIELDS_MAX`
+    /// yields the task waits on the mutex.
+    #[test]
+    fn lock_yielding_gets_a_lock_held_longer_than_its_yields() {
+        let shared = shared();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _guard = shared.state.lock().unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            })
+        };
+        is_locked.recv().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(runtime.block_on(shared.lock_yielding()).is_some());
+        holder.join().unwrap();
+    }
+}
