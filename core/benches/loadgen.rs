@@ -163,6 +163,11 @@ struct Cli {
     /// Seconds of publishing per rate step.
     #[arg(long, default_value_t = 10.0)]
     duration_secs: f64,
+    /// Rate and peak scenarios: the first this many seconds of each run's events are verified but left
+    /// out of the latency percentiles, e.g. to measure once herald's retention has filled (at
+    /// 1,000 events per user) rather than while it grows. Part of `--duration-secs`.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_secs: f64,
     /// Repeat every measurement this many times (interleaving servers) and report medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -712,6 +717,8 @@ struct Progress {
     /// Per user, the counter `k` a client must reach to be caught up (0 = not tracked).
     target_k: Vec<AtomicU64>,
     caught_up: AtomicU64,
+    /// Latency is sampled only from this per-user counter `k` on (`--warmup-secs`; 1 = all).
+    measure_from_k: AtomicU64,
 }
 
 /// Reads frames until told to stop; checks every event.
@@ -765,8 +772,10 @@ async fn read_loop(
             stats.skipped += payload.k - stats.next_k;
         }
         stats.next_k = payload.k + 1;
-        stats.latency_us.push(elapsed_us(payload.t, now));
-        stats.publish_latency_us.push(elapsed_us(payload.p, now));
+        if payload.k >= progress.measure_from_k.load(Ordering::Relaxed) {
+            stats.latency_us.push(elapsed_us(payload.t, now));
+            stats.publish_latency_us.push(elapsed_us(payload.p, now));
+        }
         progress.delivered.fetch_add(1, Ordering::Relaxed);
         let target = progress.target_k[stats.user as usize].load(Ordering::Relaxed);
         if target != 0 && payload.k == target {
@@ -796,6 +805,7 @@ async fn connect_population(
             delivered: AtomicU64::new(0),
             target_k: (0..users).map(|_| AtomicU64::new(0)).collect(),
             caught_up: AtomicU64::new(0),
+            measure_from_k: AtomicU64::new(1),
         })
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -1297,6 +1307,17 @@ async fn load_run(
                 users as usize * tabs
             )
         });
+    if let Some(rate) = rate {
+        let warmup_per_user = (rate * cli.warmup_secs / f64::from(users)) as u64;
+        assert!(
+            warmup_per_user < per_user,
+            "--warmup-secs must be shorter than --duration-secs"
+        );
+        population
+            .progress
+            .measure_from_k
+            .store(1 + warmup_per_user, Ordering::Relaxed);
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cpu_before = server.cpu_secs();
     let self_before = proc_cpu_secs("/proc/self/stat");
@@ -1599,6 +1620,12 @@ async fn scenario_rate(cli: &Cli) {
         "## Scenario 2: {connections} connections ({users} users x {} tabs), fixed delivered rates, {} s each",
         cli.tabs, cli.duration_secs
     );
+    if cli.warmup_secs > 0.0 {
+        println!(
+            "   latency percentiles from second {} of each run on (--warmup-secs)",
+            cli.warmup_secs
+        );
+    }
     for &rate in &cli.rates {
         let publishes_per_sec = rate as f64 / cli.tabs as f64;
         let per_user = ((publishes_per_sec * cli.duration_secs) / f64::from(users))
