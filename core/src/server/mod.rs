@@ -470,8 +470,11 @@ mod tests {
             .shared
     }
 
-    /// While another thread holds the hub lock, a connection task waiting for it lets the
-    /// other tasks of its (single) worker thread run, then gets the lock once it is free.
+    /// While the hub lock is held (here by the test itself, between its yields), a connection
+    /// task waiting for it lets the other tasks of its (single) worker thread run, then gets
+    /// the lock once it is free. A task that parked the thread on the mutex would hang here.
+    /// The test yields 4 times, well under `LOCK_YIELDS_MAX`, so the waiter never falls back
+    /// to waiting on the mutex.
     #[tokio::test(flavor = "current_thread")]
     #[allow(clippy::await_holding_lock)] // the point: a lock held while the runtime runs on
     async fn lock_yielding_lets_the_worker_run_other_tasks_while_the_lock_is_taken() {
