@@ -2,7 +2,7 @@
 //!
 //! Phases: `hello` (bounded by `hello_timeout_ms`, then the token is verified and the hub
 //! connects the user), then a loop that drains the hub's transmits for this connection and
-//! otherwise waits on: its [`WriterWake`] (the hub has something to send), the socket (client
+//! otherwise waits on: its writer [`WakeFlag`] (the hub has something to send), the socket (client
 //! pings, pongs, close, bad frames; polled only when the socket woke the task, see
 //! [`ReadGate`]) and one timer for the heartbeat (send a ping; close if the client was silent
 //! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
@@ -14,19 +14,17 @@
 //! at once; that wrapper gathers the frames of one batch in a buffer that exists only until the
 //! batch's `flush`, so a batch of frames costs one `write` syscall instead of one per frame.
 
-use super::{timeout_if_pending, Shared, WriterWake};
+use super::{timeout_if_pending, Shared, WakeFlag};
 use crate::hub::{ConnectionId, Transmit};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -75,7 +73,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
             return;
         }
     };
-    let writer = Arc::new(WriterWake::default());
+    let writer = Arc::new(WakeFlag::default());
     let connected = match shared.lock() {
         None => Err((ErrorCode::ShuttingDown, "the server is shutting down".to_string())),
         Some(mut state) => {
@@ -251,7 +249,7 @@ async fn serve_connection(
     shared: &Shared,
     socket: &mut WebSocket,
     id: ConnectionId,
-    writer: &WriterWake,
+    writer: &WakeFlag,
     token_exp: u64,
     read_failed: &mut bool,
 ) -> DisconnectReason {
@@ -262,8 +260,7 @@ async fn serve_connection(
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + heartbeat_interval;
     let mut expiry_at = expiry_deadline(shared, token_exp);
-    // One timer for the heartbeat, the idle timeout and the token's expiry: whichever is next.
-    let timer = sleep_until(next_ping.min(last_seen + idle_timeout).min(expiry_at));
+    let timer = sleep_until(timer_deadline(next_ping, last_seen + idle_timeout, expiry_at));
     tokio::pin!(timer);
 
     loop {
@@ -303,7 +300,7 @@ async fn serve_connection(
             () = writer.woken() => {}
             message = reads.recv(socket) => {
                 last_seen = Instant::now();
-                timer.as_mut().reset(next_ping.min(last_seen + idle_timeout).min(expiry_at));
+                timer.as_mut().reset(timer_deadline(next_ping, last_seen + idle_timeout, expiry_at));
                 match message {
                     None => return DisconnectReason::ConnectionLost,
                     Some(Ok(Message::Close(_))) => return DisconnectReason::ClientClosed,
@@ -352,12 +349,20 @@ async fn serve_connection(
                         expiry_at = expiry_deadline(shared, token_exp);
                     }
                 }
-                // After an idle close the heartbeat parks far away; the close ends the loop.
-                let heartbeat_at = next_ping.min(last_seen + idle_timeout).max(now + Duration::from_millis(1));
-                timer.as_mut().reset(heartbeat_at.min(expiry_at));
+                // After an idle close the heartbeat's deadline is already past: it fires again
+                // at the earliest 1 ms later, and the close ends the loop first.
+                let floor = now + Duration::from_millis(1);
+                let next = timer_deadline(next_ping.max(floor), (last_seen + idle_timeout).max(floor), expiry_at);
+                timer.as_mut().reset(next);
             }
         }
     }
+}
+
+/// The connection's one timer: the next heartbeat (ping, or idle close at `idle_at`) or the
+/// token check, whichever comes first.
+fn timer_deadline(next_ping: Instant, idle_at: Instant, expiry_at: Instant) -> Instant {
+    next_ping.min(idle_at).min(expiry_at)
 }
 
 /// The socket's read side, polled only when the socket woke the task (or when the last poll
@@ -367,39 +372,19 @@ async fn serve_connection(
 /// BENCHMARKS.md). The socket wakes the task through both this gate's waker and the task's own
 /// (tokio-tungstenite wakes its read and write wakers together), so nothing waits unseen.
 struct ReadGate {
-    wake: Arc<ReadWake>,
-    /// `wake` as a [`Waker`], made once per connection.
+    /// Raised when the socket may have something to read; starts raised.
+    flag: Arc<WakeFlag>,
+    /// `flag` as a [`Waker`], made once per connection.
     waker: Waker,
-}
-
-struct ReadWake {
-    /// The socket may have something to read. Starts `true`; cleared before each poll; set by
-    /// the socket's wake-ups and after every message read.
-    ready: AtomicBool,
-    /// The connection task, woken when the socket becomes readable.
-    task: AtomicWaker,
-}
-
-impl Wake for ReadWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.store(true, Ordering::Release);
-        self.task.wake();
-    }
 }
 
 impl ReadGate {
     fn new() -> ReadGate {
-        let wake = Arc::new(ReadWake {
-            ready: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
+        let flag = Arc::new(WakeFlag::default());
+        flag.raise();
         ReadGate {
-            waker: Waker::from(wake.clone()),
-            wake,
+            waker: Waker::from(flag.clone()),
+            flag,
         }
     }
 
@@ -410,14 +395,11 @@ impl ReadGate {
         socket: &'a mut WebSocket,
     ) -> impl Future<Output = Option<Result<Message, axum::Error>>> + 'a {
         poll_fn(move |cx| {
-            self.wake.task.register(cx.waker());
-            // Cleared before the poll: a wake-up during it sets the flag again.
-            if !self.wake.ready.swap(false, Ordering::AcqRel) {
-                return Poll::Pending;
-            }
+            // Lowers the flag before the poll: a wake-up during it raises it again.
+            ready!(self.flag.poll_woken(cx));
             let polled = socket.poll_next_unpin(&mut Context::from_waker(&self.waker));
             if polled.is_ready() {
-                self.wake.ready.store(true, Ordering::Release);
+                self.flag.raise();
             }
             polled
         })

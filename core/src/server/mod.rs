@@ -2,7 +2,7 @@
 //!
 //! One `std::sync::Mutex` guards the hub and the table of connection writers; every critical
 //! section is short and none spans an `.await`. Each WebSocket connection is one tokio task
-//! ([`connection`]) that waits on its own [`WriterWake`] and pulls frames from the hub — there are
+//! ([`connection`]) that waits on its own writer [`WakeFlag`] and pulls frames from the hub — there are
 //! no per-connection channels, so an idle connection costs a socket, a small read buffer and a
 //! parked task. The HTTP API ([`http`]) and the in-process [`Notifier`] publish through the same
 //! lock. Generic over the listener (axum's [`Listener`]), so the very same router serves
@@ -140,7 +140,7 @@ impl ServerConfig {
 pub(crate) struct State {
     pub hub: Hub,
     /// Looked up for every wake; Fx-hashed like the hub's connections (ids are seeded-random).
-    pub writers: FxHashMap<ConnectionId, Arc<WriterWake>>,
+    pub writers: FxHashMap<ConnectionId, Arc<WakeFlag>>,
     wakes: Vec<ConnectionId>,
 }
 
@@ -158,19 +158,26 @@ pub(crate) async fn timeout_if_pending<F: std::future::Future>(
     }
 }
 
-/// Wakes one connection task when the hub has something for it: a flag plus the task's waker.
-/// A wake that comes while the task is busy (writing) stays in the flag and is seen at its next
-/// wait, so none is lost; unlike `tokio::sync::Notify` there is no waiter list to lock.
+/// Wakes one connection task: a flag plus the task's waker. The writer's flag is raised when
+/// the hub has something for the connection, the read gate's when the socket may have
+/// something to read. A wake that comes while the task is busy (writing) stays in the flag
+/// and is seen at its next wait, so none is lost; unlike `tokio::sync::Notify` there is no
+/// waiter list to lock.
 #[derive(Default)]
-pub(crate) struct WriterWake {
+pub(crate) struct WakeFlag {
     woken: AtomicBool,
     waker: AtomicWaker,
 }
 
-impl WriterWake {
+impl WakeFlag {
     pub fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
+        self.raise();
         self.waker.wake();
+    }
+
+    /// Sets the flag without waking the task: for the task itself, which will look again.
+    pub fn raise(&self) {
+        self.woken.store(true, Ordering::Release);
     }
 
     /// Resolves once a wake arrived since it last resolved.
@@ -178,7 +185,7 @@ impl WriterWake {
         poll_fn(|cx| self.poll_woken(cx)).await
     }
 
-    fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.woken.swap(false, Ordering::AcqRel) {
             return Poll::Ready(());
         }
@@ -189,6 +196,17 @@ impl WriterWake {
         } else {
             Poll::Pending
         }
+    }
+}
+
+/// So a socket can hold the flag as its waker (the read gate).
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        WakeFlag::wake(&self);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        WakeFlag::wake(self);
     }
 }
 
@@ -229,7 +247,7 @@ impl Drop for Locked<'_> {
         }
         // Woken after the unlock, so a woken task never waits for this lock. A publish wakes
         // at most `connections_per_user_max` writers, so the usual case needs no allocation.
-        let mut inline: [Option<Arc<WriterWake>>; WAKES_INLINE_MAX] = Default::default();
+        let mut inline: [Option<Arc<WakeFlag>>; WAKES_INLINE_MAX] = Default::default();
         let mut overflow = Vec::new();
         for (i, id) in state.wakes.drain(..).enumerate() {
             if let Some(writer) = state.writers.get(&id) {

@@ -477,24 +477,12 @@ mod tests {
     #[test]
     fn a_second_replay_runs_only_when_the_digest_differs_and_tells_code_changes_from_nondeterminism() {
         let never = || -> Option<History> { panic!("no second run is needed") };
-        let (b, c) = (
-            History {
-                seed: 2,
-                ..History::default()
-            },
-            History {
-                seed: 3,
-                ..History::default()
-            },
-        );
-        let (a_digest, b_digest) = (
-            History {
-                seed: 1,
-                ..History::default()
-            }
-            .digest(),
-            b.digest(),
-        );
+        let history = |seed| History {
+            seed,
+            ..History::default()
+        };
+        let (b, c) = (history(2), history(3));
+        let (a_digest, b_digest) = (history(1).digest(), b.digest());
         let (a, b_digest) = (a_digest.as_str(), b_digest.as_str());
         assert_eq!(SecondRun::judge(Some(a), Some(a), never), SecondRun::NotNeeded);
         assert_eq!(SecondRun::judge(Some(a), None, never), SecondRun::NotNeeded);
