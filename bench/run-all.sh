@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md on this machine and writes the raw output under
-# bench/results/. Long: ~60 minutes. Pass --quick for a ~3-minute smoke pass.
+# bench/results/. Long: 25-60 minutes, by machine. Pass --quick for a ~3-minute smoke pass.
 # Never run in CI (CI only does `cargo bench --no-run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
