@@ -62,10 +62,10 @@ lg --scenario peak --runs 5 --duration-secs 5 --servers herald,baseline-small \
    --peak-rates "$http_peak_rates"                                                  | tee bench/results/peak-http-fine.txt
 notifier_peak_rates=$(seq -s, 200000 25000 500000),$(seq -s, 550000 50000 1000000)
 lg --scenario peak --runs 3 --duration-secs 5 --servers herald-notifier,baseline-notifier \
-   --peak-rates $notifier_peak_rates                                               | tee bench/results/peak-notifier-fine.txt
+   --peak-rates "$notifier_peak_rates"                                               | tee bench/results/peak-notifier-fine.txt
 # The same in-process peak with every run in a fresh process: the in-process peak's headline.
 isolated bench/results/peak-notifier-isolated.txt 3 "peak step|peak sustained" \
-   --scenario peak --duration-secs 5 --peak-rates $notifier_peak_rates
+   --scenario peak --duration-secs 5 --peak-rates "$notifier_peak_rates"
 lg --scenario burst --runs 3 --servers $all                                      | tee bench/results/burst.txt
 # The in-process pair of the burst again, each run in a fresh process.
 isolated bench/results/burst-notifier-isolated.txt 7 "burst run" --scenario burst
