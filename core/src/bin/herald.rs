@@ -21,6 +21,49 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The signals that start a graceful shutdown: SIGINT (Ctrl-C) and, on Unix, SIGTERM, which is
+/// what `docker stop`, Kubernetes and systemd send. Without the SIGTERM handler those would
+/// kill the process at once, and clients would see a dropped socket instead of the 1001 close
+/// that tells them to resume elsewhere. Installed before serving, so a signal that arrives
+/// early is not lost to the default action.
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {})
+    }
+
+    /// Waits for the first stop signal and returns its name.
+    #[cfg(unix)]
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Real-time notifications for AI agent runs")]
 struct Cli {
@@ -51,53 +94,53 @@ struct ServeArgs {
     #[arg(long)]
     dev: bool,
     /// Events kept per user for replay.
-    #[arg(long, env = "HERALD_RETENTION_EVENTS_MAX")]
-    retention_events_max: Option<u64>,
+    #[arg(long, env = "HERALD_RETENTION_EVENTS_MAX", default_value_t = HubConfig::default().retention_events_max)]
+    retention_events_max: u64,
     /// Age after which retained events are evicted.
-    #[arg(long, env = "HERALD_RETENTION_AGE_MS")]
-    retention_age_ms: Option<u64>,
+    #[arg(long, env = "HERALD_RETENTION_AGE_MS", default_value_t = HubConfig::default().retention_age_ms)]
+    retention_age_ms: u64,
     /// Encoded bytes retained across all users.
-    #[arg(long, env = "HERALD_RETENTION_BYTES_MAX")]
-    retention_bytes_max: Option<u64>,
+    #[arg(long, env = "HERALD_RETENTION_BYTES_MAX", default_value_t = HubConfig::default().retention_bytes_max)]
+    retention_bytes_max: u64,
     /// Connections (tabs) per user.
-    #[arg(long, env = "HERALD_CONNECTIONS_PER_USER_MAX")]
-    connections_per_user_max: Option<u64>,
+    #[arg(long, env = "HERALD_CONNECTIONS_PER_USER_MAX", default_value_t = HubConfig::default().connections_per_user_max)]
+    connections_per_user_max: u64,
     /// Connections in total.
-    #[arg(long, env = "HERALD_CONNECTIONS_MAX")]
-    connections_max: Option<u64>,
+    #[arg(long, env = "HERALD_CONNECTIONS_MAX", default_value_t = HubConfig::default().connections_max)]
+    connections_max: u64,
     /// Users with a live stream.
-    #[arg(long, env = "HERALD_USERS_MAX")]
-    users_max: Option<u64>,
+    #[arg(long, env = "HERALD_USERS_MAX", default_value_t = HubConfig::default().users_max)]
+    users_max: u64,
     /// Events a connection may lag behind before it is closed with 4003.
-    #[arg(long, env = "HERALD_SEND_QUEUE_MAX")]
-    send_queue_max: Option<u64>,
+    #[arg(long, env = "HERALD_SEND_QUEUE_MAX", default_value_t = HubConfig::default().send_queue_max)]
+    send_queue_max: u64,
     /// Control frames queued per connection.
-    #[arg(long, env = "HERALD_CONTROL_QUEUE_MAX")]
-    control_queue_max: Option<u64>,
+    #[arg(long, env = "HERALD_CONTROL_QUEUE_MAX", default_value_t = HubConfig::default().control_queue_max)]
+    control_queue_max: u64,
     /// Largest encoded event frame.
-    #[arg(long, env = "HERALD_EVENT_BYTES_MAX")]
-    event_bytes_max: Option<u64>,
+    #[arg(long, env = "HERALD_EVENT_BYTES_MAX", default_value_t = HubConfig::default().event_bytes_max)]
+    event_bytes_max: u64,
     /// Time a client has to send hello.
-    #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS")]
-    hello_timeout_ms: Option<u64>,
+    #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS", default_value_t = defaults().hello_timeout_ms)]
+    hello_timeout_ms: u64,
     /// Interval of server WebSocket pings.
-    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL_MS")]
-    heartbeat_interval_ms: Option<u64>,
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL_MS", default_value_t = defaults().heartbeat_interval_ms)]
+    heartbeat_interval_ms: u64,
     /// Silence after which a connection is closed with 4010.
-    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS")]
-    idle_timeout_ms: Option<u64>,
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS", default_value_t = defaults().idle_timeout_ms)]
+    idle_timeout_ms: u64,
     /// Bound on every socket write and HTTP body read.
-    #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS")]
-    write_timeout_ms: Option<u64>,
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS", default_value_t = defaults().write_timeout_ms)]
+    write_timeout_ms: u64,
     /// Largest incoming WebSocket frame.
-    #[arg(long, env = "HERALD_FRAME_BYTES_MAX")]
-    frame_bytes_max: Option<usize>,
+    #[arg(long, env = "HERALD_FRAME_BYTES_MAX", default_value_t = defaults().frame_bytes_max)]
+    frame_bytes_max: usize,
     /// Interval of the retention-age eviction tick.
-    #[arg(long, env = "HERALD_TICK_INTERVAL_MS")]
-    tick_interval_ms: Option<u64>,
+    #[arg(long, env = "HERALD_TICK_INTERVAL_MS", default_value_t = defaults().tick_interval_ms)]
+    tick_interval_ms: u64,
     /// Per-connection WebSocket read buffer.
-    #[arg(long, env = "HERALD_WS_READ_BUFFER_BYTES")]
-    ws_read_buffer_bytes: Option<usize>,
+    #[arg(long, env = "HERALD_WS_READ_BUFFER_BYTES", default_value_t = defaults().ws_read_buffer_bytes)]
+    ws_read_buffer_bytes: usize,
 }
 
 #[derive(Args)]
@@ -171,11 +214,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         tracing::info!(listen = %args.listen, "herald serving");
         let on_signal = server.clone();
+        let signals = StopSignals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                tracing::info!("Ctrl-C: graceful shutdown");
-                on_signal.shutdown();
-            }
+            let name = signals.recv().await;
+            tracing::info!("{name}: graceful shutdown");
+            on_signal.shutdown();
         });
         server.serve(listener).await.map_err(|e| format!("server error: {e}"))?;
         tracing::info!("stopped");
@@ -185,42 +228,30 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn server_config(args: &ServeArgs, jwt_secret: String, api_key: String) -> ServerConfig {
     let mut config = ServerConfig::new(jwt_secret.into_bytes(), api_key);
-    let hub: &mut HubConfig = &mut config.hub;
-    let overrides = [
-        (&mut hub.retention_events_max, args.retention_events_max),
-        (&mut hub.retention_age_ms, args.retention_age_ms),
-        (&mut hub.retention_bytes_max, args.retention_bytes_max),
-        (&mut hub.connections_per_user_max, args.connections_per_user_max),
-        (&mut hub.connections_max, args.connections_max),
-        (&mut hub.users_max, args.users_max),
-        (&mut hub.send_queue_max, args.send_queue_max),
-        (&mut hub.control_queue_max, args.control_queue_max),
-        (&mut hub.event_bytes_max, args.event_bytes_max),
-    ];
-    for (field, value) in overrides {
-        if let Some(value) = value {
-            *field = value;
-        }
-    }
-    let overrides = [
-        (&mut config.hello_timeout_ms, args.hello_timeout_ms),
-        (&mut config.heartbeat_interval_ms, args.heartbeat_interval_ms),
-        (&mut config.idle_timeout_ms, args.idle_timeout_ms),
-        (&mut config.write_timeout_ms, args.write_timeout_ms),
-        (&mut config.tick_interval_ms, args.tick_interval_ms),
-    ];
-    for (field, value) in overrides {
-        if let Some(value) = value {
-            *field = value;
-        }
-    }
-    if let Some(value) = args.frame_bytes_max {
-        config.frame_bytes_max = value;
-    }
-    if let Some(value) = args.ws_read_buffer_bytes {
-        config.ws_read_buffer_bytes = value;
-    }
+    config.hub = HubConfig {
+        retention_events_max: args.retention_events_max,
+        retention_age_ms: args.retention_age_ms,
+        retention_bytes_max: args.retention_bytes_max,
+        connections_per_user_max: args.connections_per_user_max,
+        connections_max: args.connections_max,
+        users_max: args.users_max,
+        send_queue_max: args.send_queue_max,
+        control_queue_max: args.control_queue_max,
+        event_bytes_max: args.event_bytes_max,
+    };
+    config.hello_timeout_ms = args.hello_timeout_ms;
+    config.heartbeat_interval_ms = args.heartbeat_interval_ms;
+    config.idle_timeout_ms = args.idle_timeout_ms;
+    config.write_timeout_ms = args.write_timeout_ms;
+    config.frame_bytes_max = args.frame_bytes_max;
+    config.tick_interval_ms = args.tick_interval_ms;
+    config.ws_read_buffer_bytes = args.ws_read_buffer_bytes;
     config
+}
+
+/// The library's defaults, which `--help` shows: the binary has no defaults of its own.
+fn defaults() -> ServerConfig {
+    ServerConfig::new(Vec::new(), String::new())
 }
 
 fn print_dev_banner(listen: &SocketAddr, jwt_secret: &str, api_key: &str) {
@@ -320,5 +351,77 @@ mod tests {
         assert!(parse_ttl_secs("0s").is_err());
         assert!(parse_ttl_secs("1y").is_err());
         assert!(parse_ttl_secs("h").is_err());
+    }
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from([&["herald", "serve"], flags].concat()).expect("valid flags");
+        match cli.command {
+            Command::Serve(args) => *args,
+            Command::Token(_) => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn no_flags_give_the_library_defaults() {
+        let config = server_config(&serve_args(&[]), "s".into(), "k".into());
+        let library = ServerConfig::new(b"s".to_vec(), "k".into());
+        assert_eq!(config.hub, library.hub);
+        let timings = |c: &ServerConfig| {
+            (
+                c.hello_timeout_ms,
+                c.heartbeat_interval_ms,
+                c.idle_timeout_ms,
+                c.write_timeout_ms,
+                c.frame_bytes_max,
+                c.tick_interval_ms,
+                c.ws_read_buffer_bytes,
+            )
+        };
+        assert_eq!(timings(&config), timings(&library));
+    }
+
+    #[test]
+    fn every_limit_flag_reaches_the_config() {
+        let args = serve_args(&[
+            "--retention-events-max=11",
+            "--retention-age-ms=12",
+            "--retention-bytes-max=13",
+            "--connections-per-user-max=14",
+            "--connections-max=15",
+            "--users-max=16",
+            "--send-queue-max=17",
+            "--control-queue-max=18",
+            "--event-bytes-max=19",
+            "--hello-timeout-ms=20",
+            "--heartbeat-interval-ms=21",
+            "--idle-timeout-ms=22",
+            "--write-timeout-ms=23",
+            "--frame-bytes-max=24",
+            "--tick-interval-ms=25",
+            "--ws-read-buffer-bytes=26",
+        ]);
+        let config = server_config(&args, "s".into(), "k".into());
+        let hub = &config.hub;
+        assert_eq!(
+            [
+                hub.retention_events_max,
+                hub.retention_age_ms,
+                hub.retention_bytes_max,
+                hub.connections_per_user_max,
+                hub.connections_max,
+                hub.users_max,
+                hub.send_queue_max,
+                hub.control_queue_max,
+                hub.event_bytes_max,
+                config.hello_timeout_ms,
+                config.heartbeat_interval_ms,
+                config.idle_timeout_ms,
+                config.write_timeout_ms,
+                config.frame_bytes_max as u64,
+                config.tick_interval_ms,
+                config.ws_read_buffer_bytes as u64,
+            ],
+            std::array::from_fn(|i| 11 + i as u64)
+        );
     }
 }
