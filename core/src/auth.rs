@@ -3,10 +3,109 @@
 //! Expiry is judged against the injected [`crate::clock::Clock`] rather than the system clock
 //! (which `jsonwebtoken` would read), so that the simulation decides what "now" is and the same
 //! token expires at the same simulated instant in every run.
+//!
+//! Herald needs only HMAC, so it builds `jsonwebtoken` without a crypto backend and installs
+//! [`HMAC_PROVIDER`] (HS256/384/512 over RustCrypto's `hmac` and `sha2`) as the process-wide
+//! `jsonwebtoken` provider. The crate's `rust_crypto` backend would also compile in `rsa`, which
+//! has an open advisory with no fixed release (RUSTSEC-2023-0071, the Marvin timing attack), and
+//! a dozen curve crates Herald never calls. An application that embeds Herald and uses
+//! `jsonwebtoken` for other algorithms installs its own provider (for example
+//! `jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default()`) before it builds a
+//! server: Herald installs [`HMAC_PROVIDER`] only when no provider is installed yet, and every
+//! provider `jsonwebtoken` ships verifies HMAC too.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::signature::{Error as SignatureError, Signer, Verifier};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Sha256, Sha384, Sha512};
 use std::fmt;
+
+/// `jsonwebtoken`'s crypto provider reduced to the HMAC family: every other algorithm is
+/// refused with `InvalidAlgorithm`, and JWK key utilities are not supported.
+pub static HMAC_PROVIDER: CryptoProvider = CryptoProvider {
+    signer_factory: hmac_signer,
+    verifier_factory: hmac_verifier,
+    key_utils: KeyUtils::new_unimplemented(),
+};
+
+/// Installs [`HMAC_PROVIDER`] unless a provider is installed already (then that one, which
+/// also speaks HMAC, is used). Called before every `jsonwebtoken` call in this module.
+fn install_hmac_provider() {
+    let _already_installed = HMAC_PROVIDER.install_default();
+}
+
+/// One HMAC key, ready to sign or verify: `Mac` clones are cheap and carry the keyed state.
+struct HmacKey<M> {
+    algorithm: Algorithm,
+    mac: M,
+}
+
+impl<M: Mac + KeyInit + Clone> HmacKey<M> {
+    fn new(algorithm: Algorithm, secret: &[u8]) -> jsonwebtoken::errors::Result<Self> {
+        // HMAC accepts keys of any length; an error here would be a bug in `hmac`.
+        let mac = <M as Mac>::new_from_slice(secret).map_err(|_| ErrorKind::InvalidKeyFormat)?;
+        Ok(HmacKey { algorithm, mac })
+    }
+}
+
+impl<M: Mac + Clone> Signer<Vec<u8>> for HmacKey<M> {
+    fn try_sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureError> {
+        let mut mac = self.mac.clone();
+        mac.update(message);
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+}
+
+impl<M: Mac + Clone> Verifier<Vec<u8>> for HmacKey<M> {
+    /// Constant-time comparison (`verify_slice`), so the check leaks no timing about the tag.
+    fn verify(&self, message: &[u8], signature: &Vec<u8>) -> Result<(), SignatureError> {
+        let mut mac = self.mac.clone();
+        mac.update(message);
+        mac.verify_slice(signature).map_err(|_| SignatureError::new())
+    }
+}
+
+impl<M: Mac + Clone> JwtSigner for HmacKey<M> {
+    fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+}
+
+impl<M: Mac + Clone> JwtVerifier for HmacKey<M> {
+    fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+}
+
+fn hmac_signer(algorithm: &Algorithm, key: &EncodingKey) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
+    if key.family() != AlgorithmFamily::Hmac {
+        return Err(ErrorKind::InvalidKeyFormat.into());
+    }
+    let secret = key.as_bytes();
+    Ok(match algorithm {
+        Algorithm::HS256 => Box::new(HmacKey::<Hmac<Sha256>>::new(*algorithm, secret)?),
+        Algorithm::HS384 => Box::new(HmacKey::<Hmac<Sha384>>::new(*algorithm, secret)?),
+        Algorithm::HS512 => Box::new(HmacKey::<Hmac<Sha512>>::new(*algorithm, secret)?),
+        _ => return Err(ErrorKind::InvalidAlgorithm.into()),
+    })
+}
+
+fn hmac_verifier(algorithm: &Algorithm, key: &DecodingKey) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
+    if key.family() != AlgorithmFamily::Hmac {
+        return Err(ErrorKind::InvalidKeyFormat.into());
+    }
+    let secret = key.try_get_as_bytes()?;
+    Ok(match algorithm {
+        Algorithm::HS256 => Box::new(HmacKey::<Hmac<Sha256>>::new(*algorithm, secret)?),
+        Algorithm::HS384 => Box::new(HmacKey::<Hmac<Sha384>>::new(*algorithm, secret)?),
+        Algorithm::HS512 => Box::new(HmacKey::<Hmac<Sha512>>::new(*algorithm, secret)?),
+        _ => return Err(ErrorKind::InvalidAlgorithm.into()),
+    })
+}
 
 /// The claims Herald reads. Other claims in a token are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +152,7 @@ impl fmt::Debug for TokenVerifier {
 impl TokenVerifier {
     /// A verifier for HS256 tokens signed with `secret`.
     pub fn new(secret: &[u8]) -> Self {
+        install_hmac_provider();
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` is compared with the injected clock in `verify`, never the system clock.
         validation.validate_exp = false;
@@ -83,6 +183,7 @@ impl TokenVerifier {
 /// Mints an HS256 token for `user` expiring at `exp_unix_secs`. Used by `herald token`, tests
 /// and the simulation; production deployments usually mint tokens in their own auth service.
 pub fn mint_token(secret: &[u8], user: &str, exp_unix_secs: u64) -> String {
+    install_hmac_provider();
     let claims = Claims {
         sub: user.to_string(),
         exp: exp_unix_secs,
@@ -122,6 +223,7 @@ mod tests {
 
     #[test]
     fn missing_claims_are_invalid() {
+        install_hmac_provider(); // before the direct `jsonwebtoken::encode` calls below
         #[derive(Serialize)]
         struct NoExp<'a> {
             sub: &'a str,
@@ -153,7 +255,56 @@ mod tests {
     }
 
     #[test]
+    fn the_hmac_provider_matches_a_published_test_vector() {
+        install_hmac_provider();
+        // jwt.io's HS256 example token, signed with the secret `your-256-bit-secret`.
+        let message = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+                       eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ";
+        let signature = "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        let key = DecodingKey::from_secret(b"your-256-bit-secret");
+        let verify = |signature: &str, message: &str, key: &DecodingKey| {
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, Algorithm::HS256).unwrap()
+        };
+        assert!(verify(signature, message, &key));
+        let tampered = format!("{}R", &message[..message.len() - 1]);
+        assert!(!verify(signature, &tampered, &key));
+        assert!(!verify(
+            signature,
+            message,
+            &DecodingKey::from_secret(b"your-256-bit-secreT")
+        ));
+        assert!(!verify("TflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", message, &key));
+        let sign = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(b"your-256-bit-secret"),
+            Algorithm::HS256,
+        );
+        assert_eq!(sign.unwrap(), signature);
+    }
+
+    #[test]
+    fn the_hmac_provider_refuses_every_other_algorithm() {
+        install_hmac_provider();
+        let key = DecodingKey::from_secret(b"s");
+        for algorithm in [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::EdDSA] {
+            let error = jsonwebtoken::crypto::verify("AAAA", b"a.b", &key, algorithm).unwrap_err();
+            assert_eq!(error.kind(), &ErrorKind::InvalidAlgorithm, "{algorithm:?}");
+        }
+        // A token whose header claims RS256 never reaches a verifier: the validation allows HS256 only.
+        // The header {"alg":"RS256","typ":"JWT"}, base64url, on a correctly signed HS256 token.
+        let rs256_header = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9";
+        let hs256 = mint_token(b"s", "alice", 10);
+        let (_, rest) = hs256.split_once('.').unwrap();
+        let token = format!("{rs256_header}.{rest}");
+        assert!(matches!(
+            TokenVerifier::new(b"s").verify(&token, 0),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn other_algorithms_are_refused() {
+        install_hmac_provider(); // before the direct `jsonwebtoken::encode` calls below
         let claims = Claims {
             sub: "alice".into(),
             exp: 10,
