@@ -1,7 +1,8 @@
 //! The client against a scripted WebSocket peer that misbehaves on purpose — things the real
 //! server never does, but the client must handle without hiding them: duplicates at the replay
 //! seam, seq jumps, unparsable and binary frames, events before the welcome, an epoch change
-//! without a gap, and a terminal `bad_frame` close.
+//! without a gap, and a terminal `bad_frame` close. Also `attempts_max`, against a peer that
+//! welcomes once and then is gone.
 
 use futures_util::{SinkExt, StreamExt};
 use herald_core::client::{
@@ -83,11 +84,16 @@ impl ClientObserver for Log {
 }
 
 async fn setup() -> (TcpListener, Client, Log) {
+    setup_with(None).await
+}
+
+async fn setup_with(attempts_max: Option<u32>) -> (TcpListener, Client, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = ClientConfig::new(format!("ws://{addr}/v1/ws"), 1);
     config.backoff_initial_ms = 10;
     config.backoff_max_ms = 50;
+    config.attempts_max = attempts_max;
     let log = Log::default();
     let client = Client::spawn(
         config,
@@ -291,4 +297,44 @@ async fn the_client_pings_only_a_silent_line() {
         silent_for >= Duration::from_millis(700),
         "the ping came after the silence, not on a fixed beat ({silent_for:?})"
     );
+}
+
+#[tokio::test]
+async fn attempts_max_stops_the_client_after_that_many_failures_in_a_row() {
+    let (listener, mut client, log) = setup_with(Some(2)).await;
+    // One welcomed connection, then the peer and its port are gone for good.
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None);
+    send(&mut peer, welcome("e1", 0, true)).await;
+    send(&mut peer, event(1)).await;
+    assert_eq!(seq_of(next(&mut client).await), 1);
+    drop(peer);
+    drop(listener);
+
+    // The welcome reset the count: two more attempts (refused), then the client gives up.
+    assert_eq!(next(&mut client).await, None, "gave up: the items stream ends");
+    match client.state() {
+        ClientState::Stopped { reason } => {
+            assert_eq!(reason, "gave up: 2 attempts without a welcome (attempts_max 2)")
+        }
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    let log = log.0.lock().unwrap().clone();
+    let connecting: Vec<&String> = log.iter().filter(|l| l.starts_with("connecting")).collect();
+    assert_eq!(connecting.len(), 3, "{log:#?}");
+    assert!(connecting[0].starts_with("connecting 1 None"), "{log:#?}");
+    assert!(
+        connecting[1].starts_with("connecting 1 Some"),
+        "a resume after the welcome: {log:#?}"
+    );
+    assert!(connecting[2].starts_with("connecting 2 Some"), "{log:#?}");
+}
+
+#[test]
+fn attempts_max_of_zero_is_refused() {
+    let mut config = ClientConfig::new("ws://127.0.0.1:1/v1/ws", 1);
+    config.attempts_max = Some(0);
+    assert_eq!(config.validate(), Err("attempts_max must be at least 1".into()));
+    config.attempts_max = Some(1);
+    assert_eq!(config.validate(), Ok(()));
 }

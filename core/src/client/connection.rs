@@ -257,6 +257,11 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
             if let Next::Stop(reason) = end.next {
                 return reason;
             }
+            if let Some(attempts_max) = self.config.attempts_max {
+                if attempt >= attempts_max {
+                    return format!("gave up: {attempt} attempts without a welcome (attempts_max {attempts_max})");
+                }
+            }
             let wake = Instant::now() + ms(self.backoff.next_delay_ms());
             loop {
                 tokio::select! {

@@ -8,9 +8,9 @@
 //! code path in both. The exactly-once bookkeeping is the sans-IO [`StreamTracker`]; the task
 //! only moves frames between the socket, the tracker and the bounded items queue.
 //!
-//! Lifetime: the task retries forever (capped backoff) until [`Client::close`] is called, the
-//! server closes with a terminal code (4001 `auth_failed`, 4004 `bad_frame`), or the [`Client`]
-//! is dropped. Each single attempt is bounded by `connect_timeout_ms`, each write by
+//! Lifetime: the task retries (capped backoff) until [`Client::close`] is called, the server
+//! closes with a terminal code (4001 `auth_failed`, 4004 `bad_frame`), the [`Client`] is
+//! dropped, or `attempts_max` attempts in a row found no welcome (no limit by default). Each single attempt is bounded by `connect_timeout_ms`, each write by
 //! `write_timeout_ms`, and a connected stream that receives nothing for `idle_timeout_ms` is
 //! declared dead.
 
@@ -61,11 +61,17 @@ pub struct ClientConfig {
     pub frame_bytes_max: usize,
     /// Seed of the jitter generator; the simulation passes a scenario-derived seed.
     pub rng_seed: u64,
+    /// Consecutive attempts without a welcome after which the client stops for good
+    /// ([`ClientState::Stopped`], reason naming this limit; `recv()` then returns `None`).
+    /// `None` (the default) retries for as long as the application keeps the client: a
+    /// notification client normally outlives any outage, and the capped backoff already
+    /// bounds the rate of attempts. A welcome resets the count.
+    pub attempts_max: Option<u32>,
 }
 
 impl ClientConfig {
     /// Production defaults: 10 s connect, 15 s heartbeat, 45 s idle, 10 s writes, backoff from
-    /// 250 ms up to 30 s, 1024 queued items, 1 MiB frames.
+    /// 250 ms up to 30 s, 1024 queued items, 1 MiB frames, attempts without limit.
     pub fn new(url: impl Into<String>, rng_seed: u64) -> ClientConfig {
         ClientConfig {
             url: url.into(),
@@ -78,6 +84,7 @@ impl ClientConfig {
             items_max: 1024,
             frame_bytes_max: 1024 * 1024,
             rng_seed,
+            attempts_max: None,
         }
     }
 
@@ -91,6 +98,7 @@ impl ClientConfig {
             ("write_timeout_ms", self.write_timeout_ms),
             ("backoff_initial_ms", self.backoff_initial_ms),
             ("items_max", self.items_max as u64),
+            ("attempts_max", self.attempts_max.map_or(1, u64::from)),
         ];
         for (name, value) in positive {
             if value == 0 {
