@@ -49,7 +49,7 @@ async fn spawn_herald() -> HeraldProcess {
         .spawn()
         .expect("spawn herald serve");
     let process = HeraldProcess { child, addr };
-    // Ready once /healthz answers; bounded like every other wait.
+    // Ready once it accepts connections (bounded like every other wait); then /healthz must say so.
     let ready = tokio::time::timeout(WAIT, async {
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -10,9 +10,9 @@
 //!
 //! Lifetime: the task retries (capped backoff) until [`Client::close`] is called, the server
 //! closes with a terminal code (4001 `auth_failed`, 4004 `bad_frame`), the [`Client`] is
-//! dropped, or `attempts_max` attempts in a row found no welcome (no limit by default). Each single attempt is bounded by `connect_timeout_ms`, each write by
-//! `write_timeout_ms`, and a connected stream that receives nothing for `idle_timeout_ms` is
-//! declared dead.
+//! dropped, or `attempts_max` attempts in a row found no welcome (no limit by default). Each
+//! single attempt is bounded by `connect_timeout_ms`, each write by `write_timeout_ms`, and a
+//! connected stream that receives nothing for `idle_timeout_ms` is declared dead.
 
 mod backoff;
 mod connection;
