@@ -83,6 +83,10 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     latency_sum_ms: AtomicU64,
     latency_count: AtomicU64,
+    /// Accepted sockets not yet dropped, in any phase; kept under `sockets_max`.
+    sockets_open: AtomicU64,
+    sockets_refused: AtomicU64,
+    http_request_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -109,6 +113,41 @@ impl Metrics {
         self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_ms.fetch_add(latency_ms, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a socket slot if fewer than `max` are open; otherwise counts a refusal.
+    pub fn try_open_socket(&self, max: u64) -> bool {
+        let taken = self
+            .sockets_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1))
+            .is_ok();
+        if !taken {
+            self.sockets_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Gives back a slot taken by [`Metrics::try_open_socket`].
+    pub fn close_socket(&self) {
+        let before = self.sockets_open.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a socket closed more often than it opened");
+    }
+
+    /// Counts a socket closed for `http_request_timeout_ms`.
+    pub fn record_http_request_timeout(&self) {
+        self.http_request_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn sockets_open(&self) -> u64 {
+        self.sockets_open.load(Ordering::Relaxed)
+    }
+
+    pub fn sockets_refused(&self) -> u64 {
+        self.sockets_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn http_request_timeouts(&self) -> u64 {
+        self.http_request_timeouts.load(Ordering::Relaxed)
     }
 
     pub fn delivered(&self) -> u64 {
@@ -159,6 +198,16 @@ impl Metrics {
             "Connections closed for exceeding send_queue_max or control_queue_max.",
             counters.slow_consumer_closes,
         );
+        counter(
+            "herald_sockets_refused_total",
+            "Accepted sockets closed at once because sockets_max were open.",
+            self.sockets_refused(),
+        );
+        counter(
+            "herald_http_request_timeouts_total",
+            "HTTP sockets closed because no request began or was answered within http_request_timeout_ms.",
+            self.http_request_timeouts(),
+        );
 
         let _ = writeln!(
             out,
@@ -183,6 +232,11 @@ impl Metrics {
         };
         gauge("herald_users", "Users with a live stream.", gauges.users);
         gauge("herald_connections", "Open WebSocket connections.", gauges.connections);
+        gauge(
+            "herald_sockets_open",
+            "Accepted sockets in any phase (HTTP, WebSocket before hello, connected).",
+            self.sockets_open(),
+        );
         gauge(
             "herald_connections_per_user_max",
             "The most connections any one user holds.",
@@ -239,6 +293,11 @@ mod tests {
         metrics.record_delivery(0);
         metrics.record_delivery(7);
         metrics.record_delivery(60_000);
+        assert!(metrics.try_open_socket(2));
+        assert!(metrics.try_open_socket(2));
+        assert!(!metrics.try_open_socket(2), "the third socket is over sockets_max");
+        metrics.close_socket();
+        metrics.record_http_request_timeout();
         let text = metrics.render(&Counters::default(), &Gauges::default());
         for code in PUBLISH_ERROR_CODES {
             assert!(text.contains(&format!("herald_publish_errors_total{{code=\"{code}\"}}")));
@@ -257,5 +316,8 @@ mod tests {
         assert!(text.contains("herald_delivery_latency_ms_sum 60007\n"));
         assert!(text.contains("herald_delivered_total 3\n"));
         assert_eq!(metrics.delivered(), 3);
+        assert!(text.contains("herald_sockets_open 1\n"));
+        assert!(text.contains("herald_sockets_refused_total 1\n"));
+        assert!(text.contains("herald_http_request_timeouts_total 1\n"));
     }
 }

@@ -132,6 +132,12 @@ struct ServeArgs {
     /// Bound on every socket write and HTTP body read.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS", default_value_t = defaults().write_timeout_ms)]
     write_timeout_ms: u64,
+    /// Time an HTTP socket has to begin its next request, and a begun request to be answered.
+    #[arg(long, env = "HERALD_HTTP_REQUEST_TIMEOUT_MS", default_value_t = defaults().http_request_timeout_ms)]
+    http_request_timeout_ms: u64,
+    /// Sockets open at once (HTTP and WebSocket); one more is closed when accepted.
+    #[arg(long, env = "HERALD_SOCKETS_MAX", default_value_t = defaults().sockets_max)]
+    sockets_max: u64,
     /// Largest incoming WebSocket frame.
     #[arg(long, env = "HERALD_FRAME_BYTES_MAX", default_value_t = defaults().frame_bytes_max)]
     frame_bytes_max: usize,
@@ -197,8 +203,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             )
         }
     };
-    let config = server_config(&args, jwt_secret.clone(), api_key.clone());
+    let mut config = server_config(&args, jwt_secret.clone(), api_key.clone());
     config.validate()?;
+    fit_sockets_to_file_limit(&mut config);
     if args.dev {
         print_dev_banner(&args.listen, &jwt_secret, &api_key);
     }
@@ -243,10 +250,66 @@ fn server_config(args: &ServeArgs, jwt_secret: String, api_key: String) -> Serve
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
     config.idle_timeout_ms = args.idle_timeout_ms;
     config.write_timeout_ms = args.write_timeout_ms;
+    config.http_request_timeout_ms = args.http_request_timeout_ms;
+    config.sockets_max = args.sockets_max;
     config.frame_bytes_max = args.frame_bytes_max;
     config.tick_interval_ms = args.tick_interval_ms;
     config.ws_read_buffer_bytes = args.ws_read_buffer_bytes;
     config
+}
+
+/// File descriptors kept for everything that is not an accepted socket: the listener, the
+/// runtime's epoll and wake-up descriptors, stdio, and room to spare.
+const FILES_RESERVED: u64 = 64;
+
+/// Raises the open-file limit to its hard limit (the usual soft limit, 1024, would stop a
+/// server at about a thousand sockets), then keeps `sockets_max` under it. Beyond the file
+/// limit, `accept` fails and the listener pauses before it tries again, so every new client
+/// waits with no error and no count. Under `sockets_max` a socket that does not fit is
+/// refused at once and counted in `herald_sockets_refused_total`.
+fn fit_sockets_to_file_limit(config: &mut ServerConfig) {
+    let Some(files_max) = raise_file_limit() else {
+        return;
+    };
+    let sockets_max = files_max.saturating_sub(FILES_RESERVED).max(1);
+    if config.sockets_max > sockets_max {
+        tracing::warn!(
+            "sockets_max {} is above what the open-file limit {files_max} allows; using {sockets_max} \
+             (raise `ulimit -n` to serve more)",
+            config.sockets_max
+        );
+        config.sockets_max = sockets_max;
+    }
+}
+
+/// Sets the soft open-file limit to the hard one and returns it; `None` if it cannot be read
+/// or is unlimited.
+#[cfg(unix)]
+fn raise_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a valid, exclusive pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one `rlimit` through a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64)
+}
+
+#[cfg(not(unix))]
+fn raise_file_limit() -> Option<u64> {
+    None
 }
 
 /// The library's defaults, which `--help` shows: the binary has no defaults of its own.
@@ -372,6 +435,8 @@ mod tests {
                 c.heartbeat_interval_ms,
                 c.idle_timeout_ms,
                 c.write_timeout_ms,
+                c.http_request_timeout_ms,
+                c.sockets_max,
                 c.frame_bytes_max,
                 c.tick_interval_ms,
                 c.ws_read_buffer_bytes,
@@ -396,9 +461,11 @@ mod tests {
             "--heartbeat-interval-ms=21",
             "--idle-timeout-ms=22",
             "--write-timeout-ms=23",
-            "--frame-bytes-max=24",
-            "--tick-interval-ms=25",
-            "--ws-read-buffer-bytes=26",
+            "--http-request-timeout-ms=24",
+            "--sockets-max=25",
+            "--frame-bytes-max=26",
+            "--tick-interval-ms=27",
+            "--ws-read-buffer-bytes=28",
         ]);
         let config = server_config(&args, "s".into(), "k".into());
         let hub = &config.hub;
@@ -417,11 +484,30 @@ mod tests {
                 config.heartbeat_interval_ms,
                 config.idle_timeout_ms,
                 config.write_timeout_ms,
+                config.http_request_timeout_ms,
+                config.sockets_max,
                 config.frame_bytes_max as u64,
                 config.tick_interval_ms,
                 config.ws_read_buffer_bytes as u64,
             ],
             std::array::from_fn(|i| 11 + i as u64)
         );
+    }
+
+    #[test]
+    fn sockets_max_is_kept_under_the_open_file_limit() {
+        let mut config = ServerConfig::new(b"s".to_vec(), "k".into());
+        config.sockets_max = u64::MAX;
+        fit_sockets_to_file_limit(&mut config);
+        match raise_file_limit() {
+            Some(files_max) => {
+                assert_eq!(config.sockets_max, files_max.saturating_sub(FILES_RESERVED).max(1));
+                // A limit that fits is left alone.
+                config.sockets_max = 10;
+                fit_sockets_to_file_limit(&mut config);
+                assert_eq!(config.sockets_max, 10);
+            }
+            None => assert_eq!(config.sockets_max, u64::MAX, "no file limit to fit under"),
+        }
     }
 }

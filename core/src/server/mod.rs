@@ -10,6 +10,7 @@
 
 mod connection;
 mod http;
+mod socket;
 
 use crate::auth::TokenVerifier;
 use crate::clock::Clock;
@@ -45,6 +46,15 @@ pub struct ServerConfig {
     /// Bound on every write (a batch of frames, a ping, a close) and on reading an HTTP body.
     /// A peer that does not drain its socket in time is dropped.
     pub write_timeout_ms: u64,
+    /// A socket still speaking HTTP (a publisher's keep-alive connection, or one that has not
+    /// yet asked for the WebSocket upgrade) is closed when no request begins within this long
+    /// of its accept or of its previous response, or when a begun request is not answered
+    /// within this long. Bounds silent and slow (slowloris) sockets and idle keep-alives.
+    pub http_request_timeout_ms: u64,
+    /// Sockets open at once, in any phase (HTTP, WebSocket before `hello`, connected). One
+    /// more is closed as soon as it is accepted. Keep it above `connections_max` plus the
+    /// publishers' connections, and below the process's open-file limit.
+    pub sockets_max: u64,
     /// Largest incoming WebSocket frame/message. Larger: error `bad_frame`, 4004.
     pub frame_bytes_max: usize,
     /// Interval of the retention tick that evicts events older than `retention_age_ms` even
@@ -67,6 +77,8 @@ impl fmt::Debug for ServerConfig {
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
             .field("write_timeout_ms", &self.write_timeout_ms)
+            .field("http_request_timeout_ms", &self.http_request_timeout_ms)
+            .field("sockets_max", &self.sockets_max)
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("tick_interval_ms", &self.tick_interval_ms)
             .field("ws_read_buffer_bytes", &self.ws_read_buffer_bytes)
@@ -85,6 +97,8 @@ impl ServerConfig {
             heartbeat_interval_ms: 10_000,
             idle_timeout_ms: 30_000,
             write_timeout_ms: 10_000,
+            http_request_timeout_ms: 30_000,
+            sockets_max: 210_000,
             frame_bytes_max: 16 * 1024,
             tick_interval_ms: 1_000,
             ws_read_buffer_bytes: 1024,
@@ -108,6 +122,8 @@ impl ServerConfig {
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
+            ("http_request_timeout_ms", self.http_request_timeout_ms),
+            ("sockets_max", self.sockets_max),
             ("tick_interval_ms", self.tick_interval_ms),
         ];
         for (name, value) in positive {
@@ -418,8 +434,9 @@ impl Server {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             }
         };
-        // Every socket gathers its writes until the writer flushes (one syscall per batch).
-        let listener = connection::CoalescingListener(listener);
+        // Every socket takes a slot under `sockets_max`, has a request deadline while it speaks
+        // HTTP, and gathers its writes until the writer flushes (one syscall per batch).
+        let listener = socket::SocketListener::new(listener, self.shared.clone());
         let server = axum::serve(listener, self.router())
             .with_graceful_shutdown(signal)
             .into_future();

@@ -232,3 +232,47 @@ pub async fn http_publish(addr: SocketAddr, user: &str, body: &serde_json::Value
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body {text:?}: {e}"));
     (status, json)
 }
+
+/// Reads `count` HTTP/1.1 responses (status, body) from a keep-alive stream, in order.
+pub async fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<(u16, String)> {
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut responses = Vec::new();
+    while responses.len() < count {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffer[..end].to_vec()).expect("utf-8 head");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+                let body = String::from_utf8(buffer[end + 4..end + 4 + length].to_vec()).expect("utf-8 body");
+                responses.push((status, body));
+                buffer.drain(..end + 4 + length);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("the next response within WAIT")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    responses
+}
+
+pub fn publish_request(user: &str, n: u64) -> String {
+    let body = serde_json::json!({"run": "run-1", "kind": "agent_thinking", "data": {"n": n}}).to_string();
+    format!(
+        "POST /v1/users/{user}/events HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
