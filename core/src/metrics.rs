@@ -119,7 +119,9 @@ impl Metrics {
     pub fn try_open_socket(&self, max: u64) -> bool {
         let taken = self
             .sockets_open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
             .is_ok();
         if !taken {
             self.sockets_refused.fetch_add(1, Ordering::Relaxed);

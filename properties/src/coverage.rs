@@ -5,7 +5,9 @@
 //! generator change that silently stops provoking (say) slow consumers shows up in the report
 //! instead of in production. Pure: reads a [`History`], nothing else.
 
-use crate::history::{ClosedBy, DeliveredItem, FrameSeen, History, Observation, PublishOutcome};
+use crate::history::{
+    ClosedBy, DeliveredItem, FrameSeen, History, Observation, PublishOutcome, SOCKET_ENDED_BY_SERVER,
+};
 use crate::scenario::Step;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +32,9 @@ pub enum Path {
     TokenExpiry,
     /// A hostile client was refused with a close code by the server.
     HostileRejected,
+    /// A hostile socket that never finished an HTTP request was ended by the server
+    /// (`http_request_timeout_ms`).
+    StalledSocketClosed,
     /// A publish failed with a typed error (`shutting_down`, `unavailable`, `connect_failed`)
     /// while the server was down or going down.
     PublishDuringRestart,
@@ -46,7 +51,7 @@ pub enum Path {
 }
 
 impl Path {
-    pub const ALL: [Path; 13] = [
+    pub const ALL: [Path; 14] = [
         Path::ResumeRecovered,
         Path::ResumeRetentionGap,
         Path::EpochGap,
@@ -54,6 +59,7 @@ impl Path {
         Path::HeartbeatDetectedPartition,
         Path::TokenExpiry,
         Path::HostileRejected,
+        Path::StalledSocketClosed,
         Path::PublishDuringRestart,
         Path::MultiConnectionFanOut,
         Path::IdempotentRepublish,
@@ -72,6 +78,7 @@ impl Path {
             Path::HeartbeatDetectedPartition => "heartbeat_detected_partition",
             Path::TokenExpiry => "token_expiry",
             Path::HostileRejected => "hostile_rejected",
+            Path::StalledSocketClosed => "stalled_socket_closed",
             Path::PublishDuringRestart => "publish_during_restart",
             Path::MultiConnectionFanOut => "multi_connection_fan_out",
             Path::IdempotentRepublish => "idempotent_republish",
@@ -211,6 +218,9 @@ pub fn paths_reached(history: &History) -> BTreeMap<Path, u64> {
                 if *hostile {
                     if *by == ClosedBy::Server && code.is_some_and(|c| c != 1000 && c != 1001) {
                         hit(Path::HostileRejected);
+                    }
+                    if *by == ClosedBy::Network && reason == SOCKET_ENDED_BY_SERVER {
+                        hit(Path::StalledSocketClosed);
                     }
                     continue;
                 }
@@ -379,6 +389,8 @@ mod tests {
             ),
             closed(100_000, Some(4002), ClosedBy::Server, "token_expired", true),
             closed(100_001, None, ClosedBy::Client, "hostile client finished", true),
+            closed(100_002, None, ClosedBy::Network, SOCKET_ENDED_BY_SERVER, true),
+            closed(100_003, None, ClosedBy::Network, "stream ended", true),
         ]);
         let counts = paths_reached(&h);
         assert_eq!(counts[&Path::SlowConsumerClose], 1);
@@ -392,6 +404,11 @@ mod tests {
             counts[&Path::HostileRejected],
             1,
             "a hostile client that left on its own was not rejected"
+        );
+        assert_eq!(
+            counts[&Path::StalledSocketClosed],
+            1,
+            "only the socket the server ended for its request deadline"
         );
         // A plain network error is not heartbeat detection.
         let plain = history(vec![closed(0, None, ClosedBy::Network, "connection reset", false)]);

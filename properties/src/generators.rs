@@ -593,7 +593,12 @@ fn build_step(
                     user,
                     connections: 1 + p[3] % (config.limits.connections_per_user_max as u32 + 3),
                 },
-                _ => Attack::SilentHello,
+                // Half the silent attacks say nothing over WebSocket, half never finish HTTP.
+                _ => match p[3] % 4 {
+                    0 => Attack::SilentSocket,
+                    1 => Attack::SlowRequest,
+                    _ => Attack::SilentHello,
+                },
             };
             b.push(at, Step::Hostile { host, attack });
         }

@@ -106,6 +106,10 @@ pub enum FrameSeen {
     },
 }
 
+/// The `reason` a hostile socket that never finished an HTTP request records when the server
+/// ends it (EOF or reset, no close code): how coverage tells it from other network closes.
+pub const SOCKET_ENDED_BY_SERVER: &str = "the server ended the socket";
+
 /// Who ended a connection.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

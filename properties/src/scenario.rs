@@ -109,6 +109,9 @@ pub struct Timeouts {
     pub backoff_max_ms: u64,
     /// A publish through the HTTP API that has no answer by then is an error, not a hang.
     pub publish_timeout_ms: u64,
+    /// The server's bound on a socket that still speaks HTTP (no request begun, or a begun
+    /// request not answered, for this long: closed).
+    pub http_request_timeout_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -121,6 +124,7 @@ impl Default for Timeouts {
             backoff_initial_ms: 100,
             backoff_max_ms: 2_000,
             publish_timeout_ms: 2_000,
+            http_request_timeout_ms: 2_000,
         }
     }
 }
@@ -224,6 +228,13 @@ pub enum Attack {
     OversizedFrame { bytes: u32 },
     /// Opens the socket and never says hello → 4008 after `hello_timeout_ms`.
     SilentHello,
+    /// Opens a TCP socket and never sends a byte → the server closes it (no close code) after
+    /// `http_request_timeout_ms`.
+    SilentSocket,
+    /// Sends an HTTP request one byte every quarter of `http_request_timeout_ms` (slowloris) →
+    /// the server closes the socket `http_request_timeout_ms` after the first byte, before the
+    /// request is complete.
+    SlowRequest,
     /// Opens `connections` connections for `user` at once; those beyond
     /// `connections_per_user_max` get 4009.
     Flood { user: u32, connections: u32 },

@@ -848,3 +848,37 @@ fn auth_near_miss_expired_token_is_closed_with_4002() {
     let history = finish(&mut b, 3000);
     assert_clean(&scenario, &history);
 }
+
+#[test]
+fn bounded_resources_fires_when_a_stalled_socket_outlives_its_request_deadline() {
+    let timeout_ms = ScenarioConfig::default().timeouts.http_request_timeout_ms;
+    let patience_ms = herald_properties::scenario::HOSTILE_PATIENCE_MS;
+    // The server ended a silent socket at its deadline, and a slow request one round trip later:
+    // the documented answer.
+    let (scenario, history) = one_hostile_history(Attack::SilentSocket, 20, timeout_ms, None, ClosedBy::Network);
+    assert_clean(&scenario, &history);
+    let (scenario, history) = one_hostile_history(Attack::SlowRequest, 20, timeout_ms + 40, None, ClosedBy::Network);
+    assert_clean(&scenario, &history);
+    // The client waited the deadline and its patience on a fast link, and the socket was still
+    // open: the server never enforced http_request_timeout_ms. Caught.
+    let waited_ms = timeout_ms + patience_ms;
+    let (scenario, history) = one_hostile_history(Attack::SilentSocket, 20, waited_ms, None, ClosedBy::Client);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+    // The same give-up while latency could hold the close back longer than the client waits:
+    // nothing can be judged.
+    let (scenario, history) = one_hostile_history(Attack::SilentSocket, patience_ms, waited_ms, None, ClosedBy::Client);
+    assert_clean(&scenario, &history);
+    // Closed long before the deadline: the server cut a socket it had no reason to. Caught.
+    let (scenario, history) = one_hostile_history(Attack::SlowRequest, 20, timeout_ms / 2, None, ClosedBy::Network);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+}

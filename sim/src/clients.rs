@@ -11,7 +11,7 @@ use herald_core::client::{
     ClientConfig, ClientObserver, CloseCause, Connector, FrameReceived as ClientFrameReceived, Item,
 };
 use herald_core::protocol::{ClientFrame, Resume, ServerFrame};
-use herald_properties::history::{ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent};
+use herald_properties::history::{ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent, SOCKET_ENDED_BY_SERVER};
 use herald_properties::scenario::{hostile_connect_timeout_ms, Attack, ScenarioConfig, Timeouts, HOSTILE_PATIENCE_MS};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -376,6 +376,9 @@ async fn normal_client(
 /// One hostile connection: does its attack, then records everything it receives until the
 /// server closes it or `linger` passes.
 async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_position: Option<(String, u64)>) {
+    if matches!(attack, Attack::SilentSocket | Attack::SlowRequest) {
+        return hostile_socket(ctx, client, attack).await;
+    }
     let timeouts = &ctx.config.timeouts;
     let ttl_ms = ctx.config.token_ttl_ms;
     let (user, hello) = match &attack {
@@ -427,9 +430,12 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
             let token = token_for(&user, ttl_ms, JWT_SECRET);
             (user, Some(ClientFrame::Hello { token, resume: None }))
         }
-        Attack::FrameBeforeHello | Attack::MalformedFrame | Attack::OversizedFrame { .. } | Attack::SilentHello => {
-            ("?".to_string(), None)
-        }
+        Attack::FrameBeforeHello
+        | Attack::MalformedFrame
+        | Attack::OversizedFrame { .. }
+        | Attack::SilentHello
+        | Attack::SilentSocket
+        | Attack::SlowRequest => ("?".to_string(), None),
     };
     let token_exp_ms = None;
     ctx.recorder.record(Observation::Connecting {
@@ -522,6 +528,69 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
                 return closed(code, ClosedBy::Server, reason);
             }
             Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// A hostile socket that never completes an HTTP request: it sends nothing (`SilentSocket`)
+/// or a request one byte per quarter of `http_request_timeout_ms` (`SlowRequest`), and
+/// records when the server ends the socket, or that it gave up waiting.
+async fn hostile_socket(ctx: HostContext, client: u32, attack: Attack) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeouts = &ctx.config.timeouts;
+    let user = "?".to_string();
+    ctx.recorder.record(Observation::Connecting {
+        client,
+        user: user.clone(),
+        attempt: 0,
+        resume: None,
+        hostile: true,
+        token_exp_ms: None,
+    });
+    let closed = |by: ClosedBy, reason: String| {
+        ctx.recorder.record(Observation::Closed {
+            client,
+            user: user.clone(),
+            code: None,
+            by,
+            reason,
+            hostile: true,
+        });
+    };
+    let connect_timeout = Duration::from_millis(hostile_connect_timeout_ms(timeouts));
+    let mut stream = match tokio::time::timeout(connect_timeout, TurmoilConnector.connect()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return closed(ClosedBy::Network, format!("connect failed: {error}")),
+        Err(_) => return closed(ClosedBy::Network, "connect timed out".into()),
+    };
+    let request = b"POST /v1/users/u0/events HTTP/1.1\r\nHost: server\r\nContent-Type: application/json\r\n";
+    let mut unsent: &[u8] = if attack == Attack::SlowRequest { request } else { &[] };
+    let byte_interval = Duration::from_millis((timeouts.http_request_timeout_ms / 4).max(1));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(timeouts.http_request_timeout_ms + HOSTILE_PATIENCE_MS);
+    let mut next_byte = tokio::time::Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            biased;
+            read = stream.read(&mut buf) => match read {
+                // EOF or reset: either way the server ended the socket.
+                Ok(0) | Err(_) => return closed(ClosedBy::Network, SOCKET_ENDED_BY_SERVER.into()),
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return closed(ClosedBy::Client, "hostile client finished".into());
+            }
+            () = tokio::time::sleep_until(next_byte), if !unsent.is_empty() => {
+                let send = stream.write_all(&unsent[..1]);
+                match tokio::time::timeout(Duration::from_millis(timeouts.write_timeout_ms), send).await {
+                    Ok(Ok(())) => unsent = &unsent[1..],
+                    // A write into a socket the server closed fails: it ended the socket.
+                    Ok(Err(_)) => return closed(ClosedBy::Network, SOCKET_ENDED_BY_SERVER.into()),
+                    Err(_) => return closed(ClosedBy::Network, "send timed out".into()),
+                }
+                next_byte += byte_interval;
+            }
         }
     }
 }

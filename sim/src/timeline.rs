@@ -414,6 +414,8 @@ pub fn step_text(step: &Step) -> String {
                 Attack::MalformedFrame => "malformed frame".into(),
                 Attack::OversizedFrame { bytes } => format!("oversized frame of {bytes} B"),
                 Attack::SilentHello => "never says hello".into(),
+                Attack::SilentSocket => "opens a socket and never sends a byte".into(),
+                Attack::SlowRequest => "sends an HTTP request a byte at a time".into(),
                 Attack::Flood { user, connections } => {
                     format!("flood of {connections} connections as {}", user_name(*user))
                 }

@@ -779,6 +779,7 @@ pub fn server_config(scenario: &Scenario) -> ServerConfig {
     config.heartbeat_interval_ms = timeouts.heartbeat_interval_ms;
     config.idle_timeout_ms = timeouts.idle_timeout_ms;
     config.write_timeout_ms = timeouts.write_timeout_ms;
+    config.http_request_timeout_ms = timeouts.http_request_timeout_ms;
     config.frame_bytes_max = FRAME_BYTES_MAX;
     config.tick_interval_ms = 250;
     config

@@ -203,6 +203,17 @@ fn bounded_resources_bites_ignored_hub_limits() {
 }
 
 #[test]
+fn bounded_resources_bites_a_server_without_an_http_request_deadline() {
+    bites(
+        "no_request_deadline",
+        bugs::no_request_deadline,
+        Invariant::BoundedResources,
+        small(),
+        60,
+    );
+}
+
+#[test]
 fn auth_bites_a_server_that_ignores_token_expiry() {
     bites("ignores_expiry", bugs::ignores_expiry, Invariant::Auth, small(), 20);
 }

@@ -304,6 +304,7 @@ fn raise_file_limit() -> Option<u64> {
             limit = raised;
         }
     }
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` here, narrower on some 32-bit targets
     (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64)
 }
 

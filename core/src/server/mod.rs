@@ -12,6 +12,8 @@ mod connection;
 mod http;
 mod socket;
 
+pub use socket::{Socket, SocketListener};
+
 use crate::auth::TokenVerifier;
 use crate::clock::Clock;
 use crate::hub::{ConnectionId, Counters, Gauges, Hub, HubConfig};
@@ -414,6 +416,14 @@ impl Server {
         http::render_metrics(&self.shared)
     }
 
+    /// Wraps `listener` the way [`Server::serve`] does: every socket takes a slot under
+    /// `sockets_max`, has `http_request_timeout_ms` while it speaks HTTP, and gathers its writes
+    /// until a flush. For an application that serves [`Server::router`] inside its own axum
+    /// app: without it, sockets that never finish a request would stay open for good.
+    pub fn guard_listener<L: Listener>(&self, listener: L) -> SocketListener<L> {
+        SocketListener::new(listener, self.shared.clone())
+    }
+
     /// Serves the router on `listener` and runs the retention tick until [`Server::shutdown`].
     /// Then it stops accepting, gives open connections up to `write_timeout_ms` to receive
     /// their 1001 close, and returns. If this future is dropped instead (a crashed host), the
@@ -436,7 +446,7 @@ impl Server {
         };
         // Every socket takes a slot under `sockets_max`, has a request deadline while it speaks
         // HTTP, and gathers its writes until the writer flushes (one syscall per batch).
-        let listener = socket::SocketListener::new(listener, self.shared.clone());
+        let listener = self.guard_listener(listener);
         let server = axum::serve(listener, self.router())
             .with_graceful_shutdown(signal)
             .into_future();

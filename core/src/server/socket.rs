@@ -33,9 +33,10 @@ const WRITE_COALESCE_BYTES_MAX: usize = 16 * 1024;
 const WRITE_COALESCE_FIRST_BYTES: usize = 1024;
 
 /// Wraps a listener so that every accepted connection is a [`Socket`], and refuses the ones
-/// beyond `sockets_max`. Used by `Server::serve` for every listener (tokio TCP in production,
-/// turmoil TCP in the simulation).
-pub(super) struct SocketListener<L> {
+/// beyond `sockets_max`. `Server::serve` uses it for every listener (tokio TCP in production,
+/// turmoil TCP in the simulation); an application that serves `Server::router` inside its own
+/// axum app gets one from `Server::guard_listener`.
+pub struct SocketListener<L> {
     inner: L,
     shared: Arc<Shared>,
 }
@@ -74,7 +75,7 @@ impl<L: axum::serve::Listener> axum::serve::Listener for SocketListener<L> {
 /// still speaks HTTP it enforces `http_request_timeout_ms` on its reads. Writes go through
 /// [`CoalescingIo`]. Once upgraded to WebSocket, the deadline is dropped (the connection task
 /// has its own timeouts), so an idle WebSocket keeps no timer here.
-pub(super) struct Socket<S: AsyncWrite + Unpin> {
+pub struct Socket<S: AsyncWrite + Unpin> {
     io: CoalescingIo<S>,
     /// While the socket speaks HTTP: when it is closed unless a request begins (if one is
     /// awaited) or is answered. `None` once upgraded.
@@ -200,7 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Socket<S> {
 /// requests thus gets its responses in one write per batch, and a publisher that waits for
 /// each response loses nothing: hyper reads for the next request right after it flushes,
 /// that read finds nothing, and the response leaves then. Once upgraded, every flush writes.
-pub(super) struct CoalescingIo<S: AsyncWrite + Unpin> {
+pub(crate) struct CoalescingIo<S: AsyncWrite + Unpin> {
     inner: S,
     /// Bytes accepted but not yet written to `inner`; `pending[written..]` is still to go.
     pending: Vec<u8>,

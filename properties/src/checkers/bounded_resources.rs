@@ -13,11 +13,20 @@
 //!   is lagging (`send_queue_depth_max == 0`), and the hub holds no more connections than the
 //!   live normal clients plus the hostile connections that were welcomed and never closed;
 //!   and, when no publish was called within `retention_age_ms` (plus two gauge intervals and a
-//!   publish timeout) before the sample, nothing is retained any more.
+//!   publish timeout) before the sample, nothing is retained any more;
+//! - a hostile socket that never completes an HTTP request (`SilentSocket`, `SlowRequest`) is
+//!   closed by the server (no close code) no earlier than `http_request_timeout_ms` after it
+//!   connected and no later than that plus three one-way trips at the scenario's largest
+//!   latency (the connect, the first byte, the close), two ticks and a second. Giving up by
+//!   itself on a fast link, or never being closed by `End`, means the server let the socket
+//!   hold its resources for good. Not judged when the attempt cannot be: the server was not up
+//!   throughout, or the host's links were disturbed, or the latency could outlast the
+//!   client's patience or its connect timeout.
 
-use super::index::{liveness_bound_ms, retention_expiry_ms, Index};
+use super::index::{liveness_bound_ms, retention_expiry_ms, Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::{GaugeSample, Observation};
+use crate::history::{ClosedBy, GaugeSample, Observation};
+use crate::scenario::{hostile_connect_timeout_ms, Attack, HOSTILE_PATIENCE_MS};
 
 fn sample<'a>(index: &Index<'a>, idx: usize) -> &'a GaugeSample {
     match &index.entries[idx].what {
@@ -75,6 +84,15 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             }
         }
     }
+    for client in index.clients.values() {
+        if let Some((step, Attack::SilentSocket | Attack::SlowRequest)) = client.attack {
+            for conn in &client.conns {
+                if let Some(v) = stalled_socket(index, client, step, conn) {
+                    return Err(v);
+                }
+            }
+        }
+    }
     let (Some((heal_idx, heal_at)), Some((end_idx, end_at))) = (index.heal, index.end) else {
         return Ok(());
     };
@@ -128,4 +146,67 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         ));
     }
     Ok(())
+}
+
+/// The rule for hostile sockets that never complete an HTTP request (see the module docs).
+fn stalled_socket(index: &Index<'_>, client: &Client<'_>, step: usize, conn: &Conn<'_>) -> Option<Violation> {
+    let config = &index.scenario.config;
+    let timeout_ms = config.timeouts.http_request_timeout_ms;
+    let end_at = index.end.map(|(_, at)| at)?;
+    let until = conn.closed.map_or(end_at, |closed| index.at(closed));
+    if index.disturbed(client.host, conn.at, until) {
+        return None;
+    }
+    let (_, attack) = client.attack?;
+    let who = format!("{} of step {step} ({attack:?})", client.describe());
+    let slack_ms = 2 * config.tick_ms;
+    let earliest = conn.at + timeout_ms;
+    let latest = earliest + 3 * index.latency_max_ms + slack_ms + 1000;
+    let Some(closed) = conn.closed else {
+        return (end_at > latest).then(|| {
+            over(
+                format!(
+                    "{who} connecting at {} was never closed by the end at {}: http_request_timeout_ms is {timeout_ms}",
+                    t(conn.at),
+                    t(end_at)
+                ),
+                vec![conn.connecting_idx],
+            )
+        });
+    };
+    let at = index.at(closed);
+    let Observation::Closed { code, by, reason, .. } = &index.entries[closed].what else {
+        return None;
+    };
+    let verdict = match (by, code) {
+        (ClosedBy::Network, None) if reason.starts_with("connect") => {
+            // The connect itself failed or timed out: only a latency spike excuses that.
+            (2 * index.latency_max_ms + slack_ms < hostile_connect_timeout_ms(&config.timeouts))
+                .then(|| format!("could not connect ({reason}) on a fast link"))
+        }
+        (ClosedBy::Network, None) if at < earliest => Some(format!(
+            "was closed at {}, {} ms after connecting: sooner than http_request_timeout_ms {timeout_ms}",
+            t(at),
+            at - conn.at
+        )),
+        (ClosedBy::Network, None) => None,
+        // It gave up waiting: a failure unless latency could hold the close back that long.
+        (ClosedBy::Client, None) => (3 * index.latency_max_ms + slack_ms + 1000 < HOSTILE_PATIENCE_MS).then(|| {
+            format!(
+                "was still open at {} when it gave up, {} ms after connecting: http_request_timeout_ms is {timeout_ms}",
+                t(at),
+                at - conn.at
+            )
+        }),
+        _ => Some(format!(
+            "was closed at {} with code {code:?} by {by:?}, expected the server to end the socket",
+            t(at)
+        )),
+    };
+    verdict.map(|what| {
+        over(
+            format!("{who} connecting at {} {what}", t(conn.at)),
+            vec![conn.connecting_idx, closed],
+        )
+    })
 }
