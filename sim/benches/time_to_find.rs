@@ -49,6 +49,7 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "swallowing_notifier" => Invariant::NoSilentFailure,
         "stuck_resume" => Invariant::Liveness,
         "unbounded_queue" => Invariant::BoundedResources,
+        "no_request_deadline" => Invariant::BoundedResources,
         "ignores_expiry" => Invariant::Auth,
         "at_least_once_bridge" => Invariant::NoDuplicates,
         _ => return None,
