@@ -82,7 +82,9 @@ pub struct Socket<S: AsyncWrite + Unpin> {
     request_deadline: Option<Pin<Box<Sleep>>>,
     /// No byte of the next request has arrived since the last response (or since accept).
     awaiting_request: bool,
+    /// The deadline passed: counted once, and every read from now on fails.
     timed_out: bool,
+    /// Gives the slot back when the socket is dropped.
     shared: Arc<Shared>,
 }
 
