@@ -215,3 +215,14 @@ fn tiny_send_queue_overflow_catches_a_silent_drop_on_overflow() {
         Caught::Invariant(Invariant::NoSilentLoss),
     );
 }
+
+#[test]
+fn stalled_http_sockets_are_closed_catches_a_server_without_a_request_deadline() {
+    catches(
+        Category::PerformanceLoad,
+        "stalled_http_sockets_are_closed",
+        "no_request_deadline",
+        bugs::no_request_deadline,
+        Caught::Invariant(Invariant::BoundedResources),
+    );
+}
