@@ -73,7 +73,7 @@ impl<L: axum::serve::Listener> axum::serve::Listener for SocketListener<L> {
 
 /// One accepted socket: it holds a slot under `sockets_max` until it is dropped, and while it
 /// still speaks HTTP it enforces `http_request_timeout_ms` on its reads. Writes go through
-/// [`CoalescingIo`]. Once upgraded to WebSocket, the deadline is dropped (the connection task
+/// `CoalescingIo`. Once upgraded to WebSocket, the deadline is dropped (the connection task
 /// has its own timeouts), so an idle WebSocket keeps no timer here.
 pub struct Socket<S: AsyncWrite + Unpin> {
     io: CoalescingIo<S>,
