@@ -7,7 +7,7 @@
 //! (e.g. a gap is only "dishonest" when the data was *certainly* still retained), and the
 //! reasoning is written next to each rule.
 //!
-//! All checkers share one [`index::Index`] of the history (who published what, which client
+//! All checkers share one `index::Index` of the history (who published what, which client
 //! saw which frames on which connection, when the server and the network were up), built once
 //! per call.
 
