@@ -1,5 +1,6 @@
 //! Client host software: the core's reconnecting client library for normal users, and raw
-//! WebSocket attackers for hostile steps. Everything a client sees is recorded.
+//! WebSocket (or, for sockets that never finish HTTP, raw TCP) attackers for hostile steps.
+//! Everything a client sees is recorded.
 
 use crate::clock::{sim_now_ms, SIM_UNIX_EPOCH_MS};
 use crate::net::{server_ws_url, TurmoilConnector};
