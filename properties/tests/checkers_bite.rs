@@ -873,6 +873,15 @@ fn bounded_resources_fires_when_a_stalled_socket_outlives_its_request_deadline()
     // nothing can be judged.
     let (scenario, history) = one_hostile_history(Attack::SilentSocket, patience_ms, waited_ms, None, ClosedBy::Client);
     assert_clean(&scenario, &history);
+    // Ended, but 3 s late on a fast link: the deadline is not the one configured. Caught.
+    let (scenario, history) =
+        one_hostile_history(Attack::SilentSocket, 20, timeout_ms + 3_000, None, ClosedBy::Network);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
     // Closed long before the deadline: the server cut a socket it had no reason to. Caught.
     let (scenario, history) = one_hostile_history(Attack::SlowRequest, 20, timeout_ms / 2, None, ClosedBy::Network);
     assert_violates(

@@ -16,17 +16,17 @@
 //!   publish timeout) before the sample, nothing is retained any more;
 //! - a hostile socket that never completes an HTTP request (`SilentSocket`, `SlowRequest`) is
 //!   closed by the server (no close code) no earlier than `http_request_timeout_ms` after it
-//!   connected and no later than that plus three one-way trips at the scenario's largest
-//!   latency (the connect, the first byte, the close), two ticks and a second. Giving up by
-//!   itself on a fast link, or never being closed by `End`, means the server let the socket
-//!   hold its resources for good. Not judged when the attempt cannot be: the server was not up
-//!   throughout, or the host's links were disturbed, or the latency could outlast the
-//!   client's patience or its connect timeout.
+//!   connected and no later than that plus four one-way trips at the scenario's largest
+//!   latency (the connect and its answer, the first byte, the close), two ticks and a second.
+//!   Still open past that bound (the client gave up later, or `End` came later) means the
+//!   server let the socket hold its resources. Not judged when the attempt cannot be: the
+//!   server was not up throughout, or the host's links were disturbed, or the latency could
+//!   outlast the client's connect timeout.
 
 use super::index::{liveness_bound_ms, retention_expiry_ms, Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{ClosedBy, GaugeSample, Observation};
-use crate::scenario::{hostile_connect_timeout_ms, Attack, HOSTILE_PATIENCE_MS};
+use crate::scenario::{hostile_connect_timeout_ms, Attack};
 
 fn sample<'a>(index: &Index<'a>, idx: usize) -> &'a GaugeSample {
     match &index.entries[idx].what {
@@ -161,7 +161,8 @@ fn stalled_socket(index: &Index<'_>, client: &Client<'_>, step: usize, conn: &Co
     let who = format!("{} of step {step} ({attack:?})", client.describe());
     let slack_ms = 2 * config.tick_ms;
     let earliest = conn.at + timeout_ms;
-    let latest = earliest + 3 * index.latency_max_ms + slack_ms + 1000;
+    // The connect and its answer, the request's first byte (which restarts the deadline), the close.
+    let latest = earliest + 4 * index.latency_max_ms + slack_ms + 1000;
     let Some(closed) = conn.closed else {
         return (end_at > latest).then(|| {
             over(
@@ -189,9 +190,14 @@ fn stalled_socket(index: &Index<'_>, client: &Client<'_>, step: usize, conn: &Co
             t(at),
             at - conn.at
         )),
+        (ClosedBy::Network, None) if at > latest => Some(format!(
+            "was closed only at {}, {} ms after connecting: later than http_request_timeout_ms {timeout_ms} allows",
+            t(at),
+            at - conn.at
+        )),
         (ClosedBy::Network, None) => None,
-        // It gave up waiting: a failure unless latency could hold the close back that long.
-        (ClosedBy::Client, None) => (3 * index.latency_max_ms + slack_ms + 1000 < HOSTILE_PATIENCE_MS).then(|| {
+        // It gave up waiting: a failure once it had waited past the bound.
+        (ClosedBy::Client, None) => (at > latest).then(|| {
             format!(
                 "was still open at {} when it gave up, {} ms after connecting: http_request_timeout_ms is {timeout_ms}",
                 t(at),
