@@ -39,11 +39,21 @@ const WRITE_COALESCE_FIRST_BYTES: usize = 1024;
 pub struct SocketListener<L> {
     inner: L,
     shared: Arc<Shared>,
+    /// When the last refusal was logged: a flood of refusals logs one warning per
+    /// `REFUSAL_LOG_INTERVAL`, not one per socket (the metric counts each).
+    refusal_logged_at: Option<Instant>,
 }
+
+/// At most one "refusing sockets" warning per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl<L> SocketListener<L> {
     pub(super) fn new(inner: L, shared: Arc<Shared>) -> Self {
-        SocketListener { inner, shared }
+        SocketListener {
+            inner,
+            shared,
+            refusal_logged_at: None,
+        }
     }
 }
 
@@ -61,8 +71,19 @@ impl<L: axum::serve::Listener> axum::serve::Listener for SocketListener<L> {
             if self.shared.metrics.try_open_socket(max) {
                 return (Socket::new(io, self.shared.clone()), addr);
             }
-            tracing::debug!(sockets_max = max, "socket refused: sockets_max reached");
             drop(io);
+            let now = Instant::now();
+            if self
+                .refusal_logged_at
+                .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
+            {
+                self.refusal_logged_at = Some(now);
+                tracing::warn!(
+                    sockets_max = max,
+                    refused_total = self.shared.metrics.sockets_refused(),
+                    "refusing sockets: sockets_max are open"
+                );
+            }
         }
     }
 
