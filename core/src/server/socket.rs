@@ -100,7 +100,7 @@ pub struct Socket<S: AsyncWrite + Unpin> {
     io: CoalescingIo<S>,
     /// While the socket speaks HTTP: when it is closed unless a request begins (if one is
     /// awaited) or is answered. `None` once upgraded.
-    request_deadline: Option<Pin<Box<Sleep>>>,
+    request_deadline: Option<Pin<Box<RequestDeadline>>>,
     /// No byte of the next request has arrived since the last response (or since accept).
     awaiting_request: bool,
     /// The deadline passed: counted once, and every read from now on fails.
@@ -109,12 +109,41 @@ pub struct Socket<S: AsyncWrite + Unpin> {
     shared: Arc<Shared>,
 }
 
+pin_project_lite::pin_project! {
+    /// The HTTP phase's deadline. Moving it is a plain store (`at`), because a busy keep-alive
+    /// moves it twice per request; the timer (`sleep`) only follows when it fires early.
+    struct RequestDeadline {
+        at: Instant,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl RequestDeadline {
+    /// Ready once `at` has passed. A timer that fires before `at` (the deadline moved on since
+    /// it was set) is set again for `at`.
+    fn poll_passed(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            ready!(this.sleep.as_mut().poll(cx));
+            if Instant::now() >= *this.at {
+                return Poll::Ready(());
+            }
+            let at = *this.at;
+            this.sleep.as_mut().reset(at);
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> Socket<S> {
     fn new(io: S, shared: Arc<Shared>) -> Self {
-        let deadline = Instant::now() + request_timeout(&shared);
+        let at = Instant::now() + request_timeout(&shared);
         Socket {
             io: CoalescingIo::new(io),
-            request_deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            request_deadline: Some(Box::pin(RequestDeadline {
+                at,
+                sleep: tokio::time::sleep_until(at),
+            })),
             awaiting_request: true,
             timed_out: false,
             shared,
@@ -127,9 +156,9 @@ impl<S: AsyncWrite + Unpin> Socket<S> {
             self.request_deadline = None;
             return;
         }
-        let deadline = Instant::now() + request_timeout(&self.shared);
-        if let Some(sleep) = self.request_deadline.as_mut() {
-            sleep.as_mut().reset(deadline);
+        let at = Instant::now() + request_timeout(&self.shared);
+        if let Some(deadline) = self.request_deadline.as_mut() {
+            *deadline.as_mut().project().at = at;
         }
     }
 
@@ -159,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Socket<S> {
         let Some(deadline) = this.request_deadline.as_mut() else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
-        if deadline.as_mut().poll(cx).is_ready() {
+        if deadline.as_mut().poll_passed(cx).is_ready() {
             if !this.timed_out {
                 this.timed_out = true;
                 this.shared.metrics.record_http_request_timeout();
