@@ -2,11 +2,12 @@
 //!
 //! One `std::sync::Mutex` guards the hub and the table of connection writers; every critical
 //! section is short and none spans an `.await`. Each WebSocket connection is one tokio task
-//! (`connection.rs`) that waits on its own writer `WakeFlag` and pulls frames from the hub — there are
-//! no per-connection channels, so an idle connection costs a socket, a small read buffer and a
-//! parked task. The HTTP API (`http.rs`) and the in-process [`Notifier`] publish through the same
-//! lock. Generic over the listener (axum's [`Listener`]), so the very same router serves
-//! tokio TCP in production and turmoil TCP in the simulation.
+//! (`connection.rs`) that waits on its own writer `WakeFlag` and pulls frames from the hub —
+//! there are no per-connection channels, so an idle connection costs a socket, a small read
+//! buffer and a parked task. The HTTP API (`http.rs`) and the in-process [`Notifier`] publish
+//! through the same lock. Every accepted socket is guarded first (`socket.rs`: `sockets_max`,
+//! the HTTP request deadline). Generic over the listener (axum's [`Listener`]), so the very
+//! same router serves tokio TCP in production and turmoil TCP in the simulation.
 
 mod connection;
 mod http;
