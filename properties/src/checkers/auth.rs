@@ -5,8 +5,9 @@
 //! - hostile connections with a forged, expired or garbage token are never welcomed;
 //! - each hostile connection ends with its documented close code: forged/garbage → 4001,
 //!   expired → 4002, frame before hello / malformed → 4004, oversized → 4004 or 1009, silent
-//!   hello → 4008 (sockets that never complete HTTP are judged by bounded resources); flood connections that are not welcomed → 4009, and one flood never gets more
-//!   than `connections_per_user_max` welcomes while all of them are still open. A connection
+//!   hello → 4008 (sockets that never complete HTTP are judged by bounded resources); flood
+//!   connections that are not welcomed → 4009, and one flood never gets more than
+//!   `connections_per_user_max` welcomes while all of them are still open. A connection
 //!   that is never closed counts once `End` is well past its hello timeout.
 //!   A 4008 `hello_timeout` at least `hello_timeout_ms` after connecting is also accepted, for
 //!   floods too (the attack frame or hello may not have arrived in time over a slow link); so is
