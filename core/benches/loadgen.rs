@@ -70,6 +70,13 @@ const NETWORK_TIMEOUT_MS: u64 = 20_000;
 const CONNECT_CONCURRENCY_MAX: usize = 256;
 /// Client read buffer: small, so 10,000 client sockets do not cost the machine 1.3 GB.
 const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
+/// The stalled scenario's request deadline for the herald binary, unless given.
+const STALLED_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// How long a stalled socket waits for the server to end it beyond the deadline before it
+/// counts as kept open.
+const STALLED_PATIENCE_MS: u64 = 10_000;
+/// Users who connect while the stalled sockets are open.
+const STALLED_USERS: u32 = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum Scenario {
@@ -83,6 +90,10 @@ enum Scenario {
     Burst,
     /// (5) 1,000 clients reconnecting at once with resume (herald only).
     Resume,
+    /// (extra) Sockets that never finish an HTTP request (half silent, half a request sent a
+    /// byte at a time), against the process servers: does the server end them, how soon, and
+    /// do users still connect meanwhile.
+    Stalled,
     /// All of the above.
     All,
 }
@@ -201,6 +212,10 @@ struct Cli {
     /// Worker threads of the generator's runtime.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
+    /// The herald binary's `--http-request-timeout-ms` (its default when not given; the stalled
+    /// scenario sets 2000 unless given, for every scenario of the invocation).
+    #[arg(long)]
+    http_request_timeout_ms: Option<u64>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -222,6 +237,9 @@ fn main() {
             Scenario::Burst,
             Scenario::Resume,
         ];
+    }
+    if cli.scenario.contains(&Scenario::Stalled) && cli.http_request_timeout_ms.is_none() {
+        cli.http_request_timeout_ms = Some(STALLED_REQUEST_TIMEOUT_MS);
     }
     if cli.quick {
         cli.duration_secs = cli.duration_secs.min(3.0);
@@ -245,6 +263,7 @@ fn main() {
                 Scenario::Peak => scenario_peak(&cli).await,
                 Scenario::Burst => scenario_burst(&cli).await,
                 Scenario::Resume => scenario_resume(&cli).await,
+                Scenario::Stalled => scenario_stalled(&cli).await,
                 Scenario::All => unreachable!(),
             }
         });
@@ -515,6 +534,9 @@ async fn start_server(cli: &Cli, kind: ServerKind) -> ServerProcess {
                 .env("HERALD_JWT_SECRET", JWT_SECRET)
                 .env("HERALD_API_KEY", API_KEY)
                 .env("RUST_LOG", "warn");
+            if let Some(ms) = cli.http_request_timeout_ms {
+                command.env("HERALD_HTTP_REQUEST_TIMEOUT_MS", ms.to_string());
+            }
             command
         }
         ServerKind::BaselineDefault | ServerKind::BaselineSmall => {
@@ -1862,4 +1884,101 @@ async fn scenario_resume(cli: &Cli) {
         "| clients with loss/dup/misroute | {:.0} | n/a | n/a |",
         median(rows.iter().map(|r| r.4).collect())
     );
+}
+
+/// (extra) `connections` sockets (default 5,000) that never finish an HTTP request: the even
+/// ones send nothing, the odd ones a request one byte per quarter of the deadline. Each waits
+/// for the server to end it (EOF or reset), for at most the deadline plus `STALLED_PATIENCE_MS`.
+/// Meanwhile `STALLED_USERS` users connect over WebSocket. Reported per process server: server
+/// RSS before, with the sockets open, and after; how many the server ended and when (from each
+/// socket's connect); how many users were welcomed.
+async fn scenario_stalled(cli: &Cli) {
+    let sockets = cli.connections.unwrap_or(if cli.quick { 1_000 } else { 5_000 });
+    let timeout_ms = cli.http_request_timeout_ms.unwrap_or(STALLED_REQUEST_TIMEOUT_MS);
+    println!();
+    println!(
+        "## Scenario (extra): {sockets} sockets that never finish an HTTP request (herald: --http-request-timeout-ms {timeout_ms})"
+    );
+    let servers: Vec<ServerKind> = cli.servers.iter().copied().filter(|k| !k.in_process()).collect();
+    for run in 0..cli.runs {
+        for &kind in &servers {
+            let server = start_server(cli, kind).await;
+            let before = server.rss_kib();
+            let addr = server.addr;
+            let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY_MAX));
+            let mut tasks = Vec::with_capacity(sockets);
+            for i in 0..sockets {
+                let gate = gate.clone();
+                let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(async move {
+                    let permit = gate.acquire_owned().await.expect("gate open");
+                    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                    drop(permit);
+                    let _ = opened_tx.send(());
+                    let opened = Instant::now();
+                    let give_up = opened + Duration::from_millis(timeout_ms + STALLED_PATIENCE_MS);
+                    let request = b"POST /v1/users/u0/events HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n";
+                    let mut unsent: &[u8] = if i % 2 == 1 { request } else { &[] };
+                    let byte_every = Duration::from_millis((timeout_ms / 4).max(1));
+                    let mut buf = [0u8; 256];
+                    loop {
+                        let next_byte = tokio::time::sleep(byte_every);
+                        tokio::select! {
+                            read = stream.read(&mut buf) => match read {
+                                Ok(0) | Err(_) => return Ok::<Option<Duration>, String>(Some(opened.elapsed())),
+                                Ok(_) => {}
+                            },
+                            () = tokio::time::sleep_until(give_up.into()) => return Ok(None),
+                            () = next_byte, if !unsent.is_empty() => {
+                                if stream.write_all(&unsent[..1]).await.is_err() {
+                                    return Ok(Some(opened.elapsed()));
+                                }
+                                unsent = &unsent[1..];
+                            }
+                        }
+                    }
+                });
+                tasks.push((task, opened_rx));
+            }
+            let mut opened = 0;
+            for (_, opened_rx) in &mut tasks {
+                if opened_rx.await.is_ok() {
+                    opened += 1;
+                }
+            }
+            let open_rss = server.rss_kib();
+            let users = connect_population(addr, STALLED_USERS, 1, None).await;
+            let users_seen = match &users {
+                Ok(_) => format!("all {STALLED_USERS} welcomed"),
+                Err(e) => format!("not all welcomed: {e}"),
+            };
+            let mut ended: Vec<f64> = Vec::with_capacity(sockets);
+            let mut kept_open = 0;
+            for (task, _) in tasks {
+                match task.await.expect("socket task") {
+                    Ok(Some(after)) => ended.push(after.as_secs_f64() * 1000.0),
+                    Ok(None) => kept_open += 1,
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = server.rss_kib();
+            ended.sort_by(f64::total_cmp);
+            let pick = |q: f64| ended.get(((ended.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
+            println!(
+                "  run {run} {:<17} opened {opened}/{sockets}; ended by the server {} (ms after connect: min {:.0} p50 {:.0} max {:.0}), still open after {} ms: {kept_open}; users connecting meanwhile: {users_seen}; RSS before {before} KiB, open {open_rss} KiB, after {after} KiB",
+                kind.name(),
+                ended.len(),
+                pick(0.0),
+                pick(0.5),
+                pick(1.0),
+                timeout_ms + STALLED_PATIENCE_MS,
+            );
+            if let Ok(population) = users {
+                let (clients, _) = population.stop().await;
+                drop(clients);
+            }
+            drop(server);
+        }
+    }
 }

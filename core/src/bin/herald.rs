@@ -216,9 +216,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(async move {
         let clock = TokioClock::shared(unix_ms_now());
         let server = Server::new(config, clock, SeededRng::new(os_seed()))?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let listener = listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         tracing::info!(listen = %args.listen, "herald serving");
         let on_signal = server.clone();
         let signals = StopSignals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -231,6 +229,25 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Connections the kernel completes and queues before the server accepts them. tokio's
+/// `TcpListener::bind` queues 1,024; a reconnect storm (every client of a restarted server at
+/// once) overflows that, and the kernel then drops handshakes that clients believe complete.
+/// The kernel caps it at `net.core.somaxconn` (4,096 by default on current Linux).
+const LISTEN_BACKLOG: u32 = 4_096;
+
+/// Binds `addr` the way `TcpListener::bind` does (address reuse on Unix), with `LISTEN_BACKLOG`.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn server_config(args: &ServeArgs, jwt_secret: String, api_key: String) -> ServerConfig {
