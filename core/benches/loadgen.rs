@@ -1917,7 +1917,8 @@ async fn scenario_stalled(cli: &Cli) {
                     let _ = opened_tx.send(());
                     let opened = Instant::now();
                     let give_up = opened + Duration::from_millis(timeout_ms + STALLED_PATIENCE_MS);
-                    let request = b"POST /v1/users/u0/events HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n";
+                    let request =
+                        b"POST /v1/users/u0/events HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n";
                     let mut unsent: &[u8] = if i % 2 == 1 { request } else { &[] };
                     let byte_every = Duration::from_millis((timeout_ms / 4).max(1));
                     let mut buf = [0u8; 256];
@@ -1964,7 +1965,12 @@ async fn scenario_stalled(cli: &Cli) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let after = server.rss_kib();
             ended.sort_by(f64::total_cmp);
-            let pick = |q: f64| ended.get(((ended.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
+            let pick = |q: f64| {
+                ended
+                    .get(((ended.len() as f64 - 1.0) * q) as usize)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
             println!(
                 "  run {run} {:<17} opened {opened}/{sockets}; ended by the server {} (ms after connect: min {:.0} p50 {:.0} max {:.0}), still open after {} ms: {kept_open}; users connecting meanwhile: {users_seen}; RSS before {before} KiB, open {open_rss} KiB, after {after} KiB",
                 kind.name(),
