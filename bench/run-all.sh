@@ -70,6 +70,7 @@ lg --scenario burst --runs 3 --servers $all                                     
 # The in-process pair of the burst again, each run in a fresh process.
 isolated bench/results/burst-notifier-isolated.txt 7 "burst run" --scenario burst
 lg --scenario resume --runs 3                                                    | tee bench/results/resume.txt
+lg --scenario stalled --runs 2 --servers herald,baseline-small | tee bench/results/stalled.txt
 if $server_only; then exit 0; fi
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 | tee bench/results/sim.txt
 cargo bench -p herald-sim --bench sim_throughput -- --repetitions 5 --set settle_ms=null | tee bench/results/sim-whole-quiet-period.txt
