@@ -377,9 +377,6 @@ async fn normal_client(
 /// One hostile connection: does its attack, then records everything it receives until the
 /// server closes it or `linger` passes.
 async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_position: Option<(String, u64)>) {
-    if matches!(attack, Attack::SilentSocket | Attack::SlowRequest) {
-        return hostile_socket(ctx, client, attack).await;
-    }
     let timeouts = &ctx.config.timeouts;
     let ttl_ms = ctx.config.token_ttl_ms;
     let (user, hello) = match &attack {
@@ -469,6 +466,10 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
         Ok(Err(error)) => return closed(None, ClosedBy::Network, format!("connect failed: {error}")),
         Err(_) => return closed(None, ClosedBy::Network, "connect timed out".into()),
     };
+    if matches!(attack, Attack::SilentSocket | Attack::SlowRequest) {
+        let (by, reason) = stall_http(stream, &attack, timeouts).await;
+        return closed(None, by, reason);
+    }
     let handshake = tokio_tungstenite::client_async(server_ws_url(), stream);
     let mut socket = match tokio::time::timeout(connect_timeout, handshake).await {
         Ok(Ok((socket, _))) => socket,
@@ -533,62 +534,36 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
     }
 }
 
-/// A hostile socket that never completes an HTTP request: it sends nothing (`SilentSocket`)
-/// or a request one byte per quarter of `http_request_timeout_ms` (`SlowRequest`), and
-/// records when the server ends the socket, or that it gave up waiting.
-async fn hostile_socket(ctx: HostContext, client: u32, attack: Attack) {
+/// The socket of a hostile client that never completes an HTTP request: it sends nothing
+/// (`SilentSocket`) or a request one byte per quarter of `http_request_timeout_ms`
+/// (`SlowRequest`). Returns how it ended: the server ended it, or the client gave up waiting.
+async fn stall_http(mut stream: turmoil::net::TcpStream, attack: &Attack, timeouts: &Timeouts) -> (ClosedBy, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let timeouts = &ctx.config.timeouts;
-    let user = "?".to_string();
-    ctx.recorder.record(Observation::Connecting {
-        client,
-        user: user.clone(),
-        attempt: 0,
-        resume: None,
-        hostile: true,
-        token_exp_ms: None,
-    });
-    let closed = |by: ClosedBy, reason: String| {
-        ctx.recorder.record(Observation::Closed {
-            client,
-            user: user.clone(),
-            code: None,
-            by,
-            reason,
-            hostile: true,
-        });
-    };
-    let connect_timeout = Duration::from_millis(hostile_connect_timeout_ms(timeouts));
-    let mut stream = match tokio::time::timeout(connect_timeout, TurmoilConnector.connect()).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return closed(ClosedBy::Network, format!("connect failed: {error}")),
-        Err(_) => return closed(ClosedBy::Network, "connect timed out".into()),
-    };
     let request = b"POST /v1/users/u0/events HTTP/1.1\r\nHost: server\r\nContent-Type: application/json\r\n";
-    let mut unsent: &[u8] = if attack == Attack::SlowRequest { request } else { &[] };
+    let mut unsent: &[u8] = if *attack == Attack::SlowRequest { request } else { &[] };
     let byte_interval = Duration::from_millis((timeouts.http_request_timeout_ms / 4).max(1));
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(timeouts.http_request_timeout_ms + HOSTILE_PATIENCE_MS);
-    let mut next_byte = tokio::time::Instant::now();
+    let connected = tokio::time::Instant::now();
+    let deadline = connected + Duration::from_millis(timeouts.http_request_timeout_ms + HOSTILE_PATIENCE_MS);
+    let mut next_byte = connected;
     let mut buf = [0u8; 512];
     loop {
         tokio::select! {
             biased;
             read = stream.read(&mut buf) => match read {
                 // EOF or reset: either way the server ended the socket.
-                Ok(0) | Err(_) => return closed(ClosedBy::Network, SOCKET_ENDED_BY_SERVER.into()),
+                Ok(0) | Err(_) => return (ClosedBy::Network, SOCKET_ENDED_BY_SERVER.into()),
                 Ok(_) => {}
             },
             () = tokio::time::sleep_until(deadline) => {
-                return closed(ClosedBy::Client, "hostile client finished".into());
+                return (ClosedBy::Client, "hostile client finished".into());
             }
             () = tokio::time::sleep_until(next_byte), if !unsent.is_empty() => {
                 let send = stream.write_all(&unsent[..1]);
                 match tokio::time::timeout(Duration::from_millis(timeouts.write_timeout_ms), send).await {
                     Ok(Ok(())) => unsent = &unsent[1..],
                     // A write into a socket the server closed fails: it ended the socket.
-                    Ok(Err(_)) => return closed(ClosedBy::Network, SOCKET_ENDED_BY_SERVER.into()),
-                    Err(_) => return closed(ClosedBy::Network, "send timed out".into()),
+                    Ok(Err(_)) => return (ClosedBy::Network, SOCKET_ENDED_BY_SERVER.into()),
+                    Err(_) => return (ClosedBy::Network, "send timed out".into()),
                 }
                 next_byte += byte_interval;
             }

@@ -85,9 +85,9 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         }
     }
     for client in index.clients.values() {
-        if let Some((step, Attack::SilentSocket | Attack::SlowRequest)) = client.attack {
+        if let Some((step, attack @ (Attack::SilentSocket | Attack::SlowRequest))) = client.attack {
             for conn in &client.conns {
-                if let Some(v) = stalled_socket(index, client, step, conn) {
+                if let Some(v) = stalled_socket(index, client, (step, attack), conn) {
                     return Err(v);
                 }
             }
@@ -149,7 +149,12 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
 }
 
 /// The rule for hostile sockets that never complete an HTTP request (see the module docs).
-fn stalled_socket(index: &Index<'_>, client: &Client<'_>, step: usize, conn: &Conn<'_>) -> Option<Violation> {
+fn stalled_socket(
+    index: &Index<'_>,
+    client: &Client<'_>,
+    (step, attack): (usize, &Attack),
+    conn: &Conn<'_>,
+) -> Option<Violation> {
     let config = &index.scenario.config;
     let timeout_ms = config.timeouts.http_request_timeout_ms;
     let end_at = index.end.map(|(_, at)| at)?;
@@ -157,7 +162,6 @@ fn stalled_socket(index: &Index<'_>, client: &Client<'_>, step: usize, conn: &Co
     if index.disturbed(client.host, conn.at, until) {
         return None;
     }
-    let (_, attack) = client.attack?;
     let who = format!("{} of step {step} ({attack:?})", client.describe());
     let slack_ms = 2 * config.tick_ms;
     let earliest = conn.at + timeout_ms;
