@@ -381,6 +381,14 @@ impl Hub {
                 message: format!("token subject: {e}"),
             });
         }
+        // No stream of any epoch reaches the largest seq, and the epoch gap below starts at
+        // `after + 1`: such a resume claims events that never existed.
+        if resume.is_some_and(|r| r.after == u64::MAX) {
+            return Err(Rejected {
+                code: ErrorCode::BadFrame,
+                message: format!("resume.after {} is beyond every stream's head", u64::MAX),
+            });
+        }
         if self.connections.len() as u64 >= self.config.connections_max {
             return Err(Rejected {
                 code: ErrorCode::TooManyConnections,

@@ -192,6 +192,25 @@ fn resume_beyond_head_is_rejected_as_a_bad_frame() {
 }
 
 #[test]
+fn resume_after_the_largest_seq_is_rejected_as_a_bad_frame_and_the_hub_serves_on() {
+    let mut hub = hub(config());
+    let epoch = publish(&mut hub, 0, "alice", "a1").epoch;
+    // In the current epoch, in another, and for a user with no stream yet: the epoch gap
+    // would start at `after + 1`, which overflowed (a panic under the hub lock in debug
+    // builds, `gap{from:0}` in release) before the hub refused it.
+    for (user, epoch) in [("alice", epoch.clone()), ("alice", "old".into()), ("carol", "old".into())] {
+        let rejected = hub
+            .connect(1, user, Some(&Resume { epoch, after: u64::MAX }))
+            .unwrap_err();
+        assert_eq!(rejected.code, ErrorCode::BadFrame);
+    }
+    let c = hub
+        .connect(2, "alice", Some(&Resume { epoch, after: 0 }))
+        .unwrap();
+    assert_eq!(event_seqs(&drain(&mut hub, c)), vec![1]);
+}
+
+#[test]
 fn fan_out_to_every_tab_and_limit_on_tabs() {
     let mut hub = hub(config());
     let tabs: Vec<_> = (0..3).map(|i| hub.connect(i, "alice", None).unwrap()).collect();
