@@ -157,6 +157,10 @@ impl TokenVerifier {
         // `exp` is compared with the injected clock in `verify`, never the system clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
+        // Tokens from an identity provider often carry `aud`; the secret is Herald's alone, so
+        // the signature already says who the token is for (jsonwebtoken refuses any `aud`
+        // unless told which to expect).
+        validation.validate_aud = false;
         validation.leeway = 0;
         validation.set_required_spec_claims(&["sub", "exp"]);
         TokenVerifier {
@@ -252,6 +256,35 @@ mod tests {
             TokenVerifier::new(b"s").verify(&token, 0),
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn claims_herald_does_not_read_are_ignored_audience_included() {
+        install_hmac_provider(); // before the direct `jsonwebtoken::encode` call below
+        #[derive(Serialize)]
+        struct IdentityProviderClaims<'a> {
+            sub: &'a str,
+            exp: u64,
+            aud: &'a str,
+            iss: &'a str,
+            iat: u64,
+        }
+        let claims = IdentityProviderClaims {
+            sub: "alice",
+            exp: 10,
+            aud: "chat-frontend",
+            iss: "https://id.example",
+            iat: 1,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s")).unwrap();
+        assert_eq!(
+            TokenVerifier::new(b"s").verify(&token, 0),
+            Ok(Claims {
+                sub: "alice".into(),
+                exp: 10
+            })
+        );
     }
 
     #[test]

@@ -65,8 +65,10 @@ impl fmt::Display for EventKind {
 }
 
 /// Where a reconnecting client left off: the stream it was reading and the last seq it handed
-/// to its application. The server replays everything after `after`.
+/// to its application. The server replays everything after `after`. Strict like every client
+/// frame: an unknown field here is a `bad_frame` too.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Resume {
     pub epoch: String,
     pub after: u64,
@@ -180,8 +182,10 @@ impl fmt::Display for ErrorCode {
 
 /// Frames a server sends, decoded. `data` is kept as a JSON value on the decoding side; the
 /// server encodes event frames with [`encode_event_frame`], which produces the same JSON.
+/// Decoding ignores fields it does not know, so a client keeps working against a newer server
+/// that adds one (client frames, by contrast, are strict).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Welcome {
         user: String,
@@ -221,10 +225,10 @@ impl ServerFrame {
     /// the frame that dominates traffic. serde decodes an internally tagged enum by first
     /// buffering the whole object in an intermediate tree to find `type`; an event frame as
     /// [`encode_event_frame`] writes it starts with `{"type":"event",` and is decoded straight
-    /// into its fields (a repeated `type`, a missing or unknown field are still errors).
+    /// into its fields (a repeated `type` or a missing field are still errors; an unknown field
+    /// is ignored, as in every server frame).
     pub fn from_text(text: &str) -> Result<ServerFrame, serde_json::Error> {
         #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
         struct EventFrame {
             #[serde(rename = "type")]
             _frame_type: EventTag,
@@ -433,6 +437,12 @@ mod tests {
             }
         }
         assert!(ServerFrame::from_text(texts[0]).is_ok());
+        // A newer server's extra field does not break an older client.
+        assert!(ServerFrame::from_text(texts[3]).is_ok());
+        assert!(ServerFrame::from_text(
+            r#"{"type":"welcome","user":"u","connection":"c","epoch":"e","head":3,"recovered":true,"region":"eu"}"#
+        )
+        .is_ok());
     }
 
     #[test]
@@ -458,6 +468,8 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"hello","token":"t","x":1}"#).is_err());
+        let typo = r#"{"type":"hello","token":"t","resume":{"epoch":"e","after":3,"afer":5}}"#;
+        assert!(serde_json::from_str::<ClientFrame>(typo).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe"}"#).is_err());
     }
 

@@ -332,3 +332,68 @@ async fn retention_age_evicts_on_the_tick() {
     }
     assert_eq!(server.server.gauges().retained_bytes, 0);
 }
+
+/// A connection whose backlog fills every batch it writes, each write waiting on a slow reader,
+/// still checks its token: writing cannot starve the timer (the token check, the heartbeat and
+/// the idle close) or the socket's read side. Before the writer stepped aside, it drained full
+/// batches for as long as the backlog lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_kept_busy_by_a_slow_reader_still_closes_at_token_expiry() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut config = test_config();
+    config.idle_timeout_ms = 60_000;
+    config.write_timeout_ms = 10_000;
+    config.hub.send_queue_max = 100_000;
+    config.hub.retention_events_max = 100_000;
+    let server = start(config, 15).await;
+    // A small receive buffer, so that what the server writes soon waits for this reader.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(server.url(), tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    send_hello(&mut ws, &token("alice", 2), None).await;
+    expect_welcome(&mut ws).await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let notifier = server.notifier.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let pad = "x".repeat(32 * 1024);
+            while !stop.load(Ordering::Relaxed) {
+                notifier
+                    .publish("alice", "run-1", EventKind::AgentThinking, &json!({ "pad": pad }))
+                    .expect("publish");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    // One message per 20 ms: far slower than the publisher, so the backlog grows, every batch
+    // the server takes is full, and every write waits for this reader.
+    let started = std::time::Instant::now();
+    let mut messages = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Ping(_) | Message::Text(_))) => messages += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    // The token expires 2 s after the server started; the close waits for the batch being
+    // written and then behind what the socket buffers already hold (seconds at this pace).
+    assert_eq!(
+        closed,
+        Ok(Some(ErrorCode::TokenExpired.close_code())),
+        "a busy connection outlived its token ({messages} messages read in {:?})",
+        started.elapsed()
+    );
+}

@@ -240,3 +240,28 @@ async fn answers_to_valid_pipelined_requests_survive_a_malformed_one() {
         assert_eq!(*status, 400, "{responses:?}");
     }
 }
+
+#[tokio::test]
+async fn a_body_that_cannot_be_read_is_malformed_not_too_large() {
+    let server = start(test_config(), 24).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // A chunk size that is not hexadecimal: the body breaks after its first chunk.
+    let request = format!(
+        "POST /v1/users/dave/events HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"run\r\nZZ\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let responses = read_responses(&mut stream, 1).await;
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].0, 400, "{responses:?}");
+    assert!(responses[0].1.contains("\"malformed\""), "{responses:?}");
+    let metrics = server.server.metrics_text();
+    assert!(
+        metrics.contains("herald_publish_errors_total{code=\"malformed\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_publish_errors_total{code=\"too_large\"} 0\n"),
+        "{metrics}"
+    );
+}

@@ -660,7 +660,8 @@ impl Hub {
         self.last_now_ms = self.last_now_ms.max(now_ms);
         let age_max = self.config.retention_age_ms;
         while let Some((_, oldest)) = self.oldest.first_key_value() {
-            if oldest.published_at_ms + age_max > self.last_now_ms {
+            // Saturating: an operator may set the age to u64::MAX to mean "never by age".
+            if oldest.published_at_ms.saturating_add(age_max) > self.last_now_ms {
                 break;
             }
             let user = oldest.user.clone();

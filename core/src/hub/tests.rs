@@ -198,14 +198,30 @@ fn resume_after_the_largest_seq_is_rejected_as_a_bad_frame_and_the_hub_serves_on
     // In the current epoch, in another, and for a user with no stream yet: the epoch gap
     // would start at `after + 1`, which overflowed (a panic under the hub lock in debug
     // builds, `gap{from:0}` in release) before the hub refused it.
-    for (user, epoch) in [("alice", epoch.clone()), ("alice", "old".into()), ("carol", "old".into())] {
+    for (user, epoch) in [
+        ("alice", epoch.clone()),
+        ("alice", "old".into()),
+        ("carol", "old".into()),
+    ] {
         let rejected = hub
             .connect(1, user, Some(&Resume { epoch, after: u64::MAX }))
             .unwrap_err();
         assert_eq!(rejected.code, ErrorCode::BadFrame);
     }
+    let c = hub.connect(2, "alice", Some(&Resume { epoch, after: 0 })).unwrap();
+    assert_eq!(event_seqs(&drain(&mut hub, c)), vec![1]);
+}
+
+#[test]
+fn the_largest_retention_age_means_never_by_age() {
+    let mut hub = hub(HubConfig {
+        retention_age_ms: u64::MAX,
+        ..config()
+    });
+    let epoch = publish(&mut hub, 5, "alice", "a1").epoch;
+    hub.tick(u64::MAX / 2);
     let c = hub
-        .connect(2, "alice", Some(&Resume { epoch, after: 0 }))
+        .connect(u64::MAX / 2, "alice", Some(&Resume { epoch, after: 0 }))
         .unwrap();
     assert_eq!(event_seqs(&drain(&mut hub, c)), vec![1]);
 }

@@ -15,7 +15,7 @@
 //! exists only until the batch's `flush`, so a batch of frames costs one `write` syscall
 //! instead of one per frame.
 
-use super::{timeout_if_pending, Shared, WakeFlag};
+use super::{timeout_if_pending_noting, Shared, WakeFlag};
 use crate::hub::{ConnectionId, Transmit};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
@@ -35,6 +35,10 @@ const BATCH_IDLE_CAPACITY_MAX: usize = 8;
 /// Tokens valid for longer than this re-check expiry at this interval (keeps `Instant`
 /// arithmetic far from overflow for `exp` values in the far future).
 const EXPIRY_RECHECK_MAX_SECS: u64 = 86_400;
+/// Batches a connection may write in a row before its timer (heartbeat, idle close, token
+/// expiry) and its read side are looked at first once. A batch that had to wait for the socket
+/// ends the run at once: behind a slow reader each batch can take long.
+const WRITER_TURNS_MAX: u32 = 8;
 
 /// Entry point of the connection task (axum's `on_upgrade` callback).
 pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
@@ -252,12 +256,15 @@ async fn serve_connection(
     let mut expiry_at = expiry_deadline(shared, token_exp);
     let timer = sleep_until(timer_deadline(next_ping, last_seen + idle_timeout, expiry_at));
     tokio::pin!(timer);
+    let mut writer_turns = 0u32;
 
     loop {
-        // Drain everything the hub has for this connection, one bounded batch per lock. A
-        // short batch means the hub had nothing more: anything published while it is written
-        // stays in `writer`, so the select below returns at once (no lost wake-up)
-        // and the common one-frame wake-up takes the lock once.
+        // Drain what the hub has for this connection, one bounded batch per lock. A short
+        // batch means the hub had nothing more: anything published while it is written stays
+        // in `writer`, so the select below returns at once (no lost wake-up) and the common
+        // one-frame wake-up takes the lock once. A backlog that keeps up with a slow reader
+        // could fill every batch for good: the writer then steps aside (see `WRITER_TURNS_MAX`).
+        let mut waited = false;
         loop {
             debug_assert!(batch.is_empty());
             let taken = {
@@ -269,7 +276,7 @@ async fn serve_connection(
             if taken == 0 {
                 break;
             }
-            let closing = match write_batch(shared, socket, &batch).await {
+            let closing = match write_batch(shared, socket, &batch, &mut waited).await {
                 Ok(closing) => closing,
                 Err(reason) => return reason,
             };
@@ -277,7 +284,13 @@ async fn serve_connection(
             if let Some(code) = closing {
                 return DisconnectReason::Error(code);
             }
+            writer_turns += 1;
             if taken < BATCH_TRANSMITS_MAX {
+                break;
+            }
+            if waited || writer_turns >= WRITER_TURNS_MAX {
+                // More is pending: come back to it after the timer and the read side had a look.
+                writer.raise();
                 break;
             }
         }
@@ -285,9 +298,13 @@ async fn serve_connection(
             batch = Vec::new();
         }
 
+        // The writer is looked at first, but not forever: a connection kept busy by a slow
+        // reader would otherwise never run its heartbeat, idle and token checks, or read.
+        let writer_first = !waited && writer_turns < WRITER_TURNS_MAX;
         tokio::select! {
             biased;
-            () = writer.woken() => {}
+            () = writer.woken(), if writer_first => {}
+            // Leaves `writer_turns` as it is: after a read the timer still gets its look.
             message = reads.recv(socket) => {
                 last_seen = Instant::now();
                 timer.as_mut().reset(timer_deadline(next_ping, last_seen + idle_timeout, expiry_at));
@@ -317,6 +334,7 @@ async fn serve_connection(
                 }
             }
             () = &mut timer => {
+                writer_turns = 0;
                 let now = Instant::now();
                 // The heartbeat first: when both are due, an idle close wins, as it always has.
                 if now >= last_seen + idle_timeout {
@@ -345,6 +363,8 @@ async fn serve_connection(
                 let next = timer_deadline(next_ping.max(floor), (last_seen + idle_timeout).max(floor), expiry_at);
                 timer.as_mut().reset(next);
             }
+            // The timer and the read side were looked at first and had nothing.
+            () = writer.woken(), if !writer_first => writer_turns = 0,
         }
     }
 }
@@ -397,11 +417,12 @@ impl ReadGate {
 }
 
 /// Writes one batch with `feed` + one `flush`, bounded by `write_timeout_ms`. Returns the close
-/// code if the batch ended with a close.
+/// code if the batch ended with a close; sets `waited` if the socket was not ready at once.
 async fn write_batch(
     shared: &Shared,
     socket: &mut WebSocket,
     batch: &[Transmit],
+    waited: &mut bool,
 ) -> Result<Option<ErrorCode>, DisconnectReason> {
     let mut closing = None;
     let write = async {
@@ -418,7 +439,7 @@ async fn write_batch(
         }
         socket.flush().await
     };
-    match timeout_if_pending(write_timeout(shared), write).await {
+    match timeout_if_pending_noting(write_timeout(shared), write, waited).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(DisconnectReason::ConnectionLost),
         Err(_) => return Err(DisconnectReason::WriteTimeout),

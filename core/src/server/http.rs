@@ -89,6 +89,15 @@ async fn publish(
     .await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if !is_length_limit(&e) => {
+            // A malformed chunked encoding, or a client gone mid-body: not a size problem.
+            metrics.record_publish_error(HTTP_MALFORMED);
+            return error(
+                StatusCode::BAD_REQUEST,
+                HTTP_MALFORMED,
+                &format!("request body could not be read: {e}"),
+            );
+        }
         Ok(Err(_)) => {
             let e = PublishError::TooLarge {
                 bytes: limit as u64 + 1,
@@ -203,6 +212,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ y;
     }
     std::hint::black_box(diff) == 0
+}
+
+/// Whether reading the body failed at `publish_body_bytes_max` (413) rather than for another
+/// reason (400).
+fn is_length_limit(error: &axum::Error) -> bool {
+    std::error::Error::source(error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
 }
 
 #[cfg(test)]

@@ -170,10 +170,22 @@ pub(crate) async fn timeout_if_pending<F: std::future::Future>(
     limit: Duration,
     future: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
+    timeout_if_pending_noting(limit, future, &mut false).await
+}
+
+/// [`timeout_if_pending`], setting `waited` when the future was not ready at once.
+pub(crate) async fn timeout_if_pending_noting<F: std::future::Future>(
+    limit: Duration,
+    future: F,
+    waited: &mut bool,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
     let mut future = std::pin::pin!(future);
     match poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
         Poll::Ready(output) => Ok(output),
-        Poll::Pending => tokio::time::timeout(limit, future).await,
+        Poll::Pending => {
+            *waited = true;
+            tokio::time::timeout(limit, future).await
+        }
     }
 }
 
