@@ -6,7 +6,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use herald_core::client::{
-    Client, ClientConfig, ClientObserver, ClientState, CloseCause, FrameReceived, Item, TcpConnector,
+    Client, ClientConfig, ClientObserver, ClientState, CloseCause, FrameReceived, Item, ItemGapReason, TcpConnector,
 };
 use herald_core::protocol::{ClientFrame, ErrorCode, EventKind, Resume, ServerFrame};
 use serde_json::json;
@@ -127,8 +127,9 @@ async fn misbehaviour_is_shown_not_hidden_and_bad_frame_is_terminal() {
     }
     peer.send(Message::text("{not json")).await.unwrap();
     peer.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    send(&mut peer, event(5)).await; // a jump: delivered, the checkers must see it
-    send(&mut peer, event(4)).await; // now behind: a duplicate by seq
+    send(&mut peer, event(5)).await; // a jump after unreadable frames: the client's own loss
+    send(&mut peer, event(7)).await; // a jump with nothing unreadable: delivered, the checkers must see it
+    send(&mut peer, event(6)).await; // now behind: a duplicate by seq
     send(
         &mut peer,
         ServerFrame::Error {
@@ -146,7 +147,18 @@ async fn misbehaviour_is_shown_not_hidden_and_bad_frame_is_terminal() {
 
     assert_eq!(seq_of(next(&mut client).await), 1);
     assert_eq!(seq_of(next(&mut client).await), 2);
+    assert_eq!(
+        next(&mut client).await,
+        Some(Item::Gap {
+            epoch: "e1".into(),
+            from: 3,
+            to: Some(4),
+            reason: ItemGapReason::Unreadable
+        }),
+        "what the unreadable frames skipped is handed over as a gap, never lost silently"
+    );
     assert_eq!(seq_of(next(&mut client).await), 5);
+    assert_eq!(seq_of(next(&mut client).await), 7);
     assert_eq!(next(&mut client).await, None, "4004 is terminal");
     assert_eq!(
         client.state(),
@@ -337,4 +349,146 @@ fn attempts_max_of_zero_is_refused() {
     assert_eq!(config.validate(), Err("attempts_max must be at least 1".into()));
     config.attempts_max = Some(1);
     assert_eq!(config.validate(), Ok(()));
+}
+
+/// A frame of a type this client does not know (a newer server's addition) is shown to the
+/// observer and ignored: no gap, no broken connection. An event this client cannot decode (a
+/// kind a newer server added) is a loss, handed over as an `unreadable` gap before the next
+/// event, never dropped silently.
+#[tokio::test]
+async fn unknown_frame_types_are_ignored_and_undecodable_events_become_an_unreadable_gap() {
+    let (listener, mut client, log) = setup().await;
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None);
+    send(&mut peer, welcome("e1", 0, false)).await;
+    send(&mut peer, event(1)).await;
+    peer.send(Message::text(r#"{"type":"notice","text":"maintenance at noon"}"#))
+        .await
+        .unwrap();
+    // A jump right after it: the server's doing (the notice was no lost event), shown as is.
+    send(&mut peer, event(3)).await;
+    peer.send(Message::text(
+        r#"{"type":"event","seq":4,"run":"run-1","kind":"agent_paused","data":null}"#,
+    ))
+    .await
+    .unwrap();
+    send(&mut peer, event(5)).await;
+
+    assert_eq!(seq_of(next(&mut client).await), 1);
+    assert_eq!(
+        seq_of(next(&mut client).await),
+        3,
+        "the unknown frame type broke nothing and is not mistaken for a lost event"
+    );
+    assert_eq!(
+        next(&mut client).await,
+        Some(Item::Gap {
+            epoch: "e1".into(),
+            from: 4,
+            to: Some(4),
+            reason: ItemGapReason::Unreadable
+        })
+    );
+    assert_eq!(seq_of(next(&mut client).await), 5);
+    assert_eq!(
+        client.state(),
+        ClientState::Connected {
+            epoch: "e1".into(),
+            last_seq: 5
+        }
+    );
+    let log = log.0.lock().unwrap().clone();
+    assert!(
+        log.contains(&r#"unparsed Some("c-1") {"type":"notice","text":"maintenance at noon"}"#.to_string()),
+        "{log:#?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("connecting")).count(),
+        1,
+        "{log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("closed")), "{log:#?}");
+}
+
+/// A final refusal whose close frame never arrives (the connection just ends after the error
+/// frame) is as final as one with it: 4001 is not retried with the same token.
+#[tokio::test]
+async fn auth_failed_followed_by_eof_without_a_close_frame_is_terminal() {
+    let (listener, mut client, log) = setup().await;
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None);
+    send(
+        &mut peer,
+        ServerFrame::Error {
+            code: ErrorCode::AuthFailed,
+            message: "bad signature".into(),
+        },
+    )
+    .await;
+    drop(peer); // EOF, no close frame
+
+    // A retrying client would be back within the 10..50 ms backoff.
+    let again = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
+    assert!(again.is_err(), "the refused token was retried");
+    assert_eq!(next(&mut client).await, None, "stopped for good");
+    assert_eq!(
+        client.state(),
+        ClientState::Stopped {
+            reason: "auth_failed: bad signature".into()
+        }
+    );
+    let log = log.0.lock().unwrap().clone();
+    assert_eq!(log.last().unwrap(), "closed None Network", "{log:#?}");
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("connecting")).count(),
+        1,
+        "{log:#?}"
+    );
+}
+
+/// A retryable error followed by EOF is still retried (here: `too_many_connections`).
+#[tokio::test]
+async fn a_retryable_error_followed_by_eof_is_retried() {
+    let (listener, _client, _log) = setup().await;
+    let mut peer = accept(&listener).await;
+    hello(&mut peer).await;
+    send(
+        &mut peer,
+        ServerFrame::Error {
+            code: ErrorCode::TooManyConnections,
+            message: "full".into(),
+        },
+    )
+    .await;
+    drop(peer);
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None, "retried");
+}
+
+/// `drop_connection()` during an attempt is the application's doing, not a failure of the
+/// server: it does not count toward `attempts_max`.
+#[tokio::test]
+async fn an_attempt_dropped_by_the_application_does_not_count_toward_attempts_max() {
+    let (listener, client, log) = setup_with(Some(1)).await;
+    // An attempt that is never welcomed, aborted by the application.
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None);
+    client.drop_connection();
+    // The client tries again instead of giving up after "1 attempt".
+    let mut peer2 = accept(&listener).await;
+    assert_eq!(hello(&mut peer2).await, None);
+    assert_eq!(client.state(), ClientState::Connecting);
+    drop(peer);
+    send(&mut peer2, welcome("e1", 0, false)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !matches!(client.state(), ClientState::Connected { .. }) {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", client.state());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = log.0.lock().unwrap().clone();
+    let connecting: Vec<&String> = log.iter().filter(|l| l.starts_with("connecting")).collect();
+    // The observer still numbers every attempt since the last welcome.
+    assert!(connecting[0].starts_with("connecting 1 None"), "{log:#?}");
+    assert!(connecting[1].starts_with("connecting 2 None"), "{log:#?}");
+    assert!(log.contains(&"closed None Dropped".to_string()), "{log:#?}");
 }

@@ -5,10 +5,10 @@
 
 use herald_core::auth::mint_token;
 use herald_core::client::{
-    Client, ClientConfig, ClientObserver, ClientState, CloseCause, FrameReceived, Item, TcpConnector,
+    Client, ClientConfig, ClientObserver, ClientState, CloseCause, FrameReceived, Item, ItemGapReason, TcpConnector,
 };
 use herald_core::clock::TokioClock;
-use herald_core::protocol::{EventKind, GapReason, Resume, ServerFrame};
+use herald_core::protocol::{EventKind, Resume, ServerFrame};
 use herald_core::rng::SeededRng;
 use herald_core::server::{Server, ServerConfig};
 use serde_json::json;
@@ -394,7 +394,7 @@ async fn server_restart_yields_an_epoch_gap_then_the_new_epoch_from_seq_1() {
                 epoch: old_epoch.clone(),
                 from: 4,
                 to: None,
-                reason: GapReason::Epoch
+                reason: ItemGapReason::Epoch
             },
             Item::Event {
                 epoch: new_epoch.clone(),

@@ -43,7 +43,9 @@ impl Backoff {
     pub fn next_delay_ms(&mut self) -> u64 {
         let ceiling = self.ceiling_ms();
         self.failures = self.failures.saturating_add(1);
-        let delay = self.rng.below(ceiling + 1);
+        // Saturating: a ceiling of u64::MAX (a `Backoff` built without `ClientConfig::validate`)
+        // must not overflow.
+        let delay = self.rng.below(ceiling.saturating_add(1));
         debug_assert!(delay <= self.max_ms);
         delay
     }
@@ -74,6 +76,15 @@ mod tests {
         assert_eq!(backoff.ceiling_ms(), 1_000, "no overflow after many failures");
         backoff.reset();
         assert_eq!(backoff.ceiling_ms(), 100);
+    }
+
+    #[test]
+    fn the_largest_ceiling_does_not_overflow() {
+        let mut backoff = Backoff::new(u64::MAX, u64::MAX, SeededRng::new(3));
+        for _ in 0..3 {
+            assert_eq!(backoff.ceiling_ms(), u64::MAX);
+            backoff.next_delay_ms();
+        }
     }
 
     #[test]

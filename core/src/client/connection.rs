@@ -4,9 +4,14 @@
 //! (3) a deadline from tokio time, so that a partition (reads hang, writes block) always ends
 //! in a timeout, and `close()` / `drop_connection()` / dropping the handle always take effect.
 //!
-//! Delivery: the tracker advances `last_seq` when it produces an item, and that item is then
+//! Delivery: the tracker advances `last_seq` when it produces items, and those items are then
 //! always handed to the items queue (even if the connection dies while the queue is full) unless
 //! the client stops for good. So `resume.after` never names an item the application lost.
+//!
+//! Stopping for good, besides the application's `close()`: a final refusal by the server
+//! (4001, 4004; judged by the close code, or by the `error` frame when the connection ends
+//! without a usable close code), `attempts_max`, and a server frame beyond `frame_bytes_max`,
+//! which no retry can get past (the resume would replay the same frame, forever).
 
 use super::backoff::Backoff;
 use super::tracker::StreamTracker;
@@ -17,10 +22,12 @@ use super::{
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
 use crate::rng::SeededRng;
 use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -103,8 +110,8 @@ struct End {
     reason: String,
     welcomed: bool,
     next: Next,
-    /// An item the tracker produced that the full queue has not taken yet.
-    pending: Option<Item>,
+    /// Items the tracker produced that the full queue has not taken yet, in order.
+    pending: VecDeque<Item>,
 }
 
 impl End {
@@ -115,11 +122,42 @@ impl End {
             reason,
             welcomed,
             next: Next::Reconnect,
-            pending: None,
+            pending: VecDeque::new(),
         }
     }
 
-    fn dropped(welcomed: bool, pending: Option<Item>) -> End {
+    /// The connection ended without a close frame (or a usable close code) after the server
+    /// sent `error`: a final refusal (4001, 4004) stops the client, as its close would have.
+    /// The server closes after every error; only the close frame was lost. A retryable error
+    /// (or none) leaves the end as it is.
+    fn after_error(mut self, last_error: Option<&(ErrorCode, String)>) -> End {
+        if let (Some((code, message)), Next::Reconnect, CloseCause::Network) = (last_error, &self.next, self.cause) {
+            if !code.is_retryable() {
+                self.reason = format!("{} (after error {code}: {message})", self.reason);
+                self.next = Next::Stop(format!("{code}: {message}"));
+            }
+        }
+        self
+    }
+
+    /// A server frame larger than `frame_bytes_max`: a configuration error (the client's limit
+    /// is below the server's `event_bytes_max`), which retrying cannot fix.
+    fn frame_too_large(size: usize, max: usize, welcomed: bool) -> End {
+        let reason = format!(
+            "a server frame of {size} bytes exceeds frame_bytes_max {max}: set frame_bytes_max to at least \
+             the server's event_bytes_max (a retry would read the same frame again)"
+        );
+        End {
+            code: None,
+            cause: CloseCause::Network,
+            reason: reason.clone(),
+            welcomed,
+            next: Next::Stop(reason),
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn dropped(welcomed: bool, pending: VecDeque<Item>) -> End {
         End {
             code: None,
             cause: CloseCause::Dropped,
@@ -142,7 +180,7 @@ impl End {
             reason: reason.into(),
             welcomed,
             next: Next::Stop(reason.into()),
-            pending: None,
+            pending: VecDeque::new(),
         }
     }
 
@@ -154,7 +192,7 @@ impl End {
             reason: reason.into(),
             welcomed,
             next: Next::Stop(reason.into()),
-            pending: None,
+            pending: VecDeque::new(),
         }
     }
 }
@@ -235,7 +273,10 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
     }
 
     async fn attempts(&mut self) -> String {
+        // Attempts since the last welcome, as reported to the observer; `failures` counts those
+        // of them that count toward `attempts_max` (not the ones the application aborted).
         let mut attempt: u32 = 0;
+        let mut failures: u32 = 0;
         loop {
             attempt = attempt.saturating_add(1);
             let resume = self.tracker.resume();
@@ -248,9 +289,12 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
             if end.welcomed {
                 self.backoff.reset();
                 attempt = 0;
+                failures = 0;
+            } else if end.cause != CloseCause::Dropped {
+                failures = failures.saturating_add(1);
             }
-            if let Some(item) = end.pending {
-                if let Some(reason) = self.deliver_while_disconnected(item).await {
+            if !end.pending.is_empty() {
+                if let Some(reason) = self.deliver_while_disconnected(end.pending).await {
                     return reason;
                 }
             }
@@ -258,8 +302,8 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                 return reason;
             }
             if let Some(attempts_max) = self.config.attempts_max {
-                if attempt >= attempts_max {
-                    return format!("gave up: {attempt} attempts without a welcome (attempts_max {attempts_max})");
+                if failures >= attempts_max {
+                    return format!("gave up: {failures} attempts without a welcome (attempts_max {attempts_max})");
                 }
             }
             let wake = Instant::now() + ms(self.backoff.next_delay_ms());
@@ -278,25 +322,28 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
         }
     }
 
-    /// Hands over an item produced before the connection ended. Returns a stop reason if the
+    /// Hands over the items produced before the connection ended. Returns a stop reason if the
     /// client must stop instead.
-    async fn deliver_while_disconnected(&mut self, item: Item) -> Option<String> {
-        loop {
-            tokio::select! {
-                biased;
-                command = self.commands.next() => match command {
-                    Command::Close { by_drop } => return Some(End::closed_by_client(None, by_drop, false).reason),
-                    Command::Drop => continue,
-                },
-                permit = self.items.reserve() => match permit {
-                    Ok(permit) => {
-                        permit.send(item);
-                        return None;
-                    }
-                    Err(_) => return Some(End::application_gone(false).reason),
-                },
+    async fn deliver_while_disconnected(&mut self, mut items: VecDeque<Item>) -> Option<String> {
+        while let Some(item) = items.pop_front() {
+            loop {
+                tokio::select! {
+                    biased;
+                    command = self.commands.next() => match command {
+                        Command::Close { by_drop } => return Some(End::closed_by_client(None, by_drop, false).reason),
+                        Command::Drop => continue,
+                    },
+                    permit = self.items.reserve() => match permit {
+                        Ok(permit) => {
+                            permit.send(item);
+                            break;
+                        }
+                        Err(_) => return Some(End::application_gone(false).reason),
+                    },
+                }
             }
         }
+        None
     }
 
     /// One attempt: connect, handshake, hello, then the connection loop.
@@ -325,7 +372,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
             command = self.commands.next() => {
                 return match command {
                     Command::Close { by_drop } => End::closed_by_client(None, by_drop, false),
-                    Command::Drop => End::dropped(false, None),
+                    Command::Drop => End::dropped(false, VecDeque::new()),
                 };
             }
             _ = sleep_until(connect_deadline) => {
@@ -339,21 +386,28 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                 Err(reason) => return End::network(reason, false),
             },
         };
-        self.session(ws, connect_deadline).await
+        let mut last_error = None;
+        let end = self.session(ws, connect_deadline, &mut last_error).await;
+        end.after_error(last_error.as_ref())
     }
 
-    /// The connection loop: deliver, read, heartbeat, until the connection ends.
-    async fn session(&mut self, mut ws: WebSocketStream<C::Stream>, connect_deadline: Instant) -> End {
+    /// The connection loop: deliver, read, heartbeat, until the connection ends. `last_error`
+    /// is the server's latest `error` frame.
+    async fn session(
+        &mut self,
+        mut ws: WebSocketStream<C::Stream>,
+        connect_deadline: Instant,
+        last_error: &mut Option<(ErrorCode, String)>,
+    ) -> End {
         let idle = ms(self.config.idle_timeout_ms);
         let heartbeat = ms(self.config.heartbeat_interval_ms);
         let mut connection: Option<String> = None;
-        let mut last_error: Option<(ErrorCode, String)> = None;
         // Before the welcome the connect deadline bounds the wait; after it, the idle timeout.
         let mut read_deadline = connect_deadline;
         let mut next_ping = connect_deadline;
-        let mut pending: Option<Item> = None;
+        let mut pending: VecDeque<Item> = VecDeque::new();
         loop {
-            if let Some(item) = pending.take() {
+            if let Some(item) = pending.pop_front() {
                 let full = match self.items.try_reserve() {
                     Ok(permit) => {
                         permit.send(item);
@@ -378,7 +432,12 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                         Err(Command::Close { by_drop }) => {
                             return self.close_cleanly(ws, connection.as_deref(), by_drop).await;
                         }
-                        Err(Command::Drop) => return End::dropped(true, slot),
+                        Err(Command::Drop) => {
+                            if let Some(item) = slot {
+                                pending.push_front(item);
+                            }
+                            return End::dropped(true, pending);
+                        }
                     }
                     // We were not reading: silence meanwhile says nothing about the peer.
                     read_deadline = Instant::now() + idle;
@@ -400,7 +459,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                 Wake::Command(Command::Close { by_drop }) => {
                     return self.close_cleanly(ws, connection.as_deref(), by_drop).await;
                 }
-                Wake::Command(Command::Drop) => return End::dropped(welcomed, None),
+                Wake::Command(Command::Drop) => return End::dropped(welcomed, VecDeque::new()),
                 Wake::Idle if welcomed => {
                     return End::network(
                         format!("nothing received for idle_timeout_ms {}", self.config.idle_timeout_ms),
@@ -439,6 +498,9 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                 Wake::Message(None) => {
                     return End::network("connection closed without a close frame".into(), welcomed);
                 }
+                Wake::Message(Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(
+                    CapacityError::MessageTooLong { size, max_size },
+                )))) => return End::frame_too_large(size, max_size, welcomed),
                 Wake::Message(Some(Err(e))) => return End::network(format!("websocket: {e}"), welcomed),
                 Wake::Message(Some(Ok(message))) => message,
             };
@@ -455,6 +517,9 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     tracing::warn!(bytes = bytes.len(), "binary frame from the server, skipped");
                     self.observer
                         .frame(connection.as_deref(), &FrameReceived::Unparsed(&shown));
+                    if welcomed {
+                        self.tracker.unreadable_frame();
+                    }
                     continue;
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -466,15 +531,25 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                         .unwrap_or_default();
                     // Best effort: flush tungstenite's queued close reply.
                     let _ = tokio::time::timeout(ms(self.config.write_timeout_ms), SinkExt::close(&mut ws)).await;
-                    return server_closed(code, close_reason, last_error, welcomed);
+                    return server_closed(code, close_reason, last_error.take(), welcomed);
                 }
             };
             let frame = match ServerFrame::from_text(text.as_str()) {
                 Ok(frame) => frame,
                 Err(e) => {
-                    tracing::warn!(error = %e, "unparsable frame from the server, skipped");
                     self.observer
                         .frame(connection.as_deref(), &FrameReceived::Unparsed(text.as_str()));
+                    match unknown_frame_type(text.as_str()) {
+                        Some(frame_type) => {
+                            tracing::debug!(frame_type, "frame of a type this client does not know, ignored");
+                        }
+                        None => {
+                            tracing::warn!(error = %e, "unparsable frame from the server, skipped");
+                            if welcomed {
+                                self.tracker.unreadable_frame();
+                            }
+                        }
+                    }
                     continue;
                 }
             };
@@ -503,8 +578,8 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                         tracing::warn!(seq, "event before welcome, skipped");
                         continue;
                     }
-                    pending = self.tracker.event(seq, run, kind, data);
-                    if pending.is_none() {
+                    self.tracker.event(seq, run, kind, data, &mut pending);
+                    if pending.is_empty() {
                         tracing::debug!(seq, "duplicate event dropped");
                     }
                 }
@@ -518,12 +593,12 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                         tracing::warn!(from, "gap before welcome, skipped");
                         continue;
                     }
-                    pending = Some(self.tracker.gap(epoch, from, to, reason));
+                    self.tracker.gap(epoch, from, to, reason, &mut pending);
                 }
                 ServerFrame::Pong { .. } => {}
                 ServerFrame::Error { code, message } => {
                     tracing::debug!(%code, %message, "server error frame");
-                    last_error = Some((code, message));
+                    *last_error = Some((code, message));
                 }
             }
         }
@@ -570,8 +645,10 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
     }
 }
 
-/// The server closed: terminal for 4001 `auth_failed` and 4004 `bad_frame` (judged by the close
-/// code, or by the error frame if the close frame carried no code), reconnect otherwise.
+/// The server closed: terminal for 4001 `auth_failed` and 4004 `bad_frame`, reconnect otherwise.
+/// Judged by the close code when it is a Herald code ([`ErrorCode::from_close_code`]: 4001 to
+/// 4010 or 1001); otherwise (no code, or another one such as 1000) by the preceding `error`
+/// frame, if any.
 fn server_closed(
     code: Option<u16>,
     close_reason: String,
@@ -597,6 +674,20 @@ fn server_closed(
         },
         reason,
         welcomed,
-        pending: None,
+        pending: VecDeque::new(),
     }
+}
+
+/// The `type` of a JSON object frame whose type this client does not know (a newer server's
+/// addition, to be ignored); `None` when the frame is not such an object or its type is one of
+/// ours (then it is a frame the client could not read).
+fn unknown_frame_type(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Tagged {
+        #[serde(rename = "type")]
+        frame_type: String,
+    }
+    let Tagged { frame_type } = serde_json::from_str::<Tagged>(text).ok()?;
+    const KNOWN: [&str; 5] = ["welcome", "event", "gap", "pong", "error"];
+    (!KNOWN.contains(&frame_type.as_str())).then_some(frame_type)
 }

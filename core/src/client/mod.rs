@@ -9,10 +9,13 @@
 //! only moves frames between the socket, the tracker and the bounded items queue.
 //!
 //! Lifetime: the task retries (capped backoff) until [`Client::close`] is called, the server
-//! closes with a terminal code (4001 `auth_failed`, 4004 `bad_frame`), the [`Client`] is
-//! dropped, or `attempts_max` attempts in a row found no welcome (no limit by default). Each
-//! single attempt is bounded by `connect_timeout_ms`, each write by `write_timeout_ms`, and a
-//! connected stream that receives nothing for `idle_timeout_ms` is declared dead.
+//! refuses for good (4001 `auth_failed`, 4004 `bad_frame`: by close code, or by its `error`
+//! frame when the connection then ends without a close frame), the server sends a frame larger
+//! than `frame_bytes_max` (a configuration error no retry can fix), the [`Client`] is dropped,
+//! or `attempts_max` attempts in a row found no welcome (no limit by default). Each single
+//! attempt, hello included, is bounded by `connect_timeout_ms`; each later write (ping, close)
+//! by `write_timeout_ms`; and a connected stream that receives nothing for `idle_timeout_ms` is
+//! declared dead.
 
 mod backoff;
 mod connection;
@@ -22,11 +25,17 @@ pub use backoff::Backoff;
 pub use tracker::{Position, StreamTracker};
 
 use crate::protocol::{EventKind, GapReason, Resume, ServerFrame};
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 /// Smallest accepted `frame_bytes_max`: a welcome or gap frame with maximal ids must fit.
 pub const FRAME_BYTES_MIN: usize = 1024;
+
+/// Largest accepted value of every duration in [`ClientConfig`] (timeouts, heartbeat, backoff):
+/// one day. Longer values are surely a mistake (a unit slip), and bounding them keeps every
+/// deadline the client computes (`now + duration`) far from overflow.
+pub const CONFIG_DURATION_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Everything a client needs besides its transport and tokens. Units are in the names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +55,8 @@ pub struct ClientConfig {
     /// Nothing received for this long on a welcomed connection: it is dead (a partition gives
     /// no error, reads just hang); close it and reconnect. Must exceed `heartbeat_interval_ms`.
     pub idle_timeout_ms: u64,
-    /// Bound on every write (hello, ping, close). A blocked write means a dead peer.
+    /// Bound on every write after the hello (ping, close; the hello is part of the attempt,
+    /// which `connect_timeout_ms` bounds). A blocked write means a dead peer.
     pub write_timeout_ms: u64,
     /// First backoff ceiling after a failed attempt or a lost connection.
     pub backoff_initial_ms: u64,
@@ -56,8 +66,13 @@ pub struct ClientConfig {
     /// server's queue then grows until it cuts the connection with 4003 `slow_consumer`, and
     /// the client resumes (and recovers from retention) once the application reads again.
     pub items_max: usize,
-    /// Largest incoming WebSocket message and frame; a larger one is a network error (the
-    /// connection is dropped and retried).
+    /// Largest incoming WebSocket message and frame. Must be at least the server's
+    /// `event_bytes_max` (which bounds a whole encoded event frame, envelope included; 64 KiB by
+    /// default, see PROTOCOL.md "Limits"): other server frames are smaller than
+    /// [`FRAME_BYTES_MIN`]. A larger frame stops the client for good
+    /// ([`ClientState::Stopped`], reason naming this limit and the frame's size; `recv()` then
+    /// returns `None`): retrying would only read the same frame again, forever, while the
+    /// application heard nothing.
     pub frame_bytes_max: usize,
     /// Seed of the jitter generator; the simulation passes a scenario-derived seed.
     pub rng_seed: u64,
@@ -65,7 +80,8 @@ pub struct ClientConfig {
     /// ([`ClientState::Stopped`], reason naming this limit; `recv()` then returns `None`).
     /// `None` (the default) retries for as long as the application keeps the client: a
     /// notification client normally outlives any outage, and the capped backoff already
-    /// bounds the rate of attempts. A welcome resets the count.
+    /// bounds the rate of attempts. A welcome resets the count; an attempt the application
+    /// aborted with [`Client::drop_connection`] does not count.
     pub attempts_max: Option<u32>,
 }
 
@@ -88,8 +104,9 @@ impl ClientConfig {
         }
     }
 
-    /// Rejects configurations that cannot work (zero timeouts, an idle timeout the heartbeat
-    /// cannot beat, an unparsable URL). [`Client::spawn`] panics with this message.
+    /// Rejects configurations that cannot work (zero timeouts, durations beyond
+    /// [`CONFIG_DURATION_MAX_MS`], an idle timeout the heartbeat cannot beat, an unparsable URL).
+    /// [`Client::spawn`] panics with this message.
     pub fn validate(&self) -> Result<(), String> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let positive = [
@@ -103,6 +120,22 @@ impl ClientConfig {
         for (name, value) in positive {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let durations = [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("backoff_max_ms", self.backoff_max_ms),
+        ];
+        for (name, value) in durations {
+            if value > CONFIG_DURATION_MAX_MS {
+                return Err(format!(
+                    "{name} {value} exceeds the largest accepted duration, {CONFIG_DURATION_MAX_MS} ms \
+                     (one day, CONFIG_DURATION_MAX_MS)"
+                ));
             }
         }
         if self.idle_timeout_ms <= self.heartbeat_interval_ms {
@@ -160,8 +193,11 @@ impl<F: Fn() -> String + Send + Sync + 'static> TokenProvider for F {
     }
 }
 
-/// A frame as received, before the client acts on it. Unparsed frames (not valid protocol
-/// JSON, or binary) are reported and skipped — they are a server bug the observer should see.
+/// A frame as received, before the client acts on it. Unparsed frames are reported and
+/// skipped: a frame of a type this client does not know (a newer server's addition) is ignored;
+/// any other (not valid protocol JSON, a known type it cannot decode, binary) is a frame the
+/// client could not read, so the seqs it skips are handed over as an
+/// [`ItemGapReason::Unreadable`] gap before the next event.
 #[derive(Debug, Clone, Copy)]
 pub enum FrameReceived<'a> {
     Parsed(&'a ServerFrame),
@@ -187,7 +223,8 @@ pub enum CloseCause {
 /// `closed` for the same attempt (even when the attempt never reached the server).
 pub trait ClientObserver: Send + Sync + 'static {
     /// A connection attempt starts. `attempt` counts attempts since the last welcome (or since
-    /// start), from 1; `resume` is what the hello will carry.
+    /// start), from 1, those aborted by [`Client::drop_connection`] included (they do not count
+    /// toward `attempts_max`); `resume` is what the hello will carry.
     fn connecting(&self, _attempt: u32, _resume: Option<&Resume>) {}
     /// Every frame received, in order, duplicates included. `connection` is the server's
     /// connection id from the welcome (`None` before it; the welcome itself carries its id).
@@ -216,13 +253,55 @@ pub enum Item {
         data: serde_json::Value,
     },
     /// Events `from..=to` of `epoch` can never be delivered (`to` is `None` when the whole rest
-    /// of a lost epoch is gone). Delivered exactly as the server sent it.
+    /// of a lost epoch is gone). A `retention` or `epoch` gap is delivered exactly as the
+    /// server sent it; an `unreadable` one is the client's own (see [`ItemGapReason`]).
     Gap {
         epoch: String,
         from: u64,
         to: Option<u64>,
-        reason: GapReason,
+        reason: ItemGapReason,
     },
+}
+
+/// Why an [`Item::Gap`] was handed over: the server's two reasons ([`GapReason`]), and one of
+/// the client's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemGapReason {
+    /// The server's `retention` gap: evicted before this client read them.
+    Retention,
+    /// The server's `epoch` gap: the stream the client resumed no longer exists.
+    Epoch,
+    /// The client skipped server frames it could not read (not valid JSON, a binary message,
+    /// an event it cannot decode, such as one of a kind added by a newer server), and the next
+    /// event's seq shows it skipped events `from..=to` (or, if the skipped frame may have been
+    /// the `epoch` gap of the stream it read, that stream with `to: None`). The data may still
+    /// exist on the server, but this client cannot read it: never silent, like every loss.
+    Unreadable,
+}
+
+impl ItemGapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemGapReason::Retention => "retention",
+            ItemGapReason::Epoch => "epoch",
+            ItemGapReason::Unreadable => "unreadable",
+        }
+    }
+}
+
+impl From<GapReason> for ItemGapReason {
+    fn from(reason: GapReason) -> ItemGapReason {
+        match reason {
+            GapReason::Retention => ItemGapReason::Retention,
+            GapReason::Epoch => ItemGapReason::Epoch,
+        }
+    }
+}
+
+impl fmt::Display for ItemGapReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the client is doing, for health checks and tests.
@@ -230,9 +309,15 @@ pub enum Item {
 pub enum ClientState {
     /// Between connections: connecting, or waiting out a backoff.
     Connecting,
-    /// Welcomed; `last_seq` is the last seq handed to the items queue.
+    /// Welcomed. `epoch` and `last_seq` are the client's position, what its next `resume`
+    /// would name: the last seq handed to the items queue (or the end of the last gap handed
+    /// to it) — or, until the first event after the client's very first welcome, that
+    /// welcome's `head` (a fresh client starts live, at the head; nothing up to it is ever
+    /// delivered). While an epoch switch waits for the server's `epoch` gap, still the old
+    /// stream.
     Connected { epoch: String, last_seq: u64 },
-    /// For good: closed by the application, a terminal close code, or the application gone.
+    /// For good: closed by the application, a final refusal by the server (4001, 4004), a
+    /// server frame beyond `frame_bytes_max`, `attempts_max` reached, or the application gone.
     Stopped { reason: String },
 }
 
@@ -337,7 +422,8 @@ impl Client {
 
     /// Aborts the current connection (or attempt) without a close frame, as a network failure
     /// would; the client then reconnects and resumes. A no-op while waiting out a backoff, and
-    /// calls made before the task reacts count as one (the latest request wins).
+    /// calls made before the task reacts count as one (the latest request wins). An attempt
+    /// aborted this way does not count toward `attempts_max`.
     pub fn drop_connection(&self) {
         self.commands.send_modify(|c| c.drops += 1);
     }

@@ -16,12 +16,19 @@
 //!   the server send a new-epoch event without the gap, the switch happens then and nothing is
 //!   invented;
 //! - event with `seq <= last_seq` in the current epoch: duplicate, dropped;
-//! - any other event is delivered, even if its seq jumps: hiding a server bug from the
-//!   application (and from the simulation's checkers) would be worse than showing it;
+//! - a frame the client could not read ([`StreamTracker::unreadable_frame`]) followed by an event
+//!   whose seq jumps (or a `retention` gap that starts past `last_seq + 1`): the skipped seqs
+//!   are handed over first as an [`ItemGapReason::Unreadable`] gap, so an event the client could
+//!   not parse is never lost silently. If the skipped frame may have been the `epoch` gap of a
+//!   pending switch, the old stream's loss is handed over the same way (`to: None`);
+//! - any other event is delivered, even if its seq jumps: a jump the client did not cause is a
+//!   server bug, and inventing a gap for it would hide it from the application (and from the
+//!   simulation's checkers, whose silent-loss rule a gap would satisfy);
 //! - a `retention` gap in the current epoch moves `last_seq` to its end: those seqs are gone.
 
-use super::Item;
+use super::{Item, ItemGapReason};
 use crate::protocol::{EventKind, GapReason, Resume};
+use std::collections::VecDeque;
 
 /// Where the client stands: the epoch it reads and the last seq handed to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +46,9 @@ pub struct StreamTracker {
     pending_epoch: Option<String>,
     /// Duplicates dropped so far (events at or below `last_seq`); for logs and tests.
     duplicates: u64,
+    /// A frame of this connection could not be read since the last item was produced: a seq
+    /// jump is then the client's own loss, reported as an `unreadable` gap.
+    unreadable: bool,
 }
 
 impl StreamTracker {
@@ -69,6 +79,9 @@ impl StreamTracker {
     /// Returns true when the epoch changed (the server will replay the new epoch from seq 1).
     pub fn welcome(&mut self, epoch: &str, head: u64) -> bool {
         self.pending_epoch = None;
+        // A new connection: the server replays from our position, so a frame the previous
+        // connection could not read comes again (and is noticed again).
+        self.unreadable = false;
         match &mut self.position {
             None => {
                 self.position = Some(Position {
@@ -93,44 +106,95 @@ impl StreamTracker {
         }
     }
 
-    /// An event frame. `None` when it is a duplicate, or when no welcome has placed the client
-    /// in an epoch yet (a server bug the caller logs; the frame has no epoch to belong to).
-    pub fn event(&mut self, seq: u64, run: String, kind: EventKind, data: serde_json::Value) -> Option<Item> {
+    /// A server frame on a welcomed connection could not be read (not valid JSON, binary, a
+    /// known type that does not decode). Not for frames of an unknown type: those are a newer
+    /// server's additions, ignored. The next event (or retention gap) reports what was skipped.
+    pub fn unreadable_frame(&mut self) {
+        if self.position.is_some() {
+            self.unreadable = true;
+        }
+    }
+
+    /// Before a pending epoch switch commits after an unreadable frame: that frame may have
+    /// been the `epoch` gap of the old stream, whose loss must not go unsaid.
+    fn old_stream_unreadable(&self, out: &mut VecDeque<Item>) {
+        if let (true, Some(_), Some(position)) = (self.unreadable, &self.pending_epoch, &self.position) {
+            out.push_back(Item::Gap {
+                epoch: position.epoch.clone(),
+                from: position.last_seq + 1,
+                to: None,
+                reason: ItemGapReason::Unreadable,
+            });
+        }
+    }
+
+    /// An event frame: appends to `out` the items to hand over, in order. Nothing when it is a
+    /// duplicate, or when no welcome has placed the client in an epoch yet (a server bug the
+    /// caller logs; the frame has no epoch to belong to). After an unreadable frame, an
+    /// `unreadable` gap for the seqs it skipped comes first.
+    pub fn event(&mut self, seq: u64, run: String, kind: EventKind, data: serde_json::Value, out: &mut VecDeque<Item>) {
+        if self.position.is_none() {
+            return;
+        }
         // Events after a welcome in a new epoch belong to the new epoch, gap or not.
+        self.old_stream_unreadable(out);
         self.commit_epoch_switch();
-        let position = self.position.as_mut()?;
+        let Some(position) = self.position.as_mut() else {
+            return;
+        };
         if seq <= position.last_seq {
             self.duplicates += 1;
-            return None;
+            return;
+        }
+        if std::mem::take(&mut self.unreadable) && seq > position.last_seq + 1 {
+            out.push_back(Item::Gap {
+                epoch: position.epoch.clone(),
+                from: position.last_seq + 1,
+                to: Some(seq - 1),
+                reason: ItemGapReason::Unreadable,
+            });
         }
         position.last_seq = seq;
-        Some(Item::Event {
+        out.push_back(Item::Event {
             epoch: position.epoch.clone(),
             seq,
             run,
             kind,
             data,
-        })
+        });
     }
 
-    /// A gap frame, always delivered as is. A retention gap in the current epoch moves
-    /// `last_seq` to its end (never backwards).
-    pub fn gap(&mut self, epoch: String, from: u64, to: Option<u64>, reason: GapReason) -> Item {
+    /// A gap frame, delivered as is (appended to `out`; after an unreadable frame, preceded by
+    /// an `unreadable` gap for the seqs between our position and a retention gap's start). A
+    /// retention gap in the current epoch moves `last_seq` to its end (never backwards).
+    pub fn gap(&mut self, epoch: String, from: u64, to: Option<u64>, reason: GapReason, out: &mut VecDeque<Item>) {
         let announces_our_loss = reason == GapReason::Epoch && self.position.as_ref().is_some_and(|p| p.epoch == epoch);
         if announces_our_loss || self.pending_epoch.as_ref().is_some_and(|pending| *pending == epoch) {
+            if !announces_our_loss {
+                self.old_stream_unreadable(out);
+            }
             self.commit_epoch_switch();
         }
+        let unreadable = std::mem::take(&mut self.unreadable);
         if let (Some(position), GapReason::Retention, Some(to)) = (self.position.as_mut(), reason, to) {
             if position.epoch == epoch {
+                if unreadable && from > position.last_seq + 1 {
+                    out.push_back(Item::Gap {
+                        epoch: epoch.clone(),
+                        from: position.last_seq + 1,
+                        to: Some(from - 1),
+                        reason: ItemGapReason::Unreadable,
+                    });
+                }
                 position.last_seq = position.last_seq.max(to);
             }
         }
-        Item::Gap {
+        out.push_back(Item::Gap {
             epoch,
             from,
             to,
-            reason,
-        }
+            reason: reason.into(),
+        });
     }
 }
 
@@ -140,10 +204,41 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    /// Every item one event frame produces.
+    fn items(tracker: &mut StreamTracker, seq: u64) -> Vec<Item> {
+        let mut out = VecDeque::new();
+        tracker.event(
+            seq,
+            "run-1".into(),
+            EventKind::AgentThinking,
+            json!({"n": seq}),
+            &mut out,
+        );
+        out.into()
+    }
+
+    /// The seq one event frame delivered, if any; panics if it produced anything else.
     fn event(tracker: &mut StreamTracker, seq: u64) -> Option<u64> {
-        match tracker.event(seq, "run-1".into(), EventKind::AgentThinking, json!({"n": seq}))? {
+        let mut items = items(tracker, seq);
+        assert!(items.len() <= 1, "one event produced {items:?}");
+        match items.pop()? {
             Item::Event { seq, .. } => Some(seq),
             other => panic!("event produced {other:?}"),
+        }
+    }
+
+    fn gap(tracker: &mut StreamTracker, epoch: &str, from: u64, to: Option<u64>, reason: GapReason) -> Vec<Item> {
+        let mut out = VecDeque::new();
+        tracker.gap(epoch.into(), from, to, reason, &mut out);
+        out.into()
+    }
+
+    fn unreadable(epoch: &str, from: u64, to: Option<u64>) -> Item {
+        Item::Gap {
+            epoch: epoch.into(),
+            from,
+            to,
+            reason: ItemGapReason::Unreadable,
         }
     }
 
@@ -189,15 +284,15 @@ mod tests {
         assert_eq!(event(&mut tracker, 1), Some(1));
         assert_eq!(event(&mut tracker, 2), Some(2));
         assert!(tracker.welcome("e2", 4));
-        let gap = tracker.gap("e1".into(), 3, None, GapReason::Epoch);
+        let gap = gap(&mut tracker, "e1", 3, None, GapReason::Epoch);
         assert_eq!(
             gap,
-            Item::Gap {
+            vec![Item::Gap {
                 epoch: "e1".into(),
                 from: 3,
                 to: None,
-                reason: GapReason::Epoch
-            }
+                reason: ItemGapReason::Epoch
+            }]
         );
         assert_eq!(
             tracker.position(),
@@ -207,8 +302,8 @@ mod tests {
             })
         );
         // Seq 1 of the new epoch is not a duplicate of seq 1 of the old one.
-        match tracker.event(1, "r".into(), EventKind::AgentStarted, json!(null)) {
-            Some(Item::Event { epoch, seq: 1, .. }) => assert_eq!(epoch, "e2"),
+        match items(&mut tracker, 1).as_slice() {
+            [Item::Event { epoch, seq: 1, .. }] => assert_eq!(epoch, "e2"),
             other => panic!("expected e2/1, got {other:?}"),
         }
     }
@@ -230,7 +325,7 @@ mod tests {
         );
         // The next connection is welcomed into e3 and does get the gap for e1: now we switch.
         assert!(tracker.welcome("e3", 2));
-        tracker.gap("e1".into(), 2, None, GapReason::Epoch);
+        gap(&mut tracker, "e1", 2, None, GapReason::Epoch);
         assert_eq!(
             tracker.resume(),
             Some(Resume {
@@ -246,13 +341,13 @@ mod tests {
         let mut tracker = StreamTracker::new();
         tracker.welcome("e1", 0);
         assert_eq!(event(&mut tracker, 1), Some(1));
-        tracker.gap("e1".into(), 2, Some(10), GapReason::Retention);
+        gap(&mut tracker, "e1", 2, Some(10), GapReason::Retention);
         assert_eq!(tracker.resume().unwrap().after, 10);
         assert_eq!(event(&mut tracker, 10), None);
         assert_eq!(event(&mut tracker, 11), Some(11));
         // A stale gap never moves us backwards, and one for another epoch does not move us.
-        tracker.gap("e1".into(), 2, Some(5), GapReason::Retention);
-        tracker.gap("e0".into(), 1, Some(50), GapReason::Retention);
+        gap(&mut tracker, "e1", 2, Some(5), GapReason::Retention);
+        gap(&mut tracker, "e0", 1, Some(50), GapReason::Retention);
         assert_eq!(tracker.resume().unwrap().after, 11);
     }
 
@@ -264,6 +359,87 @@ mod tests {
         assert_eq!(event(&mut tracker, 1), Some(1));
         assert_eq!(event(&mut tracker, 5), Some(5), "a jump is shown to the application");
         assert_eq!(event(&mut tracker, 4), None, "and what it skipped is now a duplicate");
+    }
+
+    #[test]
+    fn a_jump_after_an_unreadable_frame_is_handed_over_as_an_unreadable_gap_first() {
+        let mut tracker = StreamTracker::new();
+        tracker.unreadable_frame(); // before any welcome: nothing to place it in
+        tracker.welcome("e1", 0);
+        assert_eq!(event(&mut tracker, 1), Some(1));
+        tracker.unreadable_frame(); // seq 2 and 3, say, did not decode
+        tracker.unreadable_frame();
+        let got = items(&mut tracker, 4);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], unreadable("e1", 2, Some(3)));
+        assert!(matches!(got[1], Item::Event { seq: 4, .. }), "{got:?}");
+        assert_eq!(tracker.resume().unwrap().after, 4);
+        // Reported once: a later jump with nothing unreadable in between is the server's.
+        assert_eq!(event(&mut tracker, 6), Some(6));
+        // An unreadable frame followed by the next seq (it was not an event): nothing invented.
+        tracker.unreadable_frame();
+        assert_eq!(event(&mut tracker, 7), Some(7));
+        assert_eq!(
+            event(&mut tracker, 9),
+            Some(9),
+            "the flag does not outlive the next item"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_frame_is_forgotten_by_a_new_welcome_and_survives_a_duplicate() {
+        let mut tracker = StreamTracker::new();
+        tracker.welcome("e1", 0);
+        assert_eq!(event(&mut tracker, 1), Some(1));
+        tracker.unreadable_frame();
+        // The connection dies; the next one replays from 2, so the frame comes again.
+        tracker.welcome("e1", 5);
+        assert_eq!(event(&mut tracker, 3), Some(3), "no stale flag");
+        tracker.unreadable_frame();
+        assert_eq!(event(&mut tracker, 3), None, "a duplicate");
+        assert_eq!(items(&mut tracker, 5)[0], unreadable("e1", 4, Some(4)));
+    }
+
+    #[test]
+    fn an_unreadable_frame_before_a_retention_gap_reports_the_seqs_in_between() {
+        let mut tracker = StreamTracker::new();
+        tracker.welcome("e1", 0);
+        assert_eq!(event(&mut tracker, 1), Some(1));
+        tracker.unreadable_frame();
+        let got = gap(&mut tracker, "e1", 5, Some(8), GapReason::Retention);
+        assert_eq!(
+            got,
+            vec![
+                unreadable("e1", 2, Some(4)),
+                Item::Gap {
+                    epoch: "e1".into(),
+                    from: 5,
+                    to: Some(8),
+                    reason: ItemGapReason::Retention
+                }
+            ]
+        );
+        assert_eq!(tracker.resume().unwrap().after, 8);
+    }
+
+    #[test]
+    fn an_unreadable_frame_during_an_epoch_switch_reports_the_old_stream_lost() {
+        let mut tracker = StreamTracker::new();
+        tracker.welcome("e1", 0);
+        assert_eq!(event(&mut tracker, 1), Some(1));
+        assert!(tracker.welcome("e2", 3));
+        tracker.unreadable_frame(); // perhaps the epoch gap for e1
+        let got = items(&mut tracker, 2);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], unreadable("e1", 2, None));
+        assert_eq!(got[1], unreadable("e2", 1, Some(1)));
+        assert!(
+            matches!(&got[2], Item::Event { epoch, seq: 2, .. } if epoch == "e2"),
+            "{got:?}"
+        );
+        // Without an unreadable frame, the switch invents nothing (a server bug stays visible).
+        assert!(tracker.welcome("e3", 3));
+        assert_eq!(event(&mut tracker, 1), Some(1));
     }
 
     proptest! {
