@@ -470,6 +470,195 @@ fn honest_gaps_still_fires_past_what_an_ambiguous_publish_can_evict() {
     );
 }
 
+/// One user, one client (client 0 of u0, welcomed into E0 at 50 ms).
+fn lone() -> (Scenario, HistoryBuilder) {
+    let scenario = scenario_with(1, vec![connect(0, 0)]);
+    let mut b = HistoryBuilder::new();
+    b.server_started(0);
+    b.steps_of(&scenario);
+    b.at(50);
+    b.connect(0, None, "E0", 0, false);
+    (scenario, b)
+}
+
+/// Heal at `heal_at`, a healthy final sample for one user, and the end 25 s later.
+fn finish_lone(b: &mut HistoryBuilder, heal_at: u64, connections: u64) -> History {
+    b.at(heal_at);
+    b.heal();
+    b.at(heal_at + 24_000);
+    b.gauges(GaugeSample {
+        users: 1,
+        connections,
+        ..GaugeSample::default()
+    });
+    b.at(heal_at + 25_000);
+    b.end();
+    b.build()
+}
+
+/// Seq 1 delivered, the connection dies, seqs 2 and 3 are published, and the resume (E0 after 1)
+/// is welcomed into a new epoch E9 with an epoch gap: the hub dropped a stream that still held
+/// seqs 1..3 (e.g. when the user's last tab went away). With `restart`, the server restarted in
+/// between, which is the honest reason for the same frames.
+fn new_epoch_on_resume(restart: bool, resume_at: u64) -> (Scenario, History) {
+    let (mut scenario, mut b) = lone();
+    if restart {
+        scenario.steps.push(herald_properties::scenario::TimedStep {
+            at_ms: 250,
+            step: Step::RestartServer,
+        });
+    }
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    b.closed(0, None, ClosedBy::Network);
+    b.publish_ok("u0", "E0", 2);
+    b.publish_ok("u0", "E0", 3);
+    if restart {
+        b.at(250);
+        b.step(1, Step::RestartServer);
+        b.server_stopped(0, "restart");
+        b.server_started(1);
+    }
+    b.at(resume_at);
+    b.connecting(0, Some(("E0", 1)));
+    b.welcome(0, "E9", 0, false);
+    b.gap(0, "E0", 2, None, "epoch");
+    let history = finish_lone(&mut b, resume_at + 1000, 1);
+    (scenario, history)
+}
+
+#[test]
+fn honest_gaps_fires_on_a_new_epoch_while_the_resumed_stream_still_retains_events() {
+    let (scenario, history) = new_epoch_on_resume(false, 300);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::HonestGaps,
+        Category::ReconnectionRecovery,
+    );
+    let v = check(Invariant::HonestGaps, &scenario, &history).unwrap_err();
+    assert!(v.explanation.contains("new epoch E9"), "{v}");
+}
+
+#[test]
+fn honest_gaps_near_miss_a_new_epoch_after_a_restart() {
+    let (scenario, history) = new_epoch_on_resume(true, 300);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn honest_gaps_near_miss_a_new_epoch_once_retention_expired() {
+    // The resume comes after retention_age_ms: every event of E0 may have aged out, and the hub
+    // drops an empty stream with no connection.
+    let (scenario, history) = new_epoch_on_resume(false, 130_000);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn no_silent_loss_fires_on_a_welcome_head_claiming_an_event_not_yet_published() {
+    // The stream is empty, but the first welcome says head 1: the client's tracker starts after
+    // seq 1 and drops its frame as a duplicate when it arrives.
+    let scenario = scenario_with(1, vec![connect(0, 0)]);
+    let mut b = HistoryBuilder::new();
+    b.server_started(0);
+    b.steps_of(&scenario);
+    b.at(50);
+    b.connect(0, None, "E0", 1, false);
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.frame_event(0, "u0", "E0", 1);
+    let history = finish_lone(&mut b, 1000, 1);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_a_welcome_head_covering_an_earlier_event() {
+    // Seq 1 was published before the client connected: head 1 is the truth, nothing is owed.
+    let scenario = scenario_with(1, vec![connect(0, 0)]);
+    let mut b = HistoryBuilder::new();
+    b.server_started(0);
+    b.steps_of(&scenario);
+    b.at(20);
+    b.publish_ok("u0", "E0", 1);
+    b.at(50);
+    b.connect(0, None, "E0", 1, false);
+    b.at(100);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 2);
+    let history = finish_lone(&mut b, 1000, 1);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn loss_and_liveness_fire_on_a_4009_no_limit_explains() {
+    // A lone client, far below every limit, misses an event while connected; then every
+    // reconnect is refused with 4009. Nothing held a connection: the refusal excuses nothing.
+    let (scenario, mut b) = lone();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.at(200);
+    b.closed(0, None, ClosedBy::Network);
+    for k in 0..10u64 {
+        b.at(300 + k * 2000);
+        b.connecting(0, Some(("E0", 0)));
+        b.closed(0, Some(4009), ClosedBy::Server);
+    }
+    let history = finish_lone(&mut b, 21_000, 0);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert_violates(&scenario, &history, Invariant::Liveness, Category::ReconnectionRecovery);
+}
+
+/// With connections_per_user_max 1, a lone client's connection dies at `closed_at`, and every
+/// reconnect in the next 7 s is refused with 4009 (plausible: the server notices the dead
+/// connection only after idle_timeout_ms). Seq 1 was published at 100 ms and never delivered.
+fn refused_after_a_loss(closed_at: u64) -> (Scenario, History) {
+    let (mut scenario, mut b) = lone();
+    scenario.config.limits.connections_per_user_max = 1;
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.at(closed_at);
+    b.closed(0, None, ClosedBy::Network);
+    for k in 0..8u64 {
+        b.at(closed_at + 100 + k * 1000);
+        b.connecting(0, Some(("E0", 0)));
+        b.closed(0, Some(4009), ClosedBy::Server);
+    }
+    let history = finish_lone(&mut b, closed_at + 8_000, 0);
+    (scenario, history)
+}
+
+#[test]
+fn no_silent_loss_fires_on_a_loss_before_a_plausible_4009() {
+    // The connection stayed open and healthy for 20 s after the publish (beyond the liveness
+    // bound): the event was due on it, long before any refusal.
+    let (scenario, history) = refused_after_a_loss(20_000);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_an_event_still_in_flight_when_refusals_began() {
+    // The connection died 400 ms after the publish: the event may have been lost with it, and
+    // the (plausible) refusals keep the client from resuming.
+    let (scenario, history) = refused_after_a_loss(500);
+    assert_clean(&scenario, &history);
+}
+
 // ---------------------------------------------------------------- liveness
 
 #[test]
@@ -486,8 +675,11 @@ fn liveness_fires_when_a_client_never_comes_back_after_the_heal() {
 #[test]
 fn liveness_near_miss_a_client_refused_by_a_configured_limit_is_told_so() {
     // The same client as above, but the server refuses its reconnect with 4009: an explicit,
-    // documented refusal (a limit), not a silent failure to come back.
-    let (scenario, mut b) = base();
+    // documented refusal (a limit), not a silent failure to come back. The limit is plausible:
+    // with connections_per_user_max 1, the server may still hold the connection the client saw
+    // die 100 ms earlier (it notices a dead client only after idle_timeout_ms).
+    let (mut scenario, mut b) = base();
+    scenario.config.limits.connections_per_user_max = 1;
     b.at(100);
     b.closed(0, None, ClosedBy::Network);
     b.at(200);

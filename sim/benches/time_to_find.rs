@@ -52,6 +52,9 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "no_request_deadline" => Invariant::BoundedResources,
         "ignores_expiry" => Invariant::Auth,
         "at_least_once_bridge" => Invariant::NoDuplicates,
+        "drops_stream_on_last_tab" => Invariant::HonestGaps,
+        "inflated_first_head" => Invariant::NoSilentLoss,
+        "one_tab_per_user" => Invariant::Liveness,
         _ => return None,
     })
 }

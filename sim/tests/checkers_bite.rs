@@ -218,6 +218,39 @@ fn auth_bites_a_server_that_ignores_token_expiry() {
     bites("ignores_expiry", bugs::ignores_expiry, Invariant::Auth, small(), 20);
 }
 
+#[test]
+fn honest_gaps_bites_a_hub_that_drops_a_stream_still_holding_events() {
+    bites(
+        "drops_stream_on_last_tab",
+        bugs::drops_stream_on_last_tab,
+        Invariant::HonestGaps,
+        tiny(),
+        30,
+    );
+}
+
+#[test]
+fn no_silent_loss_bites_an_inflated_first_welcome_head() {
+    bites(
+        "inflated_first_head",
+        bugs::inflated_first_head,
+        Invariant::NoSilentLoss,
+        tiny(),
+        20,
+    );
+}
+
+#[test]
+fn liveness_bites_a_4009_no_configured_limit_explains() {
+    bites(
+        "one_tab_per_user",
+        bugs::one_tab_per_user,
+        Invariant::Liveness,
+        small(),
+        30,
+    );
+}
+
 /// A fresh directory under the system temp dir (never `seeds/`).
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("herald-bites-{name}-{}", std::process::id()));

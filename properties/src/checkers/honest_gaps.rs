@@ -11,11 +11,19 @@
 //!   event after `after` up to the welcome's head was certainly retained (including the trivial
 //!   case `after == head`).
 //!
-//! A server that answers every resume with a gap fails the last two rules on the first
+//! - a welcome into a *different* epoch than the one resumed, while an event of the resumed
+//!   epoch, created before the connection attempt began, was certainly still retained when the
+//!   welcome arrived: the hub drops a user's stream only once it holds no event and no
+//!   connection (`drop_stream_if_idle`), and a stream lives as long as its server life, so the
+//!   resumed stream still existed and the resume had to be served from it. (`certainly_retained`
+//!   already rules out a restart or crash in between, and every retention limit.)
+//!
+//! A server that answers every resume with a gap fails the last three rules on the first
 //! reconnect that could have been served from retention.
 
-use super::index::{Client, Index};
+use super::index::{Client, Conn, Index, Welcome};
 use super::{t, violation, Category, Invariant, Severity, Violation};
+use crate::history::ResumeSent;
 use crate::history::{DeliveredItem, FrameSeen};
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
@@ -23,6 +31,11 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         for conn in &client.conns {
             let label = Index::conn_label(conn);
             if let (Some(welcome), Some(resume)) = (&conn.welcome, conn.resume) {
+                if resume.epoch != welcome.epoch {
+                    if let Some(v) = dropped_stream(index, client, conn, welcome, resume, &label) {
+                        return Err(v);
+                    }
+                }
                 if resume.epoch == welcome.epoch && !welcome.recovered && resume.after <= welcome.head {
                     let all_retained = (resume.after + 1..=welcome.head)
                         .all(|seq| index.certainly_retained(&client.user, welcome.epoch, seq, welcome.at));
@@ -126,5 +139,40 @@ fn retention_gap(
             t(event.first_call_at)
         ),
         vec![event.first_call_idx, idx],
+    ))
+}
+
+/// A welcome into a new epoch although the resumed epoch's stream certainly still existed: some
+/// event of it, returned by a publish before the connection attempt began (so it existed when
+/// the hub handled the hello), was certainly still retained when the welcome arrived.
+fn dropped_stream(
+    index: &Index<'_>,
+    client: &Client<'_>,
+    conn: &Conn<'_>,
+    welcome: &Welcome<'_>,
+    resume: &ResumeSent,
+    label: &str,
+) -> Option<Violation> {
+    let user = client.user.as_str();
+    let epoch = resume.epoch.as_str();
+    let (&(_, _, seq), &instance) = index
+        .instance_at
+        .range((user, epoch, 0)..=(user, epoch, u64::MAX))
+        .rev()
+        .filter(|(_, &i)| index.instances[i].returned_idx < conn.connecting_idx)
+        .find(|(&(_, _, seq), _)| index.certainly_retained(user, epoch, seq, welcome.at))?;
+    let event = &index.events[index.instances[instance].event];
+    Some(dishonest(
+        format!(
+            "{} resumed epoch {epoch} after seq {} and was welcomed on connection {label} at {} into a new epoch {} (recovered={}), yet the resumed stream still existed: seq {seq} of it ({}, published at {}) was certainly still retained and no server restart came in between",
+            client.describe(),
+            resume.after,
+            t(welcome.at),
+            welcome.epoch,
+            welcome.recovered,
+            event.event_id,
+            t(event.first_call_at)
+        ),
+        vec![event.first_call_idx, conn.connecting_idx, welcome.idx],
     ))
 }

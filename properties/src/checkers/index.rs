@@ -5,10 +5,10 @@
 //! re-deriving them with slightly different assumptions.
 
 use crate::history::{
-    is_ambiguous_failure, DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent,
+    is_ambiguous_failure, ClosedBy, DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent,
 };
 use crate::scenario::{Attack, Scenario, ScenarioConfig, Step, Timeouts};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -587,12 +587,94 @@ impl<'a> Index<'a> {
 
     /// Whether the client's last connection attempt was refused by a configured limit (4009
     /// `too_many_connections`: `connections_per_user_max`, `connections_max`, `users_max`)
-    /// without being welcomed. Such a client is told explicitly why it cannot connect; it is
+    /// without being welcomed, and that limit may really have been reached then (see
+    /// [`Index::limit_plausible`]). Such a client is told explicitly why it cannot connect; it is
     /// not expected to catch up, so loss and liveness do not judge it (an explicit refusal is
-    /// not a silent failure).
+    /// not a silent failure), except for events it should have got before (see
+    /// `no_silent_loss`). A 4009 no limit can explain excuses nothing.
     pub fn refused_by_limit(&self, client: &Client<'_>) -> bool {
         client.conns.last().is_some_and(|conn| {
-            conn.welcome.is_none() && conn.closed.is_some_and(|closed| self.close_code(closed) == Some(4009))
+            conn.welcome.is_none()
+                && conn.closed.is_some_and(|closed| {
+                    self.close_code(closed) == Some(4009) && self.limit_plausible(client, conn, closed)
+                })
+        })
+    }
+
+    /// How long after a client saw a connection end (or began one) the server may still hold
+    /// it: a dead client is noticed by `idle_timeout_ms`, a stuck write by `write_timeout_ms`, a
+    /// silent hello by `hello_timeout_ms`; plus latency both ways, ticks and a second.
+    fn linger_ms(&self) -> u64 {
+        let timeouts = &self.scenario.config.timeouts;
+        timeouts.idle_timeout_ms
+            + timeouts.write_timeout_ms
+            + timeouts.hello_timeout_ms
+            + 2 * self.latency_max_ms
+            + 4 * self.scenario.config.tick_ms
+            + 1000
+    }
+
+    /// Whether a limit may have been reached when the hub refused `refused` (closed at entry
+    /// `closed_idx`): over-approximates what the hub held at some instant between the attempt
+    /// and its close.
+    /// - connections: every attempt (any client, hostile ones included) begun by then and not
+    ///   closed, or closed less than [`Index::linger_ms`] before, except attempts the server
+    ///   itself refused before welcoming them (never registered); the user's own against
+    ///   `connections_per_user_max`, all against `connections_max`;
+    /// - users: every user any attempt or publish named by then, against `users_max`;
+    /// - a gauge sample within two gauge intervals (plus the linger) showing a gauge at its limit.
+    fn limit_plausible(&self, client: &Client<'_>, refused: &Conn<'_>, closed_idx: usize) -> bool {
+        let limits = &self.scenario.config.limits;
+        let from = refused.at;
+        let to = self.at(closed_idx);
+        let linger = self.linger_ms();
+        let mut user_conns = 0u64;
+        let mut all_conns = 0u64;
+        let mut users: FxHashSet<&str> = FxHashSet::default();
+        for c in self.clients.values() {
+            for conn in &c.conns {
+                if conn.connecting_idx == refused.connecting_idx || conn.at > to {
+                    continue;
+                }
+                users.insert(c.user.as_str());
+                let refused_by_server = conn.welcome.is_none()
+                    && conn.closed.is_some_and(|cl| {
+                        self.close_code(cl).is_some()
+                            && matches!(
+                                &self.entries[cl].what,
+                                Observation::Closed {
+                                    by: ClosedBy::Server,
+                                    ..
+                                }
+                            )
+                    });
+                let open = conn.closed.is_none_or(|cl| self.at(cl) + linger >= from);
+                if open && !refused_by_server {
+                    all_conns += 1;
+                    if c.user == client.user {
+                        user_conns += 1;
+                    }
+                }
+            }
+        }
+        for call in self.calls.iter().take_while(|c| c.at <= to) {
+            users.insert(call.user);
+        }
+        if user_conns >= limits.connections_per_user_max
+            || all_conns >= limits.connections_max
+            || users.len() as u64 >= limits.users_max
+        {
+            return true;
+        }
+        let window = 2 * self.scenario.config.gauge_interval_ms + linger;
+        self.gauges.iter().any(|&g| {
+            let at = self.at(g);
+            at + window >= from
+                && at <= to + window
+                && matches!(&self.entries[g].what, Observation::Gauges(sample)
+                    if sample.connections_per_user_max >= limits.connections_per_user_max
+                        || sample.connections >= limits.connections_max
+                        || sample.users >= limits.users_max)
         })
     }
 

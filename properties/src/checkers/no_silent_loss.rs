@@ -16,8 +16,18 @@
 //! arrived (the connection stalled, then the server restarted), can be reported no other way.
 //!
 //! Only decidable when the run reached `End` (after the heal and the quiet period).
+//!
+//! A live client whose last attempt the hub refused by a limit (4009, see
+//! `Index::refused_by_limit`) is not expected to catch up, except for the events it had to get
+//! on a connection that was open and healthy long after they were published.
+//!
+//! The rule above trusts the first welcome's `head` (the client starts after it), so a welcome
+//! may not claim an event that did not exist yet: a welcome of a normal client whose `head` is
+//! at least the seq of an event of its epoch whose first publish call began after the client
+//! had received that welcome is a violation at once (the client's tracker starts past that
+//! event and drops its frame as a duplicate: the application never gets it).
 
-use super::index::{Client, Index};
+use super::index::{liveness_bound_ms, Client, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::DeliveredItem;
 use rustc_hash::FxHashMap;
@@ -122,17 +132,20 @@ pub(super) fn expected(index: &Index<'_>, client: &Client<'_>) -> Vec<usize> {
 }
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
+    if let Some(v) = inflated_head(index) {
+        return Err(v);
+    }
     let Some((end_idx, end_at)) = index.end else {
         return Ok(());
     };
-    for client in index
-        .clients
-        .values()
-        .filter(|c| c.is_live() && !index.refused_by_limit(c))
-    {
+    for client in index.clients.values().filter(|c| c.is_live()) {
+        let refused = index.refused_by_limit(client);
         let coverage = Coverage::new(index, client);
         for instance in expected(index, client) {
             if coverage.covered_by(index, instance).is_some() {
+                continue;
+            }
+            if refused && !due_on_open_connection(index, client, instance) {
                 continue;
             }
             let inst = &index.instances[instance];
@@ -179,4 +192,62 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// Whether instance `instance` had to reach `client` on a connection that was already open
+/// when it was published: the connection was welcomed before the first publish call and stayed
+/// open, with the client's network undisturbed, the server up and the application reading,
+/// until [`liveness_bound_ms`] after the publish returned. A client the hub later refuses by a
+/// limit is still owed such events: the refusal came after they were due.
+fn due_on_open_connection(index: &Index<'_>, client: &Client<'_>, instance: usize) -> bool {
+    let inst = &index.instances[instance];
+    let event = &index.events[inst.event];
+    let deadline = inst.returned_at + liveness_bound_ms(&index.scenario.config.timeouts);
+    let open = client.conns.iter().any(|c| {
+        c.welcome.as_ref().is_some_and(|w| w.idx < event.first_call_idx)
+            && c.closed.is_none_or(|closed| index.at(closed) > deadline)
+    });
+    open && index.end.is_some_and(|(_, end)| end > deadline)
+        && !index.disturbed(client.host, event.first_call_at, deadline)
+        && !client.paused_during(event.first_call_at, deadline)
+}
+
+/// A welcome whose `head` claims an event that did not exist when the welcome was sent: its
+/// first publish call began only after the client had received the welcome.
+fn inflated_head(index: &Index<'_>) -> Option<Violation> {
+    for client in index.clients.values().filter(|c| !c.hostile) {
+        let user = client.user.as_str();
+        for welcome in client.conns.iter().filter_map(|c| c.welcome.as_ref()) {
+            if welcome.user != user || welcome.head == 0 {
+                continue;
+            }
+            let later = index
+                .instance_at
+                .range((user, welcome.epoch, 1)..=(user, welcome.epoch, welcome.head))
+                .map(|(_, &i)| i)
+                .find(|&i| index.events[index.instances[i].event].first_call_idx > welcome.idx);
+            if let Some(instance) = later {
+                let inst = &index.instances[instance];
+                let event = &index.events[inst.event];
+                return Some(violation(
+                    Invariant::NoSilentLoss,
+                    Severity::Critical,
+                    Category::NotificationDelivery,
+                    format!(
+                        "{} was welcomed on connection {} at {} with epoch {} head {}, but seq {} of that epoch ({}) was first published only at {}, after the welcome: the client starts past an event that did not exist yet and never hands it over",
+                        client.describe(),
+                        welcome.connection,
+                        t(welcome.at),
+                        welcome.epoch,
+                        welcome.head,
+                        inst.seq,
+                        event.event_id,
+                        t(event.first_call_at)
+                    ),
+                    vec![welcome.idx, event.first_call_idx, inst.returned_idx],
+                ));
+            }
+        }
+    }
+    None
 }
