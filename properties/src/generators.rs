@@ -580,10 +580,11 @@ fn build_step(
                 0 => Attack::ForgedToken { user },
                 1 => Attack::ExpiredToken { user },
                 2 => Attack::GarbageToken,
-                3 if users > 1 => Attack::ResumeAsOther {
+                3 if users > 1 && p[3] % 4 != 0 => Attack::ResumeAsOther {
                     user,
                     victim: (user + 1 + p[3] % (users - 1)) % users,
                 },
+                3 => Attack::ResumeAfterLastSeq { user },
                 4 => Attack::FrameBeforeHello,
                 5 => Attack::MalformedFrame,
                 6 => Attack::OversizedFrame {
@@ -743,7 +744,9 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
                     return bad("host out of range");
                 }
                 let ok = match attack {
-                    Attack::ForgedToken { user } | Attack::ExpiredToken { user } => user_ok(*user),
+                    Attack::ForgedToken { user }
+                    | Attack::ExpiredToken { user }
+                    | Attack::ResumeAfterLastSeq { user } => user_ok(*user),
                     Attack::ResumeAsOther { user, victim } => user_ok(*user) && user_ok(*victim) && user != victim,
                     Attack::Flood { user, connections } => user_ok(*user) && (1..100).contains(connections),
                     _ => true,

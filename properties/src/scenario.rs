@@ -220,6 +220,10 @@ pub enum Attack {
     /// A valid token for `user` that resumes with `victim`'s epoch and a seq in the victim's
     /// stream: must get only `user`'s own events (or 4004 if the seq is beyond `user`'s head).
     ResumeAsOther { user: u32, victim: u32 },
+    /// A valid token for `user` that resumes after seq 2^64-1 in an epoch the server never had:
+    /// no stream reaches that seq → 4004 (the epoch gap it would start at `after + 1` does not
+    /// exist).
+    ResumeAfterLastSeq { user: u32 },
     /// Sends a `ping` before `hello` → 4004.
     FrameBeforeHello,
     /// Sends a text frame that is not JSON → 4004.

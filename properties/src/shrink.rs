@@ -313,9 +313,10 @@ fn map_users(scenario: &mut Scenario, f: impl Fn(u32) -> u32) {
         match &mut step.step {
             Step::Connect { user, .. } | Step::Publish { user, .. } | Step::Burst { user, .. } => *user = f(*user),
             Step::Hostile { attack, .. } => match attack {
-                Attack::ForgedToken { user } | Attack::ExpiredToken { user } | Attack::Flood { user, .. } => {
-                    *user = f(*user)
-                }
+                Attack::ForgedToken { user }
+                | Attack::ExpiredToken { user }
+                | Attack::ResumeAfterLastSeq { user }
+                | Attack::Flood { user, .. } => *user = f(*user),
                 Attack::ResumeAsOther { user, victim } => {
                     *user = f(*user);
                     *victim = f(*victim);

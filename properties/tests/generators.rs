@@ -132,7 +132,7 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
         }
     }
     assert_eq!(families.len(), StepFamily::ALL.len(), "{families:?}");
-    assert_eq!(attacks.len(), 11, "every attack is generated: {attacks:?}");
+    assert_eq!(attacks.len(), 12, "every attack is generated: {attacks:?}");
     assert!(
         small_limits > 20,
         "small limits are generated sometimes: {small_limits}"

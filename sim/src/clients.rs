@@ -423,6 +423,21 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
                 }),
             )
         }
+        Attack::ResumeAfterLastSeq { user } => {
+            let user = user_name(*user);
+            let token = token_for(&user, ttl_ms, JWT_SECRET);
+            let resume = Resume {
+                epoch: "not-an-epoch".into(),
+                after: u64::MAX,
+            };
+            (
+                user,
+                Some(ClientFrame::Hello {
+                    token,
+                    resume: Some(resume),
+                }),
+            )
+        }
         Attack::Flood { user, .. } => {
             let user = user_name(*user);
             let token = token_for(&user, ttl_ms, JWT_SECRET);

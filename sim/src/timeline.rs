@@ -410,6 +410,9 @@ pub fn step_text(step: &Step) -> String {
                     user_name(*user),
                     user_name(*victim)
                 ),
+                Attack::ResumeAfterLastSeq { user } => {
+                    format!("{} resumes after the largest seq of an unknown epoch", user_name(*user))
+                }
                 Attack::FrameBeforeHello => "frame before hello".into(),
                 Attack::MalformedFrame => "malformed frame".into(),
                 Attack::OversizedFrame { bytes } => format!("oversized frame of {bytes} B"),

@@ -604,9 +604,10 @@ impl Driver<'_> {
                 host_ok(host)?;
                 use herald_properties::scenario::Attack;
                 match attack {
-                    Attack::ForgedToken { user } | Attack::ExpiredToken { user } | Attack::Flood { user, .. } => {
-                        user_ok(user)
-                    }
+                    Attack::ForgedToken { user }
+                    | Attack::ExpiredToken { user }
+                    | Attack::ResumeAfterLastSeq { user }
+                    | Attack::Flood { user, .. } => user_ok(user),
                     Attack::ResumeAsOther { user, victim } => {
                         user_ok(user)?;
                         user_ok(victim)

@@ -88,7 +88,7 @@ fn hostile_conn(
     let expected: &[u16] = match attack {
         Attack::ForgedToken { .. } | Attack::GarbageToken => &[4001],
         Attack::ExpiredToken { .. } => &[4002],
-        Attack::FrameBeforeHello | Attack::MalformedFrame => &[4004],
+        Attack::FrameBeforeHello | Attack::MalformedFrame | Attack::ResumeAfterLastSeq { .. } => &[4004],
         Attack::OversizedFrame { .. } => &[4004, 1009],
         Attack::SilentHello => &[4008],
         // Valid tokens: judged by isolation and by `floods`.
