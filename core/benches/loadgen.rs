@@ -94,7 +94,8 @@ enum Scenario {
     /// byte at a time), against the process servers: does the server end them, how soon, and
     /// do users still connect meanwhile.
     Stalled,
-    /// All of the above.
+    /// All of the above, in this order (with stalled among them, the herald binary gets the
+    /// stalled scenario's request deadline in every scenario: see --http-request-timeout-ms).
     All,
 }
 
@@ -236,6 +237,7 @@ fn main() {
             Scenario::Peak,
             Scenario::Burst,
             Scenario::Resume,
+            Scenario::Stalled,
         ];
     }
     if cli.scenario.contains(&Scenario::Stalled) && cli.http_request_timeout_ms.is_none() {
