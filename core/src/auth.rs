@@ -150,19 +150,34 @@ impl fmt::Debug for TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// A verifier for HS256 tokens signed with `secret`.
+    /// A verifier for HS256 tokens signed with `secret`, whatever their `aud`.
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_audience(secret, None)
+    }
+
+    /// A verifier for HS256 tokens signed with `secret`. With `audience`, a token must also
+    /// name it in `aud` (a string or a list): for a secret shared with other services, whose
+    /// tokens must not open a Herald connection. Without, `aud` is not read.
+    pub fn with_audience(secret: &[u8], audience: Option<&str>) -> Self {
         install_hmac_provider();
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` is compared with the injected clock in `verify`, never the system clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        // Tokens from an identity provider often carry `aud`; the secret is Herald's alone, so
-        // the signature already says who the token is for (jsonwebtoken refuses any `aud`
-        // unless told which to expect).
-        validation.validate_aud = false;
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["sub", "exp"]);
+        match audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.set_required_spec_claims(&["sub", "exp", "aud"]);
+            }
+            None => {
+                // Tokens from an identity provider often carry `aud`; with a secret that is
+                // Herald's alone the signature already says who the token is for (jsonwebtoken
+                // refuses any `aud` unless told which to expect).
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["sub", "exp"]);
+            }
+        }
         TokenVerifier {
             key: DecodingKey::from_secret(secret),
             validation,
@@ -187,10 +202,23 @@ impl TokenVerifier {
 /// Mints an HS256 token for `user` expiring at `exp_unix_secs`. Used by `herald token`, tests
 /// and the simulation; production deployments usually mint tokens in their own auth service.
 pub fn mint_token(secret: &[u8], user: &str, exp_unix_secs: u64) -> String {
+    mint_token_for_audience(secret, user, exp_unix_secs, None)
+}
+
+/// [`mint_token`] with an `aud` claim, for a server run with a token audience.
+pub fn mint_token_for_audience(secret: &[u8], user: &str, exp_unix_secs: u64, audience: Option<&str>) -> String {
+    #[derive(Serialize)]
+    struct Minted<'a> {
+        sub: &'a str,
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'a str>,
+    }
     install_hmac_provider();
-    let claims = Claims {
-        sub: user.to_string(),
+    let claims = Minted {
+        sub: user,
         exp: exp_unix_secs,
+        aud: audience,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -285,6 +313,44 @@ mod tests {
                 exp: 10
             })
         );
+    }
+
+    #[test]
+    fn a_configured_audience_must_be_named_in_aud() {
+        install_hmac_provider(); // before the direct `jsonwebtoken::encode` calls below
+        #[derive(Serialize)]
+        struct WithAud<'a, A: Serialize> {
+            sub: &'a str,
+            exp: u64,
+            aud: A,
+        }
+        let key = EncodingKey::from_secret(b"s");
+        let header = Header::new(Algorithm::HS256);
+        let herald = TokenVerifier::with_audience(b"s", Some("herald"));
+        let token = |aud: serde_json::Value| {
+            jsonwebtoken::encode(
+                &header,
+                &WithAud {
+                    sub: "alice",
+                    exp: 10,
+                    aud,
+                },
+                &key,
+            )
+            .unwrap()
+        };
+        assert!(herald.verify(&token(serde_json::json!("herald")), 0).is_ok());
+        assert!(herald.verify(&token(serde_json::json!(["chat", "herald"])), 0).is_ok());
+        let other = herald.verify(&token(serde_json::json!("billing")), 0);
+        assert!(matches!(other, Err(AuthError::Invalid(_))), "{other:?}");
+        let minted = mint_token_for_audience(b"s", "alice", 10, Some("herald"));
+        assert!(herald.verify(&minted, 0).is_ok());
+        let none = herald.verify(&mint_token(b"s", "alice", 10), 0);
+        assert!(matches!(none, Err(AuthError::Invalid(_))), "{none:?}");
+        // Without a configured audience any `aud` (or none) is fine.
+        assert!(TokenVerifier::new(b"s")
+            .verify(&token(serde_json::json!("billing")), 0)
+            .is_ok());
     }
 
     #[test]

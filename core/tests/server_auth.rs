@@ -157,3 +157,22 @@ async fn silent_client_is_closed_with_idle_timeout() {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     expect_error_close(&mut ws, ErrorCode::IdleTimeout).await;
 }
+
+#[tokio::test]
+async fn with_a_token_audience_only_tokens_naming_it_connect() {
+    let mut config = test_config();
+    config.token_audience = Some("herald".into());
+    let server = start(config, 9).await;
+    let exp = UNIX_MS_BASE / 1000 + 3_600;
+    let for_billing = herald_core::auth::mint_token_for_audience(SECRET, "alice", exp, Some("billing"));
+    for token in [mint_token(SECRET, "alice", exp), for_billing] {
+        let mut ws = ws_connect(&server).await;
+        send_hello(&mut ws, &token, None).await;
+        let message = expect_error_close(&mut ws, ErrorCode::AuthFailed).await;
+        assert!(message.to_lowercase().contains("aud"), "{message}");
+    }
+    let mut ws = ws_connect(&server).await;
+    let for_herald = herald_core::auth::mint_token_for_audience(SECRET, "alice", exp, Some("herald"));
+    send_hello(&mut ws, &for_herald, None).await;
+    assert_eq!(expect_welcome(&mut ws).await.user, "alice");
+}

@@ -10,7 +10,7 @@
 //! start-up, to seed the server's clock base and id generator.
 
 use clap::{Args, Parser, Subcommand};
-use herald_core::auth::mint_token;
+use herald_core::auth::mint_token_for_audience;
 use herald_core::clock::TokioClock;
 use herald_core::hub::HubConfig;
 use herald_core::rng::SeededRng;
@@ -90,6 +90,10 @@ struct ServeArgs {
     /// Bearer key for the HTTP publish API.
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Audience a client token must name in `aud` (unset: `aud` is not checked). For a JWT
+    /// secret shared with other services.
+    #[arg(long, env = "HERALD_TOKEN_AUDIENCE")]
+    token_audience: Option<String>,
     /// Generate the JWT secret and API key (unless given) and print them with a sample curl.
     #[arg(long)]
     dev: bool,
@@ -160,6 +164,9 @@ struct TokenArgs {
     /// HS256 secret (the server's HERALD_JWT_SECRET).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     secret: String,
+    /// `aud` claim (the server's HERALD_TOKEN_AUDIENCE, if it has one).
+    #[arg(long, env = "HERALD_TOKEN_AUDIENCE")]
+    audience: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -175,7 +182,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Token(args) => {
             let exp = unix_ms_now() / 1000 + args.ttl;
-            println!("{}", mint_token(args.secret.as_bytes(), &args.user, exp));
+            let audience = args.audience.as_deref();
+            println!(
+                "{}",
+                mint_token_for_audience(args.secret.as_bytes(), &args.user, exp, audience)
+            );
             ExitCode::SUCCESS
         }
         Command::Serve(args) => match serve(*args) {
@@ -207,7 +218,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     config.validate()?;
     fit_sockets_to_file_limit(&mut config);
     if args.dev {
-        print_dev_banner(&args.listen, &jwt_secret, &api_key);
+        print_dev_banner(&args.listen, &jwt_secret, &api_key, args.token_audience.as_deref());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -272,6 +283,7 @@ fn server_config(args: &ServeArgs, jwt_secret: String, api_key: String) -> Serve
     config.frame_bytes_max = args.frame_bytes_max;
     config.tick_interval_ms = args.tick_interval_ms;
     config.ws_read_buffer_bytes = args.ws_read_buffer_bytes;
+    config.token_audience = args.token_audience.clone();
     config
 }
 
@@ -335,8 +347,8 @@ fn defaults() -> ServerConfig {
     ServerConfig::new(Vec::new(), String::new())
 }
 
-fn print_dev_banner(listen: &SocketAddr, jwt_secret: &str, api_key: &str) {
-    let token = mint_token(jwt_secret.as_bytes(), "alice", unix_ms_now() / 1000 + 3600);
+fn print_dev_banner(listen: &SocketAddr, jwt_secret: &str, api_key: &str, audience: Option<&str>) {
+    let token = mint_token_for_audience(jwt_secret.as_bytes(), "alice", unix_ms_now() / 1000 + 3600, audience);
     println!("herald dev mode — do not use these secrets in production");
     println!();
     println!("  export HERALD_JWT_SECRET={jwt_secret}");

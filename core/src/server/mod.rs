@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub ws_read_buffer_bytes: usize,
     /// HS256 secret for hello tokens.
     pub jwt_secret: Vec<u8>,
+    /// When set, a hello token must name this audience in `aud` (refused with 4001
+    /// otherwise): for a secret shared with other services. `None` ignores `aud`.
+    pub token_audience: Option<String>,
     /// Bearer key for the HTTP publish API.
     pub api_key: String,
 }
@@ -86,6 +89,7 @@ impl fmt::Debug for ServerConfig {
             .field("tick_interval_ms", &self.tick_interval_ms)
             .field("ws_read_buffer_bytes", &self.ws_read_buffer_bytes)
             .field("jwt_secret", &"<redacted>")
+            .field("token_audience", &self.token_audience)
             .field("api_key", &"<redacted>")
             .finish()
     }
@@ -106,6 +110,7 @@ impl ServerConfig {
             tick_interval_ms: 1_000,
             ws_read_buffer_bytes: 1024,
             jwt_secret,
+            token_audience: None,
             api_key,
         }
     }
@@ -119,6 +124,9 @@ impl ServerConfig {
         }
         if self.api_key.is_empty() {
             return Err("api_key must not be empty".into());
+        }
+        if self.token_audience.as_deref() == Some("") {
+            return Err("token_audience must not be empty (leave it unset to ignore aud)".into());
         }
         let positive = [
             ("hello_timeout_ms", self.hello_timeout_ms),
@@ -371,7 +379,7 @@ impl Server {
     pub fn new(config: ServerConfig, clock: Arc<dyn Clock>, rng: SeededRng) -> Result<Server, String> {
         config.validate()?;
         let hub = Hub::new(config.hub.clone(), rng)?;
-        let verifier = TokenVerifier::new(&config.jwt_secret);
+        let verifier = TokenVerifier::with_audience(&config.jwt_secret, config.token_audience.as_deref());
         let (shutdown, _) = watch::channel(false);
         Ok(Server {
             shared: Arc::new(Shared {
