@@ -8,6 +8,7 @@
 use crate::scenario::Step;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 
 /// The whole observed run. Serialized canonically (field order fixed by the types, no maps
 /// with random order), so [`History::digest`] is stable across runs, processes and builds.
@@ -100,10 +101,83 @@ pub enum FrameSeen {
         code: String,
         message: String,
     },
-    /// A frame the client could not parse (text kept, truncated to 200 bytes).
+    /// A frame the client could not parse (or a binary frame, read as lossy UTF-8): its text
+    /// truncated to [`UNPARSED_TEXT_BYTES_MAX`] bytes, and the [`Markers`] scanned from the whole
+    /// of it before truncation. Build it with [`FrameSeen::unparsed`].
     Unparsed {
         text: String,
+        #[serde(default, skip_serializing_if = "Markers::is_empty")]
+        markers: Markers,
     },
+}
+
+/// How much of an unparsed frame's text the history keeps.
+pub const UNPARSED_TEXT_BYTES_MAX: usize = 200;
+
+impl FrameSeen {
+    /// An unparsed frame as the history records it: the text truncated, the markers of the
+    /// whole text kept.
+    pub fn unparsed(text: &str) -> FrameSeen {
+        let mut end = text.len().min(UNPARSED_TEXT_BYTES_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        FrameSeen::Unparsed {
+            text: text[..end].to_string(),
+            markers: Markers::scan(text),
+        }
+    }
+}
+
+/// The prefix of the per-user secret the publisher puts in every event's data
+/// (`"secret":"secret-of-<user>"`): seeing it on a connection of another user is a leak.
+pub const SECRET_PREFIX: &str = "secret-of-";
+
+/// Traces of users' data in a text that is not a frame the checkers can read field by field (an
+/// unparsed or binary frame, an error message, a close reason): the users whose secret
+/// ([`SECRET_PREFIX`]) or name (`"user":"<user>"`, as event data and welcomes spell it) appears,
+/// and the event ids (`"id":"<id>"`) that appear, JSON-escaped (`\"user\":\"`) or not. Only
+/// whole names count: one the text goes on after (a frame cut at `secret-of-u1` may have been
+/// `u12`'s). Sets, so the history stays deterministic.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Markers {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub users: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub event_ids: BTreeSet<String>,
+}
+
+impl Markers {
+    /// Scans all of `text`.
+    pub fn scan(text: &str) -> Markers {
+        const USER: [&str; 3] = [SECRET_PREFIX, r#""user":""#, r#"\"user\":\""#];
+        const EVENT_ID: [&str; 2] = [r#""id":""#, r#"\"id\":\""#];
+        let mut markers = Markers::default();
+        for (patterns, into) in [(&USER[..], &mut markers.users), (&EVENT_ID[..], &mut markers.event_ids)] {
+            for pattern in patterns {
+                let mut rest = text;
+                while let Some(at) = rest.find(pattern) {
+                    rest = &rest[at + pattern.len()..];
+                    let len = rest.bytes().take_while(|&b| is_id_byte(b)).count();
+                    if len > 0 && len < rest.len() {
+                        into.insert(rest[..len].to_string());
+                    }
+                    rest = &rest[len..];
+                }
+            }
+        }
+        markers
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.event_ids.is_empty()
+    }
+}
+
+/// The bytes of a user id or event id (the protocol's `validate_id`: ASCII letters, digits and
+/// `-_.:@`).
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@')
 }
 
 /// The `reason` a hostile socket that never finished an HTTP request records when the server
@@ -283,6 +357,27 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_are_scanned_from_the_whole_text_and_only_whole_names_count() {
+        let pad = "x".repeat(500);
+        let frame = format!(
+            r#"{{"type":"event","seq":1,"data":{{"id":"e-7","pad":"{pad}","secret":"secret-of-u12","user":"u12"}}}}{{"type":"ev"#
+        );
+        let FrameSeen::Unparsed { text, markers } = FrameSeen::unparsed(&frame) else {
+            unreachable!()
+        };
+        assert_eq!(text.len(), UNPARSED_TEXT_BYTES_MAX);
+        assert!(!text.contains("u12"), "the name is past the truncation");
+        assert_eq!(markers.users, BTreeSet::from(["u12".to_string()]));
+        assert_eq!(markers.event_ids, BTreeSet::from(["e-7".to_string()]));
+        // Escaped inside a string; a name cut by the end of the text; a pong's numeric id.
+        let markers = Markers::scan(r#"{"message":"{\"id\":\"e-3\",\"user\":\"u4\"}"} secret-of-u1"#);
+        assert_eq!(markers.users, BTreeSet::from(["u4".to_string()]));
+        assert_eq!(markers.event_ids, BTreeSet::from(["e-3".to_string()]));
+        assert!(Markers::scan(r#"{"type":"pong","id":3}"#).is_empty());
+        assert!(Markers::scan(r#"{"user":"?"}"#).is_empty());
+    }
 
     #[test]
     fn digest_is_stable_and_sensitive() {

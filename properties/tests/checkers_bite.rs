@@ -1083,3 +1083,190 @@ fn bounded_resources_fires_when_a_stalled_socket_outlives_its_request_deadline()
         Category::PerformanceLoad,
     );
 }
+
+// ------------------------------------------- isolation: data in frames that do not parse
+
+use herald_properties::history::{FrameSeen, Observation};
+
+/// An event frame as the server encodes it, `data` keys in `serde_json`'s order.
+fn event_frame_text(seq: u64, event_id: &str, user: &str, pad_bytes: usize) -> String {
+    format!(
+        r#"{{"type":"event","seq":{seq},"run":"run-0","kind":"tool_executing","data":{{"id":"{event_id}","pad":"{}","secret":"secret-of-{user}","user":"{user}"}}}}"#,
+        "x".repeat(pad_bytes)
+    )
+}
+
+#[test]
+fn isolation_fires_on_another_users_data_in_a_frame_that_does_not_parse() {
+    // A shared buffer glued u1's event (1 KB of padding before its secret and user) after u0's
+    // own: the text does not parse, and the 200 bytes the history keeps show neither u1 nor its
+    // secret. Only the markers scanned from the whole frame do.
+    let (scenario, mut b) = base();
+    b.at(100);
+    let own = b.publish_ok("u0", "E0", 1);
+    let other = b.publish_ok("u1", "E1", 1);
+    b.deliver(1, "E1", 1);
+    let glued = event_frame_text(1, &own, "u0", 1000) + &event_frame_text(1, &other, "u1", 1000);
+    let frame = FrameSeen::unparsed(&glued);
+    let FrameSeen::Unparsed { text, .. } = &frame else {
+        unreachable!()
+    };
+    assert!(!text.contains("u1") && !text.contains(&other), "truncated: {text}");
+    b.at(120);
+    let leaked = b.frame(0, frame);
+    b.deliver(0, "E0", 1);
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
+    let v = check(Invariant::Isolation, &scenario, &history).unwrap_err();
+    assert_eq!(v.evidence[0], leaked, "{v}");
+    assert!(
+        v.explanation.contains("unparsed") && v.explanation.contains("u1") && v.explanation.contains("client 0"),
+        "{v}"
+    );
+
+    // Near miss: the same glued frame made of u0's own events is no leak.
+    let (scenario, mut b) = base();
+    b.at(100);
+    let first = b.publish_ok("u0", "E0", 1);
+    let second = b.publish_ok("u0", "E0", 2);
+    let glued = event_frame_text(1, &first, "u0", 1000) + &event_frame_text(2, &second, "u0", 1000);
+    b.at(120);
+    b.frame(0, FrameSeen::unparsed(&glued));
+    b.deliver(0, "E0", 1);
+    b.deliver(0, "E0", 2);
+    let history = finish(&mut b, 1000);
+    assert!(check(Invariant::Isolation, &scenario, &history).is_ok());
+}
+
+#[test]
+fn isolation_fires_on_another_users_data_in_an_error_frame_or_a_close_reason() {
+    // An event id of u1's in an error message sent to u0's connection.
+    let (scenario, mut b) = base();
+    b.at(100);
+    let other = b.publish_ok("u1", "E1", 1);
+    b.deliver(1, "E1", 1);
+    b.at(120);
+    b.frame(
+        0,
+        FrameSeen::Error {
+            code: "bad_frame".into(),
+            message: format!(r#"could not send {{"id":"{other}","pad":"xx"}}"#),
+        },
+    );
+    let history = finish(&mut b, 1000);
+    assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
+
+    // u1's secret in the reason of the close frame that ended u0's connection.
+    let (scenario, mut b) = base();
+    b.at(120);
+    b.record(Observation::Closed {
+        client: 0,
+        user: "u0".into(),
+        code: Some(1011),
+        by: ClosedBy::Server,
+        reason: r#"internal error near "secret-of-u1""#.into(),
+        hostile: false,
+    });
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E0", 0, true);
+    let history = finish(&mut b, 1000);
+    let v = check(Invariant::Isolation, &scenario, &history).expect_err("the close reason carries u1's secret");
+    assert!(v.explanation.contains("close reason"), "{v}");
+
+    // Near miss: u0's own name in its own close reason.
+    let (scenario, mut b) = base();
+    b.at(120);
+    b.record(Observation::Closed {
+        client: 0,
+        user: "u0".into(),
+        code: Some(1011),
+        by: ClosedBy::Server,
+        reason: r#"internal error near "secret-of-u0""#.into(),
+        hostile: false,
+    });
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E0", 0, true);
+    let history = finish(&mut b, 1000);
+    assert!(check(Invariant::Isolation, &scenario, &history).is_ok());
+}
+
+// ---------------------------------------------------------------- liveness: prompt delivery
+
+/// Client 0 connected on a clean link; u0's event 1 is published at 1 s and its frame arrives
+/// at `arrives_at` (before the heal at 40 s). `extra` steps are applied at the start.
+fn late_live_event(extra: Vec<Step>, pause_ms: Option<u64>, arrives_at: u64) -> (Scenario, History, String) {
+    let (scenario, mut b) = base_with(extra);
+    if let Some(duration_ms) = pause_ms {
+        b.at(900);
+        b.record(herald_properties::history::Observation::Paused { client: 0, duration_ms });
+    }
+    b.at(1_000);
+    let id = b.publish_ok("u0", "E0", 1);
+    b.at(arrives_at);
+    b.deliver(0, "E0", 1);
+    let history = finish(&mut b, 40_000);
+    (scenario, history, id)
+}
+
+#[test]
+fn liveness_fires_when_a_live_event_arrives_late_on_a_clean_link() {
+    // Nothing disturbed the link and the connection stayed open: 30 s is not prompt, even
+    // though it is long before the heal.
+    let (scenario, history, id) = late_live_event(vec![], None, 31_000);
+    assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+    let v = check(Invariant::Liveness, &scenario, &history).unwrap_err();
+    for part in ["client 0", id.as_str(), "t=1.000s", "deadline t=2."] {
+        assert!(v.explanation.contains(part), "{part}: {v}");
+    }
+    // Within the bound (X = 4·20 + 10·10 + 1000 ms for the default config) it passes.
+    let (scenario, history, _) = late_live_event(vec![], None, 2_100);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn liveness_fires_on_a_stalled_live_path_even_when_a_restart_comes_later() {
+    // The event was never sent on the healthy connection; 20 s later the server restarts and
+    // the honest epoch gap covers it, so loss is satisfied: promptness is not.
+    let (scenario, mut b) = base();
+    b.at(1_000);
+    b.publish_ok("u0", "E0", 1);
+    b.at(20_000);
+    b.server_stopped(0, "crash");
+    b.closed(0, None, ClosedBy::Network);
+    b.closed(1, None, ClosedBy::Network);
+    b.server_started(1);
+    b.at(20_300);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E0b", 0, false);
+    b.gap(0, "E0", 1, None, "epoch");
+    b.connect(1, Some(("E1", 0)), "E1b", 0, false);
+    let history = finish(&mut b, 21_000);
+    assert!(check(Invariant::NoSilentLoss, &scenario, &history).is_ok());
+    assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+}
+
+#[test]
+fn liveness_near_miss_the_same_delay_during_a_partition_or_a_pause() {
+    // The client's host is partitioned until the heal: the frame may wait.
+    let (scenario, history, _) = late_live_event(vec![Step::Partition { host: 0 }], None, 31_000);
+    assert_clean(&scenario, &history);
+    // The application stopped reading for 35 s: the socket pushed back.
+    let (scenario, history, _) = late_live_event(vec![], Some(35_000), 31_000);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn liveness_near_miss_a_publish_answered_after_a_fresh_welcome_that_already_counts_it() {
+    // Applied just before the fresh welcome (head 1) of client 2, u0's second tab, answered
+    // just after it: that tab subscribed from head 1 on and is owed nothing of seq 1.
+    let (scenario, mut b) = base_with(vec![connect(2, 0)]);
+    b.at(100);
+    let id = b.publish_called("u0", Via::Notifier, 10);
+    b.at(200);
+    b.connect(2, None, "E0", 1, false);
+    b.at(250);
+    b.published(&id, "E0", 1, false);
+    b.deliver(0, "E0", 1);
+    let history = finish(&mut b, 40_000);
+    assert_clean(&scenario, &history);
+}

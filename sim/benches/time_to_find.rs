@@ -55,6 +55,8 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "drops_stream_on_last_tab" => Invariant::HonestGaps,
         "inflated_first_head" => Invariant::NoSilentLoss,
         "one_tab_per_user" => Invariant::Liveness,
+        "concatenated_frames" => Invariant::Isolation,
+        "delayed_live_flush" => Invariant::Liveness,
         _ => return None,
     })
 }

@@ -222,7 +222,8 @@ impl ClientObserver for Observer {
 fn frame_seen(frame: &ClientFrameReceived<'_>) -> FrameSeen {
     match frame {
         ClientFrameReceived::Parsed(frame) => summarize(frame),
-        ClientFrameReceived::Unparsed(text) => FrameSeen::Unparsed { text: truncate(text) },
+        // The library hands binary frames over as lossy UTF-8 too; the markers cover all of it.
+        ClientFrameReceived::Unparsed(text) => FrameSeen::unparsed(text),
     }
 }
 
@@ -265,14 +266,6 @@ fn summarize(frame: &ServerFrame) -> FrameSeen {
             message: message.clone(),
         },
     }
-}
-
-fn truncate(text: &str) -> String {
-    let mut end = text.len().min(200);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 fn delivered(item: &Item) -> DeliveredItem {
@@ -524,7 +517,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
             Ok(Some(Ok(Message::Text(text)))) => {
                 let frame = match serde_json::from_str::<ServerFrame>(&text) {
                     Ok(frame) => summarize(&frame),
-                    Err(_) => FrameSeen::Unparsed { text: truncate(&text) },
+                    Err(_) => FrameSeen::unparsed(&text),
                 };
                 let connection = match &frame {
                     FrameSeen::Welcome { connection, .. } => Some(connection.clone()),
@@ -535,6 +528,16 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
                     user: user.clone(),
                     connection,
                     frame,
+                    hostile: true,
+                });
+            }
+            // The real server sends no binary frames; a broken one might, with anyone's bytes.
+            Ok(Some(Ok(Message::Binary(bytes)))) => {
+                ctx.recorder.record(Observation::FrameReceived {
+                    client,
+                    user: user.clone(),
+                    connection: None,
+                    frame: FrameSeen::unparsed(&String::from_utf8_lossy(&bytes)),
                     hostile: true,
                 });
             }

@@ -7,7 +7,7 @@ use crate::recorder::Recorder;
 use crate::server_under_test::Publish;
 use crate::world::user_name;
 use herald_core::protocol::EventKind;
-use herald_properties::history::{is_ambiguous_failure, Observation, PublishOutcome};
+use herald_properties::history::{is_ambiguous_failure, Observation, PublishOutcome, SECRET_PREFIX};
 use herald_properties::scenario::{Kind, Timeouts, Via};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,10 +118,13 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
     }
 }
 
-/// An event's `data`: its id, the intended user and a per-user secret (which the isolation
-/// checker looks for in other users' frames), padded to the step's size. The HTTP path sends it
-/// as text (ids are plain ASCII, see `validate_id`), the notifier path as the `Value` an
-/// application would hand the bridge; both spell the same JSON, keys in `serde_json`'s order.
+/// An event's `data`: its id, the intended user and a per-user secret ([`SECRET_PREFIX`] + user),
+/// padded to the step's size. The isolation checker looks for these markers
+/// (`herald_properties::history::Markers`) of another user in every frame a client cannot read
+/// field by field: unparsed and binary frames (scanned whole by the client before the history
+/// truncates them), error messages and close reasons. The HTTP path sends it as text (ids are
+/// plain ASCII, see `validate_id`), the notifier path as the `Value` an application would hand
+/// the bridge; both spell the same JSON, keys in `serde_json`'s order.
 struct EventData<'a> {
     event_id: &'a str,
     user: &'a str,
@@ -133,7 +136,7 @@ impl EventData<'_> {
         serde_json::json!({
             "id": self.event_id,
             "user": self.user,
-            "secret": format!("secret-of-{}", self.user),
+            "secret": format!("{SECRET_PREFIX}{}", self.user),
             "pad": "x".repeat(self.pad_bytes),
         })
     }
@@ -146,7 +149,7 @@ impl EventData<'_> {
         let mut body = String::with_capacity(self.pad_bytes + 160);
         let _ = write!(body, r#"{{"data":{{"id":"{id}","pad":""#);
         body.push_str(&"x".repeat(self.pad_bytes));
-        let _ = write!(body, r#"","secret":"secret-of-{user}","user":"{user}"}}"#);
+        let _ = write!(body, r#"","secret":"{SECRET_PREFIX}{user}","user":"{user}"}}"#);
         if let Some(key) = idempotency_key {
             let _ = write!(body, r#","idempotency_key":"{key}""#);
         }
@@ -358,6 +361,7 @@ fn parse_response(response: &[u8]) -> PublishOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_properties::history::Markers;
 
     #[test]
     fn the_http_body_is_the_json_of_the_value() {
@@ -366,6 +370,13 @@ mod tests {
             user: "u3",
             pad_bytes: 5,
         };
+        let markers = Markers::scan(&data.value().to_string());
+        assert_eq!(
+            markers.users.iter().collect::<Vec<_>>(),
+            ["u3"],
+            "the secret and the user name it"
+        );
+        assert_eq!(markers.event_ids.iter().collect::<Vec<_>>(), ["e-12"]);
         for key in [None, Some("e-12")] {
             let mut expected = serde_json::json!({ "run": "run-0", "kind": "tool_executing", "data": data.value() });
             if let Some(key) = key {

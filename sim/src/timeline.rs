@@ -328,7 +328,11 @@ fn frame_text(frame: &FrameSeen) -> String {
         } => format!("gap {from}..{} ({}) reason {reason}", range_end(*to), short(epoch)),
         FrameSeen::Pong { id } => format!("pong {id}"),
         FrameSeen::Error { code, message } => format!("error {code}: {message}"),
-        FrameSeen::Unparsed { text } => format!("unparsed frame {text:?}"),
+        FrameSeen::Unparsed { text, markers } if !markers.is_empty() => format!(
+            "unparsed frame {text:?} carrying users {:?} events {:?}",
+            markers.users, markers.event_ids
+        ),
+        FrameSeen::Unparsed { text, .. } => format!("unparsed frame {text:?}"),
     }
 }
 

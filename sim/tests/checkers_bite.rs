@@ -328,3 +328,39 @@ fn a_saved_seed_of_a_broken_server_replays_and_would_fail_cargo_test() {
     assert!(!seeds.exists(), "{} must not be written by this test", seeds.display());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn isolation_bites_concatenated_frames_that_do_not_parse() {
+    // Another user's event glued to a frame: the client cannot parse it, yet it received the
+    // other user's secret. Only the markers scanned from the whole frame show the leak.
+    let found = bites(
+        "concatenated_frames",
+        bugs::concatenated_frames,
+        Invariant::Isolation,
+        small(),
+        20,
+    );
+    assert!(
+        found.shrunk_violation.explanation.contains("unparsed"),
+        "{}",
+        found.shrunk_violation
+    );
+}
+
+#[test]
+fn liveness_bites_live_events_delivered_seconds_late_on_a_clean_link() {
+    // Nothing is lost (every frame arrives before the world ends): only the prompt-delivery
+    // rule, which demands delivery before the heal on an undisturbed link, sees the delay.
+    let found = bites(
+        "delayed_live_flush",
+        bugs::delayed_live_flush,
+        Invariant::Liveness,
+        tiny(),
+        30,
+    );
+    assert!(
+        found.shrunk_violation.explanation.contains("deadline"),
+        "{}",
+        found.shrunk_violation
+    );
+}

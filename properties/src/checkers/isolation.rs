@@ -11,11 +11,17 @@
 //!   epoch the *client* sent in its resume, so for hostile clients (who resume with a victim's
 //!   epoch on purpose) only welcomes count;
 //! - a hostile client whose token is invalid (forged, expired, garbage) receiving any welcome
-//!   or event at all — it has no user, so anything it gets belongs to someone.
+//!   or event at all — it has no user, so anything it gets belongs to someone;
+//! - another user's data in what a client cannot read field by field: an unparsed or binary
+//!   frame (the [`Markers`] the client scanned from its whole text, which the history keeps
+//!   only the start of), an error frame's message or a close reason (kept whole, scanned here).
+//!   A marker is a user's secret or name, or the id of an event published for that user, as the
+//!   publisher writes them; for an invalid token any user's marker counts. A shared buffer that
+//!   glues or corrupts frames leaks in frames that no longer parse.
 
 use super::index::{Client, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::{DeliveredItem, FrameSeen};
+use crate::history::{DeliveredItem, FrameSeen, Markers, Observation};
 use crate::scenario::Attack;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
@@ -40,6 +46,16 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
                 if let Some(v) = check_frame(index, client, &label, idx, invalid_token) {
                     record(v);
                     break;
+                }
+            }
+            if let Some(idx) = conn.closed {
+                if let Observation::Closed { reason, .. } = &index.entries[idx].what {
+                    let markers = Markers::scan(reason);
+                    if let Some(v) =
+                        foreign_markers(index, client, &label, idx, &markers, "the close reason", invalid_token)
+                    {
+                        record(v);
+                    }
                 }
             }
         }
@@ -136,8 +152,47 @@ fn check_frame(
             }
             foreign_epoch(index, client, epoch, idx, "gap")
         }
-        FrameSeen::Pong { .. } | FrameSeen::Error { .. } | FrameSeen::Unparsed { .. } => None,
+        FrameSeen::Unparsed { markers, .. } => {
+            foreign_markers(index, client, label, idx, markers, "an unparsed frame", invalid_token)
+        }
+        FrameSeen::Error { message, .. } => {
+            let markers = Markers::scan(message);
+            foreign_markers(index, client, label, idx, &markers, "an error frame", invalid_token)
+        }
+        FrameSeen::Pong { .. } => None,
     }
+}
+
+/// Another user's marker in `what` (an unparsed frame, an error frame, a close reason) that
+/// reached connection `label` of `client`; with an invalid token, any user's.
+fn foreign_markers(
+    index: &Index<'_>,
+    client: &Client<'_>,
+    label: &str,
+    idx: usize,
+    markers: &Markers,
+    what: &str,
+    invalid_token: bool,
+) -> Option<Violation> {
+    let foreign = |user: &str| invalid_token || user != client.user;
+    let (who, at) = (client.describe(), t(index.at(idx)));
+    if let Some(owner) = markers.users.iter().find(|user| foreign(user)) {
+        return Some(leak(
+            format!("{what} received on connection {label} of {who} at {at} carries user {owner}'s data (their secret or name)"),
+            vec![idx],
+        ));
+    }
+    markers.event_ids.iter().find_map(|id| {
+        let event = index.event(id).filter(|event| foreign(event.user))?;
+        Some(leak(
+            format!(
+                "{what} received on connection {label} of {who} at {at} carries event {id} for user {} (published at {})",
+                event.user,
+                t(event.first_call_at)
+            ),
+            vec![idx, event.first_call_idx],
+        ))
+    })
 }
 
 fn foreign_epoch(index: &Index<'_>, client: &Client<'_>, epoch: &str, idx: usize, what: &str) -> Option<Violation> {

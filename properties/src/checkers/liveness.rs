@@ -11,14 +11,31 @@
 //! - every publish attempt returns within `publish_timeout_ms + 1000` of its call (a missing
 //!   return counts once `End` is past that deadline).
 //!
-//! Before the heal a partition may legitimately keep a client away, so nothing is demanded.
+//! Before the heal a partition may legitimately keep a client away, so nothing of the above is
+//! demanded then. But a link that is *not* disturbed owes prompt delivery at any time:
+//! - prompt delivery: when a normal client holds a welcomed connection into epoch E, and a
+//!   publish returns a position `(E, seq)` of its user after that welcome (and after the
+//!   client's resume point in E, or, without one, after the welcome's head), then with P the
+//!   time of that return and D = P + X ([`prompt_bound_ms`]) the event's frame, or a gap frame
+//!   of E covering `seq`, arrives on that connection by D, unless something a correct server may
+//!   be slowed by happened around it: the connection closed by D (4003 slow consumer, token
+//!   expiry, kill, shutdown, ...), the token expires by D, the application paused in
+//!   [P − X, D], the client's host (or every host) was partitioned, held or lossy in [P − X, D],
+//!   or the server was down, restarted or crashed then (see `Index::disturbed`).
+//!   Not decided when D falls after the last entry of the history.
 
-use super::index::{liveness_bound_ms, Client, Index};
+use super::index::{liveness_bound_ms, Client, Conn, Index};
 use super::no_silent_loss::{expected, Coverage};
 use super::{t, violation, Category, Invariant, Severity, Violation};
+use crate::history::{FrameSeen, Observation};
+use crate::scenario::Step;
+use rustc_hash::FxHashMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     if let Some(v) = publish_hangs(index) {
+        return Err(v);
+    }
+    if let Some(v) = prompt_delivery(index) {
         return Err(v);
     }
     let (Some((heal_idx, heal_at)), Some((end_idx, end_at))) = (index.heal, index.end) else {
@@ -177,6 +194,192 @@ fn publish_hangs(index: &Index<'_>) -> Option<Violation> {
                 ),
                 call.returned.map_or(vec![call.idx], |r| vec![call.idx, r]),
             ));
+        }
+    }
+    None
+}
+
+/// The prompt-delivery bound X, in simulated ms, for an event with `queued` events of its stream
+/// ahead of it on the connection, when links have at most `latency_ms` of one-way latency:
+///
+/// X = 4·latency + 10·tick + 1000 + queued·tick.
+///
+/// The publish's return and the frame both leave the server at about the same time, so a
+/// correct server needs about one one-way latency plus a tick or two; four latencies (TCP keeps
+/// order, so a frame may wait behind an earlier one sent at a higher latency), ten ticks (the
+/// publisher's and the client's hosts are polled once per tick) and a second make it generous.
+/// A tick per queued event covers a burst or a replayed backlog drained one batch at a time.
+pub fn prompt_bound_ms(tick_ms: u64, latency_ms: u64, queued: u64) -> u64 {
+    4 * latency_ms + 10 * tick_ms + 1000 + queued * tick_ms
+}
+
+/// Latency settings over time: `(from, max_ms)`, the config's first.
+fn latency_timeline(index: &Index<'_>) -> Vec<(u64, u64)> {
+    let mut out = vec![(0, index.scenario.config.latency_max_ms)];
+    for entry in index.entries {
+        if let Observation::StepApplied {
+            step: Step::SetLatency { max_ms, .. },
+            ..
+        } = &entry.what
+        {
+            out.push((entry.at_ms, *max_ms));
+        }
+    }
+    out
+}
+
+/// The largest latency setting in force at some point of `[from, to]`.
+fn latency_during(timeline: &[(u64, u64)], from: u64, to: u64) -> u64 {
+    let mut max = 0;
+    for (i, &(start, ms)) in timeline.iter().enumerate() {
+        let end = timeline.get(i + 1).map_or(u64::MAX, |&(next, _)| next);
+        if start <= to && end >= from {
+            max = max.max(ms);
+        }
+    }
+    max
+}
+
+/// One connection's frames of its welcome's epoch, indexed for the prompt-delivery rule.
+struct ConnFrames<'a> {
+    /// `(entry, position)`: after entry `entry` the client has everything up to `position` (the
+    /// highest event seq or gap end so far), in entry order.
+    positions: Vec<(usize, u64)>,
+    /// The first event frame of each seq: `(entry, event id)`.
+    events: FxHashMap<u64, (usize, Option<&'a str>)>,
+    /// Gap frames of the epoch: `(entry, from, to)`.
+    gaps: Vec<(usize, u64, Option<u64>)>,
+}
+
+impl<'a> ConnFrames<'a> {
+    /// The position a connection starts from: the resume point (same epoch), else the welcome's
+    /// head for a fresh subscription, else 0 (another epoch: the server may replay the whole
+    /// stream).
+    fn new(index: &Index<'a>, conn: &Conn<'a>, epoch: &str, head: u64) -> ConnFrames<'a> {
+        let mut pos = match conn.resume {
+            Some(resume) if resume.epoch == epoch => resume.after,
+            Some(_) => 0,
+            None => head,
+        };
+        let mut out = ConnFrames {
+            positions: vec![(0, pos)],
+            events: FxHashMap::default(),
+            gaps: Vec::new(),
+        };
+        for &f in &conn.frames {
+            match index.frame(f) {
+                Some(FrameSeen::Event { seq, event_id, .. }) => {
+                    out.events.entry(*seq).or_insert((f, event_id.as_deref()));
+                    pos = pos.max(*seq);
+                }
+                Some(FrameSeen::Gap { epoch: e, from, to, .. }) if e == epoch => {
+                    out.gaps.push((f, *from, *to));
+                    pos = pos.max(to.unwrap_or(u64::MAX));
+                }
+                _ => continue,
+            }
+            out.positions.push((f, pos));
+        }
+        out
+    }
+
+    /// The position reached by the frames before entry `before`.
+    fn position_before(&self, before: usize) -> u64 {
+        let n = self.positions.partition_point(|&(f, _)| f < before);
+        self.positions[n.saturating_sub(1)].1
+    }
+
+    /// The first frame carrying `seq` (with `event_id`, when the frame names one) or a gap
+    /// covering it.
+    fn covering(&self, seq: u64, event_id: &str) -> Option<usize> {
+        let event = self
+            .events
+            .get(&seq)
+            .filter(|(_, id)| id.is_none_or(|id| id == event_id))
+            .map(|&(f, _)| f);
+        let gap = self
+            .gaps
+            .iter()
+            .find(|&&(_, from, to)| from <= seq && to.is_none_or(|to| seq <= to))
+            .map(|&(f, _, _)| f);
+        match (event, gap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn prompt_delivery(index: &Index<'_>) -> Option<Violation> {
+    let horizon = index.entries.last()?.at_ms;
+    let tick = index.scenario.config.tick_ms;
+    let timeline = latency_timeline(index);
+    let lookback = index.latency_max_ms;
+    for client in index.clients.values().filter(|c| !c.hostile) {
+        for conn in &client.conns {
+            let Some(welcome) = conn.welcome.as_ref().filter(|w| w.user == client.user) else {
+                continue;
+            };
+            let Some(instances) = index.instances_of_user.get(client.user.as_str()) else {
+                continue;
+            };
+            let mut frames: Option<ConnFrames<'_>> = None;
+            for &instance in instances {
+                let inst = &index.instances[instance];
+                if inst.epoch != welcome.epoch || inst.returned_idx < welcome.idx {
+                    continue;
+                }
+                // The client has it already (resume point), or subscribed after it (a fresh
+                // subscription starts at the welcome's head; the publish may have been applied
+                // just before the welcome and answered after it).
+                let resumed = conn.resume.filter(|r| r.epoch == inst.epoch);
+                if resumed.map_or(inst.seq <= welcome.head, |r| inst.seq <= r.after) {
+                    continue;
+                }
+                let from = inst.returned_at;
+                let frames = frames.get_or_insert_with(|| ConnFrames::new(index, conn, welcome.epoch, welcome.head));
+                let queued = inst
+                    .seq
+                    .saturating_sub(frames.position_before(inst.returned_idx).saturating_add(1));
+                let widest = prompt_bound_ms(tick, lookback, queued);
+                let latency = latency_during(&timeline, from.saturating_sub(lookback), from + widest);
+                let bound = prompt_bound_ms(tick, latency, queued);
+                let deadline = from + bound;
+                if deadline >= horizon {
+                    continue;
+                }
+                if conn.closed.is_some_and(|c| index.at(c) <= deadline)
+                    || conn.token_exp_ms.unwrap_or(conn.at + client.token_ttl_ms) <= deadline
+                    || client.paused_during(from.saturating_sub(bound), deadline)
+                    || index.disturbed(client.host, from.saturating_sub(bound), deadline)
+                {
+                    continue;
+                }
+                let event = &index.events[inst.event];
+                let covered = frames.covering(inst.seq, event.event_id);
+                let late_at = covered.map(|c| index.at(c));
+                if late_at.is_none_or(|at| at > deadline) {
+                    let when = late_at.map_or_else(|| "never".to_string(), |at| format!("only at {}", t(at)));
+                    let mut evidence = vec![inst.returned_idx, welcome.idx];
+                    evidence.extend(covered);
+                    return Some(violation(
+                        Invariant::Liveness,
+                        Severity::High,
+                        Category::PerformanceLoad,
+                        format!(
+                            "event {} for user {} (epoch {}, seq {}, publish returned at {}) reached {} on connection {} {when}, after the prompt-delivery deadline {} (X = {bound} ms: latency {latency} ms, {queued} events queued ahead; the link was undisturbed, the connection open and the application reading)",
+                            event.event_id,
+                            inst.user,
+                            inst.epoch,
+                            inst.seq,
+                            t(from),
+                            client.describe(),
+                            welcome.connection,
+                            t(deadline),
+                        ),
+                        evidence,
+                    ));
+                }
+            }
         }
     }
     None
