@@ -216,6 +216,11 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// Every `type` a server frame of protocol v1 has. A client ignores a frame of any other
+    /// type (a newer server's addition); a frame of one of these it cannot decode is a frame
+    /// it could not read.
+    pub const TYPES: [&'static str; 5] = ["welcome", "event", "gap", "pong", "error"];
+
     /// Serializes to the wire text. Infallible: every field is plain JSON.
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("server frames always serialize")
@@ -407,6 +412,46 @@ mod tests {
                 data: serde_json::json!({"text":"hi","n":[1,2]}),
             }
         );
+    }
+
+    #[test]
+    fn server_frame_types_name_every_variant() {
+        let frames = [
+            ServerFrame::Welcome {
+                user: "u".into(),
+                connection: "c".into(),
+                epoch: "e".into(),
+                head: 0,
+                recovered: false,
+            },
+            ServerFrame::Event {
+                seq: 1,
+                run: "r".into(),
+                kind: EventKind::AgentStarted,
+                data: serde_json::Value::Null,
+            },
+            ServerFrame::Gap {
+                epoch: "e".into(),
+                from: 1,
+                to: None,
+                reason: GapReason::Epoch,
+            },
+            ServerFrame::Pong { id: 1 },
+            ServerFrame::Error {
+                code: ErrorCode::BadFrame,
+                message: "m".into(),
+            },
+        ];
+        let types: Vec<String> = frames
+            .iter()
+            .map(|frame| {
+                serde_json::to_value(frame).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(types, ServerFrame::TYPES);
     }
 
     #[test]

@@ -688,6 +688,5 @@ fn unknown_frame_type(text: &str) -> Option<String> {
         frame_type: String,
     }
     let Tagged { frame_type } = serde_json::from_str::<Tagged>(text).ok()?;
-    const KNOWN: [&str; 5] = ["welcome", "event", "gap", "pong", "error"];
-    (!KNOWN.contains(&frame_type.as_str())).then_some(frame_type)
+    (!ServerFrame::TYPES.contains(&frame_type.as_str())).then_some(frame_type)
 }

@@ -146,13 +146,8 @@ impl StreamTracker {
             self.duplicates += 1;
             return;
         }
-        if std::mem::take(&mut self.unreadable) && seq > position.last_seq + 1 {
-            out.push_back(Item::Gap {
-                epoch: position.epoch.clone(),
-                from: position.last_seq + 1,
-                to: Some(seq - 1),
-                reason: ItemGapReason::Unreadable,
-            });
+        if std::mem::take(&mut self.unreadable) {
+            skipped_before(position, seq, out);
         }
         position.last_seq = seq;
         out.push_back(Item::Event {
@@ -178,13 +173,8 @@ impl StreamTracker {
         let unreadable = std::mem::take(&mut self.unreadable);
         if let (Some(position), GapReason::Retention, Some(to)) = (self.position.as_mut(), reason, to) {
             if position.epoch == epoch {
-                if unreadable && from > position.last_seq + 1 {
-                    out.push_back(Item::Gap {
-                        epoch: epoch.clone(),
-                        from: position.last_seq + 1,
-                        to: Some(from - 1),
-                        reason: ItemGapReason::Unreadable,
-                    });
+                if unreadable {
+                    skipped_before(position, from, out);
                 }
                 position.last_seq = position.last_seq.max(to);
             }
@@ -194,6 +184,19 @@ impl StreamTracker {
             from,
             to,
             reason: reason.into(),
+        });
+    }
+}
+
+/// The client's own `unreadable` gap for the seqs between `position` and `next` (the next seq
+/// it can read), if it skipped any.
+fn skipped_before(position: &Position, next: u64, out: &mut VecDeque<Item>) {
+    if next > position.last_seq + 1 {
+        out.push_back(Item::Gap {
+            epoch: position.epoch.clone(),
+            from: position.last_seq + 1,
+            to: Some(next - 1),
+            reason: ItemGapReason::Unreadable,
         });
     }
 }
