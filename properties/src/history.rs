@@ -315,6 +315,11 @@ pub struct GaugeSample {
     pub retained_bytes: u64,
     pub send_queue_depth_max: u64,
     pub connections_per_user_max: u64,
+    /// Accepted sockets the server host still holds open, counted by the simulated network
+    /// (the world's listener), not reported by the server: a socket the server forgot to close
+    /// shows here even when the hub has forgotten its connection.
+    #[serde(default)]
+    pub server_sockets: u64,
 }
 
 impl History {

@@ -137,6 +137,9 @@ pub struct TimedStep {
     pub step: Step,
 }
 
+/// The publisher's pause before retrying a failed HTTP publish, times the attempt number.
+pub const HTTP_RETRY_PAUSE_MS: u64 = 250;
+
 /// How a publish reaches the server.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case", tag = "via")]

@@ -15,9 +15,10 @@
 //! 2. every publish call has returned;
 //! 3. every live client (opened, never closed for good) is connected: welcomed since its last
 //!    attempt and close;
-//! 4. the hub's gauges, read then, show what the bounded-resources check demands after the
-//!    load: no send queue lags, the hub holds no more connections than clients hold open, and
-//!    no events are retained if their retention age runs out before the quiet period would end.
+//! 4. the gauges, read then, show what the bounded-resources check demands after the load: no
+//!    send queue lags, neither the hub's connections nor the server host's open sockets (counted
+//!    by the network) outnumber the connections clients hold open, and no events are retained
+//!    if their retention age runs out before the quiet period would end.
 //!
 //! The world then records that gauge sample, `Settled` and `End`. A world that never settles (a
 //! client that never comes back, a queue that never drains, a publish that hangs) runs the
@@ -136,6 +137,7 @@ impl Settling {
         self.is_quiet(config, now_ms)
             && gauges.send_queue_depth_max == 0
             && gauges.connections <= self.connected.len() as u64
+            && gauges.server_sockets <= self.connected.len() as u64
             && (gauges.retained_events == 0 || !retention_runs_out)
     }
 }
@@ -154,6 +156,7 @@ mod tests {
             retained_bytes: retained_events * 100,
             send_queue_depth_max,
             connections_per_user_max: 1,
+            server_sockets: connections,
         }
     }
 
@@ -292,6 +295,14 @@ mod tests {
         assert!(
             !settled(&config(), &[], gauges(1, 0, 3), 9_000),
             "a send queue still lagging"
+        );
+        let socket_held = GaugeSample {
+            server_sockets: 2,
+            ..gauges(1, 0, 0)
+        };
+        assert!(
+            !settled(&config(), &[], socket_held, 9_000),
+            "a socket nobody holds (the hub forgot it, the server did not close it)"
         );
         let published = [(500, call()), (600, returned())];
         // Retained events are fine while their age runs out after the quiet period would end…

@@ -824,9 +824,106 @@ fn bounded_resources_near_miss_gauges_exactly_at_the_limits() {
         retained_bytes: limits.retention_bytes_max,
         send_queue_depth_max: limits.send_queue_max,
         connections_per_user_max: limits.connections_per_user_max,
+        server_sockets: 2,
     });
     let history = finish(&mut b, 1000);
     assert_clean(&scenario, &history);
+}
+
+/// After the heal at 1 s, client 0 closes its connection and is welcomed again at
+/// `reconnect_at`; the last sample at `sample_at` shows the hub clean (2 connections) and
+/// `server_sockets` open sockets.
+fn reconnected_with_sockets(reconnect_at: u64, sample_at: u64, server_sockets: u64) -> (Scenario, History) {
+    let (scenario, mut b) = base();
+    b.at(1_000);
+    b.heal();
+    b.at(reconnect_at - 100);
+    b.closed(0, None, ClosedBy::Client);
+    b.at(reconnect_at);
+    b.connect(0, Some(("E0", 0)), "E0", 0, true);
+    b.at(sample_at);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        server_sockets,
+        ..GaugeSample::default()
+    });
+    b.at(26_000);
+    b.end();
+    (scenario, b.build())
+}
+
+#[test]
+fn bounded_resources_fires_when_the_server_keeps_a_closed_connections_socket() {
+    // The hub forgot the connection closed at 1.9 s, but the network still counts its socket
+    // open 23 s later: the server never dropped it.
+    let (scenario, history) = reconnected_with_sockets(2_000, 25_000, 3);
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+    let violation = check(Invariant::BoundedResources, &scenario, &history).unwrap_err();
+    assert!(violation.explanation.contains("sockets leak"), "{violation}");
+}
+
+#[test]
+fn bounded_resources_near_miss_sockets_the_server_may_still_be_closing() {
+    // The same extra socket, but its connection closed 900 ms before the sample: the server
+    // may not have heard the close yet.
+    let (scenario, history) = reconnected_with_sockets(24_000, 24_800, 3);
+    assert_clean(&scenario, &history);
+    // Too early after the heal to judge: a stalled socket may still be waiting out a timeout.
+    let (scenario, history) = reconnected_with_sockets(2_000, 16_000, 3);
+    assert!(check(Invariant::BoundedResources, &scenario, &history).is_ok());
+    // Exactly as many sockets as connections: clean.
+    let (scenario, history) = reconnected_with_sockets(2_000, 25_000, 2);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn bounded_resources_near_miss_the_publishers_connection_is_allowed() {
+    // An HTTP publish step whose call returned 500 ms before the sample may still hold its
+    // keep-alive connection; only beyond it is a third socket a leak.
+    let (scenario, mut b) = base_with(vec![Step::Publish {
+        user: 0,
+        run: 0,
+        kind: herald_properties::scenario::Kind::AgentStarted,
+        payload_bytes: 10,
+        via: http(false, 0),
+    }]);
+    b.at(1_000);
+    b.heal();
+    b.at(24_000);
+    let id = b.publish_called("u0", http(false, 0), 10);
+    b.at(24_100);
+    b.published(&id, "E0", 1, false);
+    b.deliver_event_with_id(0, "E0", 1, &id);
+    b.at(24_600);
+    let sample = |sockets| GaugeSample {
+        users: 2,
+        connections: 2,
+        retained_events: 1,
+        server_sockets: sockets,
+        ..GaugeSample::default()
+    };
+    let mut leaking = b.clone();
+    b.gauges(sample(3));
+    b.at(25_000);
+    b.end();
+    let history = b.build();
+    assert!(check(Invariant::BoundedResources, &scenario, &history).is_ok());
+    leaking.gauges(sample(4));
+    leaking.at(25_000);
+    leaking.end();
+    let history = leaking.build();
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
 }
 
 // ---------------------------------------------------------------- auth

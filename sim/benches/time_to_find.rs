@@ -57,6 +57,7 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "one_tab_per_user" => Invariant::Liveness,
         "concatenated_frames" => Invariant::Isolation,
         "delayed_live_flush" => Invariant::Liveness,
+        "keeps_closed_sockets" => Invariant::BoundedResources,
         _ => return None,
     })
 }

@@ -90,6 +90,21 @@ impl ServerConnections {
         SimStream { inner: shared }
     }
 
+    /// How many accepted sockets the server still holds open: registered, not yet dropped by
+    /// the server and not reset by the world. The bounded-resources checker compares it with the
+    /// connections the clients hold; counted here, by the network the world owns, so a server
+    /// that forgets a socket cannot hide it from its own gauges.
+    pub fn open_sockets(&self) -> u64 {
+        let mut inner = self.inner.lock().unwrap();
+        inner.streams.retain(|_, weak| weak.strong_count() > 0);
+        inner
+            .streams
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|shared| shared.lock().unwrap().is_some())
+            .count() as u64
+    }
+
     /// Drops every live accepted stream, oldest first. Must run inside the server host (turmoil
     /// sends the resets from the current host).
     pub fn reset_all(&self) {
@@ -108,8 +123,21 @@ impl ServerConnections {
 
 /// An accepted stream whose socket the world can reset from outside the task that owns it.
 /// After a reset, reads and writes fail with `ConnectionReset`.
+///
+/// Outside the simulation (when the world has ended and drops the host's tasks) they fail the
+/// same way: turmoil panics on any socket call made without its world, and a socket's drop can
+/// still write (the server's write coalescing offers its deferred bytes once more, never
+/// blocking), so a socket still holding bytes at the end would otherwise panic in a destructor.
 pub struct SimStream {
     inner: SharedStream,
+}
+
+impl SimStream {
+    /// The turmoil stream, unless the world reset it or has ended.
+    fn live(&self) -> Option<std::sync::MutexGuard<'_, Option<turmoil::net::TcpStream>>> {
+        let guard = self.inner.lock().unwrap();
+        (guard.is_some() && turmoil::in_simulation()).then_some(guard)
+    }
 }
 
 fn reset_error() -> io::Error {
@@ -118,8 +146,8 @@ fn reset_error() -> io::Error {
 
 impl AsyncRead for SimStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.inner.lock().unwrap().as_mut() {
-            Some(stream) => Pin::new(stream).poll_read(cx, buf),
+        match self.live() {
+            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_read(cx, buf),
             None => Poll::Ready(Err(reset_error())),
         }
     }
@@ -127,22 +155,22 @@ impl AsyncRead for SimStream {
 
 impl AsyncWrite for SimStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.inner.lock().unwrap().as_mut() {
-            Some(stream) => Pin::new(stream).poll_write(cx, buf),
+        match self.live() {
+            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_write(cx, buf),
             None => Poll::Ready(Err(reset_error())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.lock().unwrap().as_mut() {
-            Some(stream) => Pin::new(stream).poll_flush(cx),
+        match self.live() {
+            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_flush(cx),
             None => Poll::Ready(Err(reset_error())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.lock().unwrap().as_mut() {
-            Some(stream) => Pin::new(stream).poll_shutdown(cx),
+        match self.live() {
+            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }
     }

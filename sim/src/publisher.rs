@@ -8,7 +8,7 @@ use crate::server_under_test::Publish;
 use crate::world::user_name;
 use herald_core::protocol::EventKind;
 use herald_properties::history::{is_ambiguous_failure, Observation, PublishOutcome, SECRET_PREFIX};
-use herald_properties::scenario::{Kind, Timeouts, Via};
+use herald_properties::scenario::{Kind, Timeouts, Via, HTTP_RETRY_PAUSE_MS};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,8 +19,6 @@ use turmoil::net::TcpStream;
 const RESPONSE_BYTES_MAX: usize = 64 * 1024;
 /// Capacity a response is read into at a time (answers are a few hundred bytes).
 const RESPONSE_BYTES_READ: usize = 1024;
-/// Pause between retries of one publish, multiplied by the attempt number.
-const RETRY_BACKOFF_MS: u64 = 250;
 
 /// One publish step (a single event or a burst), expanded into events by the stepping loop.
 #[derive(Debug)]
@@ -113,7 +111,7 @@ async fn publish_all(ctx: &PublisherContext, command: PublishCommand) {
             if !retry || attempt == u32::from(retries) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(RETRY_BACKOFF_MS * u64::from(attempt + 1))).await;
+            tokio::time::sleep(Duration::from_millis(HTTP_RETRY_PAUSE_MS * u64::from(attempt + 1))).await;
         }
     }
 }

@@ -271,13 +271,14 @@ fn describe(what: &Observation, connection_of: &mut BTreeMap<u32, String>) -> (S
         Observation::Gauges(g) => (
             "server".into(),
             format!(
-                "gauges: users {} connections {} retained {} events / {} B, send queue max {}, conns/user max {}",
+                "gauges: users {} connections {} retained {} events / {} B, send queue max {}, conns/user max {}, sockets {}",
                 g.users,
                 g.connections,
                 g.retained_events,
                 g.retained_bytes,
                 g.send_queue_depth_max,
-                g.connections_per_user_max
+                g.connections_per_user_max,
+                g.server_sockets
             ),
         ),
         Observation::Failure { host, message } => (host.clone(), format!("FAILURE: {message}")),

@@ -102,6 +102,8 @@ struct LiveHandles {
     control: Arc<dyn crate::server_under_test::ServerControl>,
     /// Wakes the life's reset task (see [`ServerConnections`]).
     reset: Arc<tokio::sync::Notify>,
+    /// The life's accepted sockets, counted for the gauge samples.
+    connections: ServerConnections,
 }
 
 /// Operations that drop the server host's runtime (and with it every task of the life).
@@ -216,6 +218,7 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
                         publisher,
                         control: control.clone(),
                         reset,
+                        connections: connections.clone(),
                     });
                     std::mem::take(&mut slot.shutdown_pending)
                 };
@@ -654,13 +657,13 @@ impl Driver<'_> {
         if !self.server_running || !sim.is_host_running(SERVER_HOST) {
             return None;
         }
-        let control = self
+        let (control, connections) = self
             .slot
             .lock()
             .unwrap()
             .live
             .as_ref()
-            .map(|live| live.control.clone())?;
+            .map(|live| (live.control.clone(), live.connections.clone()))?;
         let g = control.gauges();
         Some(GaugeSample {
             users: g.users,
@@ -669,6 +672,7 @@ impl Driver<'_> {
             retained_bytes: g.retained_bytes,
             send_queue_depth_max: g.send_queue_depth_max,
             connections_per_user_max: g.connections_per_user_max,
+            server_sockets: connections.open_sockets(),
         })
     }
 

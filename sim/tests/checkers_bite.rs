@@ -214,6 +214,23 @@ fn bounded_resources_bites_a_server_without_an_http_request_deadline() {
 }
 
 #[test]
+fn bounded_resources_bites_a_server_that_keeps_closed_sockets() {
+    // The hub's gauges stay clean: only the sockets counted by the network show the leak.
+    let found = bites(
+        "keeps_closed_sockets",
+        bugs::keeps_closed_sockets,
+        Invariant::BoundedResources,
+        small(),
+        30,
+    );
+    assert!(
+        found.shrunk_violation.explanation.contains("sockets leak"),
+        "{}",
+        found.shrunk_violation
+    );
+}
+
+#[test]
 fn auth_bites_a_server_that_ignores_token_expiry() {
     bites("ignores_expiry", bugs::ignores_expiry, Invariant::Auth, small(), 20);
 }

@@ -14,6 +14,14 @@
 //!   live normal clients plus the hostile connections that were welcomed and never closed;
 //!   and, when no publish was called within `retention_age_ms` (plus two gauge intervals and a
 //!   publish timeout) before the sample, nothing is retained any more;
+//! - the same drop-back for sockets, counted by the simulated network, not reported by the
+//!   server: on the last sample, late enough that every stalled socket has met the server's own
+//!   timeouts (B + `http_request_timeout_ms` + `write_timeout_ms` after the heal) or the world
+//!   settled, the server host holds no more open sockets than the clients' connections that
+//!   are open or closed within a grace (two trips at the largest latency, a write timeout, two
+//!   ticks and a second), plus one per HTTP publish call in flight or returned within that
+//!   grace and a retry's pause. A socket the server forgot (its task stuck after the close, an
+//!   entry never removed from a writer table) shows here while the hub's gauges look clean;
 //! - a hostile socket that never completes an HTTP request (`SilentSocket`, `SlowRequest`) is
 //!   closed by the server (no close code) no earlier than `http_request_timeout_ms` after it
 //!   connected and no later than that plus four one-way trips at the scenario's largest
@@ -26,7 +34,7 @@
 use super::index::{liveness_bound_ms, retention_expiry_ms, Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{ClosedBy, GaugeSample, Observation};
-use crate::scenario::{hostile_connect_timeout_ms, Attack};
+use crate::scenario::{hostile_connect_timeout_ms, Attack, Step, Via, HTTP_RETRY_PAUSE_MS};
 
 fn sample<'a>(index: &Index<'a>, idx: usize) -> &'a GaugeSample {
     match &index.entries[idx].what {
@@ -131,6 +139,9 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             vec![heal_idx, last],
         ));
     }
+    if let Some(v) = sockets_left_open(index, last, heal_idx, &what) {
+        return Err(v);
+    }
     let quiet_needed = retention_expiry_ms(config);
     let last_publish = index.calls.iter().rev().map(|c| c.at).find(|&at| at <= last_at);
     if g.retained_events > 0 && last_publish.is_none_or(|p| p + quiet_needed < last_at) {
@@ -149,6 +160,76 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
 }
 
 /// The rule for hostile sockets that never complete an HTTP request (see the module docs).
+/// The drop-back rule for sockets, counted by the simulated network: at the last sample, the
+/// server host holds no more sockets than connections the clients may still hold (open, or
+/// closed so recently that the server may not have heard yet) plus the publisher's HTTP
+/// connections that may still be open. Judged when the sample is late enough for every stalled
+/// socket to have met the server's own timeouts, or when the world settled (which demanded it).
+fn sockets_left_open(index: &Index<'_>, last: usize, heal_idx: usize, what: &str) -> Option<Violation> {
+    let config = &index.scenario.config;
+    let timeouts = &config.timeouts;
+    let g = sample(index, last);
+    let last_at = index.at(last);
+    let heal_at = index.at(heal_idx);
+    let late_enough =
+        heal_at + liveness_bound_ms(timeouts) + timeouts.http_request_timeout_ms + timeouts.write_timeout_ms;
+    if last_at < late_enough && index.settled.is_none() {
+        return None;
+    }
+    // A peer's close reaches the server and the server drops the socket within this on a
+    // healed link: the FIN's trip, the close handshake's answer, a blocked write, two ticks.
+    let grace_ms = 2 * index.latency_max_ms + timeouts.write_timeout_ms + 2 * config.tick_ms + 1000;
+    let recent = |closed_at: u64| closed_at + grace_ms > last_at;
+    let client_sockets = index
+        .clients
+        .values()
+        .flat_map(|c| c.conns.iter())
+        .filter(|conn| conn.at <= last_at && conn.closed.is_none_or(|closed| recent(index.at(closed))))
+        .count() as u64;
+    // A publish step keeps its connection between its calls, and across a retry's pause.
+    let pause_ms = HTTP_RETRY_PAUSE_MS * u64::from(http_retries_max(index));
+    let publisher_sockets = index
+        .calls
+        .iter()
+        .filter(|call| call.via == "http" && call.at <= last_at)
+        .filter(|call| {
+            call.returned
+                .is_none_or(|returned| recent(index.at(returned) + pause_ms))
+        })
+        .count() as u64;
+    let allowed = client_sockets + publisher_sockets;
+    (g.server_sockets > allowed).then(|| {
+        over(
+            format!(
+                "the server host still held {} open sockets (counted by the network) {what}, but clients hold at most {client_sockets} and the publisher at most {publisher_sockets}: sockets leak (the hub held {} connections)",
+                g.server_sockets, g.connections
+            ),
+            vec![heal_idx, last],
+        )
+    })
+}
+
+/// The most retries any HTTP publish step of the scenario asks for.
+fn http_retries_max(index: &Index<'_>) -> u8 {
+    index
+        .scenario
+        .steps
+        .iter()
+        .filter_map(|timed| match &timed.step {
+            Step::Publish {
+                via: Via::Http { retries, .. },
+                ..
+            }
+            | Step::Burst {
+                via: Via::Http { retries, .. },
+                ..
+            } => Some(*retries),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn stalled_socket(
     index: &Index<'_>,
     client: &Client<'_>,

@@ -13,6 +13,7 @@ use crate::scenario::{Kind, Scenario, ScenarioConfig, Step, TimedStep, Via};
 use std::collections::BTreeMap;
 
 /// Builds a [`History`] entry by entry at a moving simulated clock.
+#[derive(Clone)]
 pub struct HistoryBuilder {
     history: History,
     now_ms: u64,
