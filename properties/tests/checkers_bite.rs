@@ -1254,23 +1254,17 @@ fn isolation_fires_on_another_users_data_in_an_error_frame_or_a_close_reason() {
     assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
 
     // u1's secret in the reason of the close frame that ended u0's connection.
-    let (scenario, mut b) = base();
-    b.at(120);
-    b.record(Observation::Closed {
-        client: 0,
-        user: "u0".into(),
-        code: Some(1011),
-        by: ClosedBy::Server,
-        reason: r#"internal error near "secret-of-u1""#.into(),
-        hostile: false,
-    });
-    b.connecting(0, Some(("E0", 0)));
-    b.welcome(0, "E0", 0, true);
-    let history = finish(&mut b, 1000);
+    let (scenario, history) = closed_with_reason(r#"internal error near "secret-of-u1""#);
     let v = check(Invariant::Isolation, &scenario, &history).expect_err("the close reason carries u1's secret");
     assert!(v.explanation.contains("close reason"), "{v}");
 
     // Near miss: u0's own name in its own close reason.
+    let (scenario, history) = closed_with_reason(r#"internal error near "secret-of-u0""#);
+    assert!(check(Invariant::Isolation, &scenario, &history).is_ok());
+}
+
+/// u0's connection closed by the server with 1011 and `reason` at 120 ms, then resumed.
+fn closed_with_reason(reason: &str) -> (Scenario, History) {
     let (scenario, mut b) = base();
     b.at(120);
     b.record(Observation::Closed {
@@ -1278,13 +1272,13 @@ fn isolation_fires_on_another_users_data_in_an_error_frame_or_a_close_reason() {
         user: "u0".into(),
         code: Some(1011),
         by: ClosedBy::Server,
-        reason: r#"internal error near "secret-of-u0""#.into(),
+        reason: reason.into(),
         hostile: false,
     });
     b.connecting(0, Some(("E0", 0)));
     b.welcome(0, "E0", 0, true);
     let history = finish(&mut b, 1000);
-    assert!(check(Invariant::Isolation, &scenario, &history).is_ok());
+    (scenario, history)
 }
 
 // ---------------------------------------------------------------- liveness: prompt delivery
