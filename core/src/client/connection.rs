@@ -517,9 +517,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     tracing::warn!(bytes = bytes.len(), "binary frame from the server, skipped");
                     self.observer
                         .frame(connection.as_deref(), &FrameReceived::Unparsed(&shown));
-                    if welcomed {
-                        self.tracker.unreadable_frame();
-                    }
+                    self.tracker.unreadable_frame();
                     continue;
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -545,9 +543,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                         }
                         None => {
                             tracing::warn!(error = %e, "unparsable frame from the server, skipped");
-                            if welcomed {
-                                self.tracker.unreadable_frame();
-                            }
+                            self.tracker.unreadable_frame();
                         }
                     }
                     continue;

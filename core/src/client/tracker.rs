@@ -106,9 +106,10 @@ impl StreamTracker {
         }
     }
 
-    /// A server frame on a welcomed connection could not be read (not valid JSON, binary, a
-    /// known type that does not decode). Not for frames of an unknown type: those are a newer
-    /// server's additions, ignored. The next event (or retention gap) reports what was skipped.
+    /// A server frame could not be read (not valid JSON, binary, a known type that does not
+    /// decode). Not for frames of an unknown type: those are a newer server's additions,
+    /// ignored. The next event (or retention gap) reports what was skipped; one before the
+    /// connection's welcome is forgotten by that welcome (the stream starts there).
     pub fn unreadable_frame(&mut self) {
         if self.position.is_some() {
             self.unreadable = true;
