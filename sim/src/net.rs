@@ -133,10 +133,16 @@ pub struct SimStream {
 }
 
 impl SimStream {
-    /// The turmoil stream, unless the world reset it or has ended.
-    fn live(&self) -> Option<std::sync::MutexGuard<'_, Option<turmoil::net::TcpStream>>> {
-        let guard = self.inner.lock().unwrap();
-        (guard.is_some() && turmoil::in_simulation()).then_some(guard)
+    /// `op` on the turmoil stream, unless the world reset it or has ended: then `gone()`.
+    fn poll_live<R>(
+        &self,
+        op: impl FnOnce(Pin<&mut turmoil::net::TcpStream>) -> Poll<io::Result<R>>,
+        gone: impl FnOnce() -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        match self.inner.lock().unwrap().as_mut() {
+            Some(stream) if turmoil::in_simulation() => op(Pin::new(stream)),
+            _ => Poll::Ready(gone()),
+        }
     }
 }
 
@@ -146,33 +152,21 @@ fn reset_error() -> io::Error {
 
 impl AsyncRead for SimStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.live() {
-            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_read(cx, buf),
-            None => Poll::Ready(Err(reset_error())),
-        }
+        self.poll_live(|stream| stream.poll_read(cx, buf), || Err(reset_error()))
     }
 }
 
 impl AsyncWrite for SimStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.live() {
-            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_write(cx, buf),
-            None => Poll::Ready(Err(reset_error())),
-        }
+        self.poll_live(|stream| stream.poll_write(cx, buf), || Err(reset_error()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.live() {
-            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_flush(cx),
-            None => Poll::Ready(Err(reset_error())),
-        }
+        self.poll_live(|stream| stream.poll_flush(cx), || Err(reset_error()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.live() {
-            Some(mut stream) => Pin::new(stream.as_mut().expect("live")).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
-        }
+        self.poll_live(|stream| stream.poll_shutdown(cx), || Ok(()))
     }
 }
 
