@@ -2,7 +2,7 @@
 //! be reported under the right invariant and category) and a near miss that must pass.
 
 use herald_properties::checkers::builder::{scenario_with, HistoryBuilder};
-use herald_properties::checkers::{check, check_all, Category, Invariant};
+use herald_properties::checkers::{check, check_all, Category, Invariant, Violation};
 use herald_properties::history::{ClosedBy, GaugeSample, History};
 use herald_properties::scenario::{Attack, Scenario, ScenarioConfig, Step, Via};
 
@@ -58,8 +58,10 @@ fn finish(b: &mut HistoryBuilder, heal_at: u64) -> History {
     b.build()
 }
 
+/// Asserts that `invariant` fires under `category`, citing times and entries; returns the
+/// violation for assertions on its explanation or evidence.
 #[track_caller]
-fn assert_violates(scenario: &Scenario, history: &History, invariant: Invariant, category: Category) {
+fn assert_violates(scenario: &Scenario, history: &History, invariant: Invariant, category: Category) -> Violation {
     let violation = check(invariant, scenario, history).expect_err("the checker must fire");
     assert_eq!(violation.invariant, invariant);
     assert_eq!(violation.category, category, "{violation}");
@@ -69,6 +71,7 @@ fn assert_violates(scenario: &Scenario, history: &History, invariant: Invariant,
         violation.explanation.contains("t="),
         "explanations cite times: {violation}"
     );
+    violation
 }
 
 #[track_caller]
@@ -101,8 +104,7 @@ fn isolation_fires_on_another_users_event() {
     b.deliver(1, "E1", 1);
     b.deliver_of(0, "u1", "E1", 1);
     let history = finish(&mut b, 1000);
-    assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
-    let v = check(Invariant::Isolation, &scenario, &history).unwrap_err();
+    let v = assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
     assert!(
         v.explanation.contains(&id) && v.explanation.contains("u1") && v.explanation.contains("client 0"),
         "{v}"
@@ -531,13 +533,12 @@ fn new_epoch_on_resume(restart: bool, resume_at: u64) -> (Scenario, History) {
 #[test]
 fn honest_gaps_fires_on_a_new_epoch_while_the_resumed_stream_still_retains_events() {
     let (scenario, history) = new_epoch_on_resume(false, 300);
-    assert_violates(
+    let v = assert_violates(
         &scenario,
         &history,
         Invariant::HonestGaps,
         Category::ReconnectionRecovery,
     );
-    let v = check(Invariant::HonestGaps, &scenario, &history).unwrap_err();
     assert!(v.explanation.contains("new epoch E9"), "{v}");
 }
 
@@ -858,13 +859,12 @@ fn bounded_resources_fires_when_the_server_keeps_a_closed_connections_socket() {
     // The hub forgot the connection closed at 1.9 s, but the network still counts its socket
     // open 23 s later: the server never dropped it.
     let (scenario, history) = reconnected_with_sockets(2_000, 25_000, 3);
-    assert_violates(
+    let violation = assert_violates(
         &scenario,
         &history,
         Invariant::BoundedResources,
         Category::PerformanceLoad,
     );
-    let violation = check(Invariant::BoundedResources, &scenario, &history).unwrap_err();
     assert!(violation.explanation.contains("sockets leak"), "{violation}");
 }
 
@@ -1213,8 +1213,7 @@ fn isolation_fires_on_another_users_data_in_a_frame_that_does_not_parse() {
     let leaked = b.frame(0, frame);
     b.deliver(0, "E0", 1);
     let history = finish(&mut b, 1000);
-    assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
-    let v = check(Invariant::Isolation, &scenario, &history).unwrap_err();
+    let v = assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
     assert_eq!(v.evidence[0], leaked, "{v}");
     assert!(
         v.explanation.contains("unparsed") && v.explanation.contains("u1") && v.explanation.contains("client 0"),
@@ -1304,8 +1303,7 @@ fn liveness_fires_when_a_live_event_arrives_late_on_a_clean_link() {
     // Nothing disturbed the link and the connection stayed open: 30 s is not prompt, even
     // though it is long before the heal.
     let (scenario, history, id) = late_live_event(vec![], None, 31_000);
-    assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
-    let v = check(Invariant::Liveness, &scenario, &history).unwrap_err();
+    let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
     for part in ["client 0", id.as_str(), "t=1.000s", "deadline t=2."] {
         assert!(v.explanation.contains(part), "{part}: {v}");
     }
