@@ -5,7 +5,7 @@
 //! 1. remove chunks of steps: halves, quarters, ... single steps (removing a `Connect` also
 //!    removes the steps that name its client, which keeps candidates valid);
 //! 2. simplify each step: burst count → 1 or halved, payload → 0, HTTP → notifier, shorter
-//!    pauses, flood connections halved, oversized frames smaller;
+//!    pauses, flood connections halved, oversized frames smaller, random loss → total loss;
 //! 3. merge users (fewer users, user i → 0), fewer client hosts (host → 0);
 //! 4. pull step times together (all times halved, each gap removed);
 //! 5. shorten the quiet period, never below the liveness bound + 2 s (below that, loss and
@@ -18,6 +18,9 @@ use crate::checkers::liveness_bound_ms;
 use crate::generators::validate;
 use crate::scenario::{Attack, Scenario, Step, TimedStep, Via};
 use std::collections::BTreeSet;
+
+/// A loss rate that drops every message: the deterministic form of a lossy window.
+const LOSS_TOTAL_PER_MILLE: u32 = 1000;
 
 /// Shrinks `scenario` while `still_fails` holds; calls it at most `max_attempts` times.
 pub fn shrink(scenario: &Scenario, still_fails: &mut dyn FnMut(&Scenario) -> bool, max_attempts: usize) -> Scenario {
@@ -257,6 +260,14 @@ fn simplifications(step: &Step) -> Vec<Step> {
             token_ttl_ms: None,
         }),
         Step::PartitionOneWay { host, .. } => out.push(Step::Partition { host: *host }),
+        // Total loss drops every message whatever the network's random draws are, so a
+        // failure that hinged on one unlucky drop no longer depends on which other steps
+        // consume those draws, and the chunk removal can go on removing them.
+        Step::SetLossRate { per_mille } if (1..LOSS_TOTAL_PER_MILLE).contains(per_mille) => {
+            out.push(Step::SetLossRate {
+                per_mille: LOSS_TOTAL_PER_MILLE,
+            })
+        }
         Step::Hostile {
             host,
             attack: Attack::Flood { user, connections },

@@ -4,7 +4,8 @@
 //!
 //! Per fixture it runs `--campaigns` campaigns (default 5) with different start seeds, each with
 //! `jobs` workers (default 2), `stop_after_failures = 1`, shrinking on with the campaign's
-//! default budget, and nothing written to disk. Reported per fixture: wall time from the start
+//! default budget, and nothing written to disk unless `--seeds-dir DIR` names where the
+//! shrunk seed files go. Reported per fixture: wall time from the start
 //! of the campaign until the first failing case was judged (median and max; the campaign's own
 //! `time_to_first_failure_ms`), cases run until the campaign stopped, the failure key found
 //! (and whether it is the invariant the fixture's doc names), and the shrunk scenario's steps.
@@ -18,6 +19,7 @@
 //! cargo bench -p herald-sim --bench time_to_find                                   # 5 campaigns each
 //! cargo bench -p herald-sim --bench time_to_find -- --campaigns 7 --swarm --size small
 //! cargo bench -p herald-sim --bench time_to_find -- --bugs stuck_resume,ignores_expiry
+//! cargo bench -p herald-sim --bench time_to_find -- --bugs no_request_deadline --seeds-dir /tmp/ttf-seeds
 //! ```
 //! Run outside `cargo bench` (e.g. `cargo test --all-targets`) it does one tiny smoke campaign.
 
@@ -31,6 +33,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use herald_properties::checkers::Invariant;
 use herald_properties::generators::Size;
 use herald_sim::campaign::{fuzz, CampaignReport, FailureKey, FuzzOptions, Limit, ProgressMode};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Start seed of campaign `i`: far apart, and away from the seeds the tests hunt from (0..).
@@ -70,6 +73,9 @@ struct Options {
     /// Wall-time limit per campaign: a campaign that finds nothing by then counts as a miss.
     limit: Duration,
     bugs: Option<Vec<String>>,
+    /// Where the campaigns write their seed files, so that a shrunk scenario can be read and
+    /// replayed (`herald-sim replay`); `None` (the default) writes nothing.
+    seeds_dir: Option<PathBuf>,
     smoke: bool,
 }
 
@@ -82,6 +88,7 @@ fn parse_options() -> Options {
         swarm: false,
         limit: Duration::from_secs(120),
         bugs: None,
+        seeds_dir: None,
         smoke: !args.iter().any(|a| a == "--bench"),
     };
     let mut i = 0;
@@ -94,6 +101,7 @@ fn parse_options() -> Options {
             "--size" => options.size = Size::parse(&value).unwrap_or_else(|| panic!("unknown size {value}")),
             "--limit-secs" => options.limit = Duration::from_secs(value.parse().expect("--limit-secs N")),
             "--bugs" => options.bugs = Some(value.split(',').map(str::to_string).collect()),
+            "--seeds-dir" => options.seeds_dir = Some(PathBuf::from(&value)),
             "--swarm" => {
                 options.swarm = true;
                 takes_value = false;
@@ -131,6 +139,7 @@ fn campaign(options: &Options, make: fixtures::hunt::MakeServer, expected: Invar
     fuzz_options.stop_after_failures = Some(1);
     fuzz_options.shrinks_per_key = 1;
     fuzz_options.progress = ProgressMode::Quiet;
+    fuzz_options.seeds_dir = options.seeds_dir.clone();
     let make_server = move || make();
     let started = Instant::now();
     let report: CampaignReport = fuzz(&fuzz_options, &make_server);
