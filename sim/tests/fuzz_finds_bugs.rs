@@ -10,8 +10,11 @@ use fixtures::bugs;
 use fixtures::hunt::{real_violations, MakeServer};
 use herald_properties::checkers::Invariant;
 use herald_properties::generators::Size;
+use herald_properties::scenario::Step;
+use herald_sim::campaign::case::run_and_judge;
 use herald_sim::campaign::seeds::{load_seed_file, replay, replay_dir, verdict};
-use herald_sim::campaign::{fuzz, FailureKey, FuzzOptions};
+use herald_sim::campaign::shrinking::shrink_failure;
+use herald_sim::campaign::{fuzz, FailureKey, FuzzOptions, SHRINK_ATTEMPTS_DEFAULT};
 use std::path::PathBuf;
 
 /// Cases a campaign may run before it must have found the bug.
@@ -128,4 +131,43 @@ fn fuzz_finds_an_at_least_once_bridge() {
         Invariant::NoDuplicates,
         Size::Tiny,
     );
+}
+
+/// A failure that needs one message lost under random loss still shrinks small. Case 4000024
+/// of a small campaign: `no_request_deadline` keeps a socket whose client's request or FIN
+/// was lost under 28‰ random loss, and without a request deadline the server waits for good.
+/// Removing any other step moves the network's random draws, so the lost message arrives and
+/// the candidate passes; the shrinker stopped at 16 steps until it learned to try total loss.
+#[test]
+fn a_failure_that_needs_one_lost_message_still_shrinks_small() {
+    let seed = 4_000_024;
+    let scenario = FuzzOptions::cases(1).scenario(seed);
+    let key = FailureKey::Invariant(Invariant::BoundedResources);
+    let server = bugs::no_request_deadline();
+    assert!(
+        run_and_judge(&scenario, seed, server.clone(), false).fails_with(key),
+        "case {seed} no longer fails: pick another lossy case"
+    );
+    assert!(
+        scenario
+            .steps
+            .iter()
+            .any(|t| matches!(t.step, Step::SetLossRate { per_mille } if per_mille > 0)),
+        "case {seed} has no lossy window"
+    );
+    let shrunk = shrink_failure(
+        &scenario,
+        seed,
+        key,
+        &server,
+        SHRINK_ATTEMPTS_DEFAULT,
+        None,
+        &mut |_| {},
+    );
+    println!(
+        "case {seed}: shrunk {} → {} steps in {} runs: {:?}",
+        shrunk.steps_before, shrunk.steps_after, shrunk.attempts, shrunk.scenario.steps
+    );
+    assert!(shrunk.steps_after <= 3, "shrunk to {} steps", shrunk.steps_after);
+    assert!(run_and_judge(&shrunk.scenario, seed, server, false).fails_with(key));
 }
