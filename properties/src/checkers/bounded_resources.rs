@@ -34,7 +34,7 @@
 use super::index::{liveness_bound_ms, retention_expiry_ms, Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{ClosedBy, GaugeSample, Observation};
-use crate::scenario::{hostile_connect_timeout_ms, Attack, Step, Via, HTTP_RETRY_PAUSE_MS};
+use crate::scenario::{hostile_connect_timeout_ms, Attack, HTTP_RETRY_PAUSE_MS};
 
 fn sample<'a>(index: &Index<'a>, idx: usize) -> &'a GaugeSample {
     match &index.entries[idx].what {
@@ -159,7 +159,6 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     Ok(())
 }
 
-/// The rule for hostile sockets that never complete an HTTP request (see the module docs).
 /// The drop-back rule for sockets, counted by the simulated network: at the last sample, the
 /// server host holds no more sockets than connections the clients may still hold (open, or
 /// closed so recently that the server may not have heard yet) plus the publisher's HTTP
@@ -187,7 +186,7 @@ fn sockets_left_open(index: &Index<'_>, last: usize, heal_idx: usize, what: &str
         .filter(|conn| conn.at <= last_at && conn.closed.is_none_or(|closed| recent(index.at(closed))))
         .count() as u64;
     // A publish step keeps its connection between its calls, and across a retry's pause.
-    let pause_ms = HTTP_RETRY_PAUSE_MS * u64::from(http_retries_max(index));
+    let pause_ms = HTTP_RETRY_PAUSE_MS * u64::from(index.http_retries_max);
     let publisher_sockets = index
         .calls
         .iter()
@@ -209,27 +208,7 @@ fn sockets_left_open(index: &Index<'_>, last: usize, heal_idx: usize, what: &str
     })
 }
 
-/// The most retries any HTTP publish step of the scenario asks for.
-fn http_retries_max(index: &Index<'_>) -> u8 {
-    index
-        .scenario
-        .steps
-        .iter()
-        .filter_map(|timed| match &timed.step {
-            Step::Publish {
-                via: Via::Http { retries, .. },
-                ..
-            }
-            | Step::Burst {
-                via: Via::Http { retries, .. },
-                ..
-            } => Some(*retries),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0)
-}
-
+/// The rule for hostile sockets that never complete an HTTP request (see the module docs).
 fn stalled_socket(
     index: &Index<'_>,
     client: &Client<'_>,

@@ -7,7 +7,7 @@
 use crate::history::{
     is_ambiguous_failure, ClosedBy, DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent,
 };
-use crate::scenario::{hostile_connect_timeout_ms, Attack, Scenario, ScenarioConfig, Step, Timeouts};
+use crate::scenario::{hostile_connect_timeout_ms, Attack, Scenario, ScenarioConfig, Step, Timeouts, Via};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -207,6 +207,8 @@ pub(super) struct Index<'a> {
     pub gauges: Vec<usize>,
     /// Largest latency any link had (config or `SetLatency`).
     pub latency_max_ms: u64,
+    /// Most retries any HTTP publish step asks for.
+    pub http_retries_max: u8,
     faults: Vec<Fault>,
     /// Prefix sums of estimated frame bytes over `calls` (same order).
     call_bytes_prefix: Vec<u64>,
@@ -236,6 +238,7 @@ impl<'a> Index<'a> {
             lives: Vec::new(),
             gauges: Vec::new(),
             latency_max_ms: scenario.config.latency_max_ms,
+            http_retries_max: 0,
             faults: Vec::new(),
             call_bytes_prefix: vec![0],
             unknown_positions: FxHashMap::default(),
@@ -538,6 +541,14 @@ impl<'a> Index<'a> {
                 }
             }
             Step::SetLatency { max_ms, .. } => self.latency_max_ms = self.latency_max_ms.max(*max_ms),
+            Step::Publish {
+                via: Via::Http { retries, .. },
+                ..
+            }
+            | Step::Burst {
+                via: Via::Http { retries, .. },
+                ..
+            } => self.http_retries_max = self.http_retries_max.max(*retries),
             Step::Hostile { .. } => {
                 hostile_steps.insert(step_index, step);
             }
