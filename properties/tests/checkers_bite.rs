@@ -1344,6 +1344,112 @@ fn liveness_near_miss_the_same_delay_during_a_partition_or_a_pause() {
     assert_clean(&scenario, &history);
 }
 
+/// u0's event 1 is published at `publish_at` and never arrives on client 0's connection, which
+/// closes at `publish_at` + 2 s, after the prompt-delivery deadline (X = 1,180 ms here). With
+/// `stopped_at`, client 0's application closed the client then (its close handshake is what
+/// keeps the connection open); without, the connection ends on the client's idle timeout and
+/// the client resumes and gets the event then. With `loss`, message loss was on from 200 to 400 ms (scenario
+/// steps 2 and 3); with `reconnect_at`, client 0's first connection died at 450 ms and it was
+/// welcomed again then, resuming E0 after 0.
+fn never_delivered_on_a_late_closing_connection(
+    publish_at: u64,
+    stopped_at: Option<u64>,
+    loss: bool,
+    reconnect_at: Option<u64>,
+) -> (Scenario, History) {
+    let mut extra = Vec::new();
+    if loss {
+        extra = vec![Step::SetLossRate { per_mille: 5 }, Step::SetLossRate { per_mille: 0 }];
+    }
+    let mut scenario = scenario_with(2, vec![connect(0, 0), connect(1, 1)]);
+    let mut b = HistoryBuilder::new();
+    b.server_started(0);
+    b.steps_of(&scenario);
+    b.at(50);
+    b.connect(0, None, "E0", 0, false);
+    b.connect(1, None, "E1", 0, false);
+    for (n, step) in extra.into_iter().enumerate() {
+        let at_ms = 200 + 200 * n as u64;
+        scenario.steps.push(herald_properties::scenario::TimedStep {
+            at_ms,
+            step: step.clone(),
+        });
+        b.at(at_ms);
+        b.step(2 + n, step);
+    }
+    if let Some(at) = reconnect_at {
+        b.at(at);
+        b.closed(0, None, ClosedBy::Network);
+        b.connecting(0, Some(("E0", 0)));
+        b.welcome(0, "E0", 0, true);
+    }
+    let mut events = vec![(publish_at, 0u8), (publish_at + 2_000, 2)];
+    if let Some(at) = stopped_at {
+        events.push((at, 1));
+    }
+    events.sort();
+    for (at, what) in events {
+        b.at(at);
+        match what {
+            0 => {
+                b.publish_ok("u0", "E0", 1);
+            }
+            1 => {
+                b.stopped(0);
+            }
+            _ if stopped_at.is_some() => {
+                b.closed(0, Some(1000), ClosedBy::Client);
+            }
+            _ => {
+                // The client's idle timeout; it resumes and gets the event by replay.
+                b.closed(0, None, ClosedBy::Network);
+                b.connecting(0, Some(("E0", 0)));
+                b.welcome(0, "E0", 1, true);
+                b.deliver(0, "E0", 1);
+            }
+        }
+    }
+    b.at(40_000);
+    b.heal();
+    b.at(64_000);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: if stopped_at.is_some() { 1 } else { 2 },
+        ..GaugeSample::default()
+    });
+    b.at(65_000);
+    b.end();
+    (scenario, b.build())
+}
+
+#[test]
+fn liveness_near_miss_the_application_closed_the_client_before_the_deadline() {
+    // Closed by its application just before the publish returned (the seed
+    // liveness-09b4dbe7): nobody reads that connection any more, though its close handshake
+    // keeps it open past the deadline.
+    let (scenario, history) = never_delivered_on_a_late_closing_connection(1_000, Some(900), false, None);
+    assert_clean(&scenario, &history);
+    // Closed by its application after the deadline: the event was owed before that.
+    let (scenario, history) = never_delivered_on_a_late_closing_connection(1_000, Some(2_500), false, None);
+    let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+    assert!(v.explanation.contains("prompt-delivery deadline t=2.180s"), "{v}");
+}
+
+#[test]
+fn liveness_near_miss_a_connection_that_lived_through_message_loss() {
+    // Loss from 200 to 400 ms, long before the publish at 5 s: a dropped segment may have stalled
+    // the stream for good (turmoil does not retransmit), so that connection owes nothing prompt.
+    let (scenario, history) = never_delivered_on_a_late_closing_connection(5_000, None, true, None);
+    assert_clean(&scenario, &history);
+    // A connection opened after the loss is owed prompt delivery again.
+    let (scenario, history) = never_delivered_on_a_late_closing_connection(5_000, None, true, Some(450));
+    let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+    assert!(v.explanation.contains("prompt-delivery deadline t=6.180s"), "{v}");
+    // And without the loss, the first connection is owed it too.
+    let (scenario, history) = never_delivered_on_a_late_closing_connection(5_000, None, false, None);
+    assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+}
+
 #[test]
 fn liveness_near_miss_a_publish_answered_after_a_fresh_welcome_that_already_counts_it() {
     // Applied just before the fresh welcome (head 1) of client 2, u0's second tab, answered

@@ -177,6 +177,25 @@ struct Fault {
     host: Option<u32>,
     from: u64,
     to: u64,
+    /// Partitions and loss drop bytes, and turmoil never retransmits them: a TCP stream that
+    /// lost a segment stalls for good. A hold only delays.
+    drops_bytes: bool,
+}
+
+/// The fault kinds in the keys of the open faults that `Index::apply_step` tracks.
+const FAULT_PARTITION: u8 = 0;
+const FAULT_HOLD: u8 = 1;
+const FAULT_LOSS: u8 = 2;
+
+impl Fault {
+    fn new(key: (Option<u32>, u8), from: u64, to: u64) -> Fault {
+        Fault {
+            host: key.0,
+            from,
+            to,
+            drops_bytes: key.1 != FAULT_HOLD,
+        }
+    }
 }
 
 /// One server life, from `ServerStarted` to `ServerStopped` (or the end of the history).
@@ -440,8 +459,8 @@ impl<'a> Index<'a> {
                 }
                 Observation::HealStarted => {
                     index.heal.get_or_insert((idx, at));
-                    for ((host, _), from) in std::mem::take(&mut open_faults) {
-                        index.faults.push(Fault { host, from, to: at });
+                    for (key, from) in std::mem::take(&mut open_faults) {
+                        index.faults.push(Fault::new(key, from, at));
                     }
                 }
                 Observation::Gauges(_) => index.gauges.push(idx),
@@ -455,12 +474,8 @@ impl<'a> Index<'a> {
             }
         }
         let last_at = entries.last().map_or(0, |e| e.at_ms);
-        for ((host, _), from) in open_faults {
-            index.faults.push(Fault {
-                host,
-                from,
-                to: last_at,
-            });
+        for (key, from) in open_faults {
+            index.faults.push(Fault::new(key, from, last_at));
         }
         // Calls that never returned are ambiguous too.
         for (event_index, event) in index.events.iter_mut().enumerate() {
@@ -500,16 +515,9 @@ impl<'a> Index<'a> {
         open_faults: &mut BTreeMap<(Option<u32>, u8), u64>,
         hostile_steps: &mut BTreeMap<usize, &'a Step>,
     ) {
-        const PARTITION: u8 = 0;
-        const HOLD: u8 = 1;
-        const LOSS: u8 = 2;
         let mut close = |faults: &mut Vec<Fault>, key: (Option<u32>, u8)| {
             if let Some(from) = open_faults.remove(&key) {
-                faults.push(Fault {
-                    host: key.0,
-                    from,
-                    to: at,
-                });
+                faults.push(Fault::new(key, from, at));
             }
         };
         match step {
@@ -526,18 +534,18 @@ impl<'a> Index<'a> {
                 c.token_ttl_ms = ttl;
             }
             Step::Partition { host } | Step::PartitionOneWay { host, .. } => {
-                open_faults.entry((Some(*host), PARTITION)).or_insert(at);
+                open_faults.entry((Some(*host), FAULT_PARTITION)).or_insert(at);
             }
-            Step::Repair { host } => close(&mut self.faults, (Some(*host), PARTITION)),
+            Step::Repair { host } => close(&mut self.faults, (Some(*host), FAULT_PARTITION)),
             Step::Hold { host } => {
-                open_faults.entry((Some(*host), HOLD)).or_insert(at);
+                open_faults.entry((Some(*host), FAULT_HOLD)).or_insert(at);
             }
-            Step::Release { host } => close(&mut self.faults, (Some(*host), HOLD)),
+            Step::Release { host } => close(&mut self.faults, (Some(*host), FAULT_HOLD)),
             Step::SetLossRate { per_mille } => {
                 if *per_mille > 0 {
-                    open_faults.entry((None, LOSS)).or_insert(at);
+                    open_faults.entry((None, FAULT_LOSS)).or_insert(at);
                 } else {
-                    close(&mut self.faults, (None, LOSS));
+                    close(&mut self.faults, (None, FAULT_LOSS));
                 }
             }
             Step::SetLatency { max_ms, .. } => self.latency_max_ms = self.latency_max_ms.max(*max_ms),
@@ -715,13 +723,31 @@ impl<'a> Index<'a> {
     /// in `[from, to]` (with a latency's worth of slack for messages in flight), or the server
     /// was not up for the whole interval.
     pub fn disturbed(&self, host: Option<u32>, from: u64, to: u64) -> bool {
-        let slack = self.latency_max_ms + 2 * self.scenario.config.tick_ms;
-        let faulty = self.faults.iter().any(|f| {
-            (f.host.is_none() || host.is_none() || f.host == host)
+        let slack = self.fault_slack_ms();
+        self.fault_during(host, from, to, |_| true)
+            || !self.server_up_throughout(from.saturating_sub(slack), to.saturating_add(slack))
+    }
+
+    /// Whether a partition or message loss may have dropped bytes of `host` (or of every host)
+    /// in `[from, to]`. A TCP stream open then may have stalled for good (turmoil does not
+    /// retransmit), and stays so until one side's idle timeout ends it.
+    pub fn bytes_dropped_during(&self, host: Option<u32>, from: u64, to: u64) -> bool {
+        self.fault_during(host, from, to, |f| f.drops_bytes)
+    }
+
+    /// A latency's worth of slack for messages in flight, and two ticks for host polling.
+    fn fault_slack_ms(&self) -> u64 {
+        self.latency_max_ms + 2 * self.scenario.config.tick_ms
+    }
+
+    fn fault_during(&self, host: Option<u32>, from: u64, to: u64, kind: impl Fn(&Fault) -> bool) -> bool {
+        let slack = self.fault_slack_ms();
+        self.faults.iter().any(|f| {
+            kind(f)
+                && (f.host.is_none() || host.is_none() || f.host == host)
                 && f.from <= to.saturating_add(slack)
                 && f.to.saturating_add(slack) >= from
-        });
-        faulty || !self.server_up_throughout(from.saturating_sub(slack), to.saturating_add(slack))
+        })
     }
 
     /// Whether the event at `(user, epoch, seq)` was *certainly* still retained by the hub at

@@ -19,9 +19,14 @@
 //!   time of that return and D = P + X ([`prompt_bound_ms`]) the event's frame, or a gap frame
 //!   of E covering `seq`, arrives on that connection by D, unless something a correct server may
 //!   be slowed by happened around it: the connection closed by D (4003 slow consumer, token
-//!   expiry, kill, shutdown, ...), the token expires by D, the application paused in
-//!   [P − X, D], the client's host (or every host) was partitioned, held or lossy in [P − X, D],
-//!   or the server was down, restarted or crashed then (see `Index::disturbed`).
+//!   expiry, kill, shutdown, ...), the application closed the client by D (its connection may
+//!   stay open while the close handshake runs, but nobody reads it any more), the token expires
+//!   by D, the application paused in [P − X, D], the client's host (or every host) was
+//!   partitioned, held or lossy in [P − X, D], or the server was down, restarted or crashed
+//!   then (see `Index::disturbed`). Nor is it owed on a connection that lived through a
+//!   partition or message loss before P: turmoil does not retransmit what they dropped, so its
+//!   stream may be stalled for good until an idle timeout ends it, and the client's recovery is
+//!   judged by the rules above (see `Index::bytes_dropped_during`).
 //!   Not decided when D falls after the last entry of the history.
 
 use super::index::{liveness_bound_ms, Client, Conn, Index};
@@ -348,9 +353,11 @@ fn prompt_delivery(index: &Index<'_>) -> Option<Violation> {
                     continue;
                 }
                 if conn.closed.is_some_and(|c| index.at(c) <= deadline)
+                    || client.stopped.is_some_and(|s| index.at(s) <= deadline)
                     || conn.token_exp_ms.unwrap_or(conn.at + client.token_ttl_ms) <= deadline
                     || client.paused_during(from.saturating_sub(bound), deadline)
                     || index.disturbed(client.host, from.saturating_sub(bound), deadline)
+                    || index.bytes_dropped_during(client.host, conn.at, from)
                 {
                     continue;
                 }
