@@ -45,12 +45,17 @@ fn base() -> (Scenario, HistoryBuilder) {
 
 /// Heal at `heal_at`, a healthy final gauge sample, and the end 25 s later.
 fn finish(b: &mut HistoryBuilder, heal_at: u64) -> History {
+    finish_with_connections(b, heal_at, 2)
+}
+
+/// [`finish`] with `connections` open in the final gauge sample.
+fn finish_with_connections(b: &mut HistoryBuilder, heal_at: u64, connections: u64) -> History {
     b.at(heal_at);
     b.heal();
     b.at(heal_at + 24_000);
     b.gauges(GaugeSample {
         users: 2,
-        connections: 2,
+        connections,
         ..GaugeSample::default()
     });
     b.at(heal_at + 25_000);
@@ -1348,27 +1353,18 @@ fn liveness_near_miss_the_same_delay_during_a_partition_or_a_pause() {
 /// closes at `publish_at` + 2 s, after the prompt-delivery deadline (X = 1,180 ms here). With
 /// `stopped_at`, client 0's application closed the client then (its close handshake is what
 /// keeps the connection open); without, the connection ends on the client's idle timeout and
-/// the client resumes and gets the event then. With `loss`, message loss was on from 200 to 400 ms (scenario
-/// steps 2 and 3); with `reconnect_at`, client 0's first connection died at 450 ms and it was
-/// welcomed again then, resuming E0 after 0.
+/// the client resumes and gets the event then. With `loss`, message loss was on from 200 to
+/// 400 ms (scenario steps 2 and 3); with `reconnect_at`, client 0's first connection died then
+/// and it was welcomed again at once, resuming E0 after 0.
 fn never_delivered_on_a_late_closing_connection(
     publish_at: u64,
     stopped_at: Option<u64>,
     loss: bool,
     reconnect_at: Option<u64>,
 ) -> (Scenario, History) {
-    let mut extra = Vec::new();
-    if loss {
-        extra = vec![Step::SetLossRate { per_mille: 5 }, Step::SetLossRate { per_mille: 0 }];
-    }
-    let mut scenario = scenario_with(2, vec![connect(0, 0), connect(1, 1)]);
-    let mut b = HistoryBuilder::new();
-    b.server_started(0);
-    b.steps_of(&scenario);
-    b.at(50);
-    b.connect(0, None, "E0", 0, false);
-    b.connect(1, None, "E1", 0, false);
-    for (n, step) in extra.into_iter().enumerate() {
+    let (mut scenario, mut b) = base();
+    let loss_steps = [Step::SetLossRate { per_mille: 5 }, Step::SetLossRate { per_mille: 0 }];
+    for (n, step) in loss_steps.into_iter().filter(|_| loss).enumerate() {
         let at_ms = 200 + 200 * n as u64;
         scenario.steps.push(herald_properties::scenario::TimedStep {
             at_ms,
@@ -1409,17 +1405,8 @@ fn never_delivered_on_a_late_closing_connection(
             }
         }
     }
-    b.at(40_000);
-    b.heal();
-    b.at(64_000);
-    b.gauges(GaugeSample {
-        users: 2,
-        connections: if stopped_at.is_some() { 1 } else { 2 },
-        ..GaugeSample::default()
-    });
-    b.at(65_000);
-    b.end();
-    (scenario, b.build())
+    let history = finish_with_connections(&mut b, 40_000, if stopped_at.is_some() { 1 } else { 2 });
+    (scenario, history)
 }
 
 #[test]
