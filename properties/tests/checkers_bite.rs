@@ -1363,15 +1363,17 @@ fn never_delivered_on_a_late_closing_connection(
     reconnect_at: Option<u64>,
 ) -> (Scenario, History) {
     let (mut scenario, mut b) = base();
-    let loss_steps = [Step::SetLossRate { per_mille: 5 }, Step::SetLossRate { per_mille: 0 }];
-    for (n, step) in loss_steps.into_iter().filter(|_| loss).enumerate() {
-        let at_ms = 200 + 200 * n as u64;
-        scenario.steps.push(herald_properties::scenario::TimedStep {
-            at_ms,
-            step: step.clone(),
-        });
-        b.at(at_ms);
-        b.step(2 + n, step);
+    if loss {
+        for (n, per_mille) in [5, 0].into_iter().enumerate() {
+            let step = Step::SetLossRate { per_mille };
+            let at_ms = 200 + 200 * n as u64;
+            scenario.steps.push(herald_properties::scenario::TimedStep {
+                at_ms,
+                step: step.clone(),
+            });
+            b.at(at_ms);
+            b.step(2 + n, step);
+        }
     }
     if let Some(at) = reconnect_at {
         b.at(at);
@@ -1379,31 +1381,27 @@ fn never_delivered_on_a_late_closing_connection(
         b.connecting(0, Some(("E0", 0)));
         b.welcome(0, "E0", 0, true);
     }
-    let mut events = vec![(publish_at, 0u8), (publish_at + 2_000, 2)];
-    if let Some(at) = stopped_at {
-        events.push((at, 1));
-    }
-    events.sort();
-    for (at, what) in events {
+    let close_at = publish_at + 2_000;
+    if let Some(at) = stopped_at.filter(|&at| at < publish_at) {
         b.at(at);
-        match what {
-            0 => {
-                b.publish_ok("u0", "E0", 1);
-            }
-            1 => {
-                b.stopped(0);
-            }
-            _ if stopped_at.is_some() => {
-                b.closed(0, Some(1000), ClosedBy::Client);
-            }
-            _ => {
-                // The client's idle timeout; it resumes and gets the event by replay.
-                b.closed(0, None, ClosedBy::Network);
-                b.connecting(0, Some(("E0", 0)));
-                b.welcome(0, "E0", 1, true);
-                b.deliver(0, "E0", 1);
-            }
-        }
+        b.stopped(0);
+    }
+    b.at(publish_at);
+    b.publish_ok("u0", "E0", 1);
+    if let Some(at) = stopped_at.filter(|&at| at >= publish_at) {
+        assert!(at <= close_at);
+        b.at(at);
+        b.stopped(0);
+    }
+    b.at(close_at);
+    if stopped_at.is_some() {
+        b.closed(0, Some(1000), ClosedBy::Client);
+    } else {
+        // The client's idle timeout; it resumes and gets the event by replay.
+        b.closed(0, None, ClosedBy::Network);
+        b.connecting(0, Some(("E0", 0)));
+        b.welcome(0, "E0", 1, true);
+        b.deliver(0, "E0", 1);
     }
     let history = finish_with_connections(&mut b, 40_000, if stopped_at.is_some() { 1 } else { 2 });
     (scenario, history)

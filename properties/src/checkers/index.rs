@@ -177,24 +177,29 @@ struct Fault {
     host: Option<u32>,
     from: u64,
     to: u64,
-    /// Partitions and loss drop bytes, and turmoil never retransmits them: a TCP stream that
-    /// lost a segment stalls for good. A hold only delays.
-    drops_bytes: bool,
+    kind: FaultKind,
 }
 
-/// The fault kinds in the keys of the open faults that `Index::apply_step` tracks.
-const FAULT_PARTITION: u8 = 0;
-const FAULT_HOLD: u8 = 1;
-const FAULT_LOSS: u8 = 2;
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum FaultKind {
+    /// Two-way or one-way.
+    Partition,
+    Hold,
+    Loss,
+}
+
+/// A fault begun and not yet ended: `(host or None for every host, kind)` → start.
+type OpenFaults = BTreeMap<(Option<u32>, FaultKind), u64>;
 
 impl Fault {
-    fn new(key: (Option<u32>, u8), from: u64, to: u64) -> Fault {
-        Fault {
-            host: key.0,
-            from,
-            to,
-            drops_bytes: key.1 != FAULT_HOLD,
-        }
+    fn new((host, kind): (Option<u32>, FaultKind), from: u64, to: u64) -> Fault {
+        Fault { host, from, to, kind }
+    }
+
+    /// Partitions and loss drop bytes, and turmoil never retransmits them: a TCP stream that
+    /// lost a segment stalls for good. A hold only delays.
+    fn drops_bytes(&self) -> bool {
+        self.kind != FaultKind::Hold
     }
 }
 
@@ -264,8 +269,7 @@ impl<'a> Index<'a> {
         };
         // Open publish attempts by (publish id, event id), matched FIFO with their returns.
         let mut open_calls: FxHashMap<(u64, &'a str), Vec<usize>> = FxHashMap::default();
-        // Open faults: (host or None for loss, kind) → start.
-        let mut open_faults: BTreeMap<(Option<u32>, u8), u64> = BTreeMap::new();
+        let mut open_faults = OpenFaults::new();
         let mut hostile_steps: BTreeMap<usize, &'a Step> = BTreeMap::new();
 
         for (idx, entry) in entries.iter().enumerate() {
@@ -512,10 +516,10 @@ impl<'a> Index<'a> {
         at: u64,
         step_index: usize,
         step: &'a Step,
-        open_faults: &mut BTreeMap<(Option<u32>, u8), u64>,
+        open_faults: &mut OpenFaults,
         hostile_steps: &mut BTreeMap<usize, &'a Step>,
     ) {
-        let mut close = |faults: &mut Vec<Fault>, key: (Option<u32>, u8)| {
+        let mut close = |faults: &mut Vec<Fault>, key: (Option<u32>, FaultKind)| {
             if let Some(from) = open_faults.remove(&key) {
                 faults.push(Fault::new(key, from, at));
             }
@@ -534,18 +538,18 @@ impl<'a> Index<'a> {
                 c.token_ttl_ms = ttl;
             }
             Step::Partition { host } | Step::PartitionOneWay { host, .. } => {
-                open_faults.entry((Some(*host), FAULT_PARTITION)).or_insert(at);
+                open_faults.entry((Some(*host), FaultKind::Partition)).or_insert(at);
             }
-            Step::Repair { host } => close(&mut self.faults, (Some(*host), FAULT_PARTITION)),
+            Step::Repair { host } => close(&mut self.faults, (Some(*host), FaultKind::Partition)),
             Step::Hold { host } => {
-                open_faults.entry((Some(*host), FAULT_HOLD)).or_insert(at);
+                open_faults.entry((Some(*host), FaultKind::Hold)).or_insert(at);
             }
-            Step::Release { host } => close(&mut self.faults, (Some(*host), FAULT_HOLD)),
+            Step::Release { host } => close(&mut self.faults, (Some(*host), FaultKind::Hold)),
             Step::SetLossRate { per_mille } => {
                 if *per_mille > 0 {
-                    open_faults.entry((None, FAULT_LOSS)).or_insert(at);
+                    open_faults.entry((None, FaultKind::Loss)).or_insert(at);
                 } else {
-                    close(&mut self.faults, (None, FAULT_LOSS));
+                    close(&mut self.faults, (None, FaultKind::Loss));
                 }
             }
             Step::SetLatency { max_ms, .. } => self.latency_max_ms = self.latency_max_ms.max(*max_ms),
@@ -732,7 +736,7 @@ impl<'a> Index<'a> {
     /// in `[from, to]`. A TCP stream open then may have stalled for good (turmoil does not
     /// retransmit), and stays so until one side's idle timeout ends it.
     pub fn bytes_dropped_during(&self, host: Option<u32>, from: u64, to: u64) -> bool {
-        self.fault_during(host, from, to, |f| f.drops_bytes)
+        self.fault_during(host, from, to, Fault::drops_bytes)
     }
 
     /// A latency's worth of slack for messages in flight, and two ticks for host polling.
