@@ -22,7 +22,7 @@ lg() { cargo bench -p herald-core --bench loadgen -- "$@" "${quick[@]}"; }
 # isolated OUT ROUNDS FILTER ARGS...: `lg ARGS` for each in-process server, one run per fresh
 # process, the servers interleaved, ROUNDS times; the lines matching FILTER go to OUT. With
 # glibc's allocator an in-process server runs slower the more servers ran before it in the
-# same process (BENCHMARKS.md, eighth pass); a fresh process per run removes that.
+# same process (bench/HISTORY.md, "Eighth pass"); a fresh process per run removes that.
 isolated() {
   local out=$1 rounds=$2 filter=$3
   shift 3
@@ -41,7 +41,7 @@ all=herald,herald-notifier,baseline-small,baseline-default,baseline-notifier
 lg --scenario idle --connections 10000 --runs 3                                  | tee bench/results/idle.txt
 lg --scenario rate --rates 20000,50000,100000 --runs 3 --duration-secs 5 --servers $all | tee bench/results/rate.txt
 # The headline target (p99 at 100k): more runs, and the in-process pair with a 100 µs publishing
-# tick (the generator's own pacing delay shrinks; see "Seventh pass" in BENCHMARKS.md).
+# tick (the generator's own pacing delay shrinks; see "Seventh pass" in bench/HISTORY.md).
 lg --scenario rate --rates 100000 --runs 7 --duration-secs 5 \
    --servers herald,baseline-small,herald-notifier,baseline-notifier                | tee bench/results/rate100k.txt
 # The in-process pair again, each run in a fresh process (see `isolated` above).

@@ -243,7 +243,7 @@ fn pick<T: Copy>(items: &[T], n: u32) -> T {
 
 /// The simulated time step of generated scenarios. Turmoil polls every host once per tick, so
 /// the tick sets much of a world's cost: a medium scenario takes ~30 % fewer instructions at
-/// 40 ms than at 20 ms and ~45 % fewer than at 10 ms (BENCHMARKS.md). 40 ms is still far below
+/// 40 ms than at 20 ms and ~45 % fewer than at 10 ms (bench/HISTORY.md). 40 ms is still far below
 /// every timeout the scenarios exercise (the shortest, `hello_timeout_ms`, is 2 s; a heartbeat
 /// is 25 ticks) and around the generated link latencies (1-50 ms), which therefore still
 /// reorder messages across ticks. Checkers allow two ticks of slack wherever hosts' clocks are

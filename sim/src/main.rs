@@ -4,7 +4,8 @@
 //! I/O error.
 
 /// mimalloc: the worlds allocate and free many small buffers per tick; measured on a medium
-/// scenario it takes 8 % fewer instructions than the system allocator (BENCHMARKS.md).
+/// scenario it takes 8 % fewer instructions than the system allocator (bench/HISTORY.md,
+/// "Fourth pass").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -379,7 +379,7 @@ fn timer_deadline(next_ping: Instant, idle_at: Instant, expiry_at: Instant) -> I
 /// returned a message: more may be buffered, and no wake-up would announce them). Without the
 /// gate every writer wake-up also ran tungstenite's read path against an empty socket, about a
 /// fifth of the connection task's instructions per delivered event ("Eleventh pass" in
-/// BENCHMARKS.md). The socket wakes the task through both this gate's waker and the task's own
+/// bench/HISTORY.md). The socket wakes the task through both this gate's waker and the task's own
 /// (tokio-tungstenite wakes its read and write wakers together), so nothing waits unseen.
 struct ReadGate {
     /// Raised when the socket may have something to read; starts raised.
