@@ -315,8 +315,7 @@ pub fn report(entries: &[CatalogueEntry], results: &[EntryResult], verbose: bool
             }
             let _ = writeln!(
                 out,
-                "      replay: cargo run --release -p herald-sim -- run --seed {} --scenario {}",
-                entry.seed_file.seed,
+                "      replay (checks its expectations too): cargo run --release -p herald-sim -- replay {}",
                 entry.path.display()
             );
         }

@@ -22,8 +22,8 @@ pub struct RunArgs {
     /// Generate with swarm testing (a random subset of step families per scenario).
     #[arg(long)]
     pub swarm: bool,
-    /// Run the generated scenario's whole quiet period instead of ending once the world has
-    /// settled (as `fuzz --whole-quiet-period` does).
+    /// Run the scenario's whole quiet period instead of ending once the world has settled (as
+    /// `fuzz --whole-quiet-period` does); applies to a `--scenario` file too.
     #[arg(long)]
     pub whole_quiet_period: bool,
     /// Print the captured tracing logs of every host after the summary.
@@ -69,7 +69,13 @@ pub fn load_scenario(path: &PathBuf) -> Result<Scenario, String> {
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let scenario = match &args.scenario {
-        Some(path) => load_scenario(path)?,
+        Some(path) => {
+            let mut scenario = load_scenario(path)?;
+            if args.whole_quiet_period {
+                scenario.config.settle_ms = None;
+            }
+            scenario
+        }
         None => crate::campaign::generated_scenario(
             GeneratorSettings {
                 size: args.size.into(),
@@ -112,14 +118,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if violations.is_empty() {
         println!("all invariants hold");
     } else {
-        println!(
-            "reproduce with: cargo run --release -p herald-sim -- run --seed {}{}",
-            args.seed,
-            args.scenario
-                .as_ref()
-                .map(|p| format!(" --scenario {}", p.display()))
-                .unwrap_or_default()
-        );
+        let size = Size::from(args.size).as_str();
+        let reproduce = match &args.scenario {
+            Some(path) => format!(
+                "cargo run --release -p herald-sim -- run --seed {} --scenario {}{}",
+                args.seed,
+                path.display(),
+                if args.whole_quiet_period {
+                    " --whole-quiet-period"
+                } else {
+                    ""
+                }
+            ),
+            None => crate::campaign::run_command(args.seed, size, args.swarm, args.whole_quiet_period),
+        };
+        println!("reproduce with: {reproduce}");
     }
     if let Some(path) = &args.history {
         let text = serde_json::to_string_pretty(&history).map_err(|e| e.to_string())?;

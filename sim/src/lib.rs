@@ -4,6 +4,15 @@
 //! save and replay scenarios. Read [`world`] first; [`server_under_test`], [`net`] and [`clock`]
 //! are the seams between the world and the core.
 
+// turmoil seeds tokio's runtime RNG (and shuts a runtime down on a task's panic) only when tokio
+// is built with `--cfg tokio_unstable` (`.cargo/config.toml`). Cargo drops that setting whenever
+// `RUSTFLAGS` is set, and the worlds would then silently stop being deterministic.
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "herald-sim needs `--cfg tokio_unstable` (set in .cargo/config.toml; add it to RUSTFLAGS when \
+     RUSTFLAGS is set, which overrides that file)"
+);
+
 pub mod campaign;
 pub mod catalogue;
 pub mod cli;

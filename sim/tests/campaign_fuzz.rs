@@ -233,8 +233,18 @@ fn cli_fuzz_prints_seed_summary_and_coverage_and_writes_the_report() {
 
     // Usage errors exit 2.
     assert_eq!(herald_sim(&["fuzz", "--shard", "8/8"]).0, Some(2));
+    // Shards drawing their own random starts would not be disjoint.
+    let (code, out) = herald_sim(&["fuzz", "--cases", "1", "--shard", "1/2", "--no-seeds"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("needs --seed-start"), "{out}");
     assert_eq!(herald_sim(&["fuzz", "--time", "10x"]).0, Some(2));
     assert_eq!(herald_sim(&["replay", "/nonexistent.json"]).0, Some(2));
+    // A seed file shrink cannot read is an error, not a bare scenario run under another seed.
+    let future = dir.join("future.json");
+    std::fs::write(&future, r#"{"format_version": 999, "seed": 7}"#).unwrap();
+    let (code, out) = herald_sim(&["shrink", future.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("format_version"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,11 +3,11 @@
 //! no longer reaches the verdict its `expect` field asks for. A seed whose bug was fixed stays as
 //! a regression test; `"expect": {"verdict": "fail", "invariant": ...}` documents an open one.
 
-use herald_properties::checkers::Invariant;
+use herald_properties::checkers::{Category, Invariant};
 use herald_properties::expectations::Expectation;
 use herald_properties::scenario::{Kind, Scenario, ScenarioConfig, Step, TimedStep, Via};
 use herald_properties::seed_file::Expect;
-use herald_sim::campaign::seeds::{bare_seed_file, replay_dir, SeedProblem};
+use herald_sim::campaign::seeds::{bare_seed_file, load_seed_file, replay_dir, seed_files_in, SeedProblem};
 use herald_sim::server_under_test::{RealServer, ServerUnderTest};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -35,6 +35,7 @@ fn describe(problems: &[SeedProblem]) -> String {
 fn every_saved_seed_replays_to_its_expected_verdict() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
     let (count, problems) = replay_dir(&dir, &real).expect("seeds/ is readable");
+    assert!(count > 0, "no seed file found in {}", dir.display());
     assert!(
         problems.is_empty(),
         "{} of {count} seed files in seeds/ do not replay to their expected verdict \
@@ -43,6 +44,64 @@ fn every_saved_seed_replays_to_its_expected_verdict() {
         describe(&problems)
     );
     eprintln!("{count} seed files in seeds/ replayed");
+}
+
+/// A seed file is replayed only from `seeds/*.json` (above) or `seeds/catalogue/<family>/*.json`
+/// (the catalogue test): one saved anywhere else would guard nothing, silently.
+#[test]
+fn every_seed_file_sits_where_a_test_replays_it() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
+    let catalogue = seeds.join("catalogue");
+    let families: Vec<PathBuf> = Category::ALL.iter().map(|c| catalogue.join(c.as_str())).collect();
+    let mut pending = vec![seeds.clone()];
+    let mut misplaced = Vec::new();
+    let mut found = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let hidden = path.file_name().unwrap().to_string_lossy().starts_with('.');
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|x| x == "json") && !hidden {
+                found += 1;
+                let parent = path.parent().unwrap().to_path_buf();
+                if parent != seeds && !families.contains(&parent) {
+                    misplaced.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(found > 0, "no seed file under {}", seeds.display());
+    assert!(
+        misplaced.is_empty(),
+        "seed files no test replays (move them to seeds/ or seeds/catalogue/<family>/): {misplaced:?}"
+    );
+}
+
+/// Every saved seed is exactly what `SeedFile::to_json` writes: a field the format does not
+/// know (a misspelt `token_ttl_ms`, say) would be dropped on load and change what the seed
+/// replays, so it shows up here as a difference.
+#[test]
+fn saved_seed_files_are_canonical() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
+    let bless = std::env::var_os("HERALD_BLESS_SEEDS").is_some();
+    let mut not_canonical = Vec::new();
+    for path in seed_files_in(&dir).unwrap() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let canonical = load_seed_file(&path).unwrap().to_json();
+        if canonical != text {
+            if bless {
+                std::fs::write(&path, canonical).unwrap();
+            } else {
+                not_canonical.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        not_canonical.is_empty(),
+        "not in canonical seed-file form (HERALD_BLESS_SEEDS=1 cargo test -p herald-sim --test \
+         seeds_replay canonical rewrites them; review the diff): {not_canonical:?}"
+    );
 }
 
 fn temp_dir(name: &str) -> PathBuf {

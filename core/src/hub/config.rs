@@ -26,8 +26,9 @@ pub struct HubConfig {
     /// Events a connection may lag behind its user's head. One more closes it with 4003
     /// `slow_consumer`; the client resumes and recovers from retention.
     pub send_queue_max: u64,
-    /// Control frames (welcome, gap, pong, error) queued per connection. One more closes the
-    /// connection with 4003: a client that pings faster than it reads is a slow consumer.
+    /// Control frames (welcome, gap, pong, error) queued per connection, the closing error
+    /// included: a pong that would leave no room for that error closes the connection with 4003
+    /// instead. A client that pings faster than it reads is a slow consumer.
     pub control_queue_max: u64,
     /// Largest encoded event frame in bytes. A larger publish fails with `too_large` / 413.
     pub event_bytes_max: u64,

@@ -408,22 +408,27 @@ impl Hub {
                     ),
                 });
             }
-            if let Some(resume) = resume {
-                if resume.epoch == stream.epoch && resume.after > stream.head {
-                    return Err(Rejected {
-                        code: ErrorCode::BadFrame,
-                        message: format!(
-                            "resume.after {} is beyond head {} of epoch {}",
-                            resume.after, stream.head, stream.epoch
-                        ),
-                    });
-                }
-            }
         }
         let user_key = self.stream_for(user).map_err(|max| Rejected {
             code: ErrorCode::TooManyConnections,
             message: format!("the server holds users_max {max} users"),
         })?;
+        // Checked against the stream `stream_for` returned, so that a resume naming the epoch a
+        // new stream has just drawn (epochs are unique, not secret) is held to its head of 0.
+        if let Some(resume) = resume {
+            let stream = &self.users[&user_key];
+            if resume.epoch == stream.epoch && resume.after > stream.head {
+                let message = format!(
+                    "resume.after {} is beyond head {} of epoch {}",
+                    resume.after, stream.head, stream.epoch
+                );
+                self.drop_stream_if_idle(&user_key);
+                return Err(Rejected {
+                    code: ErrorCode::BadFrame,
+                    message,
+                });
+            }
+        }
         let id = self.fresh_connection_id();
         let stream = self.users.get_mut(&user_key).expect("stream_for created it");
         stream.connections.push(id);
@@ -692,6 +697,12 @@ impl Hub {
         self.counters.evicted += 1;
         // Connections lagging under the new front get a retention gap at their next poll.
         self.wakes.extend_from_slice(&stream.connections);
+        // One `advance` can evict thousands of one stream's events: deduplicate before the list
+        // outgrows the connections, so it stays within about twice `connections_max`.
+        if self.wakes.len() > 2 * self.connections.len() + 64 {
+            self.wakes.sort_unstable();
+            self.wakes.dedup();
+        }
         self.drop_stream_if_idle(user);
     }
 

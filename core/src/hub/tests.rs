@@ -192,6 +192,72 @@ fn resume_beyond_head_is_rejected_as_a_bad_frame() {
 }
 
 #[test]
+fn resume_beyond_the_head_of_a_stream_the_connect_creates_is_rejected() {
+    // Epochs come from the hub's seeded generator: the next one can be predicted. A resume
+    // naming it for a user with no stream must meet the new stream's head of 0, not skip it.
+    let predicted = format!("{:016x}", SeededRng::new(7).next_u64());
+    let mut hub = hub(config());
+    let rejected = hub
+        .connect(
+            0,
+            "alice",
+            Some(&Resume {
+                epoch: predicted,
+                after: 5,
+            }),
+        )
+        .unwrap_err();
+    assert_eq!(rejected.code, ErrorCode::BadFrame);
+    assert!(rejected.message.contains("beyond head 0"), "{}", rejected.message);
+    assert_eq!(
+        hub.gauges().users,
+        0,
+        "the stream made for the rejected connect is dropped"
+    );
+    // The same resume against an existing stream's head is served.
+    let epoch = publish(&mut hub, 1, "alice", "a1").epoch;
+    let c = hub.connect(2, "alice", Some(&Resume { epoch, after: 1 })).unwrap();
+    let (_, head, recovered) = welcome(&drain(&mut hub, c));
+    assert_eq!((head, recovered), (1, true));
+}
+
+#[test]
+fn evicting_many_events_keeps_the_wake_list_bounded() {
+    let mut hub = hub(HubConfig {
+        retention_events_max: 100_000,
+        ..config()
+    });
+    let tabs: Vec<ConnectionId> = (0..3).map(|_| hub.connect(0, "alice", None).unwrap()).collect();
+    let mut woken = Vec::new();
+    hub.take_wakes(&mut woken);
+    for i in 0..5_000 {
+        publish(&mut hub, 0, "bob", &i.to_string());
+    }
+    hub.take_wakes(&mut woken);
+    for i in 0..5_000 {
+        publish(&mut hub, 1, "alice", &i.to_string());
+        // Taken as the server does after each publish, so only evictions accumulate below.
+        woken.clear();
+        hub.take_wakes(&mut woken);
+    }
+    // One tick past the age limit evicts all 10,000 events; each eviction of alice's wakes her
+    // three tabs.
+    hub.tick(config().retention_age_ms + 1);
+    assert_eq!(hub.gauges().retained_events, 0);
+    assert!(
+        hub.wakes.len() <= 2 * hub.connections.len() + 64 + 3,
+        "{} wakes",
+        hub.wakes.len()
+    );
+    woken.clear();
+    hub.take_wakes(&mut woken);
+    assert_eq!(woken.len(), tabs.len());
+    for tab in tabs {
+        assert!(woken.contains(&tab));
+    }
+}
+
+#[test]
 fn resume_after_the_largest_seq_is_rejected_as_a_bad_frame_and_the_hub_serves_on() {
     let mut hub = hub(config());
     let epoch = publish(&mut hub, 0, "alice", "a1").epoch;
@@ -370,15 +436,25 @@ fn shutdown_closes_every_connection_with_1001() {
     let mut hub = hub(config());
     let c = hub.connect(0, "alice", None).unwrap();
     drain(&mut hub, c);
+    let d = hub.connect(0, "dave", None).unwrap();
+    drain(&mut hub, d);
     hub.shutdown();
-    let frames = drain(&mut hub, c);
-    assert!(matches!(
-        frames[0],
-        ServerFrame::Error {
-            code: ErrorCode::ShuttingDown,
-            ..
+    for id in [c, d] {
+        // The error frame, then the close with the code that maps to 1001.
+        match drain(&mut hub, id).as_slice() {
+            [ServerFrame::Error {
+                code: ErrorCode::ShuttingDown,
+                message,
+            }, ServerFrame::Error {
+                code: ErrorCode::ShuttingDown,
+                message: close,
+            }] => {
+                assert_ne!(message, "<close>");
+                assert_eq!(close, "<close>");
+            }
+            other => panic!("expected the shutdown error and close, got {other:?}"),
         }
-    ));
+    }
     assert_eq!(ErrorCode::ShuttingDown.close_code(), 1001);
     assert_eq!(hub.connect(1, "bob", None).unwrap_err().code, ErrorCode::ShuttingDown);
 }
@@ -410,6 +486,7 @@ enum Op {
     Connect { user: u8, resume: bool },
     Disconnect { slot: u8 },
     Drain { slot: u8, max: u8 },
+    Ping { slot: u8 },
     Advance { ms: u16 },
 }
 
@@ -419,6 +496,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..3u8, any::<bool>()).prop_map(|(user, resume)| Op::Connect { user, resume }),
         1 => (0..8u8).prop_map(|slot| Op::Disconnect { slot }),
         3 => (0..8u8, 1..6u8).prop_map(|(slot, max)| Op::Drain { slot, max }),
+        1 => (0..8u8).prop_map(|slot| Op::Ping { slot }),
         1 => (0..4000u16).prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -434,13 +512,25 @@ struct Seen {
     closed: bool,
 }
 
+/// The `slot`-th open connection, counting round: every open connection is reachable, however
+/// many have come and gone.
+fn open_slot(conns: &mut [Seen], slot: u8) -> Option<&mut Seen> {
+    let open = conns.iter().filter(|c| !c.closed).count();
+    if open == 0 {
+        return None;
+    }
+    conns.iter_mut().filter(|c| !c.closed).nth(slot as usize % open)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
-    /// Never another user's event, never twice, never out of order, and a retention gap only
-    /// for data the hub really evicted (checked against the hub's own published ids).
+    /// Never another user's event, never twice, never out of order, never a hole without a gap
+    /// that starts right after what the connection had, and a retention gap only for data the
+    /// hub really evicted (checked against the hub's own published ids). The byte limit holds
+    /// about nine events, so one user's publish evicts another's.
     #[test]
     fn hub_never_misroutes_duplicates_reorders_or_lies_about_gaps(ops in proptest::collection::vec(op(), 1..120)) {
-        let mut hub = hub(HubConfig { retention_age_ms: 3_000, ..config() });
+        let mut hub = hub(HubConfig { retention_age_ms: 3_000, retention_bytes_max: 700, event_bytes_max: 200, ..config() });
         let users = ["alice", "bob", "carol"];
         let mut now = 0u64;
         // Per user: (epoch, seq) -> published at, and the resume position of the user's last client.
@@ -462,9 +552,14 @@ proptest! {
                     }
                 }
                 Op::Disconnect { slot } => {
-                    if let Some(seen) = conns.get_mut(slot as usize) {
+                    if let Some(seen) = open_slot(&mut conns, slot) {
                         hub.disconnect(seen.id);
                         seen.closed = true;
+                    }
+                }
+                Op::Ping { slot } => {
+                    if let Some(seen) = open_slot(&mut conns, slot) {
+                        hub.ping(seen.id, 1);
                     }
                 }
                 Op::Advance { ms } => {
@@ -472,7 +567,7 @@ proptest! {
                     hub.tick(now);
                 }
                 Op::Drain { slot, max } => {
-                    let Some(seen) = conns.get_mut(slot as usize) else { continue };
+                    let Some(seen) = open_slot(&mut conns, slot) else { continue };
                     for _ in 0..max {
                         let Some(transmit) = hub.poll_transmit(seen.id) else { break };
                         let frame: ServerFrame = match transmit {
@@ -495,19 +590,28 @@ proptest! {
                             ServerFrame::Gap { epoch, from, to, reason: GapReason::Retention } => {
                                 prop_assert_eq!(Some(&epoch), seen.epoch.as_ref());
                                 let to = to.unwrap();
+                                prop_assert_eq!(from, seen.last + 1, "a retention gap starts right after what was read");
                                 prop_assert!(from <= to);
                                 // Honest: every seq in the gap is really gone from the hub.
                                 let first_retained = hub.users.get(seen.user.as_str()).map(|s| s.first_seq()).unwrap();
                                 prop_assert!(to < first_retained, "gap {}..={} but {} is retained", from, to, first_retained);
                                 seen.last = to;
                             }
-                            ServerFrame::Gap { reason: GapReason::Epoch, .. } => { seen.last = 0; }
+                            ServerFrame::Gap { epoch, from, to, reason: GapReason::Epoch } => {
+                                // Only for a resume of an epoch the hub no longer has, from right after it.
+                                let resume = seen.resume.as_ref().expect("an epoch gap answers a resume");
+                                prop_assert_eq!(&epoch, &resume.epoch);
+                                prop_assert_ne!(Some(&epoch), seen.epoch.as_ref());
+                                prop_assert_eq!(from, resume.after + 1);
+                                prop_assert_eq!(to, None);
+                                seen.last = 0;
+                            }
                             ServerFrame::Event { seq, data, .. } => {
                                 let epoch = seen.epoch.clone().unwrap();
                                 let (owner, _) = published.get(&(epoch.clone(), seq)).expect("only published events are sent");
                                 prop_assert_eq!(owner, &seen.user, "isolation");
                                 prop_assert_eq!(data["id"].as_str().unwrap(), seen.user.as_str(), "isolation by payload");
-                                prop_assert!(seq > seen.last || seen.last == 0 && seq >= 1, "order/duplicate: {} after {}", seq, seen.last);
+                                prop_assert_eq!(seq, seen.last + 1, "order, duplicate or hole: {} after {}", seq, seen.last);
                                 seen.last = seq;
                                 last_position.insert(seen.user.clone(), (epoch, seq));
                             }

@@ -31,7 +31,8 @@ pub struct FuzzArgs {
     /// Worker threads (default: available cores).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// This machine's shard of the seed space, 0-based: `--shard 3/8`.
+    /// This machine's shard of the seed space, 0-based: `--shard 3/8`. With more than one shard,
+    /// `--seed-start` is required (the same on every shard).
     #[arg(long, default_value = "0/1")]
     pub shard: String,
     /// First case seed (default: random, printed as SEED= so the campaign can be rerun).
@@ -78,6 +79,16 @@ pub fn fuzz_command(args: FuzzArgs) -> Result<ExitCode, String> {
         (None, Some(cases)) => Limit::Cases(cases),
         (None, None) => Limit::Time(Duration::from_secs(60)),
     };
+    let shard = Shard::parse(&args.shard)?;
+    // Shards cover disjoint seeds only from one shared start: machines that each drew their own
+    // would sample unrelated ranges, and could overlap.
+    if shard.count > 1 && args.seed_start.is_none() {
+        return Err(format!(
+            "--shard {} needs --seed-start (or HERALD_SEED_START), the same on every shard, so \
+             that the shards cover disjoint seeds",
+            args.shard
+        ));
+    }
     let seed_start = args.seed_start.unwrap_or_else(random_seed);
     let options = FuzzOptions {
         limit,
@@ -85,7 +96,7 @@ pub fn fuzz_command(args: FuzzArgs) -> Result<ExitCode, String> {
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1),
-        shard: Shard::parse(&args.shard)?,
+        shard,
         seed_start,
         swarm: args.swarm,
         size: args.size.into(),
@@ -297,12 +308,15 @@ pub struct ShrinkArgs {
 /// `herald-sim shrink`: shrink a failing scenario (hand-written, or an older seed) further.
 pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let base = match SeedFile::from_json(&text) {
-        Ok(file) => file,
-        Err(_) => {
-            let scenario = crate::cli::load_scenario(&args.file)?;
-            bare_seed_file("scenario".into(), args.seed, scenario)
-        }
+    // A file with `format_version` is a seed file, and its errors are reported as such: read
+    // as a bare scenario it would run under `--seed` instead of its own world seed.
+    let is_seed_file =
+        serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|value| value.get("format_version").is_some());
+    let base = if is_seed_file {
+        SeedFile::from_json(&text).map_err(|e| format!("{}: {e}", args.file.display()))?
+    } else {
+        let scenario = crate::cli::load_scenario(&args.file)?;
+        bare_seed_file("scenario".into(), args.seed, scenario)
     };
     let server: Rc<dyn ServerUnderTest> = Rc::new(RealServer);
     let judged = run_and_judge(&base.scenario, base.seed, server.clone(), false);

@@ -17,6 +17,7 @@ use crate::server_under_test::ServerUnderTest;
 use herald_properties::coverage::{paths_reached, Path as CoveragePath};
 use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{CrashKind, GeneratorInfo, RecordedCrash, RecordedFailure, SeedFile};
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -254,6 +255,10 @@ fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>)
                     ),
                     Vec::new(),
                 );
+                // A failed case like any other (the campaign fails, `stop_after_failures`
+                // counts it), announced with the command that regenerates it.
+                count_case(shared, Duration::ZERO, 0, &BTreeMap::new(), Some(&failure));
+                announce(shared, seed, &failure, None);
                 record_unshrunk(shared, seed, 0, &failure, Vec::new());
                 continue;
             }
@@ -270,22 +275,8 @@ fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>)
         }
         let reached = judged.history().map(paths_reached).unwrap_or_default();
         let primary = judged.primary().cloned();
-        {
-            let mut aggregate = lock(&shared.aggregate);
-            aggregate.cases_run += 1;
-            aggregate.simulated_ms += judged.history().and_then(|h| h.end_at_ms()).unwrap_or(0);
-            aggregate.world_wall += world_wall;
-            aggregate.add_coverage(&reached);
-            if let Some(primary) = &primary {
-                aggregate.count_failure(primary, shared.started.elapsed().as_millis() as u64);
-                if options
-                    .stop_after_failures
-                    .is_some_and(|n| aggregate.cases_failed >= n as u64)
-                {
-                    shared.stop.store(true, Ordering::SeqCst);
-                }
-            }
-        }
+        let simulated_ms = judged.history().and_then(|h| h.end_at_ms()).unwrap_or(0);
+        count_case(shared, world_wall, simulated_ms, &reached, primary.as_ref());
         if let Some(primary) = primary {
             let also: Vec<FailureKey> = judged.failures.iter().skip(1).map(|f| f.key).collect();
             if !handle_failure(
@@ -307,6 +298,32 @@ fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>)
     }
     if let Some(marker) = &marker {
         let _ = std::fs::remove_file(marker);
+    }
+}
+
+/// Adds one finished case to the aggregate: every case, passed or failed, and whatever failed
+/// it (a world's invariant, a crash, or the generator itself), goes through here.
+fn count_case(
+    shared: &Shared,
+    world_wall: Duration,
+    simulated_ms: u64,
+    reached: &BTreeMap<CoveragePath, u64>,
+    failure: Option<&CaseFailure>,
+) {
+    let mut aggregate = lock(&shared.aggregate);
+    aggregate.cases_run += 1;
+    aggregate.simulated_ms += simulated_ms;
+    aggregate.world_wall += world_wall;
+    aggregate.add_coverage(reached);
+    if let Some(failure) = failure {
+        aggregate.count_failure(failure, shared.started.elapsed().as_millis() as u64);
+        if shared
+            .options
+            .stop_after_failures
+            .is_some_and(|n| aggregate.cases_failed >= n as u64)
+        {
+            shared.stop.store(true, Ordering::SeqCst);
+        }
     }
 }
 
