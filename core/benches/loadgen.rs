@@ -30,6 +30,7 @@
 //! Without `--scenario` it prints its usage and exits, so `cargo bench` and `cargo test
 //! --all-targets` never start a long load by accident; CI runs only `cargo bench --no-run`.
 
+use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::auth::mint_token;
@@ -37,7 +38,7 @@ use herald_core::clock::TokioClock;
 use herald_core::notifier::Notifier;
 use herald_core::protocol::EventKind;
 use herald_core::rng::SeededRng;
-use herald_core::server::{Server, ServerConfig};
+use herald_core::server::{disable_nagle, Server, ServerConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -498,7 +499,8 @@ fn start_in_process_server(kind: ServerKind) -> ServerProcess {
         let server = Server::new(config, clock, SeededRng::new(unix_ms)).expect("server config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(server.clone().serve(listener));
+        // As the `herald` binary serves.
+        tokio::spawn(server.clone().serve(listener.tap_io(disable_nagle)));
         (server, addr)
     });
     let notifier = server.notifier();

@@ -1,7 +1,10 @@
 //! The clock seam. The hub takes `now_ms` as an argument; the adapters read it from a
-//! [`Clock`]. One implementation serves production and simulation: tokio's clock, which turmoil
-//! drives in simulated time, plus a wall-clock base for JWT `exp` that the caller supplies (the
-//! binary reads the system clock once at start-up; the simulation passes a fixed epoch).
+//! [`Clock`]. Both implementations measure monotonic time with tokio's clock, which turmoil
+//! drives in simulated time; they differ only in the wall time that JWT `exp` is judged
+//! against. [`TokioClock`] adds a fixed base to it (the simulation passes a fixed epoch).
+//! [`WallClock`], the `herald` binary's, reads the system clock at every check, so that a
+//! clock corrected by NTP after start-up, or a host that was suspended, judges tokens by the
+//! real time.
 
 use std::sync::Arc;
 
@@ -42,5 +45,60 @@ impl Clock for TokioClock {
 
     fn unix_secs(&self) -> u64 {
         (self.unix_ms_at_start + self.now_ms()) / 1000
+    }
+}
+
+/// tokio's monotonic clock, and the system's wall clock for token expiry, read at every check.
+/// For the production binary only: the simulation's worlds must not read the system clock.
+#[derive(Debug, Clone)]
+pub struct WallClock {
+    start: tokio::time::Instant,
+}
+
+impl WallClock {
+    /// Must be called inside a tokio runtime.
+    pub fn shared() -> Arc<dyn Clock> {
+        Arc::new(WallClock {
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn unix_secs(&self) -> u64 {
+        // A system clock set before 1970 reads as 0: every token is then unexpired until the
+        // clock is corrected, which the operator sees in the logs of every other service.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wall_clock_follows_the_system_clock_not_the_monotonic_one() {
+        let clock = WallClock::shared();
+        let fixed = TokioClock::shared(0);
+        // An hour of monotonic time that the system clock did not see (a paused tokio clock
+        // stands in for a suspended host).
+        tokio::time::advance(std::time::Duration::from_secs(3_600)).await;
+        assert_eq!(fixed.unix_secs(), 3_600);
+        let system = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            clock.unix_secs().abs_diff(system) <= 1,
+            "{} vs {system}",
+            clock.unix_secs()
+        );
+        assert_eq!(clock.now_ms(), 3_600_000);
     }
 }

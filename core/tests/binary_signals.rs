@@ -124,3 +124,40 @@ async fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
 async fn sigint_closes_clients_with_1001_and_exits_cleanly() {
     signal_stops_gracefully("INT").await;
 }
+
+/// What `herald serve --dev` prints: the secrets it generated, never one it was given (a
+/// deployment that kept `--dev` would otherwise write its real secrets to its logs).
+#[tokio::test]
+async fn dev_mode_prints_only_the_secrets_it_generated() {
+    async fn banner(mut command: Command) -> String {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = command
+            .args(["serve", "--dev", "--listen", &addr.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn herald serve --dev");
+        let ready = tokio::time::timeout(WAIT, async {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        send_signal(&child, "TERM");
+        let output = child.wait_with_output().expect("herald exits");
+        assert!(ready.is_ok(), "herald --dev never listened");
+        String::from_utf8(output.stdout).unwrap()
+    }
+    let given = banner(herald()).await;
+    assert!(!given.contains(JWT_SECRET) && !given.contains(API_KEY), "{given}");
+    assert!(given.contains("HERALD_JWT_SECRET: given, not printed"), "{given}");
+    assert!(given.contains("$HERALD_API_KEY"), "{given}");
+
+    let mut command = herald();
+    command.env_remove("HERALD_JWT_SECRET").env_remove("HERALD_API_KEY");
+    let generated = banner(command).await;
+    assert!(generated.contains("export HERALD_JWT_SECRET="), "{generated}");
+    assert!(generated.contains("export HERALD_API_KEY="), "{generated}");
+}

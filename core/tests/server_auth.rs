@@ -105,6 +105,46 @@ async fn binary_and_oversized_frames_are_bad_frames() {
     expect_error_close(&mut ws, ErrorCode::BadFrame).await;
 }
 
+/// What the WebSocket layer itself refuses is malformed input too: a text frame that is not
+/// UTF-8, or a frame with reserved bits set, gets `bad_frame` and 4004, not a silent drop.
+#[tokio::test]
+async fn frames_that_break_the_websocket_protocol_are_bad_frames() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = start(test_config(), 9).await;
+    let not_utf8 = || Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    let mut ws = ws_connect(&server).await;
+    ws.send(Message::Frame(not_utf8())).await.unwrap();
+    let message = expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    assert!(message.contains("UTF-8"), "{message}");
+
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    ws.send(Message::Frame(not_utf8())).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let mut reserved = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    reserved.header_mut().rsv1 = true;
+    ws.send(Message::Frame(reserved)).await.unwrap();
+    let message = expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    assert!(message.contains("not a valid WebSocket frame"), "{message}");
+}
+
+/// RFC 6455 §5.5.1: a close frame is answered with one, before and after `hello`.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let server = start(test_config(), 10).await;
+    let before_hello = ws_connect(&server).await;
+    let (after_hello, _) = connect_user(&server, "alice", None).await;
+    for mut ws in [before_hello, after_hello] {
+        ws.send(Message::Close(None)).await.unwrap();
+        assert!(
+            matches!(next_seen(&mut ws).await, Seen::Close(_)),
+            "the close was not answered"
+        );
+    }
+}
+
 #[tokio::test]
 async fn resume_beyond_head_is_a_bad_frame() {
     let server = start(test_config(), 7).await;

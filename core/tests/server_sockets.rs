@@ -104,6 +104,30 @@ async fn a_kept_alive_publisher_is_served_while_it_publishes_and_closed_once_idl
     assert_eq!(metric(&server, "herald_http_request_timeouts_total"), 1);
 }
 
+/// A peer that pipelines requests and never reads the answers stalls the server in a write,
+/// where no read comes to see the deadline; the write side is held to it too.
+#[tokio::test]
+async fn a_peer_that_never_reads_its_answers_is_closed_after_the_request_timeout() {
+    let server = start(config(), 45).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4 * 1024).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    // Far more answers than the peer's receive window and the server's send buffer hold.
+    let requests = "GET /metrics HTTP/1.1\r\nHost: herald\r\n\r\n".repeat(4_000);
+    let start = Instant::now();
+    let write = tokio::time::timeout(WAIT, stream.write_all(requests.as_bytes())).await;
+    assert!(write.is_ok(), "the requests were taken in, or refused, within WAIT");
+    while metric(&server, "herald_http_request_timeouts_total") == 0 {
+        assert!(start.elapsed() < WAIT, "the stalled socket was never timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&server, "herald_http_request_timeouts_total"), 1);
+    while metric(&server, "herald_sockets_open") != 0 {
+        assert!(start.elapsed() < WAIT, "the stalled socket still holds its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_websocket_is_not_bound_by_the_request_timeout() {
     let server = start(config(), 43).await;

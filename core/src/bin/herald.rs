@@ -9,12 +9,13 @@
 //! This is the only place in Herald that reads the wall clock and OS randomness: once, at
 //! start-up, to seed the server's clock base and id generator.
 
+use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use herald_core::auth::mint_token_for_audience;
-use herald_core::clock::TokioClock;
+use herald_core::clock::WallClock;
 use herald_core::hub::HubConfig;
 use herald_core::rng::SeededRng;
-use herald_core::server::{Server, ServerConfig};
+use herald_core::server::{disable_nagle, Server, ServerConfig};
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -200,6 +201,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
+    // `--dev` prints the secrets it generates; one that was given is never printed.
+    let generated = DevSecrets {
+        jwt_secret: args.jwt_secret.is_none(),
+        api_key: args.api_key.is_none(),
+    };
     let (jwt_secret, api_key) = match (args.jwt_secret.clone(), args.api_key.clone(), args.dev) {
         (Some(secret), Some(key), _) => (secret, key),
         (secret, key, true) => (
@@ -218,14 +224,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     config.validate()?;
     fit_sockets_to_file_limit(&mut config);
     if args.dev {
-        print_dev_banner(&args.listen, &jwt_secret, &api_key, args.token_audience.as_deref());
+        print_dev_banner(
+            &args.listen,
+            &jwt_secret,
+            &api_key,
+            args.token_audience.as_deref(),
+            generated,
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let clock = TokioClock::shared(unix_ms_now());
+        let clock = WallClock::shared();
         let server = Server::new(config, clock, SeededRng::new(os_seed()))?;
         let listener = listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         tracing::info!(listen = %args.listen, "herald serving");
@@ -236,7 +248,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             tracing::info!("{name}: graceful shutdown");
             on_signal.shutdown();
         });
-        server.serve(listener).await.map_err(|e| format!("server error: {e}"))?;
+        server
+            .serve(listener.tap_io(disable_nagle))
+            .await
+            .map_err(|e| format!("server error: {e}"))?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -347,13 +362,40 @@ fn defaults() -> ServerConfig {
     ServerConfig::new(Vec::new(), String::new())
 }
 
-fn print_dev_banner(listen: &SocketAddr, jwt_secret: &str, api_key: &str, audience: Option<&str>) {
-    let token = mint_token_for_audience(jwt_secret.as_bytes(), "alice", unix_ms_now() / 1000 + 3600, audience);
+/// Which of the secrets `--dev` generated (and may print).
+#[derive(Clone, Copy)]
+struct DevSecrets {
+    jwt_secret: bool,
+    api_key: bool,
+}
+
+fn print_dev_banner(
+    listen: &SocketAddr,
+    jwt_secret: &str,
+    api_key: &str,
+    audience: Option<&str>,
+    generated: DevSecrets,
+) {
     println!("herald dev mode — do not use these secrets in production");
     println!();
-    println!("  export HERALD_JWT_SECRET={jwt_secret}");
-    println!("  export HERALD_API_KEY={api_key}");
+    if generated.jwt_secret {
+        println!("  export HERALD_JWT_SECRET={jwt_secret}");
+    } else {
+        println!("  HERALD_JWT_SECRET: given, not printed");
+    }
+    let api_key = if generated.api_key {
+        println!("  export HERALD_API_KEY={api_key}");
+        api_key.to_string()
+    } else {
+        println!("  HERALD_API_KEY: given, not printed");
+        "$HERALD_API_KEY".to_string()
+    };
     println!();
+    let token = if generated.jwt_secret {
+        mint_token_for_audience(jwt_secret.as_bytes(), "alice", unix_ms_now() / 1000 + 3600, audience)
+    } else {
+        "$(herald token alice)".to_string()
+    };
     println!("A token for user alice (1 hour):");
     println!("  {token}");
     println!();

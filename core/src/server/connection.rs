@@ -48,6 +48,11 @@ pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
             reject(&shared, socket, code, &message, read_failed).await;
             return;
         }
+        Err(Refused::ClosedByPeer) => {
+            answer_close(&shared, &mut socket).await;
+            shared.metrics.record_disconnect(DisconnectReason::ClientClosed);
+            return;
+        }
         Err(Refused::Gone) => {
             shared.metrics.record_disconnect(DisconnectReason::ConnectionLost);
             return;
@@ -101,14 +106,25 @@ pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
     tracing::debug!(connection = %id, ?reason, "disconnected");
     registration.release();
     shared.metrics.record_disconnect(reason);
-    if matches!(reason, DisconnectReason::Error(_)) {
-        linger(&shared, &mut socket, read_failed).await;
+    match reason {
+        DisconnectReason::Error(_) => linger(&shared, &mut socket, read_failed).await,
+        DisconnectReason::ClientClosed => answer_close(&shared, &mut socket).await,
+        _ => {}
     }
+}
+
+/// tungstenite queues the answer to a client's close frame (RFC 6455 §5.5.1) and writes it at
+/// the next flush: without one the client would see the socket end with no close frame (1006
+/// in a browser). The flush then ends the socket; bounded by `write_timeout_ms`.
+async fn answer_close(shared: &Shared, socket: &mut WebSocket) {
+    let _ = timeout(write_timeout(shared), socket.flush()).await;
 }
 
 enum Refused {
     /// Send this error and close code; `true` if the socket can no longer be read.
     Reject(ErrorCode, String, bool),
+    /// The peer sent a close frame: answer it, nothing else.
+    ClosedByPeer,
     /// The peer went away; nothing to send.
     Gone,
 }
@@ -129,7 +145,7 @@ async fn read_hello(shared: &Shared, socket: &mut WebSocket) -> Result<(String, 
             }
             Ok(None) => return Err(Refused::Gone),
             Ok(Some(Err(e))) => {
-                return Err(match oversized(shared, e) {
+                return Err(match malformed(shared, e) {
                     Some(message) => Refused::Reject(ErrorCode::BadFrame, message, true),
                     None => Refused::Gone,
                 })
@@ -160,20 +176,29 @@ async fn read_hello(shared: &Shared, socket: &mut WebSocket) -> Result<(String, 
                 ))
             }
             Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return Err(Refused::Gone),
+            Message::Close(_) => return Err(Refused::ClosedByPeer),
         }
     }
 }
 
-/// `Some(message)` if the read error was a frame over `frame_bytes_max` (answered with
-/// `bad_frame`); `None` for transport errors (the connection is gone).
-fn oversized(shared: &Shared, error: axum::Error) -> Option<String> {
+/// `Some(message)` if the read failed on what the peer sent: a frame over `frame_bytes_max`, a
+/// text frame that is not UTF-8, or a frame that breaks RFC 6455 (answered with `bad_frame`,
+/// like any other malformed input). `None` for transport errors (the connection is gone).
+fn malformed(shared: &Shared, error: axum::Error) -> Option<String> {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
     let inner = error.into_inner();
-    match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-        Some(tokio_tungstenite::tungstenite::Error::Capacity(e)) => Some(format!(
+    match inner.downcast_ref::<Error>()? {
+        Error::Capacity(e) => Some(format!(
             "frame too large ({e}); frame_bytes_max is {}",
             shared.config.frame_bytes_max
         )),
+        Error::Utf8(e) => Some(format!("a text frame that is not UTF-8: {e}")),
+        Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::SendAfterClosing
+            | ProtocolError::ReceivedAfterClosing,
+        ) => None,
+        Error::Protocol(e) => Some(format!("not a valid WebSocket frame: {e}")),
         _ => None,
     }
 }
@@ -324,7 +349,7 @@ async fn serve_connection(
                     Some(Ok(Message::Binary(_))) => {
                         hub_close(shared, id, ErrorCode::BadFrame, "binary frames are not part of protocol v1");
                     }
-                    Some(Err(e)) => match oversized(shared, e) {
+                    Some(Err(e)) => match malformed(shared, e) {
                         Some(message) => {
                             *read_failed = true;
                             hub_close(shared, id, ErrorCode::BadFrame, &message);

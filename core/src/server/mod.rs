@@ -13,7 +13,7 @@ mod connection;
 mod http;
 mod socket;
 
-pub use socket::{Socket, SocketListener};
+pub use socket::{disable_nagle, Socket, SocketListener};
 
 use crate::auth::TokenVerifier;
 use crate::clock::Clock;
@@ -44,7 +44,7 @@ pub struct ServerConfig {
     /// Interval of server-sent WebSocket pings, so that idle clients and NATs see traffic.
     pub heartbeat_interval_ms: u64,
     /// A connection from which nothing (frame, ping or pong) arrived for this long is closed
-    /// with `idle_timeout`, 4010.
+    /// with `idle_timeout`, 4010. At least twice `heartbeat_interval_ms`.
     pub idle_timeout_ms: u64,
     /// Bound on every write (a batch of frames, a ping, a close) and on reading an HTTP body.
     /// A peer that does not drain its socket in time is dropped.
@@ -148,8 +148,15 @@ impl ServerConfig {
         if self.ws_read_buffer_bytes == 0 {
             return Err("ws_read_buffer_bytes must be at least 1".into());
         }
-        if self.idle_timeout_ms < self.heartbeat_interval_ms {
-            return Err("idle_timeout_ms must be at least heartbeat_interval_ms".into());
+        // A client that only answers the server's pings is last heard a round trip after a
+        // ping; the next ping goes out one interval after it. At twice the interval the idle
+        // timeout falls a whole interval after that ping: a quiet, healthy client is never cut.
+        if self.idle_timeout_ms < self.heartbeat_interval_ms.saturating_mul(2) {
+            return Err(
+                "idle_timeout_ms must be at least twice heartbeat_interval_ms (a client that \
+                 only answers pings must be heard before it times out)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -528,6 +535,17 @@ mod tests {
     use super::*;
     use crate::clock::TokioClock;
     use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn an_idle_timeout_that_a_ping_could_not_beat_is_refused() {
+        let mut config = ServerConfig::new(b"secret".to_vec(), "key".into());
+        config.heartbeat_interval_ms = 10_000;
+        config.idle_timeout_ms = 10_000;
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("twice heartbeat_interval_ms"), "{error}");
+        config.idle_timeout_ms = 20_000;
+        assert_eq!(config.validate(), Ok(()));
+    }
 
     fn shared() -> Arc<Shared> {
         let config = ServerConfig::new(b"secret".to_vec(), "key".into());

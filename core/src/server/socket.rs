@@ -32,6 +32,16 @@ const WRITE_COALESCE_BYTES_MAX: usize = 16 * 1024;
 /// fits): small enough for glibc's per-thread cache, unlike `WRITE_COALESCE_BYTES_MAX`.
 const WRITE_COALESCE_FIRST_BYTES: usize = 1024;
 
+/// For `tap_io` on a tokio TCP listener (`axum::serve::ListenerExt`), as the `herald` binary
+/// serves: event frames are small, and Nagle's algorithm would hold each one back until the
+/// previous one is acknowledged, which a client's delayed ACK makes up to 40 ms (200 ms on some
+/// systems). The connection task already writes a batch of ready frames as one write.
+pub fn disable_nagle(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
+    }
+}
+
 /// Wraps a listener so that every accepted connection is a [`Socket`], and refuses the ones
 /// beyond `sockets_max`. `Server::serve` uses it for every listener (tokio TCP in production,
 /// turmoil TCP in the simulation); an application that serves `Server::router` inside its own
@@ -162,6 +172,31 @@ impl<S: AsyncWrite + Unpin> Socket<S> {
         }
     }
 
+    /// Whether the HTTP phase's deadline has passed (counted once). Polled by reads, and by
+    /// writes that cannot go on: a peer that pipelines requests and never reads the responses
+    /// stalls hyper in a write, and no read would ever come to see the deadline.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.request_deadline.as_mut() else {
+            return false;
+        };
+        if deadline.as_mut().poll_passed(cx).is_pending() {
+            return false;
+        }
+        if !self.timed_out {
+            self.timed_out = true;
+            self.shared.metrics.record_http_request_timeout();
+        }
+        true
+    }
+
+    /// Turns a write that cannot go on into the request timeout once the deadline has passed.
+    fn check_stalled_write<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_pending() && self.deadline_passed(cx) {
+            return Poll::Ready(Err(request_timed_out()));
+        }
+        poll
+    }
+
     /// After a write: a response went out (a new deadline for the next request to begin), or
     /// the `101` did (no deadline from now on).
     fn after_write(&mut self, written: usize) {
@@ -170,6 +205,13 @@ impl<S: AsyncWrite + Unpin> Socket<S> {
             self.rearm();
         }
     }
+}
+
+fn request_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no complete HTTP request within http_request_timeout_ms",
+    )
 }
 
 fn request_timeout(shared: &Shared) -> Duration {
@@ -185,18 +227,11 @@ impl<S: AsyncWrite + Unpin> Drop for Socket<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Socket<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let Some(deadline) = this.request_deadline.as_mut() else {
+        if this.request_deadline.is_none() {
             return Pin::new(&mut this.io).poll_read(cx, buf);
-        };
-        if deadline.as_mut().poll_passed(cx).is_ready() {
-            if !this.timed_out {
-                this.timed_out = true;
-                this.shared.metrics.record_http_request_timeout();
-            }
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no complete HTTP request within http_request_timeout_ms",
-            )));
+        }
+        if this.deadline_passed(cx) {
+            return Poll::Ready(Err(request_timed_out()));
         }
         let filled = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
@@ -211,7 +246,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Socket<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Socket<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        let written = ready!(self.check_stalled_write(cx, poll))?;
         self.after_write(written);
         Poll::Ready(Ok(written))
     }
@@ -221,7 +257,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Socket<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        let written = ready!(self.check_stalled_write(cx, poll))?;
         self.after_write(written);
         Poll::Ready(Ok(written))
     }
@@ -231,11 +268,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Socket<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.check_stalled_write(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.check_stalled_write(cx, poll)
     }
 }
 
