@@ -438,7 +438,7 @@ fn build_step(
             };
             let user = p[0] % users;
             let run = (p[1] >> 8) % 4;
-            if p[2] % 3 == 0 {
+            if p[2].is_multiple_of(3) {
                 b.push(
                     at,
                     Step::Burst {
@@ -488,7 +488,7 @@ fn build_step(
             }
         }
         StepFamily::Delay => {
-            if p[0] % 2 == 0 {
+            if p[0].is_multiple_of(2) {
                 let host = p[1] % hosts;
                 if b.hold_until.get(&host).is_some_and(|&until| until > at) {
                     return;
@@ -497,7 +497,7 @@ fn build_step(
                 b.push(at, Step::Hold { host });
                 b.push(until, Step::Release { host });
                 b.hold_until.insert(host, until);
-            } else if p[3] % 8 == 0 {
+            } else if p[3].is_multiple_of(8) {
                 // A rare latency spike above `publish_timeout_ms`: HTTP publishes time out after
                 // the server applied them, so the idempotent retry path is exercised (an agent
                 // platform retrying over a congested link), then the latency comes back down.
@@ -580,7 +580,7 @@ fn build_step(
                 0 => Attack::ForgedToken { user },
                 1 => Attack::ExpiredToken { user },
                 2 => Attack::GarbageToken,
-                3 if users > 1 && p[3] % 4 != 0 => Attack::ResumeAsOther {
+                3 if users > 1 && !p[3].is_multiple_of(4) => Attack::ResumeAsOther {
                     user,
                     victim: (user + 1 + p[3] % (users - 1)) % users,
                 },

@@ -83,7 +83,7 @@ impl ServerConnections {
         let shared: SharedStream = Arc::new(Mutex::new(Some(stream)));
         inner.next += 1;
         let key = inner.next;
-        if key % SWEEP_INTERVAL == 0 {
+        if key.is_multiple_of(SWEEP_INTERVAL) {
             inner.streams.retain(|_, weak| weak.strong_count() > 0);
         }
         inner.streams.insert(key, Arc::downgrade(&shared));

@@ -74,7 +74,11 @@ pub struct ClientConfig {
     /// returns `None`): retrying would only read the same frame again, forever, while the
     /// application heard nothing.
     pub frame_bytes_max: usize,
-    /// Seed of the jitter generator; the simulation passes a scenario-derived seed.
+    /// Seed of the jitter generator; the simulation passes a scenario-derived seed. In
+    /// production give every client its own random seed (for example
+    /// `std::collections::hash_map::RandomState::new().build_hasher().finish()`): clients that
+    /// share a seed draw the same delays, and after an outage they would reconnect in lockstep,
+    /// the herd the jitter exists to spread.
     pub rng_seed: u64,
     /// Consecutive attempts without a welcome after which the client stops for good
     /// ([`ClientState::Stopped`], reason naming this limit; `recv()` then returns `None`).
