@@ -121,7 +121,8 @@ pub enum Expectation {
     },
     /// The application of `client` was handed exactly `count` events.
     EventsDelivered { client: u32, count: u64 },
-    /// The application of `client` was handed no event at all.
+    /// `client` was welcomed at least once (so it could have been handed something), and its
+    /// application was handed no event at all.
     NoDeliveriesTo { client: u32 },
     /// Some welcome answering a resume (a `Connecting` with `resume`) of `client` said
     /// `recovered: <recovered>`.
@@ -551,9 +552,13 @@ impl Facts {
                 )
             }
             Expectation::NoDeliveriesTo { client } => {
-                let Some(c) = self.clients.get(client) else {
-                    return Ok(());
-                };
+                let c = self.client(*client)?;
+                if c.conns.iter().all(|conn| conn.welcome.is_none()) {
+                    return Err(format!(
+                        "client {client} was never welcomed ({} attempts): \"no events\" proves nothing about a client that could not receive any",
+                        c.conns.len()
+                    ));
+                }
                 match c.delivered.iter().find_map(|(_, at, item)| match item {
                     DeliveredItem::Event { event_id, .. } => Some((at, event_id)),
                     _ => None,
@@ -1141,7 +1146,49 @@ mod tests {
             Expectation::NoDeliveriesTo { client: 0 },
             "expected no events",
         );
+        fails(&history, Expectation::NoDeliveriesTo { client: 1 }, "never appears");
+    }
+
+    #[test]
+    fn no_deliveries_to_a_welcomed_client_that_got_nothing() {
+        // Client 1 (u1) is welcomed while u0's burst is delivered to client 0 only.
+        let mut b = HistoryBuilder::new();
+        b.at(0).step(0, connect_step(0, 0));
+        b.step(1, connect_step(1, 1));
+        b.at(10).connect(0, None, "E", 0, false);
+        b.connect(1, None, "F", 0, false);
+        b.at(100).step(2, burst_step(0, 2));
+        for seq in 1..=2 {
+            b.publish_ok("u0", "E", seq);
+        }
+        b.at(120);
+        b.deliver(0, "E", 1);
+        b.deliver(0, "E", 2);
+        b.at(500).heal();
+        b.at(1000).end();
+        let history = b.build();
         passes(&history, Expectation::NoDeliveriesTo { client: 1 });
+        fails(
+            &history,
+            Expectation::NoDeliveriesTo { client: 0 },
+            "was handed event e-1",
+        );
+    }
+
+    #[test]
+    fn no_deliveries_to_a_client_never_welcomed_fails() {
+        // Client 1 tried to connect but was never welcomed: its silence proves nothing.
+        let mut b = HistoryBuilder::new();
+        b.at(0).step(0, connect_step(1, 1));
+        b.at(10).connecting(1, None);
+        b.at(50).closed(1, Some(4009), ClosedBy::Server);
+        b.at(500).heal();
+        b.at(1000).end();
+        fails(
+            &b.build(),
+            Expectation::NoDeliveriesTo { client: 1 },
+            "was never welcomed",
+        );
     }
 
     fn resume_history(recovered: bool) -> History {

@@ -247,6 +247,28 @@ pub enum Attack {
     Flood { user: u32, connections: u32 },
 }
 
+impl Attack {
+    /// One of each attack (with representative fields), in declaration order; a test in this
+    /// module fails to compile when a variant is added without being listed here.
+    pub const ALL: [Attack; 12] = [
+        Attack::ForgedToken { user: 0 },
+        Attack::ExpiredToken { user: 0 },
+        Attack::GarbageToken,
+        Attack::ResumeAsOther { user: 0, victim: 1 },
+        Attack::ResumeAfterLastSeq { user: 0 },
+        Attack::FrameBeforeHello,
+        Attack::MalformedFrame,
+        Attack::OversizedFrame { bytes: 70_000 },
+        Attack::SilentHello,
+        Attack::SilentSocket,
+        Attack::SlowRequest,
+        Attack::Flood {
+            user: 0,
+            connections: 2,
+        },
+    ];
+}
+
 /// One thing that happens. Indices: `client` is chosen by the scenario (unique per `Connect`),
 /// `user` < `config.users`, `host` < `config.client_hosts`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -403,6 +425,31 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Attack::ALL` lists every variant once, in declaration order. The match has no
+    /// wildcard: a new variant does not compile until it is given a place here (and in `ALL`).
+    #[test]
+    fn attack_all_lists_every_variant() {
+        fn position(attack: &Attack) -> usize {
+            match attack {
+                Attack::ForgedToken { .. } => 0,
+                Attack::ExpiredToken { .. } => 1,
+                Attack::GarbageToken => 2,
+                Attack::ResumeAsOther { .. } => 3,
+                Attack::ResumeAfterLastSeq { .. } => 4,
+                Attack::FrameBeforeHello => 5,
+                Attack::MalformedFrame => 6,
+                Attack::OversizedFrame { .. } => 7,
+                Attack::SilentHello => 8,
+                Attack::SilentSocket => 9,
+                Attack::SlowRequest => 10,
+                Attack::Flood { .. } => 11,
+            }
+        }
+        for (i, attack) in Attack::ALL.iter().enumerate() {
+            assert_eq!(position(attack), i, "{attack:?} is out of place in Attack::ALL");
+        }
+    }
 
     #[test]
     fn steps_round_trip_through_pretty_json() {

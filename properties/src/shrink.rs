@@ -94,13 +94,23 @@ impl Shrinker<'_> {
         }
     }
 
+    /// Tries each step's simplifications, most aggressive first. Once one is adopted, the
+    /// rest were derived from the step as it was, so they are recomputed from the adopted step
+    /// (every simplification strictly simplifies, so this ends; the attempt budget bounds it).
     fn simplify_steps(&mut self) {
         let mut i = 0;
         while i < self.best.steps.len() && !self.exhausted() {
-            for simpler in simplifications(&self.best.steps[i].step) {
+            let mut simpler = simplifications(&self.best.steps[i].step);
+            let mut k = 0;
+            while k < simpler.len() && !self.exhausted() {
                 let mut candidate = self.best.clone();
-                candidate.steps[i].step = simpler;
-                self.try_candidate(candidate);
+                candidate.steps[i].step = simpler[k].clone();
+                if self.try_candidate(candidate) && i < self.best.steps.len() {
+                    simpler = simplifications(&self.best.steps[i].step);
+                    k = 0;
+                } else {
+                    k += 1;
+                }
             }
             i += 1;
         }

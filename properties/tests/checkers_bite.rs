@@ -601,6 +601,104 @@ fn no_silent_loss_near_miss_a_welcome_head_covering_an_earlier_event() {
     assert_clean(&scenario, &history);
 }
 
+/// A lone client's scenario with two server restarts (steps 1 and 2), at 200 and 400 ms.
+fn lone_with_two_restarts() -> (Scenario, HistoryBuilder) {
+    let (mut scenario, b) = lone();
+    for at_ms in [200, 400] {
+        scenario.steps.push(herald_properties::scenario::TimedStep {
+            at_ms,
+            step: Step::RestartServer,
+        });
+    }
+    (scenario, b)
+}
+
+/// Server life `life - 1` ends and `life` starts at `at` (scenario step `step`); the client's
+/// open connection, if any, is closed by the shutdown.
+fn restart(b: &mut HistoryBuilder, at: u64, step: usize, life: u32, connected: bool) {
+    b.at(at);
+    b.step(step, Step::RestartServer);
+    if connected {
+        b.closed(0, Some(1001), ClosedBy::Server);
+    }
+    b.server_stopped(life - 1, "restart");
+    b.server_started(life);
+}
+
+#[test]
+fn no_silent_loss_fires_when_only_another_epochs_gap_follows_a_loss() {
+    // Seq 1 of E0 is lost in silence (seq 2 delivered). The epoch gap of E0 covers only from 3,
+    // and the later epoch gap is for E1: the client was in E0, so it cannot stand for seq 1.
+    let (scenario, mut b) = lone_with_two_restarts();
+    b.at(100);
+    let lost = b.publish_ok("u0", "E0", 1);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 2);
+    restart(&mut b, 200, 1, 1, true);
+    b.at(300);
+    b.connecting(0, Some(("E0", 2)));
+    b.welcome(0, "E1", 0, false);
+    b.gap(0, "E0", 3, None, "epoch");
+    restart(&mut b, 400, 2, 2, true);
+    b.at(500);
+    b.connecting(0, Some(("E1", 0)));
+    b.welcome(0, "E2", 0, false);
+    b.gap(0, "E1", 1, None, "epoch");
+    let history = finish_lone(&mut b, 1000, 1);
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert!(
+        v.explanation
+            .contains(&format!("event {lost} for user u0 (epoch E0, seq 1"))
+            && v.explanation.contains("nor covered by a gap"),
+        "{v}"
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_a_stream_created_and_lost_while_the_client_was_away() {
+    // E1 lives and dies while the client is disconnected: only the epoch gap of E0 (the stream
+    // the client was reading) can tell it that E1's seq 1 is gone.
+    let (scenario, mut b) = lone_with_two_restarts();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Network);
+    restart(&mut b, 200, 1, 1, false);
+    b.at(250);
+    b.publish_ok("u0", "E1", 1);
+    restart(&mut b, 400, 2, 2, false);
+    b.at(500);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E2", 0, false);
+    b.gap(0, "E0", 1, None, "epoch");
+    let history = finish_lone(&mut b, 1000, 1);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn no_silent_loss_near_miss_a_stream_welcomed_into_but_lost_before_its_epoch_gap() {
+    // The client is welcomed into E1, but its connection dies before the epoch gap of E0: its
+    // tracker never switched to E1, so the next epoch gap of E0 stands for E1's seq 1 too.
+    let (scenario, mut b) = lone_with_two_restarts();
+    restart(&mut b, 200, 1, 1, true);
+    b.at(250);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E1", 0, false);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(300);
+    b.publish_ok("u0", "E1", 1);
+    restart(&mut b, 400, 2, 2, false);
+    b.at(500);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E2", 0, false);
+    b.gap(0, "E0", 1, None, "epoch");
+    let history = finish_lone(&mut b, 1000, 1);
+    assert_clean(&scenario, &history);
+}
+
 #[test]
 fn loss_and_liveness_fire_on_a_4009_no_limit_explains() {
     // A lone client, far below every limit, misses an event while connected; then every
@@ -1128,19 +1226,89 @@ fn auth_allows_a_4002_delayed_by_latency_but_not_beyond_it() {
     assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
 }
 
-#[test]
-fn auth_near_miss_expired_token_is_closed_with_4002() {
+/// A token expiring at 2 s; the connection ends at 2.5 s with `code` by `by`, and the client
+/// reconnects with a fresh token.
+fn expired_token_closed_with(code: Option<u16>, by: ClosedBy) -> (Scenario, History) {
     let (scenario, mut b) = base();
     b.at(100);
     b.closed(0, None, ClosedBy::Killed);
     b.connecting_with_exp(0, Some(("E0", 0)), Some(2_000));
     b.welcome(0, "E0", 0, true);
     b.at(2_500);
-    b.closed(0, Some(4002), ClosedBy::Server);
+    b.closed(0, code, by);
     b.connecting_with_exp(0, Some(("E0", 0)), Some(3_600_000));
     b.welcome(0, "E0", 0, true);
     let history = finish(&mut b, 3000);
+    (scenario, history)
+}
+
+#[test]
+fn auth_near_miss_expired_token_is_closed_with_4002() {
+    let (scenario, history) = expired_token_closed_with(Some(4002), ClosedBy::Server);
     assert_clean(&scenario, &history);
+}
+
+#[test]
+fn auth_fires_when_an_expired_token_is_closed_with_another_code() {
+    // Closed in time, but with 4001 auth_failed: the client is told its token is bad, not
+    // that it expired (a fresh token would help).
+    let (scenario, history) = expired_token_closed_with(Some(4001), ClosedBy::Server);
+    let v = assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    assert!(
+        v.explanation.contains("the server closed it with code Some(4001)")
+            && v.explanation.contains("must close an expired connection with 4002"),
+        "{v}"
+    );
+}
+
+#[test]
+fn auth_fires_when_an_expired_tokens_socket_dies_without_a_close_frame() {
+    // An undisturbed link and a running server: the socket dropped without 4002.
+    let (scenario, history) = expired_token_closed_with(None, ClosedBy::Network);
+    let v = assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    assert!(v.explanation.contains("the socket died without a close frame"), "{v}");
+}
+
+#[test]
+fn auth_near_miss_an_expired_connection_ended_for_another_reason() {
+    // Other documented closes may come before the 4002, and the client may close it itself.
+    for (code, by) in [
+        (Some(4010), ClosedBy::Server),
+        (Some(4003), ClosedBy::Server),
+        (Some(1001), ClosedBy::Server),
+        (None, ClosedBy::Client),
+        (None, ClosedBy::Killed),
+    ] {
+        let (scenario, history) = expired_token_closed_with(code, by);
+        assert!(
+            check(Invariant::Auth, &scenario, &history).is_ok(),
+            "{code:?} by {by:?}"
+        );
+    }
+    // A socket that died during a partition cannot be judged.
+    let (mut scenario, mut b) = base();
+    for (at_ms, step) in [(2_200, Step::Partition { host: 0 }), (2_400, Step::Repair { host: 0 })] {
+        scenario
+            .steps
+            .push(herald_properties::scenario::TimedStep { at_ms, step });
+    }
+    b.at(100);
+    b.closed(0, None, ClosedBy::Killed);
+    b.connecting_with_exp(0, Some(("E0", 0)), Some(2_000));
+    b.welcome(0, "E0", 0, true);
+    b.at(2_200);
+    b.step(2, Step::Partition { host: 0 });
+    b.at(2_400);
+    b.step(3, Step::Repair { host: 0 });
+    b.at(2_500);
+    b.closed(0, None, ClosedBy::Network);
+    let history = finish(&mut b, 3000);
+    assert!(check(Invariant::Auth, &scenario, &history).is_ok());
+    // Nor one that died while a latency spike could starve the client's idle timeout (the
+    // heartbeat interval plus the latency reach idle_timeout_ms).
+    let (mut scenario, history) = expired_token_closed_with(None, ClosedBy::Network);
+    scenario.config.latency_max_ms = 2_000;
+    assert!(check(Invariant::Auth, &scenario, &history).is_ok());
 }
 
 #[test]
@@ -1184,6 +1352,78 @@ fn bounded_resources_fires_when_a_stalled_socket_outlives_its_request_deadline()
         Invariant::BoundedResources,
         Category::PerformanceLoad,
     );
+}
+
+/// A latency spike up to 10 s from 100 ms to `spike_until`, then 20 ms; one hostile connection
+/// of `attack` (step 4) at 60 s that the server never answers: the client gives up by itself
+/// `waited_ms` later.
+fn hostile_after_a_spike(attack: Attack, spike_until: u64, waited_ms: u64) -> (Scenario, History) {
+    let (mut scenario, mut b) = base();
+    let steps = [
+        (
+            100,
+            Step::SetLatency {
+                min_ms: 1,
+                max_ms: 10_000,
+            },
+        ),
+        (spike_until, Step::SetLatency { min_ms: 1, max_ms: 20 }),
+        (60_000, Step::Hostile { host: 0, attack }),
+    ];
+    let hostile = HOSTILE + 4 * 100;
+    b.hostile_client(hostile, "u1");
+    let mut timeline: Vec<(u64, Option<(usize, Step)>)> = vec![(60_000 + waited_ms, None)];
+    for (i, (at_ms, step)) in steps.into_iter().enumerate() {
+        scenario.steps.push(herald_properties::scenario::TimedStep {
+            at_ms,
+            step: step.clone(),
+        });
+        timeline.push((at_ms, Some((i + 2, step))));
+    }
+    timeline.sort_by_key(|(at_ms, _)| *at_ms);
+    for (at_ms, step) in timeline {
+        b.at(at_ms);
+        match step {
+            Some((index, step)) => {
+                let hostile_step = matches!(step, Step::Hostile { .. });
+                b.step(index, step);
+                if hostile_step {
+                    b.connecting(hostile, None);
+                }
+            }
+            None => {
+                b.closed(hostile, None, ClosedBy::Client);
+            }
+        }
+    }
+    let history = finish(&mut b, 60_000 + waited_ms + 1000);
+    (scenario, history)
+}
+
+#[test]
+fn a_latency_spike_long_over_excuses_no_hostile_give_up() {
+    let timeouts = ScenarioConfig::default().timeouts;
+    let patience_ms = herald_properties::scenario::HOSTILE_PATIENCE_MS;
+    // A silent socket the server never ends, 58 s after a 10 s spike ended: caught.
+    let waited_ms = timeouts.http_request_timeout_ms + patience_ms;
+    let (scenario, history) = hostile_after_a_spike(Attack::SilentSocket, 2_000, waited_ms);
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+    assert!(v.explanation.contains("when it gave up"), "{v}");
+    // The same give-up while the spike still lasts: the close may be on its way.
+    let (scenario, history) = hostile_after_a_spike(Attack::SilentSocket, 61_000, waited_ms);
+    assert!(check(Invariant::BoundedResources, &scenario, &history).is_ok());
+    // A silent hello the server never times out, long after the spike: caught.
+    let waited_ms = timeouts.hello_timeout_ms + patience_ms;
+    let (scenario, history) = hostile_after_a_spike(Attack::SilentHello, 2_000, waited_ms);
+    let v = assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    assert!(v.explanation.contains("expected [4008]"), "{v}");
+    let (scenario, history) = hostile_after_a_spike(Attack::SilentHello, 61_000, waited_ms);
+    assert!(check(Invariant::Auth, &scenario, &history).is_ok());
 }
 
 // ------------------------------------------- isolation: data in frames that do not parse

@@ -167,3 +167,52 @@ fn random_loss_becomes_total_loss_so_the_rest_can_be_removed() {
         shrunk.steps
     );
 }
+
+/// A step is simplified all the way in one pass: after "count → 1" is adopted, the candidates
+/// still built from the original step ("count halved", "payload → 0" with the old count, ...)
+/// must not undo it.
+#[test]
+fn a_step_shrinks_to_its_simplest_form_within_a_few_attempts() {
+    let burst = |count, payload_bytes, via, run| Step::Burst {
+        user: 0,
+        run,
+        count,
+        payload_bytes,
+        via,
+    };
+    let http = Via::Http {
+        idempotency_key: true,
+        retries: 2,
+    };
+    let mut original = generate(
+        GeneratorSettings {
+            size: Size::Tiny,
+            swarm: false,
+        },
+        0,
+    );
+    original.steps = vec![TimedStep {
+        at_ms: 0,
+        step: burst(9, 700, http, 2),
+    }];
+    assert_eq!(validate(&original), Ok(()));
+    // Fails whenever there is a burst, whatever its count, payload, path or run.
+    let mut calls = 0;
+    let shrunk = shrink(
+        &original,
+        &mut |s: &Scenario| {
+            calls += 1;
+            s.steps.iter().any(|t| matches!(t.step, Step::Burst { .. }))
+        },
+        6,
+    );
+    assert!(calls <= 6);
+    assert_eq!(
+        shrunk.steps,
+        vec![TimedStep {
+            at_ms: 0,
+            step: burst(1, 0, Via::Notifier, 0),
+        }],
+        "after {calls} attempts"
+    );
+}

@@ -11,8 +11,9 @@
 //!   that is never closed counts once `End` is well past its hello timeout.
 //!   A 4008 `hello_timeout` at least `hello_timeout_ms` after connecting is also accepted, for
 //!   floods too (the attack frame or hello may not have arrived in time over a slow link); so is
-//!   the hostile client giving up by itself (no close code) when a latency spike could have
-//!   held the server's answer back longer than its patience (`HOSTILE_PATIENCE_MS`), or its
+//!   the hostile client giving up by itself (no close code) when a latency spike around the
+//!   connection (see `Index::latency_around`; one long over excuses nothing) could have held
+//!   the server's answer back longer than its patience (`HOSTILE_PATIENCE_MS`), or its
 //!   connect / handshake round trip longer than `hostile_connect_timeout_ms`.
 //!   Skipped when the attempt cannot be judged: the server was not up for the whole attempt, or
 //!   its host was partitioned / held, or messages were being lost, around it;
@@ -20,7 +21,13 @@
 //!   (1000 ms of that for the JWT's whole-second `exp`) plus the scenario's largest latency
 //!   (the close frame's one-way trip) after its token's expiry, with the server up, the
 //!   network undisturbed and the application not paused in that window, means the server
-//!   never enforced the expiry (it must close with 4002).
+//!   never enforced the expiry (it must close with 4002). A connection that ends after the
+//!   expiry and by that deadline must end for a reason: the client closed or dropped it, or
+//!   the server closed it with 4002 — or with 4003 `slow_consumer`, 4010 `idle_timeout` or
+//!   1001 `shutting_down`, which may come first. Another code (4001, say), or a socket dying
+//!   without a close frame, is a violation unless the link cannot be judged (faults, a server
+//!   stop, a pause, or a latency spike that can starve the client's idle timeout; see
+//!   `closed_after_expiry`).
 
 use super::index::{Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
@@ -108,7 +115,7 @@ fn hostile_conn(
             if code.is_some_and(|c| expected.contains(&c)) {
                 return None;
             }
-            if slow_hello_timeout(index, conn, closed) || answer_outran_patience(index, closed) {
+            if slow_hello_timeout(index, conn, closed) || answer_outran_patience(index, conn, closed) {
                 return None;
             }
             Some(denied(
@@ -121,7 +128,8 @@ fn hostile_conn(
             ))
         }
         None => {
-            let deadline = conn.at + timeouts.hello_timeout_ms + 2 * index.latency_max_ms + 2000;
+            let latency = index.latency_around(conn.at, end_at);
+            let deadline = conn.at + timeouts.hello_timeout_ms + 2 * latency + 2000;
             (end_at > deadline).then(|| {
                 denied(
                     format!(
@@ -145,25 +153,26 @@ fn slow_hello_timeout(index: &Index<'_>, conn: &Conn<'_>, closed: usize) -> bool
         && index.at(closed).saturating_sub(conn.at) >= index.scenario.config.timeouts.hello_timeout_ms
 }
 
-/// The hostile client gave up by itself (no close code) while the scenario's latency could
-/// hold the answer back longer than it waits: after its handshake, for the server's answer
-/// (`HOSTILE_PATIENCE_MS`, a close by the client); before it, for a connect or handshake round
-/// trip (`hostile_connect_timeout_ms`, a close by the network) — such a connection may never
-/// have reached the server.
-fn answer_outran_patience(index: &Index<'_>, closed: usize) -> bool {
+/// The hostile client gave up by itself (no close code) while the latency in force around the
+/// connection (see `Index::latency_around`) could hold the answer back longer than it waits:
+/// after its handshake, for the server's answer (`HOSTILE_PATIENCE_MS`, a close by the
+/// client); before it, for a connect or handshake round trip (`hostile_connect_timeout_ms`, a
+/// close by the network) — such a connection may never have reached the server.
+fn answer_outran_patience(index: &Index<'_>, conn: &Conn<'_>, closed: usize) -> bool {
     let config = &index.scenario.config;
     let slack_ms = 2 * config.tick_ms;
+    let latency = index.latency_around(conn.at, index.at(closed));
     match index.entries[closed].what {
         Observation::Closed {
             code: None,
             by: ClosedBy::Client,
             ..
-        } => index.latency_max_ms + slack_ms >= HOSTILE_PATIENCE_MS,
+        } => latency + slack_ms >= HOSTILE_PATIENCE_MS,
         Observation::Closed {
             code: None,
             by: ClosedBy::Network,
             ..
-        } => 2 * index.latency_max_ms + slack_ms >= hostile_connect_timeout_ms(&config.timeouts),
+        } => 2 * latency + slack_ms >= hostile_connect_timeout_ms(&config.timeouts),
         _ => false,
     }
 }
@@ -202,7 +211,7 @@ fn floods(index: &Index<'_>) -> Option<Violation> {
                 let code = index.close_code(closed);
                 if code != Some(4009)
                     && !slow_hello_timeout(index, conn, closed)
-                    && !answer_outran_patience(index, closed)
+                    && !answer_outran_patience(index, conn, closed)
                 {
                     return Some(denied(
                         format!(
@@ -254,8 +263,8 @@ fn expiry(index: &Index<'_>, client: &Client<'_>, conn: &Conn<'_>) -> Option<Vio
     if deadline >= end_at {
         return None;
     }
-    if conn.closed.is_some_and(|c| index.at(c) <= deadline) {
-        return None;
+    if let Some(closed) = conn.closed.filter(|&c| index.at(c) <= deadline) {
+        return closed_after_expiry(index, client, conn, exp, closed);
     }
     if index.disturbed(client.host, exp.min(deadline), deadline) || client.paused_during(exp, deadline) {
         return None;
@@ -269,5 +278,68 @@ fn expiry(index: &Index<'_>, client: &Client<'_>, conn: &Conn<'_>) -> Option<Vio
             t(deadline)
         ),
         vec![conn.connecting_idx, welcome.idx],
+    ))
+}
+
+/// Server close codes that may end a welcomed connection whose token has expired: 4002 itself,
+/// or another documented reason that may come first (PROTOCOL.md, "Errors and close codes").
+const CLOSES_AN_EXPIRED_CONNECTION: [u16; 4] = [4002, 4003, 4010, 1001];
+
+/// A welcomed connection whose token expired at `exp` ended at entry `closed`, by the deadline.
+/// It ended in time when it ended before the expiry; when the client closed or dropped it
+/// itself; or when the server closed it with 4002 (or a code that may legitimately come first,
+/// [`CLOSES_AN_EXPIRED_CONNECTION`]). A server close with any other code, or a socket that died
+/// without a close frame, after the expiry, means the server did not say `token_expired` —
+/// unless the link cannot be judged then: a fault or a server stop/restart since the expiry,
+/// bytes dropped since the connection opened (the stream may have been garbled or stalled for
+/// good), the application paused (a server whose writes time out may drop the socket), or —
+/// for a socket that died — a latency around the connection that could starve the client's
+/// idle timeout (heartbeat interval + latency + two ticks reaching `idle_timeout_ms`).
+fn closed_after_expiry(
+    index: &Index<'_>,
+    client: &Client<'_>,
+    conn: &Conn<'_>,
+    exp: u64,
+    closed: usize,
+) -> Option<Violation> {
+    let closed_at = index.at(closed);
+    if closed_at < exp {
+        return None;
+    }
+    let Observation::Closed { code, by, .. } = &index.entries[closed].what else {
+        return None;
+    };
+    let how = match by {
+        ClosedBy::Client | ClosedBy::Killed => return None,
+        ClosedBy::Server if code.is_some_and(|c| CLOSES_AN_EXPIRED_CONNECTION.contains(&c)) => return None,
+        ClosedBy::Server => format!("the server closed it with code {code:?}"),
+        ClosedBy::Network => {
+            // The client gives a connection up after idle_timeout_ms without a frame; a healthy
+            // server sends one at least every heartbeat interval, but a latency spike can
+            // stretch that gap past the timeout.
+            let timeouts = &index.scenario.config.timeouts;
+            let latency = index.latency_around(conn.at, closed_at);
+            if timeouts.heartbeat_interval_ms + latency + 2 * index.scenario.config.tick_ms >= timeouts.idle_timeout_ms
+            {
+                return None;
+            }
+            "the socket died without a close frame".to_string()
+        }
+    };
+    if index.disturbed(client.host, exp, closed_at)
+        || index.bytes_dropped_during(client.host, conn.at, closed_at)
+        || client.paused_during(conn.at, closed_at)
+    {
+        return None;
+    }
+    let connection = conn.welcome.as_ref().map_or("?", |w| w.connection);
+    Some(denied(
+        format!(
+            "{} had connection {connection} ended at {} after its token expired at {}, but {how} on an undisturbed link: the server must close an expired connection with 4002 token_expired (or {CLOSES_AN_EXPIRED_CONNECTION:?} for another reason)",
+            client.describe(),
+            t(closed_at),
+            t(exp)
+        ),
+        vec![conn.connecting_idx, closed],
     ))
 }

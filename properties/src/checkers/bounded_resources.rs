@@ -24,8 +24,10 @@
 //!   entry never removed from a writer table) shows here while the hub's gauges look clean;
 //! - a hostile socket that never completes an HTTP request (`SilentSocket`, `SlowRequest`) is
 //!   closed by the server (no close code) no earlier than `http_request_timeout_ms` after it
-//!   connected and no later than that plus four one-way trips at the scenario's largest
-//!   latency (the connect and its answer, the first byte, the close), two ticks and a second.
+//!   connected and no later than that plus four one-way trips at the largest latency in force
+//!   around the socket (from one run-wide largest latency before it connected to its close,
+//!   see `Index::latency_around`: a spike long over does not excuse it) — the connect and its
+//!   answer, the first byte, the close — two ticks and a second.
 //!   Still open past that bound (the client gave up later, or `End` came later) means the
 //!   server let the socket hold its resources. Not judged when the attempt cannot be: the
 //!   server was not up throughout, or the host's links were disturbed, or the latency could
@@ -225,8 +227,10 @@ fn stalled_socket(
     let who = format!("{} of step {step} ({attack:?})", client.describe());
     let slack_ms = 2 * config.tick_ms;
     let earliest = conn.at + timeout_ms;
+    // Only the latency in force around this socket may excuse it (see `Index::latency_around`).
+    let latency = index.latency_around(conn.at, until);
     // The connect and its answer, the request's first byte (which restarts the deadline), the close.
-    let latest = earliest + 4 * index.latency_max_ms + slack_ms + 1000;
+    let latest = earliest + 4 * latency + slack_ms + 1000;
     let Some(closed) = conn.closed else {
         return (end_at > latest).then(|| {
             over(
@@ -246,7 +250,7 @@ fn stalled_socket(
     let verdict = match (by, code) {
         (ClosedBy::Network, None) if reason.starts_with("connect") => {
             // The connect itself failed or timed out: only a latency spike excuses that.
-            (2 * index.latency_max_ms + slack_ms < hostile_connect_timeout_ms(&config.timeouts))
+            (2 * latency + slack_ms < hostile_connect_timeout_ms(&config.timeouts))
                 .then(|| format!("could not connect ({reason}) on a fast link"))
         }
         (ClosedBy::Network, None) if at < earliest => Some(format!(

@@ -95,8 +95,9 @@ impl HistoryBuilder {
         self.record(Observation::StepApplied { index, step })
     }
 
-    /// Applies every step of `scenario` whose time is `<= now`, in order (a convenience for
-    /// tests that use [`scenario_with`]).
+    /// Records every step of `scenario` as applied, in driver order, all at the builder's
+    /// current time whatever their `at_ms` (a convenience for tests that use
+    /// [`scenario_with`]; record steps whose time matters one by one with [`Self::step`]).
     pub fn steps_of(&mut self, scenario: &Scenario) -> &mut Self {
         for (index, step) in scenario.sorted_steps() {
             self.step(index, step.step.clone());

@@ -231,6 +231,8 @@ pub(super) struct Index<'a> {
     pub gauges: Vec<usize>,
     /// Largest latency any link had (config or `SetLatency`).
     pub latency_max_ms: u64,
+    /// Latency settings over time: `(from, max_ms)`, the config's first, in time order.
+    latency_timeline: Vec<(u64, u64)>,
     /// Most retries any HTTP publish step asks for.
     pub http_retries_max: u8,
     faults: Vec<Fault>,
@@ -262,6 +264,7 @@ impl<'a> Index<'a> {
             lives: Vec::new(),
             gauges: Vec::new(),
             latency_max_ms: scenario.config.latency_max_ms,
+            latency_timeline: vec![(0, scenario.config.latency_max_ms)],
             http_retries_max: 0,
             faults: Vec::new(),
             call_bytes_prefix: vec![0],
@@ -552,7 +555,10 @@ impl<'a> Index<'a> {
                     close(&mut self.faults, (None, FaultKind::Loss));
                 }
             }
-            Step::SetLatency { max_ms, .. } => self.latency_max_ms = self.latency_max_ms.max(*max_ms),
+            Step::SetLatency { max_ms, .. } => {
+                self.latency_max_ms = self.latency_max_ms.max(*max_ms);
+                self.latency_timeline.push((at, *max_ms));
+            }
             Step::Publish {
                 via: Via::Http { retries, .. },
                 ..
@@ -595,6 +601,28 @@ impl<'a> Index<'a> {
 
     pub fn at(&self, idx: usize) -> u64 {
         self.entries[idx].at_ms
+    }
+
+    /// The largest latency setting in force at some point of `[from, to]`.
+    pub fn latency_during(&self, from: u64, to: u64) -> u64 {
+        let timeline = &self.latency_timeline;
+        let mut max = 0;
+        for (i, &(start, ms)) in timeline.iter().enumerate() {
+            let end = timeline.get(i + 1).map_or(u64::MAX, |&(next, _)| next);
+            if start <= to && end >= from {
+                max = max.max(ms);
+            }
+        }
+        max
+    }
+
+    /// The largest latency that may have delayed a message of a connection open in
+    /// `[opened, closed]`: the settings in force then, reaching back the run's largest latency
+    /// before `opened` to be generous about when a setting starts to apply (as the
+    /// prompt-delivery rule does). A spike that ended long before the connection opened
+    /// excuses nothing on it.
+    pub fn latency_around(&self, opened: u64, closed: u64) -> u64 {
+        self.latency_during(opened.saturating_sub(self.latency_max_ms), closed)
     }
 
     pub fn event(&self, event_id: &str) -> Option<&Event<'a>> {

@@ -32,8 +32,7 @@
 use super::index::{liveness_bound_ms, Client, Conn, Index};
 use super::no_silent_loss::{expected, Coverage};
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::{FrameSeen, Observation};
-use crate::scenario::Step;
+use crate::history::FrameSeen;
 use rustc_hash::FxHashMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
@@ -218,33 +217,6 @@ pub fn prompt_bound_ms(tick_ms: u64, latency_ms: u64, queued: u64) -> u64 {
     4 * latency_ms + 10 * tick_ms + 1000 + queued * tick_ms
 }
 
-/// Latency settings over time: `(from, max_ms)`, the config's first.
-fn latency_timeline(index: &Index<'_>) -> Vec<(u64, u64)> {
-    let mut out = vec![(0, index.scenario.config.latency_max_ms)];
-    for entry in index.entries {
-        if let Observation::StepApplied {
-            step: Step::SetLatency { max_ms, .. },
-            ..
-        } = &entry.what
-        {
-            out.push((entry.at_ms, *max_ms));
-        }
-    }
-    out
-}
-
-/// The largest latency setting in force at some point of `[from, to]`.
-fn latency_during(timeline: &[(u64, u64)], from: u64, to: u64) -> u64 {
-    let mut max = 0;
-    for (i, &(start, ms)) in timeline.iter().enumerate() {
-        let end = timeline.get(i + 1).map_or(u64::MAX, |&(next, _)| next);
-        if start <= to && end >= from {
-            max = max.max(ms);
-        }
-    }
-    max
-}
-
 /// One connection's frames of its welcome's epoch, indexed for the prompt-delivery rule.
 struct ConnFrames<'a> {
     /// `(entry, position)`: after entry `entry` the client has everything up to `position` (the
@@ -317,7 +289,6 @@ impl<'a> ConnFrames<'a> {
 fn prompt_delivery(index: &Index<'_>) -> Option<Violation> {
     let horizon = index.entries.last()?.at_ms;
     let tick = index.scenario.config.tick_ms;
-    let timeline = latency_timeline(index);
     let lookback = index.latency_max_ms;
     for client in index.clients.values().filter(|c| !c.hostile) {
         for conn in &client.conns {
@@ -346,7 +317,7 @@ fn prompt_delivery(index: &Index<'_>) -> Option<Violation> {
                     .seq
                     .saturating_sub(frames.position_before(inst.returned_idx).saturating_add(1));
                 let widest = prompt_bound_ms(tick, lookback, queued);
-                let latency = latency_during(&timeline, from.saturating_sub(lookback), from + widest);
+                let latency = index.latency_during(from.saturating_sub(lookback), from + widest);
                 let bound = prompt_bound_ms(tick, latency, queued);
                 let deadline = from + bound;
                 if deadline >= horizon {

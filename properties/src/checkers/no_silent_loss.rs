@@ -9,11 +9,20 @@
 //!
 //! Covered means: delivered as an `Event` with that `(epoch, seq)` (and the same event id), or
 //! inside a delivered `Gap` of that epoch (`from <= seq <= to`, or `to = null`), or — for an
-//! event in any epoch other than the new stream the gap's connection was welcomed into — by an
-//! `epoch` gap delivered after the event was published. A user has one live stream per server
-//! life, so an `epoch` gap says "every stream you were reading is gone": a stream created and
-//! lost entirely while c was away, or one c was welcomed into but lost before its first event
-//! arrived (the connection stalled, then the server restarted), can be reported no other way.
+//! event of an epoch E the client never *entered* — by an `epoch` gap of another epoch
+//! delivered after the event was published. A user has one live stream per server life, so an
+//! `epoch` gap says "every stream you were reading is gone": a stream created and lost entirely
+//! while c was away, or one c was welcomed into but lost before the `epoch` gap of its old
+//! stream arrived (the connection died or stalled, then the server restarted), can be reported
+//! no other way.
+//!
+//! The client entered E (its tracker's position named E at some point, so E's own items must
+//! account for every event of E it owes) when its first welcome was into E, when it was handed
+//! any item (event or gap) of E, or when it was handed an `epoch` gap on a connection welcomed
+//! into E (the gap commits the switch to E). Once in E, the client leaves it only through an
+//! `epoch` (or `unreadable`) gap of E starting right after its position, so a correct server
+//! never needs another epoch's gap to account for an event of E; and an epoch the client enters
+//! later is read from seq 1, so the same holds for one entered after such a gap.
 //!
 //! Only decidable when the run reached `End` (after the heal and the quiet period).
 //!
@@ -30,15 +39,17 @@
 use super::index::{liveness_bound_ms, Client, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::DeliveredItem;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
-/// A delivered gap: (entry, epoch, from, to, reason, epoch of the latest welcome before it).
-type DeliveredGap<'a> = (usize, &'a str, u64, Option<u64>, &'a str, Option<&'a str>);
+/// A delivered gap: (entry, epoch, from, to, reason).
+type DeliveredGap<'a> = (usize, &'a str, u64, Option<u64>, &'a str);
 
 /// What one client's application was handed, indexed for coverage questions.
 pub(super) struct Coverage<'a> {
     events: FxHashMap<(&'a str, u64), (usize, Option<&'a str>)>,
     gaps: Vec<DeliveredGap<'a>>,
+    /// The epochs the client entered (see the module docs); only looked up, never iterated.
+    entered: FxHashSet<&'a str>,
 }
 
 impl<'a> Coverage<'a> {
@@ -46,12 +57,14 @@ impl<'a> Coverage<'a> {
         let mut coverage = Coverage {
             events: FxHashMap::default(),
             gaps: Vec::new(),
+            entered: FxHashSet::default(),
         };
         let welcomes: Vec<(usize, &'a str)> = client
             .conns
             .iter()
             .filter_map(|c| c.welcome.as_ref().map(|w| (w.idx, w.epoch)))
             .collect();
+        coverage.entered.extend(welcomes.first().map(|&(_, epoch)| epoch));
         let new_stream_at = |idx: usize| {
             welcomes
                 .iter()
@@ -64,6 +77,7 @@ impl<'a> Coverage<'a> {
                 Some(DeliveredItem::Event {
                     epoch, seq, event_id, ..
                 }) => {
+                    coverage.entered.insert(epoch);
                     coverage
                         .events
                         .entry((epoch.as_str(), *seq))
@@ -75,7 +89,13 @@ impl<'a> Coverage<'a> {
                     to,
                     reason,
                     ..
-                }) => coverage.gaps.push((idx, epoch, *from, *to, reason, new_stream_at(idx))),
+                }) => {
+                    coverage.entered.insert(epoch);
+                    if reason == "epoch" {
+                        coverage.entered.extend(new_stream_at(idx));
+                    }
+                    coverage.gaps.push((idx, epoch, *from, *to, reason));
+                }
                 None => {}
             }
         }
@@ -92,12 +112,10 @@ impl<'a> Coverage<'a> {
                 best = Some(idx);
             }
         }
-        for &(idx, epoch, from, to, reason, new_stream) in &self.gaps {
+        let never_entered = !self.entered.contains(inst.epoch);
+        for &(idx, epoch, from, to, reason) in &self.gaps {
             let same_epoch = epoch == inst.epoch && from <= inst.seq && to.is_none_or(|to| inst.seq <= to);
-            let lost_stream = reason == "epoch"
-                && epoch != inst.epoch
-                && new_stream != Some(inst.epoch)
-                && idx > event.first_call_idx;
+            let lost_stream = never_entered && reason == "epoch" && idx > event.first_call_idx;
             if (same_epoch || lost_stream) && best.is_none_or(|b| idx < b) {
                 best = Some(idx);
             }
