@@ -508,9 +508,7 @@ impl Driver<'_> {
             Step::Repair { host } => sim.repair(client_host_name(*host).as_str(), SERVER_HOST),
             Step::Hold { host } => sim.hold(client_host_name(*host).as_str(), SERVER_HOST),
             Step::Release { host } => sim.release(client_host_name(*host).as_str(), SERVER_HOST),
-            Step::SetLatency { min_ms, max_ms } => {
-                sim.set_max_message_latency(Duration::from_millis((*max_ms).max(*min_ms)));
-            }
+            Step::SetLatency { min_ms, max_ms } => set_latency(sim, config.client_hosts, *min_ms, *max_ms),
             Step::SetLossRate { per_mille } => {
                 let rate = f64::from((*per_mille).min(1000)) / 1000.0;
                 for host in 0..config.client_hosts.max(1) {
@@ -639,7 +637,7 @@ impl Driver<'_> {
         }
         sim.repair("publisher", SERVER_HOST);
         sim.release("publisher", SERVER_HOST);
-        sim.set_max_message_latency(Duration::from_millis(config.latency_max_ms.max(config.latency_min_ms)));
+        set_latency(sim, config.client_hosts, config.latency_min_ms, config.latency_max_ms);
         if !self.server_running {
             self.server_op(sim, now_ms, ServerOp::Start);
         }
@@ -788,6 +786,22 @@ pub fn server_config(scenario: &Scenario) -> ServerConfig {
     config.frame_bytes_max = FRAME_BYTES_MAX;
     config.tick_interval_ms = 250;
     config
+}
+
+/// Sets the latency range `[min_ms, max_ms]` of every link that carries traffic: each client
+/// host's and the publisher's, to the server. turmoil sets a minimum only per link (its global
+/// setter moves the maximum alone), and a link's own range then overrides the global one, so
+/// every latency change, the heal's included, goes through here.
+fn set_latency(sim: &mut turmoil::Sim<'_>, client_hosts: u32, min_ms: u64, max_ms: u64) {
+    let min = Duration::from_millis(min_ms);
+    let max = Duration::from_millis(max_ms.max(min_ms));
+    let hosts = (0..client_hosts.max(1))
+        .map(client_host_name)
+        .chain(["publisher".to_string()]);
+    for host in hosts {
+        sim.set_link_latency(host.as_str(), SERVER_HOST, min);
+        sim.set_link_max_message_latency(host.as_str(), SERVER_HOST, max);
+    }
 }
 
 pub fn client_host_name(host: u32) -> String {
