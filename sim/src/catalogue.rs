@@ -71,27 +71,34 @@ pub struct EntryResult {
 }
 
 impl EntryResult {
-    /// Whether the run gave the verdict the file asks for.
+    /// Whether the run gave the verdict the file asks for: as `seeds::verdict` judges a seed
+    /// file, `expect: fail` needs that invariant to fail and everything else to hold, so a new
+    /// bug cannot hide behind a documented one.
     pub fn passed(&self) -> bool {
-        match &self.expect {
-            Expect::Pass => self.violations.is_empty() && self.unmet.is_empty() && self.world_failures.is_empty(),
-            Expect::Fail { invariant } => self.violations.iter().any(|v| v.invariant == *invariant),
-        }
+        self.reasons().is_empty()
     }
 
     /// Every reason the entry failed, one line each (empty when it passed).
     pub fn reasons(&self) -> Vec<String> {
-        if self.passed() {
-            return Vec::new();
-        }
-        if let Expect::Fail { invariant } = &self.expect {
-            return vec![format!(
-                "expected invariant {invariant} to fail (a documented open bug), but it held"
-            )];
-        }
-        let mut reasons: Vec<String> = self.violations.iter().map(|v| format!("invariant {v}")).collect();
+        let expected = match &self.expect {
+            Expect::Pass => None,
+            Expect::Fail { invariant } => Some(*invariant),
+        };
+        let mut reasons: Vec<String> = self
+            .violations
+            .iter()
+            .filter(|v| Some(v.invariant) != expected)
+            .map(|v| format!("invariant {v}"))
+            .collect();
         reasons.extend(self.unmet.iter().map(|u| format!("expectation: {u}")));
         reasons.extend(self.world_failures.iter().map(|f| format!("world failure: {f}")));
+        if let Some(invariant) = expected {
+            if !self.violations.iter().any(|v| v.invariant == invariant) {
+                reasons.push(format!(
+                    "expected invariant {invariant} to fail (a documented open bug), but it held"
+                ));
+            }
+        }
         reasons
     }
 
@@ -410,4 +417,48 @@ fn family_name(family: Option<Category>) -> &'static str {
 
 fn severity_name(severity: Option<Severity>) -> &'static str {
     severity.map_or("(none)", Severity::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(expect: Expect, failed: &[Invariant]) -> EntryResult {
+        EntryResult {
+            name: "entry".into(),
+            family: None,
+            severity: None,
+            violations: failed
+                .iter()
+                .map(|&invariant| Violation {
+                    invariant,
+                    severity: Severity::High,
+                    category: Category::NotificationDelivery,
+                    explanation: "x".into(),
+                    evidence: Vec::new(),
+                })
+                .collect(),
+            unmet: Vec::new(),
+            world_failures: Vec::new(),
+            expect,
+            history_digest: String::new(),
+            simulated_ms: 0,
+            wall: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_known_failure_does_not_hide_another() {
+        let known = Expect::Fail {
+            invariant: Invariant::Order,
+        };
+        assert!(result(known.clone(), &[Invariant::Order]).passed());
+        let other = result(known.clone(), &[Invariant::Order, Invariant::NoDuplicates]);
+        assert!(!other.passed());
+        assert!(other.reasons()[0].contains("no_duplicates"), "{:?}", other.reasons());
+        let held = result(known, &[]);
+        assert!(held.reasons()[0].contains("but it held"), "{:?}", held.reasons());
+        assert!(result(Expect::Pass, &[]).passed());
+        assert!(!result(Expect::Pass, &[Invariant::Order]).passed());
+    }
 }

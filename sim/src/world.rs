@@ -424,6 +424,7 @@ impl Driver<'_> {
             } => {
                 self.clients.insert(*client, (*host, false));
                 self.send_client(
+                    now_ms,
                     *host,
                     ClientCommand::Connect {
                         client: *client,
@@ -435,15 +436,16 @@ impl Driver<'_> {
             Step::Close { client } => {
                 let host = self.clients[client].0;
                 self.clients.insert(*client, (host, true));
-                self.send_client(host, ClientCommand::Close { client: *client });
+                self.send_client(now_ms, host, ClientCommand::Close { client: *client });
             }
             Step::Kill { client } => {
                 let host = self.clients[client].0;
-                self.send_client(host, ClientCommand::Kill { client: *client });
+                self.send_client(now_ms, host, ClientCommand::Kill { client: *client });
             }
             Step::Pause { client, duration_ms } => {
                 let host = self.clients[client].0;
                 self.send_client(
+                    now_ms,
                     host,
                     ClientCommand::Pause {
                         client: *client,
@@ -460,13 +462,16 @@ impl Driver<'_> {
             } => {
                 let event = self.next_event_id();
                 let publish = self.next_publish_id();
-                self.send_publish(PublishCommand {
-                    publishes: vec![(publish, event, *kind)],
-                    user: *user,
-                    run: *run,
-                    payload_bytes: *payload_bytes,
-                    via: *via,
-                });
+                self.send_publish(
+                    now_ms,
+                    PublishCommand {
+                        publishes: vec![(publish, event, *kind)],
+                        user: *user,
+                        run: *run,
+                        payload_bytes: *payload_bytes,
+                        via: *via,
+                    },
+                );
             }
             Step::Burst {
                 user,
@@ -485,13 +490,16 @@ impl Driver<'_> {
                         )
                     })
                     .collect();
-                self.send_publish(PublishCommand {
-                    publishes,
-                    user: *user,
-                    run: *run,
-                    payload_bytes: *payload_bytes,
-                    via: *via,
-                });
+                self.send_publish(
+                    now_ms,
+                    PublishCommand {
+                        publishes,
+                        user: *user,
+                        run: *run,
+                        payload_bytes: *payload_bytes,
+                        via: *via,
+                    },
+                );
             }
             Step::Partition { host } => sim.partition(client_host_name(*host).as_str(), SERVER_HOST),
             Step::PartitionOneWay { host, direction } => {
@@ -544,6 +552,7 @@ impl Driver<'_> {
                     _ => None,
                 };
                 self.send_client(
+                    now_ms,
                     *host,
                     ClientCommand::Hostile {
                         step_index: index,
@@ -733,21 +742,28 @@ impl Driver<'_> {
         }
     }
 
-    fn send_client(&self, host: u32, command: ClientCommand) {
+    // Called from the stepping loop, outside every host: records at the step's time.
+    fn send_client(&self, now_ms: u64, host: u32, command: ClientCommand) {
         if self.host_tx[host as usize].try_send(command).is_err() {
-            self.recorder.record(Observation::Failure {
-                host: client_host_name(host),
-                message: format!("more than {HOST_COMMANDS_MAX} commands queued"),
-            });
+            self.recorder.record_at(
+                now_ms,
+                Observation::Failure {
+                    host: client_host_name(host),
+                    message: format!("more than {HOST_COMMANDS_MAX} commands queued"),
+                },
+            );
         }
     }
 
-    fn send_publish(&self, command: PublishCommand) {
+    fn send_publish(&self, now_ms: u64, command: PublishCommand) {
         if self.publish_tx.try_send(command).is_err() {
-            self.recorder.record(Observation::Failure {
-                host: "publisher".into(),
-                message: format!("more than {HOST_COMMANDS_MAX} publish commands queued"),
-            });
+            self.recorder.record_at(
+                now_ms,
+                Observation::Failure {
+                    host: "publisher".into(),
+                    message: format!("more than {HOST_COMMANDS_MAX} publish commands queued"),
+                },
+            );
         }
     }
 
