@@ -477,7 +477,13 @@ fn start_in_process_server(kind: ServerKind) -> ServerProcess {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("local addr");
             let router = baseline::router(app.clone());
-            tokio::spawn(async move { axum::serve(listener, router).await });
+            // Decomposition (`LOADGEN_BASELINE_NODELAY=1`): the baseline with the one socket
+            // option herald's binary sets, to show how much of a difference is that option.
+            if std::env::var_os("LOADGEN_BASELINE_NODELAY").is_some() {
+                tokio::spawn(async move { axum::serve(listener.tap_io(disable_nagle), router).await });
+            } else {
+                tokio::spawn(async move { axum::serve(listener, router).await });
+            }
             addr
         });
         return ServerProcess {
