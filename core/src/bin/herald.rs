@@ -140,6 +140,12 @@ struct ServeArgs {
     /// Time an HTTP socket has to begin its next request, and a begun request to be answered.
     #[arg(long, env = "HERALD_HTTP_REQUEST_TIMEOUT_MS", default_value_t = defaults().http_request_timeout_ms)]
     http_request_timeout_ms: u64,
+    /// Send each write at once (TCP_NODELAY), the default: event frames are small, and Nagle's
+    /// algorithm would hold one back until the previous is acknowledged. `false` lets the
+    /// kernel merge small writes instead: a little less CPU per event at saturation, a higher
+    /// tail latency (BENCHMARKS.md).
+    #[arg(long, env = "HERALD_TCP_NODELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    tcp_nodelay: bool,
     /// Sockets open at once (HTTP and WebSocket); one more is closed when accepted.
     #[arg(long, env = "HERALD_SOCKETS_MAX", default_value_t = defaults().sockets_max)]
     sockets_max: u64,
@@ -248,8 +254,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             tracing::info!("{name}: graceful shutdown");
             on_signal.shutdown();
         });
+        let tcp_nodelay = args.tcp_nodelay;
         server
-            .serve(listener.tap_io(disable_nagle))
+            .serve(listener.tap_io(move |stream| {
+                if tcp_nodelay {
+                    disable_nagle(stream);
+                }
+            }))
             .await
             .map_err(|e| format!("server error: {e}"))?;
         tracing::info!("stopped");
