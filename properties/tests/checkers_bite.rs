@@ -2,7 +2,9 @@
 //! be reported under the right invariant and category) and a near miss that must pass.
 
 use herald_properties::checkers::builder::{scenario_with, HistoryBuilder};
-use herald_properties::checkers::{check, check_all, Category, Invariant, Violation};
+use herald_properties::checkers::{
+    check, check_all, liveness_bound_ms, retention_expiry_ms, Category, Invariant, Violation,
+};
 use herald_properties::history::{ClosedBy, GaugeSample, History};
 use herald_properties::scenario::{Attack, Scenario, ScenarioConfig, Step, Via};
 
@@ -1688,5 +1690,373 @@ fn liveness_near_miss_a_publish_answered_after_a_fresh_welcome_that_already_coun
     b.published(&id, "E0", 1, false);
     b.deliver(0, "E0", 1);
     let history = finish(&mut b, 40_000);
+    assert_clean(&scenario, &history);
+}
+
+/// Simulated time as explanations print it: `t=1.204s`.
+fn t(ms: u64) -> String {
+    format!("t={}.{:03}s", ms / 1000, ms % 1000)
+}
+
+// ---------------------------------------------------------------- liveness: catch-up bound
+
+/// Client 0 loses its connection at 100 ms, u0's event 1 is published at 200 ms while it is
+/// away, the network heals at 1 s and the client is welcomed back (resuming E0 after 0) at
+/// 2 s, well within B; the replay hands it the missed event only at `delivered_at`.
+fn caught_up_at(delivered_at: u64) -> (Scenario, History, String) {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(200);
+    let id = b.publish_ok("u0", "E0", 1);
+    b.at(1_000);
+    b.heal();
+    b.at(2_000);
+    b.connect(0, Some(("E0", 0)), "E0", 1, true);
+    b.at(delivered_at);
+    b.deliver(0, "E0", 1);
+    b.at(25_000);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        ..GaugeSample::default()
+    });
+    b.at(26_000);
+    b.end();
+    (scenario, b.build(), id)
+}
+
+#[test]
+fn liveness_fires_when_a_prompt_reconnect_catches_up_after_the_bound() {
+    // Reconnected 1 s after the heal, but the missed event only arrives at 20 s: past
+    // max(heal, publish call) + B. Neither the reconnect nor the prompt-delivery rule applies
+    // (the client was away when the publish returned), only the catch-up bound.
+    let deadline = 1_000 + liveness_bound_ms(&ScenarioConfig::default().timeouts);
+    let (scenario, history, id) = caught_up_at(20_000);
+    let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+    let phrase = format!(
+        "reached client 0 (user u0) only at t=20.000s, later than the bound {} (heal at t=1.000s",
+        t(deadline)
+    );
+    assert!(
+        v.explanation
+            .contains(&format!("event {id} for user u0 (epoch E0, seq 1"))
+            && v.explanation.contains(&phrase),
+        "{v}"
+    );
+    assert!(
+        !v.explanation.contains("welcomed again") && !v.explanation.contains("prompt-delivery"),
+        "{v}"
+    );
+}
+
+#[test]
+fn liveness_near_miss_a_replay_that_lands_exactly_on_the_catch_up_bound() {
+    let deadline = 1_000 + liveness_bound_ms(&ScenarioConfig::default().timeouts);
+    let (scenario, history, _) = caught_up_at(deadline);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- auth: invalid tokens
+
+/// One hostile connection of `attack` (step 2) at 100 ms, welcomed at 120 ms when `welcomed`,
+/// and closed by the server with `code` at 150 ms.
+fn invalid_token_history(attack: Attack, welcomed: bool, code: u16) -> (Scenario, History) {
+    let (scenario, mut b) = base_with(vec![Step::Hostile { host: 0, attack }]);
+    let hostile = HOSTILE + 2 * 100;
+    b.hostile_client(hostile, "u1");
+    b.at(100);
+    b.connecting(hostile, None);
+    if welcomed {
+        b.at(120);
+        b.welcome(hostile, "E1", 0, false);
+    }
+    b.at(150);
+    b.closed(hostile, Some(code), ClosedBy::Server);
+    let history = finish(&mut b, 1000);
+    (scenario, history)
+}
+
+const INVALID_TOKENS: [(Attack, u16); 3] = [
+    (Attack::ForgedToken { user: 1 }, 4001),
+    (Attack::ExpiredToken { user: 1 }, 4002),
+    (Attack::GarbageToken, 4001),
+];
+
+#[test]
+fn auth_fires_when_an_invalid_token_is_welcomed() {
+    // Welcomed, then closed with the right code: the welcome alone is the violation.
+    for (attack, code) in INVALID_TOKENS {
+        let (scenario, history) = invalid_token_history(attack.clone(), true, code);
+        let v = assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+        assert!(
+            v.explanation.contains("was welcomed as user u1 on connection")
+                && v.explanation.contains("at t=0.120s without a valid token"),
+            "{attack:?}: {v}"
+        );
+    }
+}
+
+#[test]
+fn auth_near_miss_an_invalid_token_refused_with_its_code() {
+    for (attack, code) in INVALID_TOKENS {
+        let (scenario, history) = invalid_token_history(attack, false, code);
+        assert_clean(&scenario, &history);
+    }
+}
+
+// ---------------------------------------------------------------- auth: flood cap
+
+/// A flood of `connections_per_user_max + 1` connections for u1 (step 2), all connecting at
+/// 100 ms; the first `connections_per_user_max` are welcomed at 110 ms and the last is welcomed
+/// too when `over_the_cap`, else refused with 4009. The welcomed ones are closed by the
+/// attacker at 5 s.
+fn flood_history(over_the_cap: bool) -> (Scenario, History) {
+    let cap = ScenarioConfig::default().limits.connections_per_user_max as u32;
+    let (scenario, mut b) = base_with(vec![Step::Hostile {
+        host: 0,
+        attack: Attack::Flood {
+            user: 1,
+            connections: cap + 1,
+        },
+    }]);
+    let hostiles: Vec<u32> = (0..=cap).map(|k| HOSTILE + 2 * 100 + k).collect();
+    b.at(100);
+    for &hostile in &hostiles {
+        b.hostile_client(hostile, "u1");
+        b.connecting(hostile, None);
+    }
+    b.at(110);
+    for (k, &hostile) in hostiles.iter().enumerate() {
+        if k < cap as usize || over_the_cap {
+            b.welcome(hostile, "E1", 0, false);
+        } else {
+            b.closed(hostile, Some(4009), ClosedBy::Server);
+        }
+    }
+    b.at(5_000);
+    for (k, &hostile) in hostiles.iter().enumerate() {
+        if k < cap as usize || over_the_cap {
+            b.closed(hostile, None, ClosedBy::Client);
+        }
+    }
+    let history = finish(&mut b, 6_000);
+    (scenario, history)
+}
+
+#[test]
+fn auth_fires_when_a_flood_gets_more_welcomes_than_connections_per_user_max() {
+    let (scenario, history) = flood_history(true);
+    let v = assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+    assert!(
+        v.explanation
+            .contains("flood step 2 got 9 welcomes (the 9th at t=0.110s) while all its connections were open")
+            && v.explanation.contains("connections_per_user_max is 8"),
+        "{v}"
+    );
+}
+
+#[test]
+fn auth_near_miss_a_flood_welcomed_exactly_up_to_the_cap() {
+    let (scenario, history) = flood_history(false);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- isolation: foreign epochs
+
+/// Client 0 (u0) reconnects at 100 ms and is welcomed, under its own user name, into
+/// `epoch`.
+fn welcomed_into_epoch(epoch: &str) -> (Scenario, History) {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.closed(0, None, ClosedBy::Killed);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, epoch, 0, true);
+    let history = finish(&mut b, 1000);
+    (scenario, history)
+}
+
+/// Client 0 (u0), on its first connection, is handed a retention gap 1..1 of `epoch` at 120 ms.
+fn gap_of_epoch(epoch: &str) -> (Scenario, History) {
+    let (scenario, mut b) = base();
+    b.at(120);
+    b.gap(0, epoch, 1, Some(1), "retention");
+    let history = finish(&mut b, 1000);
+    (scenario, history)
+}
+
+#[test]
+fn isolation_fires_on_a_welcome_or_gap_of_another_users_epoch_under_the_right_name() {
+    // The welcome names u0, as it should, but carries E1, u1's stream.
+    let (scenario, history) = welcomed_into_epoch("E1");
+    let v = assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
+    assert!(
+        v.explanation
+            .contains("client 0 (user u0) received a welcome for epoch E1, which is user u1's stream, at t=0.100s"),
+        "{v}"
+    );
+    // A gap frame of E1 on u0's connection.
+    let (scenario, history) = gap_of_epoch("E1");
+    let v = assert_violates(&scenario, &history, Invariant::Isolation, Category::CrossUserSecurity);
+    assert!(
+        v.explanation
+            .contains("client 0 (user u0) received a gap for epoch E1, which is user u1's stream, at t=0.120s"),
+        "{v}"
+    );
+}
+
+#[test]
+fn isolation_near_miss_a_welcome_or_gap_of_the_users_own_epoch() {
+    let (scenario, history) = welcomed_into_epoch("E0");
+    assert_clean(&scenario, &history);
+    // The same gap in u0's own epoch (whether it is honest is another checker's question).
+    let (scenario, history) = gap_of_epoch("E0");
+    assert_eq!(check(Invariant::Isolation, &scenario, &history), Ok(()));
+}
+
+// ---------------------------------------------------------------- order: gaps
+
+/// With `retention_events_max` 2, client 0 is handed seqs 1 and 2 live, loses its connection,
+/// seqs 3..5 are published, and its resume (E0 after 2) is answered with a retention gap
+/// `gap_from..3` (seq 3 may have been evicted) and then seqs 4 and 5.
+fn resumed_with_gap_from(gap_from: u64) -> (Scenario, History) {
+    let (mut scenario, mut b) = base();
+    scenario.config.limits.retention_events_max = 2;
+    b.at(100);
+    for seq in 1..=2 {
+        b.publish_ok("u0", "E0", seq);
+        b.deliver(0, "E0", seq);
+    }
+    b.closed(0, None, ClosedBy::Network);
+    for seq in 3..=5 {
+        b.publish_ok("u0", "E0", seq);
+    }
+    b.at(300);
+    b.connecting(0, Some(("E0", 2)));
+    b.welcome(0, "E0", 5, false);
+    b.gap(0, "E0", gap_from, Some(3), "retention");
+    b.deliver(0, "E0", 4);
+    b.deliver(0, "E0", 5);
+    let history = finish(&mut b, 1000);
+    (scenario, history)
+}
+
+#[test]
+fn order_fires_on_a_gap_that_does_not_move_past_the_position() {
+    // The gap starts at seq 2, which the application already has: it goes backwards.
+    let (scenario, history) = resumed_with_gap_from(2);
+    let v = assert_violates(&scenario, &history, Invariant::Order, Category::NotificationDelivery);
+    assert!(
+        v.explanation.contains(
+            "client 0 (user u0) was handed a gap 2..3 in epoch E0 at t=0.300s after it had already reached seq 2"
+        ),
+        "{v}"
+    );
+}
+
+#[test]
+fn order_near_miss_a_gap_starting_right_after_the_position() {
+    let (scenario, history) = resumed_with_gap_from(3);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- bounded resources: drop-back
+
+/// u0's event 1 is published at 100 ms and delivered at 120 ms; the heal comes at 1 s; the last
+/// gauge sample (two users, two connections, plus `sample`'s retention and send-queue gauges) is
+/// taken at `sample_at` and the end 1 s later.
+fn last_sample_at(sample_at: u64, sample: GaugeSample) -> (Scenario, History) {
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.at(120);
+    b.deliver(0, "E0", 1);
+    b.at(1_000);
+    b.heal();
+    b.at(sample_at);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        ..sample
+    });
+    b.at(sample_at + 1_000);
+    b.end();
+    (scenario, b.build())
+}
+
+fn lagging(depth: u64) -> GaugeSample {
+    GaugeSample {
+        send_queue_depth_max: depth,
+        ..GaugeSample::default()
+    }
+}
+
+fn retaining(events: u64) -> GaugeSample {
+    GaugeSample {
+        retained_events: events,
+        retained_bytes: events * 300,
+        ..GaugeSample::default()
+    }
+}
+
+#[test]
+fn bounded_resources_fires_when_a_send_queue_still_lags_at_the_end() {
+    // The first sample late enough to judge (B after the heal) still shows 3 queued events.
+    let judged_from = 1_000 + liveness_bound_ms(&ScenarioConfig::default().timeouts);
+    let (scenario, history) = last_sample_at(judged_from, lagging(3));
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+    assert!(
+        v.explanation.contains(&format!(
+            "after the load a send queue still lagged 3 events at {} (heal at t=1.000s",
+            t(judged_from)
+        )) && v.explanation.contains("it never drained"),
+        "{v}"
+    );
+}
+
+#[test]
+fn bounded_resources_near_miss_a_send_queue_lagging_too_early_to_judge_or_drained() {
+    let judged_from = 1_000 + liveness_bound_ms(&ScenarioConfig::default().timeouts);
+    // 1 ms before B has run out after the heal, a client may still be catching up.
+    let (scenario, history) = last_sample_at(judged_from - 1, lagging(3));
+    assert_clean(&scenario, &history);
+    // Drained by the time it is judged.
+    let (scenario, history) = last_sample_at(judged_from, lagging(0));
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn bounded_resources_fires_when_retained_events_never_expire() {
+    // The only publish was called at 100 ms: 1 ms after retention_age_ms (plus the allowance
+    // for the sample and a late attempt) has run out, nothing may be retained any more.
+    let expired_at = 100 + retention_expiry_ms(&ScenarioConfig::default()) + 1;
+    let (scenario, history) = last_sample_at(expired_at, retaining(1));
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::BoundedResources,
+        Category::PerformanceLoad,
+    );
+    assert!(
+        v.explanation.contains(&format!(
+            "1 events (300 bytes) were still retained at {}",
+            t(expired_at)
+        )) && v
+            .explanation
+            .contains("although the last publish was t=0.100s and retention_age_ms is 120000"),
+        "{v}"
+    );
+}
+
+#[test]
+fn bounded_resources_near_miss_retained_events_not_yet_expired() {
+    // Exactly at the expiry allowance the event may still be retained.
+    let expiring_at = 100 + retention_expiry_ms(&ScenarioConfig::default());
+    let (scenario, history) = last_sample_at(expiring_at, retaining(1));
     assert_clean(&scenario, &history);
 }
