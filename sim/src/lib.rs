@@ -6,8 +6,9 @@
 
 // turmoil seeds tokio's runtime RNG (and shuts a runtime down on a task's panic) only when tokio
 // is built with `--cfg tokio_unstable` (`.cargo/config.toml`). Cargo drops that setting whenever
-// `RUSTFLAGS` is set, and the worlds would then silently stop being deterministic.
-#[cfg(not(tokio_unstable))]
+// `RUSTFLAGS` is set, and the worlds would then silently stop being deterministic. (rustdoc
+// does not get `build.rustflags`; documentation runs no world.)
+#[cfg(all(not(tokio_unstable), not(doc)))]
 compile_error!(
     "herald-sim needs `--cfg tokio_unstable` (set in .cargo/config.toml; add it to RUSTFLAGS when \
      RUSTFLAGS is set, which overrides that file)"
