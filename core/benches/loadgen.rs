@@ -479,11 +479,13 @@ fn start_in_process_server(kind: ServerKind) -> ServerProcess {
             let router = baseline::router(app.clone());
             // Decomposition (`LOADGEN_BASELINE_NODELAY=1`): the baseline with the one socket
             // option herald's binary sets, to show how much of a difference is that option.
-            if std::env::var_os("LOADGEN_BASELINE_NODELAY").is_some() {
-                tokio::spawn(async move { axum::serve(listener.tap_io(disable_nagle), router).await });
-            } else {
-                tokio::spawn(async move { axum::serve(listener, router).await });
-            }
+            let nodelay = std::env::var_os("LOADGEN_BASELINE_NODELAY").is_some();
+            let listener = listener.tap_io(move |stream| {
+                if nodelay {
+                    disable_nagle(stream);
+                }
+            });
+            tokio::spawn(async move { axum::serve(listener, router).await });
             addr
         });
         return ServerProcess {

@@ -52,21 +52,22 @@ impl Clock for TokioClock {
 /// For the production binary only: the simulation's worlds must not read the system clock.
 #[derive(Debug, Clone)]
 pub struct WallClock {
-    start: tokio::time::Instant,
+    /// Monotonic time only; its Unix base is unused.
+    monotonic: TokioClock,
 }
 
 impl WallClock {
     /// Must be called inside a tokio runtime.
     pub fn shared() -> Arc<dyn Clock> {
         Arc::new(WallClock {
-            start: tokio::time::Instant::now(),
+            monotonic: TokioClock::new(0),
         })
     }
 }
 
 impl Clock for WallClock {
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.monotonic.now_ms()
     }
 
     fn unix_secs(&self) -> u64 {

@@ -6,8 +6,9 @@
 //! herald token --user alice --ttl 1h              # HERALD_JWT_SECRET or --secret
 //! ```
 //!
-//! This is the only place in Herald that reads the wall clock and OS randomness: once, at
-//! start-up, to seed the server's clock base and id generator.
+//! This is the only place in Herald that reads the wall clock and OS randomness: the server's
+//! `WallClock` (token expiry, judged by the system clock at each check), the id generator's
+//! seed (once, at start-up), and the tokens and secrets `herald token` and `--dev` print.
 
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
