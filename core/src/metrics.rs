@@ -87,6 +87,10 @@ pub struct Metrics {
     sockets_open: AtomicU64,
     sockets_refused: AtomicU64,
     http_request_timeouts: AtomicU64,
+    /// WebSocket connection tasks alive, from the upgrade to the end of their close handshake
+    /// (a task lingers after it left the hub). `serve` waits for none before it returns, so
+    /// that a process exiting after a graceful shutdown does not cut a close handshake short.
+    connection_tasks: AtomicU64,
 }
 
 impl Metrics {
@@ -138,6 +142,22 @@ impl Metrics {
     /// Counts a socket closed for `http_request_timeout_ms`.
     pub fn record_http_request_timeout(&self) {
         self.http_request_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection task in; see `server::connection::ConnectionTask`.
+    pub(crate) fn start_connection_task(&self) {
+        self.connection_tasks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a connection task out. `true` if it was the last one alive.
+    pub(crate) fn end_connection_task(&self) -> bool {
+        let before = self.connection_tasks.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a connection task ended more often than it started");
+        before == 1
+    }
+
+    pub fn connection_tasks(&self) -> u64 {
+        self.connection_tasks.load(Ordering::Acquire)
     }
 
     pub fn sockets_open(&self) -> u64 {
@@ -240,6 +260,11 @@ impl Metrics {
             self.sockets_open(),
         );
         gauge(
+            "herald_connection_tasks",
+            "WebSocket connection tasks alive: waiting for hello, connected, or finishing their close.",
+            self.connection_tasks(),
+        );
+        gauge(
             "herald_connections_per_user_max",
             "The most connections any one user holds.",
             gauges.connections_per_user_max,
@@ -300,6 +325,9 @@ mod tests {
         assert!(!metrics.try_open_socket(2), "the third socket is over sockets_max");
         metrics.close_socket();
         metrics.record_http_request_timeout();
+        metrics.start_connection_task();
+        metrics.start_connection_task();
+        assert!(!metrics.end_connection_task(), "one task is still alive");
         let text = metrics.render(&Counters::default(), &Gauges::default());
         for code in PUBLISH_ERROR_CODES {
             assert!(text.contains(&format!("herald_publish_errors_total{{code=\"{code}\"}}")));
@@ -321,5 +349,7 @@ mod tests {
         assert!(text.contains("herald_sockets_open 1\n"));
         assert!(text.contains("herald_sockets_refused_total 1\n"));
         assert!(text.contains("herald_http_request_timeouts_total 1\n"));
+        assert!(text.contains("herald_connection_tasks 1\n"));
+        assert!(metrics.end_connection_task(), "the last task ended");
     }
 }

@@ -1,15 +1,21 @@
 //! Shutdown over real loopback sockets: graceful shutdown (1001 to clients, typed publish
-//! errors, HTTP 503, `serve` returns) and a crashed server (the `serve` future dropped), after
-//! which no `Notifier` may silently succeed.
+//! errors, HTTP 503, `serve` returns once every close handshake is over, bounded by
+//! `write_timeout_ms`) and a crashed server (the `serve` future dropped), after which no
+//! `Notifier` may silently succeed.
 
 mod common;
 
 use common::*;
+use futures_util::SinkExt;
 use herald_core::notifier::PublishError;
 use herald_core::protocol::{ErrorCode, EventKind};
 use serde_json::json;
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn graceful_shutdown_closes_clients_with_1001_and_fails_publishes() {
@@ -114,4 +120,169 @@ async fn run_handles_validate_ids_up_front() {
     assert!(!again.duplicate && retry.duplicate);
     let big = json!({ "text": "x".repeat(70 * 1024) });
     assert!(matches!(run.agent_thinking(&big), Err(PublishError::TooLarge { .. })));
+}
+
+/// How long the slow client of the first test takes to answer the server's 1001 close.
+const CLOSE_REPLY_DELAY: Duration = Duration::from_millis(300);
+
+/// A client that answers the 1001 close late: `serve` returns only after the answer was sent,
+/// so a process that exits when `serve` returns does not cut the closing handshake short
+/// (the connection task left the hub long before: it waits for the reply in `linger`).
+#[tokio::test]
+async fn serve_returns_only_after_a_slow_client_answered_the_close() {
+    let mut config = test_config();
+    // Far beyond CLOSE_REPLY_DELAY: returning at the deadline cannot pass for the reply.
+    config.write_timeout_ms = 3_000;
+    let mut server = start(config, 33).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let answering = Arc::new(AtomicBool::new(false));
+    let client = {
+        let answering = answering.clone();
+        tokio::spawn(async move {
+            expect_error_close(&mut ws, ErrorCode::ShuttingDown).await;
+            tokio::time::sleep(CLOSE_REPLY_DELAY).await;
+            answering.store(true, Ordering::SeqCst);
+            // tungstenite queued the reply when it read the close; the next write sends it.
+            // It then reports the closed connection, which is what a close is.
+            let _ = ws.close(None).await;
+        })
+    };
+    let shutdown_at = Instant::now();
+    server.server.shutdown();
+    let served = tokio::time::timeout(WAIT, &mut server.task)
+        .await
+        .expect("serve returned");
+    let elapsed = shutdown_at.elapsed();
+    served.expect("not panicked").expect("serve ok");
+    assert!(
+        answering.load(Ordering::SeqCst),
+        "serve returned {elapsed:?} after shutdown, before the client answered the close"
+    );
+    assert!(
+        elapsed < Duration::from_millis(3_000),
+        "serve waited for its deadline ({elapsed:?}), not for the close reply"
+    );
+    assert_eq!(metric(&server, "herald_connection_tasks"), 0);
+    client.await.expect("client not panicked");
+}
+
+/// A client that never answers the close does not hold `serve` beyond `write_timeout_ms`.
+#[tokio::test]
+async fn serve_returns_by_write_timeout_when_a_client_never_answers_the_close() {
+    let mut config = test_config();
+    config.write_timeout_ms = 200;
+    let mut server = start(config, 34).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let shutdown_at = Instant::now();
+    server.server.shutdown();
+    expect_error_close(&mut ws, ErrorCode::ShuttingDown).await;
+    // `ws` is not polled again: the reply tungstenite queued is never sent.
+    let served = tokio::time::timeout(WAIT, &mut server.task)
+        .await
+        .expect("serve returned");
+    let elapsed = shutdown_at.elapsed();
+    served.expect("not panicked").expect("serve ok");
+    assert!(
+        elapsed >= Duration::from_millis(200),
+        "serve returned {elapsed:?} after shutdown, without waiting for the close reply"
+    );
+    assert!(
+        elapsed < Duration::from_millis(200 + 2_000),
+        "serve returned {elapsed:?} after shutdown, long after write_timeout_ms"
+    );
+    drop(ws);
+}
+
+/// A task that lingers after a bad frame (its socket unreadable, kept open for
+/// `idle_timeout_ms`) has left the hub but still counts; `serve` waits for it only until its
+/// deadline, `write_timeout_ms`, not for the whole linger.
+#[tokio::test]
+async fn serve_does_not_wait_out_a_lingering_close_beyond_write_timeout() {
+    let mut config = test_config();
+    config.write_timeout_ms = 200;
+    let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+    let mut server = start(config, 35).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    // Beyond frame_bytes_max: the framing is broken, the server lingers without reading.
+    ws.send(Message::text("y".repeat(20 * 1024))).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    wait_for_metric(&server, "herald_connections", 0).await;
+    assert_eq!(metric(&server, "herald_connection_tasks"), 1, "still lingering");
+
+    let shutdown_at = Instant::now();
+    server.server.shutdown();
+    let served = tokio::time::timeout(WAIT, &mut server.task)
+        .await
+        .expect("serve returned");
+    let elapsed = shutdown_at.elapsed();
+    served.expect("not panicked").expect("serve ok");
+    assert!(
+        elapsed >= Duration::from_millis(200),
+        "serve returned {elapsed:?} after shutdown, without waiting for the lingering task"
+    );
+    assert!(
+        elapsed < idle_timeout,
+        "serve returned {elapsed:?} after shutdown: it waited out the linger"
+    );
+    drop(ws);
+}
+
+/// Every connection task is counted out when it ends: after a client's own close, and after a
+/// hello refused for a bad token (once the refusal's close handshake is over).
+#[tokio::test]
+async fn connection_tasks_are_counted_out_after_a_close_and_after_a_refused_hello() {
+    let mut config = test_config();
+    // The refused task waits this long for our close reply: ample time to see it counted.
+    config.write_timeout_ms = 4_000;
+    let server = start(config, 36).await;
+    assert_eq!(metric(&server, "herald_connection_tasks"), 0);
+
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    assert_eq!(metric(&server, "herald_connection_tasks"), 1);
+    ws.close(None).await.unwrap();
+    wait_for_metric(&server, "herald_connection_tasks", 0).await;
+
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, "not-a-token", None).await;
+    expect_error_close(&mut ws, ErrorCode::AuthFailed).await;
+    assert_eq!(
+        metric(&server, "herald_connection_tasks"),
+        1,
+        "refused, and waiting for the close reply"
+    );
+    let _ = ws.close(None).await;
+    wait_for_metric(&server, "herald_connection_tasks", 0).await;
+    assert_eq!(metric(&server, "herald_sockets_open"), 0);
+}
+
+/// A socket that has not sent its `hello` when shutdown begins is refused at once with
+/// `shutting_down` and 1001 (resume elsewhere), not left to its `hello_timeout` (a misleading
+/// 4008) or dropped: `serve`, which waits for every connection task, returns as soon as the
+/// client answers the close, long before `hello_timeout_ms`.
+#[tokio::test]
+async fn a_socket_without_hello_at_shutdown_is_refused_with_1001_at_once() {
+    let mut config = test_config();
+    config.hello_timeout_ms = 4_000;
+    config.write_timeout_ms = 4_000;
+    let mut server = start(config, 37).await;
+    let mut ws = ws_connect(&server).await;
+    wait_for_metric(&server, "herald_connection_tasks", 1).await;
+
+    let shutdown_at = Instant::now();
+    server.server.shutdown();
+    expect_error_close(&mut ws, ErrorCode::ShuttingDown).await;
+    // tungstenite queued the close reply when it read the close; the flush sends it, and the
+    // socket stays open, so only the reply can end the server's wait.
+    let _ = ws.flush().await;
+    let served = tokio::time::timeout(WAIT, &mut server.task)
+        .await
+        .expect("serve returned");
+    let elapsed = shutdown_at.elapsed();
+    served.expect("not panicked").expect("serve ok");
+    assert!(
+        elapsed < Duration::from_millis(2_000),
+        "serve returned {elapsed:?} after shutdown: the hello-less socket held it"
+    );
+    assert_eq!(metric(&server, "herald_connection_tasks"), 0);
+    drop(ws);
 }

@@ -38,13 +38,6 @@ async fn closed_by_server(stream: &mut TcpStream) -> Duration {
     }
 }
 
-fn metric(server: &TestServer, name: &str) -> u64 {
-    let text = server.server.metrics_text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
-}
-
 #[tokio::test]
 async fn a_silent_socket_is_closed_after_the_request_timeout() {
     let server = start(config(), 40).await;

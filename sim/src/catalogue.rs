@@ -6,8 +6,11 @@
 //! file holds ([`check_expectations`]), and no host of the world failed (a panic or a world
 //! limit is recorded as a `Failure` observation, which no invariant reads). [`run_entry`] takes
 //! the server under test explicitly, so the broken-server fixtures in `sim/tests/` can prove
-//! that each family's scenarios are able to fail.
+//! that each family's scenarios are able to fail. [`run_entries`] gives each entry the seed
+//! replay's wall-time budget (`campaign::seeds::run_within_wall_budget`): an entry whose world
+//! spins forever fails as a `hang` instead of hanging `cargo test`.
 
+use crate::campaign::seeds::{run_within_wall_budget, seed_replay_wall_budget, ReplayInterrupted};
 use crate::server_under_test::{RealServer, ServerUnderTest};
 use crate::world::{run_with, WorldOptions};
 use herald_properties::checkers::{check_all, Category, Invariant, Severity, Violation};
@@ -17,8 +20,8 @@ use herald_properties::seed_file::{Expect, SeedFile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where the catalogue lives, relative to the workspace root.
@@ -68,6 +71,9 @@ pub struct EntryResult {
     pub history_digest: String,
     pub simulated_ms: u64,
     pub wall: Duration,
+    /// Why the entry has no verdict, when it has none: its replay hung or panicked, or it was
+    /// not run because another one hung. The entry fails with this as its only reason.
+    pub unfinished: Option<String>,
 }
 
 impl EntryResult {
@@ -80,6 +86,9 @@ impl EntryResult {
 
     /// Every reason the entry failed, one line each (empty when it passed).
     pub fn reasons(&self) -> Vec<String> {
+        if let Some(unfinished) = &self.unfinished {
+            return vec![unfinished.clone()];
+        }
         let expected = match &self.expect {
             Expect::Pass => None,
             Expect::Fail { invariant } => Some(*invariant),
@@ -145,6 +154,24 @@ pub fn run_entry(seed_file: &SeedFile, server: Rc<dyn ServerUnderTest>) -> Entry
         history_digest: history.digest(),
         simulated_ms: history.end_at_ms().unwrap_or(0),
         wall,
+        unfinished: None,
+    }
+}
+
+/// The result of an entry that has no verdict (see [`EntryResult::unfinished`]).
+fn unfinished_entry(seed_file: &SeedFile, reason: String, wall: Duration) -> EntryResult {
+    EntryResult {
+        name: seed_file.name.clone(),
+        family: seed_file.family,
+        severity: seed_file.severity,
+        violations: Vec::new(),
+        unmet: Vec::new(),
+        world_failures: Vec::new(),
+        expect: seed_file.expect.clone(),
+        history_digest: String::new(),
+        simulated_ms: 0,
+        wall,
+        unfinished: Some(reason),
     }
 }
 
@@ -222,33 +249,73 @@ fn load_entry(path: &Path, family: Category) -> Result<CatalogueEntry, String> {
     })
 }
 
-/// Runs `entries` on `jobs` worker threads, each with its own server from `server` (worlds and
-/// servers are single-threaded, so each thread builds its own). Results keep the input order.
+/// Runs `entries` on `jobs` worker threads, each entry against its own server from `server`
+/// (worlds and servers are single-threaded, so each thread builds its own). Results keep the
+/// input order.
+///
+/// Each entry replays within `budget` ([`seed_replay_wall_budget`]) on a thread of its own, as
+/// `seeds::replay_dir` replays a seed file: one that outlives it fails as a `hang`, and no
+/// entry starts after that (each fails as not run).
 pub fn run_entries(
     entries: &[CatalogueEntry],
     jobs: usize,
-    server: impl Fn() -> Rc<dyn ServerUnderTest> + Sync,
+    server: impl Fn() -> Rc<dyn ServerUnderTest> + Send + Sync + 'static,
+    budget: Duration,
 ) -> Vec<EntryResult> {
     let jobs = jobs.clamp(1, SUITE_JOBS_MAX).min(entries.len().max(1));
+    let server = Arc::new(server);
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<EntryResult>>> = Mutex::new(vec![None; entries.len()]);
+    let hung = AtomicBool::new(false);
+    let outcomes: Mutex<Vec<Option<Result<EntryResult, ReplayInterrupted>>>> = Mutex::new(vec![None; entries.len()]);
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                if hung.load(Ordering::SeqCst) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(entry) = entries.get(i) else {
                     return;
                 };
-                let result = run_entry(&entry.seed_file, server());
-                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(result);
+                let for_thread = (entry.seed_file.clone(), server.clone());
+                let thread_name = format!("catalogue-replay-{}", entry.seed_file.name);
+                let outcome = run_within_wall_budget(thread_name, budget, move || {
+                    let (seed_file, server) = for_thread;
+                    run_entry(&seed_file, server())
+                });
+                if matches!(outcome, Err(ReplayInterrupted::Hang)) {
+                    hung.store(true, Ordering::SeqCst);
+                }
+                outcomes.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(outcome);
             });
         }
     });
-    results
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter()
-        .map(|r| r.expect("every entry was run by some worker"))
+    let outcomes = outcomes.into_inner().unwrap_or_else(|p| p.into_inner());
+    let not_run = outcomes.iter().filter(|o| o.is_none()).count();
+    entries
+        .iter()
+        .zip(outcomes)
+        .map(|(entry, outcome)| match outcome {
+            Some(Ok(result)) => result,
+            Some(Err(interrupted)) => {
+                let reason = format!(
+                    "{}: {}",
+                    interrupted.key(),
+                    interrupted.describe(&entry.path, budget, not_run)
+                );
+                let wall = if interrupted == ReplayInterrupted::Hang {
+                    budget
+                } else {
+                    Duration::ZERO
+                };
+                unfinished_entry(&entry.seed_file, reason, wall)
+            }
+            None => unfinished_entry(
+                &entry.seed_file,
+                "not run: another entry's replay hung (see its `hang` reason)".into(),
+                Duration::ZERO,
+            ),
+        })
         .collect()
 }
 
@@ -269,7 +336,13 @@ pub fn suite(args: SuiteArgs) -> Result<ExitCode, String> {
         return Err(format!("no catalogue entries under {}", args.dir.display()));
     }
     let started = std::time::Instant::now();
-    let results = run_entries(&entries, args.jobs.unwrap_or_else(default_jobs), || Rc::new(RealServer));
+    let budget = seed_replay_wall_budget()?;
+    let results = run_entries(
+        &entries,
+        args.jobs.unwrap_or_else(default_jobs),
+        || Rc::new(RealServer),
+        budget,
+    );
     print!("{}", report(&entries, &results, args.verbose, started.elapsed()));
     Ok(if results.iter().all(EntryResult::passed) {
         ExitCode::SUCCESS
@@ -444,6 +517,7 @@ mod tests {
             history_digest: String::new(),
             simulated_ms: 0,
             wall: Duration::ZERO,
+            unfinished: None,
         }
     }
 

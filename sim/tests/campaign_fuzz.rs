@@ -7,7 +7,9 @@
 use herald_properties::coverage::Path as CoveragePath;
 use herald_properties::generators::Size;
 use herald_properties::seed_file::CrashKind;
-use herald_sim::campaign::seeds::{load_seed_file, replay, replay_dir, seed_files_in, verdict};
+use herald_sim::campaign::seeds::{
+    load_seed_file, replay, replay_dir, seed_files_in, seed_replay_wall_budget, verdict,
+};
 use herald_sim::campaign::{fuzz, FailureKey, FuzzOptions, Shard};
 use herald_sim::server_under_test::{LiveServer, RealServer, ServerLife, ServerUnderTest};
 use std::path::PathBuf;
@@ -132,7 +134,7 @@ fn a_panicking_server_is_a_failure_that_is_shrunk_saved_deduplicated_and_replays
     );
     assert!(verdict(&file, &again).unwrap_err().contains("host_failure"));
     // ... which is what `cargo test`'s seed replay would report, naming the file.
-    let (count, problems) = replay_dir(&dir, &broken).unwrap();
+    let (count, problems) = replay_dir(&dir, broken, seed_replay_wall_budget().unwrap()).unwrap();
     assert_eq!((count, problems.len()), (1, 1));
     assert_eq!(problems[0].path, files[0]);
     assert!(problems[0].keys.contains(&"host_failure".to_string()));

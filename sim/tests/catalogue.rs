@@ -1,9 +1,10 @@
 //! The failure catalogue runs against the real core on every `cargo test`: every entry under
-//! `seeds/catalogue/` must hold every global invariant and every expectation it states. A
-//! failure names each failing file and its reasons.
+//! `seeds/catalogue/` must hold every global invariant and every expectation it states, within
+//! the seed replay's wall-time budget. A failure names each failing file and its reasons.
 
 use herald_properties::checkers::Category;
 use herald_properties::expectations::Expectation;
+use herald_sim::campaign::seeds::seed_replay_wall_budget;
 use herald_sim::catalogue::{default_jobs, load_catalogue, report, run_entries, run_entry, CatalogueEntry};
 use herald_sim::server_under_test::{RealServer, ServerUnderTest};
 use std::path::PathBuf;
@@ -106,7 +107,8 @@ fn catalogue_files_are_canonical() {
 fn whole_catalogue_passes_on_the_real_core() {
     let entries = catalogue();
     let started = std::time::Instant::now();
-    let results = run_entries(&entries, default_jobs(), real);
+    let budget = seed_replay_wall_budget().unwrap_or_else(|e| panic!("{e}"));
+    let results = run_entries(&entries, default_jobs(), real, budget);
     let failures: Vec<String> = entries
         .iter()
         .zip(&results)

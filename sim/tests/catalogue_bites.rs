@@ -2,17 +2,20 @@
 //! FAIL against a deliberately broken server (`fixtures/bugs.rs`), each of the five key scenarios
 //! catches at least one bug, and each of those scenarios passes on the real core (the near miss:
 //! the bug, not the scenario, makes it fail). Runs entries through `herald_sim::catalogue::run_entry`,
-//! exactly as `herald-sim suite` and the catalogue test do.
+//! exactly as `herald-sim suite` and the catalogue test do. A server stuck in a busy loop fails
+//! the catalogue too, as a `hang`, instead of hanging it (`run_entries`' wall-time budget).
 
 mod fixtures;
 
 use fixtures::bugs;
 use fixtures::hunt::MakeServer;
+use fixtures::spinning::spinning_servers;
 use herald_properties::checkers::{Category, Invariant};
-use herald_sim::catalogue::{load_catalogue, run_entry, CatalogueEntry, EntryResult};
+use herald_sim::catalogue::{load_catalogue, report, run_entries, run_entry, CatalogueEntry, EntryResult};
 use herald_sim::server_under_test::RealServer;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// What must show that the catalogue caught the bug.
 enum Caught {
@@ -225,4 +228,39 @@ fn stalled_http_sockets_are_closed_catches_a_server_without_a_request_deadline()
         bugs::no_request_deadline,
         Caught::Invariant(Invariant::BoundedResources),
     );
+}
+
+// ------------------------------------------------------------------ a server that never returns
+
+/// The first entry's world spins forever inside one turmoil step: it fails as a `hang` naming
+/// its file once the budget has run out, the entries after it fail as not run, and the run
+/// returns while the abandoned thread still spins.
+#[test]
+fn a_spinning_server_fails_the_catalogue_as_a_hang_instead_of_hanging_it() {
+    let budget = Duration::from_secs(2);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds/catalogue");
+    let entries: Vec<CatalogueEntry> = load_catalogue(&dir, Some(Category::BridgeInitialization))
+        .expect("the catalogue loads")
+        .into_iter()
+        .take(3)
+        .collect();
+    let (spinning, release) = spinning_servers();
+    let started = Instant::now();
+    let results = run_entries(&entries, 1, spinning, budget);
+    assert!(started.elapsed() >= budget, "returned after {:?}", started.elapsed());
+    assert!(results.iter().all(|r| !r.passed()));
+    let hang = results[0].reasons();
+    assert_eq!(hang.len(), 1, "{hang:?}");
+    assert!(
+        hang[0].starts_with("hang: the replay exceeded the wall-time budget of 2 s"),
+        "{hang:?}"
+    );
+    assert!(hang[0].contains("2 further file(s) were not replayed"), "{hang:?}");
+    assert!(hang[0].contains(&entries[0].path.display().to_string()), "{hang:?}");
+    for not_run in &results[1..] {
+        assert!(not_run.reasons()[0].starts_with("not run:"), "{:?}", not_run.reasons());
+    }
+    let text = report(&entries, &results, false, started.elapsed());
+    assert!(text.contains("VERDICT: FAIL — 3 entries failed"), "{text}");
+    drop(release);
 }

@@ -16,7 +16,7 @@ use herald_properties::checkers::{check, check_all, Invariant};
 use herald_properties::generators::{generate, GeneratorSettings, Size};
 use herald_properties::seed_file::RecordedFailure;
 use herald_sim::campaign::seeds::{
-    bare_seed_file, load_seed_file, replay, replay_dir, seed_name, verdict, write_seed_file,
+    bare_seed_file, load_seed_file, replay, replay_dir, seed_name, seed_replay_wall_budget, verdict, write_seed_file,
 };
 use herald_sim::campaign::FailureKey;
 use herald_sim::server_under_test::{RealServer, ServerUnderTest};
@@ -319,7 +319,8 @@ fn a_saved_seed_of_a_broken_server_replays_and_would_fail_cargo_test() {
     // `cargo test`'s seed replay (`seeds_replay.rs` runs `replay_dir` over `seeds/`) would fail
     // on this file with the broken server, naming the file and the invariant...
     let make_broken = || bugs::replay_from_after();
-    let (count, problems) = replay_dir(&dir, &make_broken).expect("temp dir readable");
+    let (count, problems) =
+        replay_dir(&dir, make_broken, seed_replay_wall_budget().unwrap()).expect("temp dir readable");
     assert_eq!((count, problems.len()), (1, 1));
     assert_eq!(problems[0].path, path);
     assert!(
@@ -329,7 +330,7 @@ fn a_saved_seed_of_a_broken_server_replays_and_would_fail_cargo_test() {
     );
     // ...and passes on the real core: the saved scenario is a regression test for the fix.
     let make_real = || -> Rc<dyn ServerUnderTest> { Rc::new(RealServer) };
-    let (_, problems) = replay_dir(&dir, &make_real).expect("temp dir readable");
+    let (_, problems) = replay_dir(&dir, make_real, seed_replay_wall_budget().unwrap()).expect("temp dir readable");
     assert!(problems.is_empty(), "{:?}", problems.first().map(|p| &p.message));
     assert!(check(
         found.invariant,

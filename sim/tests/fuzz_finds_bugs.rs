@@ -12,7 +12,7 @@ use herald_properties::checkers::Invariant;
 use herald_properties::generators::Size;
 use herald_properties::scenario::Step;
 use herald_sim::campaign::case::run_and_judge;
-use herald_sim::campaign::seeds::{load_seed_file, replay, replay_dir, verdict};
+use herald_sim::campaign::seeds::{load_seed_file, replay, replay_dir, seed_replay_wall_budget, verdict};
 use herald_sim::campaign::shrinking::shrink_failure;
 use herald_sim::campaign::{fuzz, FailureKey, FuzzOptions, SHRINK_ATTEMPTS_DEFAULT};
 use std::path::PathBuf;
@@ -81,7 +81,8 @@ fn campaign_finds(name: &str, make: MakeServer, invariant: Invariant, size: Size
     );
     let message = verdict(&file, &replayed).expect_err("verdict fails");
     assert!(message.contains(invariant.as_str()), "{name}: {message}");
-    let (count, problems) = replay_dir(&dir, &make_server).expect("temp dir readable");
+    let (count, problems) =
+        replay_dir(&dir, make_server, seed_replay_wall_budget().unwrap()).expect("temp dir readable");
     assert!(
         count >= 1 && !problems.is_empty(),
         "{name}: replay_dir reports the seed"

@@ -2,18 +2,34 @@
 //! `seeds/catalogue/` has its own test) and fails, naming the file and the invariant, when one
 //! no longer reaches the verdict its `expect` field asks for. A seed whose bug was fixed stays as
 //! a regression test; `"expect": {"verdict": "fail", "invariant": ...}` documents an open one.
+//! Each file replays within a wall-time budget, so a world that spins forever fails as a `hang`
+//! naming the file instead of hanging `cargo test`.
 
+mod fixtures;
+
+use fixtures::spinning::spinning_servers;
 use herald_properties::checkers::{Category, Invariant};
 use herald_properties::expectations::Expectation;
 use herald_properties::scenario::{Kind, Scenario, ScenarioConfig, Step, TimedStep, Via};
 use herald_properties::seed_file::Expect;
-use herald_sim::campaign::seeds::{bare_seed_file, load_seed_file, replay_dir, seed_files_in, SeedProblem};
+use herald_sim::campaign::seeds::{
+    bare_seed_file, load_seed_file, replay_dir, seed_files_in, seed_replay_wall_budget, SeedProblem,
+};
 use herald_sim::server_under_test::{RealServer, ServerUnderTest};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The replay budget of the hang test and its near miss: far below the default, and still
+/// more than ten times what the small scenario below takes to replay in a debug build.
+const TINY_BUDGET: Duration = Duration::from_secs(2);
 
 fn real() -> Rc<dyn ServerUnderTest> {
     Rc::new(RealServer)
+}
+
+fn budget() -> Duration {
+    seed_replay_wall_budget().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn describe(problems: &[SeedProblem]) -> String {
@@ -34,7 +50,7 @@ fn describe(problems: &[SeedProblem]) -> String {
 #[test]
 fn every_saved_seed_replays_to_its_expected_verdict() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
-    let (count, problems) = replay_dir(&dir, &real).expect("seeds/ is readable");
+    let (count, problems) = replay_dir(&dir, real, budget()).expect("seeds/ is readable");
     assert!(count > 0, "no seed file found in {}", dir.display());
     assert!(
         problems.is_empty(),
@@ -199,7 +215,7 @@ fn the_replay_check_fails_on_failing_seed_files_and_names_them() {
     write(&dir.join("catalogue/family"), "x.json", &unmet.to_json());
     write(&dir, ".in-progress-0.json", &unmet.to_json());
 
-    let (count, problems) = replay_dir(&dir, &real).unwrap();
+    let (count, problems) = replay_dir(&dir, real, budget()).unwrap();
     assert_eq!(
         count, 4,
         "passing, unmet, isolation-fixed and broken are the seed files"
@@ -228,6 +244,63 @@ fn the_replay_check_fails_on_failing_seed_files_and_names_them() {
 
 #[test]
 fn a_missing_seeds_directory_has_no_seeds() {
-    let (count, problems) = replay_dir(Path::new("/nonexistent/herald/seeds"), &real).unwrap();
+    let (count, problems) = replay_dir(Path::new("/nonexistent/herald/seeds"), real, budget()).unwrap();
     assert_eq!((count, problems.len()), (0, 0));
+}
+
+/// Two passing seed files, `a.json` and `b.json`, in a fresh temp dir.
+fn two_passing_seeds(name: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let a = write(
+        &dir,
+        "a.json",
+        &bare_seed_file("a".into(), 3, small_scenario()).to_json(),
+    );
+    write(
+        &dir,
+        "b.json",
+        &bare_seed_file("b".into(), 4, small_scenario()).to_json(),
+    );
+    (dir, a)
+}
+
+/// A server that spins forever inside one turmoil step: the replay of the first file outlives
+/// the budget and is reported as a `hang` naming the file, `replay_dir` returns while that
+/// thread still spins, and the second file is not started.
+#[test]
+fn a_replay_over_the_wall_budget_is_a_hang_that_names_the_file() {
+    let (dir, a) = two_passing_seeds("seeds-replay-hang");
+    let (spinning, release) = spinning_servers();
+    let started = Instant::now();
+    let (count, problems) = replay_dir(&dir, spinning, TINY_BUDGET).unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= TINY_BUDGET,
+        "returned after {elapsed:?}, before the budget ran out"
+    );
+    assert_eq!(count, 2);
+    assert_eq!(problems.len(), 1, "{}", describe(&problems));
+    let hang = &problems[0];
+    assert_eq!(hang.path, a);
+    assert_eq!(hang.keys, vec!["hang".to_string()]);
+    for text in [
+        "exceeded the wall-time budget of 2 s",
+        "abandoned",
+        "1 further file(s) were not replayed",
+        &format!("cargo run --release -p herald-sim -- replay {}", a.display()),
+    ] {
+        assert!(hang.message.contains(text), "{text:?} missing from: {}", hang.message);
+    }
+    drop(release);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The near miss: the same files, the same budget, the real server — both replay well within
+/// it and nothing is reported.
+#[test]
+fn a_replay_within_the_wall_budget_is_no_problem() {
+    let (dir, _) = two_passing_seeds("seeds-replay-in-budget");
+    let (count, problems) = replay_dir(&dir, real, TINY_BUDGET).unwrap();
+    assert_eq!((count, problems.len()), (2, 0), "{}", describe(&problems));
+    let _ = std::fs::remove_dir_all(&dir);
 }

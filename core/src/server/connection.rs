@@ -7,7 +7,8 @@
 //! [`ReadGate`]) and one timer for the heartbeat (send a ping; close if the client was silent
 //! for `idle_timeout_ms`) and the token's expiry. Every write is bounded by `write_timeout_ms`;
 //! a peer that does not drain its socket in time is dropped. However the task ends — returned,
-//! panicked or aborted — [`Registration`] removes the connection from the hub.
+//! panicked or aborted — [`Registration`] removes the connection from the hub, and
+//! [`ConnectionTask`] counts the task out once its close handshake is over too.
 //!
 //! Writes are coalesced below tungstenite: the WebSocket is configured with no write buffer
 //! (an idle connection keeps none), so every frame reaches the socket wrapper
@@ -40,8 +41,34 @@ const EXPIRY_RECHECK_MAX_SECS: u64 = 86_400;
 /// ends the run at once: behind a slow reader each batch can take long.
 const WRITER_TURNS_MAX: u32 = 8;
 
-/// Entry point of the connection task (axum's `on_upgrade` callback).
-pub(super) async fn run(shared: Arc<Shared>, mut socket: WebSocket) {
+/// Counts one connection task in `Metrics::connection_tasks` for as long as it lives: taken
+/// when the upgrade is answered, moved into axum's `on_upgrade` callback, dropped when that
+/// task ends however it ends (returned, panicked, aborted, or its upgrade failed). After a
+/// task leaves the hub it may still be closing (`linger`, `answer_close`); `serve` waits for
+/// this count, not only for the hub, so that the process does not exit mid-handshake.
+pub(super) struct ConnectionTask {
+    shared: Arc<Shared>,
+}
+
+impl ConnectionTask {
+    pub(super) fn start(shared: Arc<Shared>) -> ConnectionTask {
+        shared.metrics.start_connection_task();
+        ConnectionTask { shared }
+    }
+}
+
+impl Drop for ConnectionTask {
+    fn drop(&mut self) {
+        if self.shared.metrics.end_connection_task() {
+            self.shared.connection_tasks_ended.notify_waiters();
+        }
+    }
+}
+
+/// Entry point of the connection task (axum's `on_upgrade` callback). `_task` comes first
+/// because parameters drop in reverse order: it is counted out last, after the socket and
+/// every local (the hub [`Registration`] included).
+pub(super) async fn run(_task: ConnectionTask, shared: Arc<Shared>, mut socket: WebSocket) {
     let (token, resume) = match read_hello(&shared, &mut socket).await {
         Ok(hello) => hello,
         Err(Refused::Reject(code, message, read_failed)) => {
@@ -131,11 +158,27 @@ enum Refused {
 
 /// Waits for the first frame, which must be a `hello`, within `hello_timeout_ms`. WebSocket
 /// pings and pongs before it are allowed (tungstenite answers pings itself).
+///
+/// A shutdown ends the wait at once with `shutting_down` (1001): the client learns to resume
+/// elsewhere now, and `serve`, which waits for every connection task, is not held until
+/// `hello_timeout_ms` by a socket that has not spoken yet.
 async fn read_hello(shared: &Shared, socket: &mut WebSocket) -> Result<(String, Option<Resume>), Refused> {
     let hello_timeout_ms = shared.config.hello_timeout_ms;
     let deadline = Instant::now() + Duration::from_millis(hello_timeout_ms);
+    let mut stopping = shared.shutdown.subscribe();
     loop {
-        let message = match timeout_at(deadline, socket.recv()).await {
+        let received = tokio::select! {
+            biased;
+            received = timeout_at(deadline, socket.recv()) => received,
+            _ = stopping.wait_for(|stopped| *stopped) => {
+                return Err(Refused::Reject(
+                    ErrorCode::ShuttingDown,
+                    "the server is shutting down".into(),
+                    false,
+                ))
+            }
+        };
+        let message = match received {
             Err(_) => {
                 return Err(Refused::Reject(
                     ErrorCode::HelloTimeout,

@@ -3,7 +3,8 @@
 //! HTTP errors always carry `{"error":{"code":"..","message":".."}}`, with the same codes as
 //! [`PublishError::code`] plus `malformed`, `unknown_kind` and `unauthorized`.
 
-use super::{connection, timeout_if_pending, Shared};
+use super::connection::{self, ConnectionTask};
+use super::{timeout_if_pending, Shared};
 use crate::hub::PublishError;
 use crate::metrics::{HTTP_MALFORMED, HTTP_UNAUTHORIZED, HTTP_UNKNOWN_KIND};
 use crate::notifier::Notifier;
@@ -34,13 +35,17 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn websocket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+    // Counted from here, not from the callback's start: once the 101 is answered the HTTP
+    // connection is over for axum's graceful shutdown, and the task must already count for
+    // `serve` (dropped with the callback if the upgrade fails).
+    let task = ConnectionTask::start(shared.clone());
     let config = &shared.config;
     upgrade
         .read_buffer_size(config.ws_read_buffer_bytes)
         .write_buffer_size(0)
         .max_message_size(config.frame_bytes_max)
         .max_frame_size(config.frame_bytes_max)
-        .on_upgrade(move |socket| connection::run(shared, socket))
+        .on_upgrade(move |socket| connection::run(task, shared, socket))
 }
 
 /// The body of `POST /v1/users/{user}/events`.

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// Everything a server needs besides its clock and seed. Units are in the field names.
 #[derive(Clone)]
@@ -319,6 +319,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Flipped to `true` once by [`Shared::close`]; `serve` watches it to stop accepting.
     shutdown: watch::Sender<bool>,
+    /// Notified when the last connection task ends (`Metrics::connection_tasks` falls to
+    /// zero): wakes `serve`'s drain instead of a polling loop.
+    connection_tasks_ended: Notify,
 }
 
 impl Shared {
@@ -365,6 +368,23 @@ impl Shared {
     pub fn is_closing(&self) -> bool {
         *self.shutdown.borrow()
     }
+
+    /// Resolves once no connection is in the hub's writer table and no connection task is
+    /// alive: every close handshake is over (the 1001 written, the client's reply read or its
+    /// linger over). Unbounded: `serve` puts its deadline around it.
+    async fn connection_tasks_drained(&self) {
+        loop {
+            let ended = self.connection_tasks_ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            // Registered before the check, so a last task ending right after it still wakes us.
+            ended.as_mut().enable();
+            let no_writers = self.lock().is_none_or(|state| state.writers.is_empty());
+            if no_writers && self.metrics.connection_tasks() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
 }
 
 /// A Herald server: the hub plus its HTTP/WebSocket router. Cheap to clone (all clones are the
@@ -400,6 +420,7 @@ impl Server {
                     wakes: Vec::new(),
                 }),
                 shutdown,
+                connection_tasks_ended: Notify::new(),
             }),
         })
     }
@@ -453,9 +474,13 @@ impl Server {
     }
 
     /// Serves the router on `listener` and runs the retention tick until [`Server::shutdown`].
-    /// Then it stops accepting, gives open connections up to `write_timeout_ms` to receive
-    /// their 1001 close, and returns. If this future is dropped instead (a crashed host), the
-    /// server is shut down as well: every `Notifier` then fails with `ShuttingDown`.
+    /// Then it stops accepting, gives open HTTP requests up to `write_timeout_ms` to finish,
+    /// then WebSocket connections up to `write_timeout_ms` more to finish their close: the 1001
+    /// written and the client's close reply read (or a refused socket's linger over), so that a
+    /// process exiting when this returns does not cut a closing handshake short. Returns at
+    /// that deadline even if some are still closing. If this future is dropped instead (a
+    /// crashed host), the server is shut down as well: every `Notifier` then fails with
+    /// `ShuttingDown`.
     pub async fn serve<L>(self, listener: L) -> std::io::Result<()>
     where
         L: Listener,
@@ -492,13 +517,17 @@ impl Server {
                 Ok(())
             }
         };
-        // Accepting has stopped; let connection tasks write their 1001 close, bounded.
-        let deadline = tokio::time::Instant::now() + drain;
-        while tokio::time::Instant::now() < deadline {
-            if shared.lock().is_none_or(|state| state.writers.is_empty()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Accepting has stopped; let connection tasks finish their close handshakes, bounded.
+        // Waiting only for the hub to empty would return while tasks still wait for the
+        // clients' close replies.
+        if tokio::time::timeout(drain, shared.connection_tasks_drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = shared.metrics.connection_tasks(),
+                "WebSocket connections still closing {drain:?} after accepting stopped; returning anyway"
+            );
         }
         drop(guard);
         result

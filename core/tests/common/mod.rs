@@ -188,6 +188,28 @@ pub async fn expect_error_close(ws: &mut Ws, code: ErrorCode) -> String {
     message
 }
 
+/// The value of the unlabelled metric `name` in the server's `/metrics` text.
+pub fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = server.server.metrics_text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+}
+
+/// Waits, polling every 10 ms, until the unlabelled metric `name` reads `value`; fails after
+/// `WAIT`.
+pub async fn wait_for_metric(server: &TestServer, name: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(server, name) != value {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {}, not {value}, after {WAIT:?}",
+            metric(server, name)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A minimal HTTP/1.1 request with `Connection: close`; returns (status, body).
 pub async fn http(
     addr: SocketAddr,
