@@ -319,6 +319,60 @@ fn no_duplicates_near_miss_same_event_recreated_in_a_new_epoch() {
     assert_clean(&scenario, &history);
 }
 
+/// An idempotent publish whose first attempt timed out at 2.1 s; its retry created seq 1, two
+/// more events (seqs 2 and 3) evicted it under `retention_events_max` 2, and at 2.4 s the
+/// client is handed the same event again as seq 4: the timed-out request, still in the network,
+/// reached the server after its key was evicted. `extra` steps come after the two connects.
+fn late_request_recreates_an_evicted_event(extra: Vec<Step>) -> (Scenario, History) {
+    let (mut scenario, mut b) = base_with(extra);
+    scenario.config.limits.retention_events_max = 2;
+    b.at(100);
+    let id = b.publish_called("u0", http(true, 2), 10);
+    b.at(2100);
+    b.failed(&id, "timeout");
+    b.retry_called(&id);
+    b.at(2150);
+    b.published(&id, "E0", 1, false);
+    b.deliver_event_with_id(0, "E0", 1, &id);
+    b.at(2300);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 2);
+    b.at(2350);
+    b.publish_ok("u0", "E0", 3);
+    b.deliver(0, "E0", 3);
+    b.at(2400);
+    b.deliver_event_with_id(0, "E0", 4, &id);
+    let history = finish(&mut b, 3000);
+    (scenario, history)
+}
+
+/// With links of up to 20 ms, the timed-out request reached the server by about 2.2 s, when
+/// seq 1 and its key were still retained: creating it again was a bug.
+#[test]
+fn no_duplicates_fires_when_a_timed_out_request_recreates_an_event_whose_key_was_retained() {
+    let (scenario, history) = late_request_recreates_an_evicted_event(vec![]);
+    let violation = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoDuplicates,
+        Category::ReconnectionRecovery,
+    );
+    assert!(violation.explanation.contains("still retained"), "{violation}");
+}
+
+/// With links of up to 2 s, the timed-out request may have reached the server after seqs 2
+/// and 3 evicted seq 1 and its key: a new event for the key is the documented behaviour. The
+/// checker once bounded the creation by the last answer to any attempt (2.15 s) and fired here
+/// (found by fuzzing, case seed 9320182).
+#[test]
+fn no_duplicates_near_miss_a_timed_out_request_arrives_after_its_key_was_evicted() {
+    let (scenario, history) = late_request_recreates_an_evicted_event(vec![Step::SetLatency {
+        min_ms: 1_500,
+        max_ms: 2_000,
+    }]);
+    check(Invariant::NoDuplicates, &scenario, &history).expect("a late request may recreate an evicted event");
+}
+
 // ---------------------------------------------------------------- order
 
 #[test]

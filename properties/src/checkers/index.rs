@@ -60,8 +60,9 @@ pub(super) struct Event<'a> {
     pub instances: Vec<usize>,
     pub first_call_idx: usize,
     pub first_call_at: u64,
-    /// Entry index of the last `PublishReturned` of any attempt (the latest moment a retry
-    /// could have created the event again).
+    /// Entry index of the last `PublishReturned` of any attempt. Not the latest moment the
+    /// event can have been created: a request that timed out may still be in the network (see
+    /// [`Index::latest_apply_ms`]).
     pub last_return: Option<usize>,
     /// Some attempt failed ambiguously ([`is_ambiguous_failure`]) or never returned: the event
     /// may exist without our knowing.
@@ -627,6 +628,38 @@ impl<'a> Index<'a> {
 
     pub fn event(&self, event_id: &str) -> Option<&Event<'a>> {
         self.event_by_id.get(event_id).map(|&e| &self.events[e])
+    }
+
+    /// The latest moment the hub can have applied one of `event`'s attempts, or `None` if some
+    /// attempt never returned. An attempt that was answered was applied before its answer. One
+    /// that gave up ambiguously (`timeout`, `connection_lost`) may have left its request in the
+    /// network, to arrive after the publisher stopped waiting and after every retry was
+    /// answered: within a latency (plus two ticks) of giving up, or, through a held link, that
+    /// long after the hold's release.
+    pub fn latest_apply_ms(&self, event: &Event<'a>) -> Option<u64> {
+        let slack = self.fault_slack_ms();
+        let mut latest = 0;
+        for &c in &event.calls {
+            let call = &self.calls[c];
+            let returned = call.returned?;
+            let at = self.at(returned);
+            let ambiguous = matches!(
+                &self.entries[returned].what,
+                Observation::PublishReturned { outcome: PublishOutcome::Failed { code, .. }, .. }
+                    if is_ambiguous_failure(code)
+            );
+            let mut applied_by = at;
+            if ambiguous {
+                applied_by = at.saturating_add(slack);
+                for hold in self.faults.iter().filter(|f| f.kind == FaultKind::Hold) {
+                    if hold.from <= applied_by && hold.to.saturating_add(slack) >= call.at {
+                        applied_by = applied_by.max(hold.to.saturating_add(slack));
+                    }
+                }
+            }
+            latest = latest.max(applied_by);
+        }
+        Some(latest)
     }
 
     /// Whether some server life covered all of `[from, to]`.

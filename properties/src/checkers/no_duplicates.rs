@@ -7,7 +7,8 @@
 //!   event twice for one idempotency key. That is only legitimate when the key had already been
 //!   evicted (keys live as long as their event is retained), so it fires only when the first copy
 //!   was *certainly* still retained at the latest moment the second could have been created
-//!   (the last return of any attempt), or when the publish carried no key at all;
+//!   (the last answer to any attempt, or, for an attempt that timed out, the latest moment its
+//!   request can still have reached the server), or when the publish carried no key at all;
 //! - per connection: an event frame repeats a seq, or, after a resume into the same epoch
 //!   (`welcome.epoch == resume.epoch`), carries a seq `<= after` (the replay must start at
 //!   `after + 1`). The client library drops such frames, so this is the only place the server
@@ -136,6 +137,7 @@ fn recreated_illegitimately(index: &Index<'_>, id: &str, epoch: &str, first_seq:
     if !keyed {
         return event.calls.len() == 1;
     }
-    let latest = event.last_return.map_or(u64::MAX, |r| index.at(r));
-    latest != u64::MAX && index.retained_since(event.user, epoch, first_seq, event.first_call_at, latest)
+    index
+        .latest_apply_ms(event)
+        .is_some_and(|latest| index.retained_since(event.user, epoch, first_seq, event.first_call_at, latest))
 }
