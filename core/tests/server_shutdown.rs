@@ -122,6 +122,22 @@ async fn run_handles_validate_ids_up_front() {
     assert!(matches!(run.agent_thinking(&big), Err(PublishError::TooLarge { .. })));
 }
 
+/// Starts a graceful shutdown and waits for `serve` to return (at most `WAIT`); how long it took.
+async fn shut_down_and_wait(server: &mut TestServer) -> Duration {
+    let shutdown_at = Instant::now();
+    server.server.shutdown();
+    serve_returned(server, shutdown_at).await
+}
+
+/// Waits for `serve` to return without error (at most `WAIT`); the time since `shutdown_at`.
+async fn serve_returned(server: &mut TestServer, shutdown_at: Instant) -> Duration {
+    let served = tokio::time::timeout(WAIT, &mut server.task)
+        .await
+        .expect("serve returned");
+    served.expect("not panicked").expect("serve ok");
+    shutdown_at.elapsed()
+}
+
 /// How long the slow client of the first test takes to answer the server's 1001 close.
 const CLOSE_REPLY_DELAY: Duration = Duration::from_millis(300);
 
@@ -147,13 +163,7 @@ async fn serve_returns_only_after_a_slow_client_answered_the_close() {
             let _ = ws.close(None).await;
         })
     };
-    let shutdown_at = Instant::now();
-    server.server.shutdown();
-    let served = tokio::time::timeout(WAIT, &mut server.task)
-        .await
-        .expect("serve returned");
-    let elapsed = shutdown_at.elapsed();
-    served.expect("not panicked").expect("serve ok");
+    let elapsed = shut_down_and_wait(&mut server).await;
     assert!(
         answering.load(Ordering::SeqCst),
         "serve returned {elapsed:?} after shutdown, before the client answered the close"
@@ -177,11 +187,7 @@ async fn serve_returns_by_write_timeout_when_a_client_never_answers_the_close() 
     server.server.shutdown();
     expect_error_close(&mut ws, ErrorCode::ShuttingDown).await;
     // `ws` is not polled again: the reply tungstenite queued is never sent.
-    let served = tokio::time::timeout(WAIT, &mut server.task)
-        .await
-        .expect("serve returned");
-    let elapsed = shutdown_at.elapsed();
-    served.expect("not panicked").expect("serve ok");
+    let elapsed = serve_returned(&mut server, shutdown_at).await;
     assert!(
         elapsed >= Duration::from_millis(200),
         "serve returned {elapsed:?} after shutdown, without waiting for the close reply"
@@ -209,13 +215,7 @@ async fn serve_does_not_wait_out_a_lingering_close_beyond_write_timeout() {
     wait_for_metric(&server, "herald_connections", 0).await;
     assert_eq!(metric(&server, "herald_connection_tasks"), 1, "still lingering");
 
-    let shutdown_at = Instant::now();
-    server.server.shutdown();
-    let served = tokio::time::timeout(WAIT, &mut server.task)
-        .await
-        .expect("serve returned");
-    let elapsed = shutdown_at.elapsed();
-    served.expect("not panicked").expect("serve ok");
+    let elapsed = shut_down_and_wait(&mut server).await;
     assert!(
         elapsed >= Duration::from_millis(200),
         "serve returned {elapsed:?} after shutdown, without waiting for the lingering task"
@@ -274,11 +274,7 @@ async fn a_socket_without_hello_at_shutdown_is_refused_with_1001_at_once() {
     // tungstenite queued the close reply when it read the close; the flush sends it, and the
     // socket stays open, so only the reply can end the server's wait.
     let _ = ws.flush().await;
-    let served = tokio::time::timeout(WAIT, &mut server.task)
-        .await
-        .expect("serve returned");
-    let elapsed = shutdown_at.elapsed();
-    served.expect("not panicked").expect("serve ok");
+    let elapsed = serve_returned(&mut server, shutdown_at).await;
     assert!(
         elapsed < Duration::from_millis(2_000),
         "serve returned {elapsed:?} after shutdown: the hello-less socket held it"
