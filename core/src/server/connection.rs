@@ -165,12 +165,11 @@ enum Refused {
 async fn read_hello(shared: &Shared, socket: &mut WebSocket) -> Result<(String, Option<Resume>), Refused> {
     let hello_timeout_ms = shared.config.hello_timeout_ms;
     let deadline = Instant::now() + Duration::from_millis(hello_timeout_ms);
-    let mut stopping = shared.shutdown.subscribe();
     loop {
         let received = tokio::select! {
             biased;
             received = timeout_at(deadline, socket.recv()) => received,
-            _ = stopping.wait_for(|stopped| *stopped) => {
+            () = shared.shutdown_started() => {
                 return Err(Refused::Reject(
                     ErrorCode::ShuttingDown,
                     "the server is shutting down".into(),

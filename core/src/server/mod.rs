@@ -369,17 +369,23 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
-    /// Resolves once no connection is in the hub's writer table and no connection task is
-    /// alive: every close handshake is over (the 1001 written, the client's reply read or its
-    /// linger over). Unbounded: `serve` puts its deadline around it.
+    /// Resolves once [`Shared::close`] has been called (at once if it already was).
+    pub async fn shutdown_started(&self) {
+        let mut stop = self.shutdown.subscribe();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Resolves once no connection task is alive: every close handshake is over (the 1001
+    /// written, the client's reply read or its linger over). The hub's writer table is empty
+    /// then too: a task leaves it before it is counted out. Unbounded: `serve` puts its
+    /// deadline around it.
     async fn connection_tasks_drained(&self) {
         loop {
             let ended = self.connection_tasks_ended.notified();
             let mut ended = std::pin::pin!(ended);
             // Registered before the check, so a last task ending right after it still wakes us.
             ended.as_mut().enable();
-            let no_writers = self.lock().is_none_or(|state| state.writers.is_empty());
-            if no_writers && self.metrics.connection_tasks() == 0 {
+            if self.metrics.connection_tasks() == 0 {
                 return;
             }
             ended.await;
@@ -490,12 +496,9 @@ impl Server {
             shared: self.shared.clone(),
         };
         let shared = &self.shared;
-        let mut stop = shared.shutdown.subscribe();
         let signal = {
-            let mut stop = shared.shutdown.subscribe();
-            async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            }
+            let shared = shared.clone();
+            async move { shared.shutdown_started().await }
         };
         // Every socket takes a slot under `sockets_max`, has a request deadline while it speaks
         // HTTP, and gathers its writes until the writer flushes (one syscall per batch).
@@ -510,7 +513,7 @@ impl Server {
             result = &mut server => result,
             () = tick_loop(shared) => unreachable!("the tick loop never ends"),
             () = async {
-                let _ = stop.wait_for(|stopped| *stopped).await;
+                shared.shutdown_started().await;
                 tokio::time::sleep(drain).await;
             } => {
                 tracing::warn!("HTTP connections still open {drain:?} after shutdown; returning anyway");

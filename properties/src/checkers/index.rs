@@ -60,10 +60,6 @@ pub(super) struct Event<'a> {
     pub instances: Vec<usize>,
     pub first_call_idx: usize,
     pub first_call_at: u64,
-    /// Entry index of the last `PublishReturned` of any attempt. Not the latest moment the
-    /// event can have been created: a request that timed out may still be in the network (see
-    /// [`Index::latest_apply_ms`]).
-    pub last_return: Option<usize>,
     /// Some attempt failed ambiguously ([`is_ambiguous_failure`]) or never returned: the event
     /// may exist without our knowing.
     pub ambiguous: bool,
@@ -318,7 +314,6 @@ impl<'a> Index<'a> {
                             instances: Vec::new(),
                             first_call_idx: idx,
                             first_call_at: at,
-                            last_return: None,
                             ambiguous: false,
                             definitely_failed: true,
                         });
@@ -339,7 +334,6 @@ impl<'a> Index<'a> {
                     let call = queue.remove(0);
                     index.calls[call].returned = Some(idx);
                     let event = index.event_by_id[event_id.as_str()];
-                    index.events[event].last_return = Some(idx);
                     match outcome {
                         PublishOutcome::Published { seq, epoch, .. } => {
                             index.events[event].definitely_failed = false;
