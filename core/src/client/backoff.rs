@@ -4,6 +4,7 @@
 //! that lost the same server over the whole window instead of synchronizing their retries.
 //! Randomness comes from the injected [`SeededRng`], so the simulation replays the same delays.
 
+use super::ClientConfig;
 use crate::rng::SeededRng;
 
 /// Exponent cap: 2^32 times any sane initial delay already exceeds any sane maximum.
@@ -31,6 +32,15 @@ impl Backoff {
             failures: 0,
             rng,
         }
+    }
+
+    /// The backoff a client task runs with: the config's bounds, jitter from its `rng_seed`.
+    pub fn from_config(config: &ClientConfig) -> Backoff {
+        Backoff::new(
+            config.backoff_initial_ms,
+            config.backoff_max_ms,
+            SeededRng::new(config.rng_seed),
+        )
     }
 
     /// The ceiling of the next delay, before jitter.

@@ -20,7 +20,6 @@ use super::{
     TokenProvider,
 };
 use crate::protocol::{ClientFrame, ErrorCode, Resume, ServerFrame};
-use crate::rng::SeededRng;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -231,11 +230,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
         items: mpsc::Sender<Item>,
         shared: Arc<Shared>,
     ) -> Self {
-        let backoff = Backoff::new(
-            config.backoff_initial_ms,
-            config.backoff_max_ms,
-            SeededRng::new(config.rng_seed),
-        );
+        let backoff = Backoff::from_config(&config);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .write_buffer_size(0)

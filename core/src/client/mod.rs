@@ -74,11 +74,11 @@ pub struct ClientConfig {
     /// returns `None`): retrying would only read the same frame again, forever, while the
     /// application heard nothing.
     pub frame_bytes_max: usize,
-    /// Seed of the jitter generator; the simulation passes a scenario-derived seed. In
-    /// production give every client its own random seed (for example
-    /// `std::collections::hash_map::RandomState::new().build_hasher().finish()`): clients that
-    /// share a seed draw the same delays, and after an outage they would reconnect in lockstep,
-    /// the herd the jitter exists to spread.
+    /// Seed of the jitter generator. Every client needs its own: clients that share a seed
+    /// draw the same delays, and after an outage they would reconnect in lockstep, the herd the
+    /// jitter exists to spread. [`ClientConfig::with_os_seed`] draws one from the OS (what a
+    /// production client wants); the simulation passes a scenario-derived seed to
+    /// [`ClientConfig::new`] so that its runs replay.
     pub rng_seed: u64,
     /// Consecutive attempts without a welcome after which the client stops for good
     /// ([`ClientState::Stopped`], reason naming this limit; `recv()` then returns `None`).
@@ -106,6 +106,13 @@ impl ClientConfig {
             rng_seed,
             attempts_max: None,
         }
+    }
+
+    /// [`ClientConfig::new`] with a jitter seed from the OS ([`os_rng_seed`]), a new one per
+    /// call: the constructor for production clients, so that a fleet which lost the same server
+    /// spreads its reconnects instead of retrying in lockstep. The simulation never calls it.
+    pub fn with_os_seed(url: impl Into<String>) -> ClientConfig {
+        ClientConfig::new(url, os_rng_seed())
     }
 
     /// Rejects configurations that cannot work (zero timeouts, durations beyond
@@ -160,6 +167,14 @@ impl ClientConfig {
             .map_err(|e| format!("url {:?} is not a WebSocket URL: {e}", self.url))?;
         Ok(())
     }
+}
+
+/// 64 bits from the OS for a client's jitter seed, different on every call (std's
+/// `RandomState`: keys drawn from the OS once per thread, then stepped for each new state).
+/// For spreading retries only, never for secrets.
+pub fn os_rng_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// Opens the byte stream a connection runs on. The seam between production (tokio TCP) and the
