@@ -91,7 +91,8 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Production defaults: 10 s connect, 15 s heartbeat, 45 s idle, 10 s writes, backoff from
-    /// 250 ms up to 30 s, 1024 queued items, 1 MiB frames, attempts without limit.
+    /// 250 ms up to 30 s, 1024 queued items, 1 MiB frames, attempts without limit. The seed is
+    /// the caller's: a production client takes [`ClientConfig::with_os_seed`] instead.
     pub fn new(url: impl Into<String>, rng_seed: u64) -> ClientConfig {
         ClientConfig {
             url: url.into(),
