@@ -1,8 +1,17 @@
 //! The one source of randomness in the core: a seeded SplitMix64.
 //!
 //! The hub draws epoch ids and connection ids from it and the client draws backoff jitter from
-//! it. Production seeds it from the OS once at start-up (in the binary); the simulation seeds it
-//! from the scenario seed, so the same seed gives the same ids and the same jitter.
+//! it. Production seeds it from the OS ([`os_seed`]: the binary once at start-up, a production
+//! client through `ClientConfig::with_os_seed`); the simulation seeds it from the scenario seed,
+//! so the same seed gives the same ids and the same jitter.
+
+/// 64 bits from the OS to seed a [`SeededRng`] in production, different on every call (std's
+/// `RandomState`: keys drawn from the OS once per thread, then stepped for each new state).
+/// Never called in the simulation; never used for secrets.
+pub fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
 
 /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough for ids and jitter.
 /// Not for secrets: nothing in Herald uses an id as a capability.

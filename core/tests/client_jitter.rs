@@ -3,7 +3,8 @@
 //! first reconnect over the whole backoff window; clients sharing a seed (what every caller of
 //! `ClientConfig::new` who passed a constant got) all wait exactly as long as each other.
 
-use herald_core::client::{os_rng_seed, Backoff, ClientConfig};
+use herald_core::client::{Backoff, ClientConfig};
+use herald_core::rng::os_seed;
 use std::collections::BTreeSet;
 
 const FLEET_CLIENTS: usize = 1000;
@@ -47,9 +48,7 @@ fn os_seeded_clients_spread_their_first_reconnect_over_the_window() {
 
 #[test]
 fn os_seeds_differ_between_threads() {
-    let threads: Vec<_> = (0..8)
-        .map(|_| std::thread::spawn(|| [os_rng_seed(), os_rng_seed()]))
-        .collect();
+    let threads: Vec<_> = (0..8).map(|_| std::thread::spawn(|| [os_seed(), os_seed()])).collect();
     let seeds: BTreeSet<u64> = threads
         .into_iter()
         .flat_map(|thread| thread.join().expect("seed thread"))

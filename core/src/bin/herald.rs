@@ -15,9 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use herald_core::auth::mint_token_for_audience;
 use herald_core::clock::WallClock;
 use herald_core::hub::HubConfig;
-use herald_core::rng::SeededRng;
+use herald_core::rng::{os_seed, SeededRng};
 use herald_core::server::{disable_nagle, Server, ServerConfig};
-use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -452,26 +451,13 @@ fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// 64 bits from the OS for the id generator (never used for secrets).
-fn os_seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    if read_urandom(&mut bytes) {
-        return u64::from_le_bytes(bytes);
-    }
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(unix_ms_now());
-    hasher.finish()
-}
-
 /// A random hex secret of `bytes` bytes from the OS.
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if !read_urandom(&mut buf) {
-        // No /dev/urandom: RandomState is seeded from the OS per process.
+        // No /dev/urandom: std's RandomState keys, which come from the OS.
         for chunk in buf.chunks_mut(8) {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u64(unix_ms_now());
-            let word = hasher.finish().to_le_bytes();
+            let word = os_seed().to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }

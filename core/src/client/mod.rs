@@ -109,11 +109,11 @@ impl ClientConfig {
         }
     }
 
-    /// [`ClientConfig::new`] with a jitter seed from the OS ([`os_rng_seed`]), a new one per
+    /// [`ClientConfig::new`] with a jitter seed from the OS ([`crate::rng::os_seed`]), a new one per
     /// call: the constructor for production clients, so that a fleet which lost the same server
     /// spreads its reconnects instead of retrying in lockstep. The simulation never calls it.
     pub fn with_os_seed(url: impl Into<String>) -> ClientConfig {
-        ClientConfig::new(url, os_rng_seed())
+        ClientConfig::new(url, crate::rng::os_seed())
     }
 
     /// Rejects configurations that cannot work (zero timeouts, durations beyond
@@ -168,14 +168,6 @@ impl ClientConfig {
             .map_err(|e| format!("url {:?} is not a WebSocket URL: {e}", self.url))?;
         Ok(())
     }
-}
-
-/// 64 bits from the OS for a client's jitter seed, different on every call (std's
-/// `RandomState`: keys drawn from the OS once per thread, then stepped for each new state).
-/// For spreading retries only, never for secrets.
-pub fn os_rng_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// Opens the byte stream a connection runs on. The seam between production (tokio TCP) and the
