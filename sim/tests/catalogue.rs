@@ -4,7 +4,7 @@
 
 use herald_properties::checkers::Category;
 use herald_properties::expectations::Expectation;
-use herald_sim::campaign::seeds::seed_replay_wall_budget;
+use herald_sim::campaign::seeds::{repository_seeds_dir, seed_replay_wall_budget};
 use herald_sim::catalogue::{default_jobs, load_catalogue, report, run_entries, run_entry, CatalogueEntry};
 use herald_sim::server_under_test::{RealServer, ServerUnderTest};
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ const KEY_SCENARIOS: [(Category, &str); 5] = [
 ];
 
 fn catalogue_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../seeds/catalogue")
+    repository_seeds_dir().join("catalogue")
 }
 
 fn catalogue() -> Vec<CatalogueEntry> {

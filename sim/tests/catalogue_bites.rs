@@ -11,9 +11,9 @@ use fixtures::bugs;
 use fixtures::hunt::MakeServer;
 use fixtures::spinning::spinning_servers;
 use herald_properties::checkers::{Category, Invariant};
+use herald_sim::campaign::seeds::repository_seeds_dir;
 use herald_sim::catalogue::{load_catalogue, report, run_entries, run_entry, CatalogueEntry, EntryResult};
 use herald_sim::server_under_test::RealServer;
-use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ enum Caught {
 }
 
 fn entry(family: Category, name: &str) -> CatalogueEntry {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds/catalogue");
+    let dir = repository_seeds_dir().join("catalogue");
     let entries = load_catalogue(&dir, Some(family)).expect("the catalogue loads");
     entries
         .into_iter()
@@ -238,7 +238,7 @@ fn stalled_http_sockets_are_closed_catches_a_server_without_a_request_deadline()
 #[test]
 fn a_spinning_server_fails_the_catalogue_as_a_hang_instead_of_hanging_it() {
     let budget = Duration::from_secs(2);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds/catalogue");
+    let dir = repository_seeds_dir().join("catalogue");
     let entries: Vec<CatalogueEntry> = load_catalogue(&dir, Some(Category::BridgeInitialization))
         .expect("the catalogue loads")
         .into_iter()

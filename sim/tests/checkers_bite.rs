@@ -16,11 +16,12 @@ use herald_properties::checkers::{check, check_all, Invariant};
 use herald_properties::generators::{generate, GeneratorSettings, Size};
 use herald_properties::seed_file::RecordedFailure;
 use herald_sim::campaign::seeds::{
-    bare_seed_file, load_seed_file, replay, replay_dir, seed_name, seed_replay_wall_budget, verdict, write_seed_file,
+    bare_seed_file, load_seed_file, replay, replay_dir, repository_seeds_dir, seed_name, seed_replay_wall_budget,
+    verdict, write_seed_file,
 };
 use herald_sim::campaign::FailureKey;
 use herald_sim::server_under_test::{RealServer, ServerUnderTest};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 /// World runs the shrinker may spend per bite test (each is one tiny/small world run).
@@ -340,9 +341,7 @@ fn a_saved_seed_of_a_broken_server_replays_and_would_fail_cargo_test() {
     .is_ok());
 
     // Nothing was left in the repository's seeds/.
-    let seeds = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../seeds")
-        .join(path.file_name().unwrap());
+    let seeds = repository_seeds_dir().join(path.file_name().unwrap());
     assert!(!seeds.exists(), "{} must not be written by this test", seeds.display());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,7 +13,8 @@ use herald_properties::expectations::Expectation;
 use herald_properties::scenario::{Kind, Scenario, ScenarioConfig, Step, TimedStep, Via};
 use herald_properties::seed_file::Expect;
 use herald_sim::campaign::seeds::{
-    bare_seed_file, load_seed_file, replay_dir, seed_files_in, seed_replay_wall_budget, SeedProblem,
+    bare_seed_file, load_seed_file, replay_dir, repository_seeds_dir, seed_files_in, seed_replay_wall_budget,
+    SeedProblem,
 };
 use herald_sim::server_under_test::{RealServer, ServerUnderTest};
 use std::path::{Path, PathBuf};
@@ -49,7 +50,7 @@ fn describe(problems: &[SeedProblem]) -> String {
 
 #[test]
 fn every_saved_seed_replays_to_its_expected_verdict() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
+    let dir = repository_seeds_dir();
     let (count, problems) = replay_dir(&dir, real, budget()).expect("seeds/ is readable");
     assert!(count > 0, "no seed file found in {}", dir.display());
     assert!(
@@ -66,7 +67,7 @@ fn every_saved_seed_replays_to_its_expected_verdict() {
 /// (the catalogue test): one saved anywhere else would guard nothing, silently.
 #[test]
 fn every_seed_file_sits_where_a_test_replays_it() {
-    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
+    let seeds = repository_seeds_dir();
     let catalogue = seeds.join("catalogue");
     let families: Vec<PathBuf> = Category::ALL.iter().map(|c| catalogue.join(c.as_str())).collect();
     let mut pending = vec![seeds.clone()];
@@ -99,7 +100,7 @@ fn every_seed_file_sits_where_a_test_replays_it() {
 /// replays, so it shows up here as a difference.
 #[test]
 fn saved_seed_files_are_canonical() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds");
+    let dir = repository_seeds_dir();
     let bless = std::env::var_os("HERALD_BLESS_SEEDS").is_some();
     let mut not_canonical = Vec::new();
     for path in seed_files_in(&dir).unwrap() {

@@ -95,6 +95,15 @@ pub fn git_revision() -> Option<String> {
     (output.status.success() && revision.len() >= 7).then_some(revision)
 }
 
+/// The repository's `seeds/`, for the tests that replay it. Found from `CARGO_MANIFEST_DIR` read
+/// when the test runs (cargo sets it for every test), not baked in by `env!` when it is built: a
+/// build cache shared between clones (`.ci/run`'s `~/.cache/herald/target`) reuses test binaries
+/// across checkouts, and a baked-in path would replay another clone's seeds.
+pub fn repository_seeds_dir() -> PathBuf {
+    let sim_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo, which sets CARGO_MANIFEST_DIR");
+    PathBuf::from(sim_dir).join("../seeds")
+}
+
 /// The fuzz failure seed files of a directory: `*.json` directly in it, sorted; subdirectories
 /// (`seeds/catalogue/` has its own test) and dot files (in-progress markers) are not included.
 pub fn seed_files_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
