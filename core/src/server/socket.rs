@@ -287,11 +287,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Socket<S> {
 /// beyond the end of its batch.
 ///
 /// While the socket still speaks HTTP/1 (until it writes `101 Switching Protocols`), hyper's
-/// flush after a response is *owed* rather than performed, and paid as soon as a read finds
-/// nothing more to read (or at the bound, at shutdown, at drop). A publisher that pipelines
-/// requests thus gets its responses in one write per batch, and a publisher that waits for
-/// each response loses nothing: hyper reads for the next request right after it flushes,
-/// that read finds nothing, and the response leaves then. Once upgraded, every flush writes.
+/// flush after a response is *owed* rather than performed when the last read brought bytes
+/// (more pipelined requests may be in hyper's buffer), and paid as soon as a read finds nothing
+/// more to read (or at the bound, at shutdown, at drop). A publisher that pipelines requests
+/// thus gets its responses in one write per batch. A flush that comes after a read already
+/// found nothing writes at once: hyper may not read again before the peer sends more (a GET,
+/// or a refusal sent without reading the body, is answered after hyper's last read), and a
+/// peer waiting for that answer would otherwise wait for the request timeout. Once upgraded,
+/// every flush writes.
 pub(crate) struct CoalescingIo<S: AsyncWrite + Unpin> {
     inner: S,
     /// Bytes accepted but not yet written to `inner`; `pending[written..]` is still to go.
@@ -301,6 +304,9 @@ pub(crate) struct CoalescingIo<S: AsyncWrite + Unpin> {
     defer_flush: bool,
     /// A flush was requested and deferred; `pending` must go out at the next idle read.
     flush_owed: bool,
+    /// The last read of `inner` found nothing: the peer is waiting for answers, and no read may
+    /// come to pay a deferred flush, so flushes write at once.
+    read_idle: bool,
 }
 
 /// The status line hyper writes when a WebSocket upgrade succeeds; from then on the socket
@@ -315,6 +321,7 @@ impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
             written: 0,
             defer_flush: true,
             flush_owed: false,
+            read_idle: false,
         }
     }
 
@@ -371,6 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescingIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read_idle = read.is_pending();
         if read.is_pending() && this.flush_owed {
             // Nothing more to read: the peer is waiting for our answers. If the socket cannot
             // take them all yet, the write side's waker is registered too.
@@ -443,7 +451,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.defer_flush && self.pending_len() > 0 {
+        if self.defer_flush && !self.read_idle && self.pending_len() > 0 {
             self.flush_owed = true;
             return Poll::Ready(Ok(()));
         }
@@ -581,6 +589,20 @@ mod tests {
             io.inner.bytes,
             b"HTTP/1.1 201 Created\r\n\r\n1HTTP/1.1 201 Created\r\n\r\n2"
         );
+        assert_eq!(io.pending.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flush_after_a_read_found_nothing_writes_at_once() {
+        // hyper answers a GET after its last read: no read would come to pay an owed flush.
+        let mut socket = ScriptedSocket::default();
+        socket.reads.push_back(b"GET /healthz".to_vec());
+        let mut io = CoalescingIo::new(socket);
+        assert_eq!(read_once(&mut io).await.as_deref(), Some(&b"GET /healthz"[..]));
+        assert_eq!(read_once(&mut io).await, None);
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.writes, 1, "the answer left at its flush");
         assert_eq!(io.pending.capacity(), 0);
     }
 
