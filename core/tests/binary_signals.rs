@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use herald_core::protocol::ErrorCode;
 use serde_json::json;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -49,17 +50,8 @@ async fn spawn_herald() -> HeraldProcess {
         .spawn()
         .expect("spawn herald serve");
     let process = HeraldProcess { child, addr };
-    // Ready once it accepts connections (bounded like every other wait); then /healthz must say so.
-    let ready = tokio::time::timeout(WAIT, async {
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(ready.is_ok(), "herald did not listen on {addr} within {WAIT:?}");
+    // Ready once it accepts connections; then /healthz must say so.
+    wait_listening(addr).await;
     assert_eq!(http(addr, "GET", "/healthz", None, None).await.0, 200);
     process
 }
@@ -125,39 +117,189 @@ async fn sigint_closes_clients_with_1001_and_exits_cleanly() {
     signal_stops_gracefully("INT").await;
 }
 
-/// What `herald serve --dev` prints: the secrets it generated, never one it was given (a
-/// deployment that kept `--dev` would otherwise write its real secrets to its logs).
-#[tokio::test]
-async fn dev_mode_prints_only_the_secrets_it_generated() {
-    async fn banner(mut command: Command) -> String {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let child = command
-            .args(["serve", "--dev", "--listen", &addr.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn herald serve --dev");
-        let ready = tokio::time::timeout(WAIT, async {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        send_signal(&child, "TERM");
-        let output = child.wait_with_output().expect("herald exits");
-        assert!(ready.is_ok(), "herald --dev never listened");
-        String::from_utf8(output.stdout).unwrap()
-    }
-    let given = banner(herald()).await;
-    assert!(!given.contains(JWT_SECRET) && !given.contains(API_KEY), "{given}");
-    assert!(given.contains("HERALD_JWT_SECRET: given, not printed"), "{given}");
-    assert!(given.contains("$HERALD_API_KEY"), "{given}");
+/// Waits (bounded) until `addr` accepts connections.
+async fn wait_listening(addr: SocketAddr) {
+    let ready = tokio::time::timeout(WAIT, async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "herald did not listen on {addr} within {WAIT:?}");
+}
 
+/// A `herald serve --dev` process, listening, and the banner it printed. The banner ends with
+/// the blank line after the curl command; stdout is drained after it, so no write can fail.
+async fn spawn_dev(mut command: Command, flags: &[&str]) -> (HeraldProcess, String) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = command
+        .args(["serve", "--dev", "--listen", &addr.to_string()])
+        .args(flags)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn herald serve --dev");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let process = HeraldProcess { child, addr };
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let mut banner = String::new();
+        let mut publish = false;
+        for line in lines.by_ref() {
+            let end = publish && line.is_empty();
+            publish |= line == "Publish:";
+            banner.push_str(&line);
+            banner.push('\n');
+            if end {
+                break;
+            }
+        }
+        let _ = sender.send(banner);
+        lines.for_each(drop);
+    });
+    let banner = receiver.recv_timeout(WAIT).expect("the --dev banner within WAIT");
+    wait_listening(addr).await;
+    (process, banner)
+}
+
+/// The line after the one that starts with `heading`, trimmed.
+fn line_after<'a>(banner: &'a str, heading: &str) -> &'a str {
+    let mut lines = banner.lines().skip_while(|line| !line.starts_with(heading));
+    assert!(lines.next().is_some(), "no {heading:?} in {banner}");
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("nothing after {heading:?} in {banner}"))
+        .trim()
+}
+
+/// The curl command under "Publish:", its continuation lines included.
+fn publish_command(banner: &str) -> String {
+    let lines: Vec<&str> = banner
+        .lines()
+        .skip_while(|line| *line != "Publish:")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "no publish command in {banner}");
+    lines.join("\n")
+}
+
+/// Runs banner `lines` the way an operator would, with `sh`, and returns its stdout. `herald`
+/// is this binary, and `curl` prints the arguments it was given (NUL-terminated): the test sees
+/// exactly what the shell made of the quoting and of `$VARIABLES`, with no curl installed. The
+/// environment holds only what `env` gives.
+fn run_in_shell(lines: &str, env: &[(&str, &str)]) -> String {
+    let script = format!(
+        "herald() {{ \"$HERALD_BIN\" \"$@\"; }}\ncurl() {{ for arg in \"$@\"; do printf '%s\\0' \"$arg\"; done; }}\n{lines}\n"
+    );
+    let output = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .env_clear()
+        .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run /bin/sh");
+    assert!(output.status.success(), "{script} failed: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Sends what the banner's curl command sends (method, URL, headers, body as the shell passed
+/// them) and returns the status.
+async fn publish_as_curl(addr: SocketAddr, curl_args: &str) -> u16 {
+    let mut args = curl_args.split_terminator('\0');
+    let (mut method, mut url, mut headers, mut body) = ("GET", None, Vec::new(), None);
+    while let Some(arg) = args.next() {
+        match arg {
+            "-sS" => {}
+            "-X" => method = args.next().expect("-X takes a method"),
+            "-H" => headers.push(args.next().expect("-H takes a header")),
+            "-d" => body = args.next(),
+            _ if arg.starts_with('-') => panic!("unexpected curl option {arg:?}"),
+            _ => url = Some(arg),
+        }
+    }
+    let path = url
+        .and_then(|url| url.strip_prefix(&format!("http://{addr}")))
+        .unwrap_or_else(|| panic!("no URL to {addr} in {curl_args:?}"));
+    assert!(headers.contains(&"Content-Type: application/json"), "{headers:?}");
+    let bearer = headers
+        .iter()
+        .find_map(|header| header.strip_prefix("Authorization: Bearer "))
+        .unwrap_or_else(|| panic!("no bearer in {headers:?}"));
+    http(addr, method, path, Some(bearer), body).await.0
+}
+
+/// Connects to `addr`, says hello with `token`, and expects to be welcomed as alice.
+async fn connect_as_alice(addr: SocketAddr, token: &str) -> Ws {
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")))
+        .await
+        .expect("connect in time")
+        .expect("websocket handshake");
+    send_hello(&mut ws, token, None).await;
+    assert_eq!(expect_welcome(&mut ws).await.user, "alice");
+    ws
+}
+
+/// The banner's publish command, run by the shell, delivers its event to `ws`.
+async fn banner_publish_reaches(addr: SocketAddr, banner: &str, env: &[(&str, &str)], ws: &mut Ws) {
+    let curl_args = run_in_shell(&publish_command(banner), env);
+    assert_eq!(publish_as_curl(addr, &curl_args).await, 201, "{curl_args:?}");
+    assert_eq!(expect_event(ws).await, (1, json!({"text": "hello"})));
+}
+
+/// `herald serve --dev` with both secrets given prints neither (a deployment that kept `--dev`
+/// would otherwise write its real secrets to its logs), and its commands work as printed: the
+/// `herald token` command (with the audience, quoted) mints a token the server accepts, and
+/// the curl command's `$HERALD_API_KEY` is expanded by the shell.
+#[tokio::test]
+async fn dev_banner_with_given_secrets_prints_working_commands_and_no_secret() {
+    const AUDIENCE: &str = "a dev's audience";
+    let (herald, banner) = spawn_dev(herald(), &["--token-audience", AUDIENCE]).await;
+    assert!(!banner.contains(JWT_SECRET) && !banner.contains(API_KEY), "{banner}");
+    assert!(banner.contains("HERALD_JWT_SECRET: given, not printed"), "{banner}");
+    assert!(banner.contains("HERALD_API_KEY: given, not printed"), "{banner}");
+
+    let mint = line_after(&banner, "A token for user alice");
+    assert_eq!(
+        mint,
+        r"herald token --user alice --ttl 1h --audience 'a dev'\''s audience'"
+    );
+    let env = [("HERALD_JWT_SECRET", JWT_SECRET), ("HERALD_API_KEY", API_KEY)];
+    let token = run_in_shell(mint, &env);
+    let mut ws = connect_as_alice(herald.addr, token.trim()).await;
+
+    assert!(
+        publish_command(&banner).contains(r#"-H "Authorization: Bearer $HERALD_API_KEY""#),
+        "{banner}"
+    );
+    banner_publish_reaches(herald.addr, &banner, &env, &mut ws).await;
+}
+
+/// `herald serve --dev` with no secrets prints the ones it generated, a token that works, and
+/// a curl command with the generated key; the exported secret mints working tokens too.
+#[tokio::test]
+async fn dev_banner_with_generated_secrets_prints_them_and_working_commands() {
     let mut command = herald();
     command.env_remove("HERALD_JWT_SECRET").env_remove("HERALD_API_KEY");
-    let generated = banner(command).await;
-    assert!(generated.contains("export HERALD_JWT_SECRET="), "{generated}");
-    assert!(generated.contains("export HERALD_API_KEY="), "{generated}");
+    let (herald, banner) = spawn_dev(command, &[]).await;
+    let exports: Vec<&str> = banner
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("export "))
+        .collect();
+    assert_eq!(exports.len(), 2, "{banner}");
+    assert!(exports[0].starts_with("export HERALD_JWT_SECRET="), "{banner}");
+    assert!(exports[1].starts_with("export HERALD_API_KEY="), "{banner}");
+
+    let token = line_after(&banner, "A token for user alice");
+    let mut ws = connect_as_alice(herald.addr, token).await;
+    // The printed key itself, not a variable: nothing in the shell's environment.
+    banner_publish_reaches(herald.addr, &banner, &[], &mut ws).await;
+
+    let minted = run_in_shell(&format!("{}\nherald token --user alice", exports.join("\n")), &[]);
+    connect_as_alice(herald.addr, minted.trim()).await;
 }

@@ -13,12 +13,15 @@
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use herald_core::auth::mint_token_for_audience;
+use herald_core::client::CONFIG_DURATION_MAX_MS;
 use herald_core::clock::WallClock;
 use herald_core::hub::HubConfig;
+use herald_core::protocol::validate_id;
 use herald_core::rng::{os_seed, SeededRng};
 use herald_core::server::{disable_nagle, Server, ServerConfig};
 use std::io::Read;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -102,6 +105,8 @@ struct ServeArgs {
     #[arg(long, env = "HERALD_RETENTION_EVENTS_MAX", default_value_t = HubConfig::default().retention_events_max)]
     retention_events_max: u64,
     /// Age after which retained events are evicted.
+    // Not bounded like the timers below: no deadline is computed from it (the hub saturates
+    // `published_at + age`), and u64::MAX means "never by age".
     #[arg(long, env = "HERALD_RETENTION_AGE_MS", default_value_t = HubConfig::default().retention_age_ms)]
     retention_age_ms: u64,
     /// Encoded bytes retained across all users.
@@ -126,19 +131,19 @@ struct ServeArgs {
     #[arg(long, env = "HERALD_EVENT_BYTES_MAX", default_value_t = HubConfig::default().event_bytes_max)]
     event_bytes_max: u64,
     /// Time a client has to send hello.
-    #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS", default_value_t = defaults().hello_timeout_ms)]
+    #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS", default_value_t = defaults().hello_timeout_ms, value_parser = parse_duration_ms)]
     hello_timeout_ms: u64,
     /// Interval of server WebSocket pings.
-    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL_MS", default_value_t = defaults().heartbeat_interval_ms)]
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL_MS", default_value_t = defaults().heartbeat_interval_ms, value_parser = parse_duration_ms)]
     heartbeat_interval_ms: u64,
     /// Silence after which a connection is closed with 4010.
-    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS", default_value_t = defaults().idle_timeout_ms)]
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS", default_value_t = defaults().idle_timeout_ms, value_parser = parse_duration_ms)]
     idle_timeout_ms: u64,
     /// Bound on every socket write and HTTP body read.
-    #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS", default_value_t = defaults().write_timeout_ms)]
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS", default_value_t = defaults().write_timeout_ms, value_parser = parse_duration_ms)]
     write_timeout_ms: u64,
     /// Time an HTTP socket has to begin its next request, and a begun request to be answered.
-    #[arg(long, env = "HERALD_HTTP_REQUEST_TIMEOUT_MS", default_value_t = defaults().http_request_timeout_ms)]
+    #[arg(long, env = "HERALD_HTTP_REQUEST_TIMEOUT_MS", default_value_t = defaults().http_request_timeout_ms, value_parser = parse_duration_ms)]
     http_request_timeout_ms: u64,
     /// Send each write at once (TCP_NODELAY), the default: event frames are small, and Nagle's
     /// algorithm would hold one back until the previous is acknowledged. `false` lets the
@@ -153,7 +158,7 @@ struct ServeArgs {
     #[arg(long, env = "HERALD_FRAME_BYTES_MAX", default_value_t = defaults().frame_bytes_max)]
     frame_bytes_max: usize,
     /// Interval of the retention-age eviction tick.
-    #[arg(long, env = "HERALD_TICK_INTERVAL_MS", default_value_t = defaults().tick_interval_ms)]
+    #[arg(long, env = "HERALD_TICK_INTERVAL_MS", default_value_t = defaults().tick_interval_ms, value_parser = parse_duration_ms)]
     tick_interval_ms: u64,
     /// Per-connection WebSocket read buffer.
     #[arg(long, env = "HERALD_WS_READ_BUFFER_BYTES", default_value_t = defaults().ws_read_buffer_bytes)]
@@ -162,10 +167,10 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct TokenArgs {
-    /// The user id (`sub`).
-    #[arg(long)]
+    /// The user id (`sub`): ASCII letters, digits and -_.:@, at most 128 bytes.
+    #[arg(long, value_parser = parse_user)]
     user: String,
-    /// Lifetime: a number with unit s, m, h or d (e.g. 90s, 30m, 1h, 7d).
+    /// Lifetime: a number with unit s, m, h or d (e.g. 90s, 30m, 1h, 7d), at most 365d.
     #[arg(long, default_value = "1h", value_parser = parse_ttl_secs)]
     ttl: u64,
     /// HS256 secret (the server's HERALD_JWT_SECRET).
@@ -187,15 +192,20 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Token(args) => {
-            let exp = unix_ms_now() / 1000 + args.ttl;
-            let audience = args.audience.as_deref();
-            println!(
-                "{}",
-                mint_token_for_audience(args.secret.as_bytes(), &args.user, exp, audience)
-            );
-            ExitCode::SUCCESS
-        }
+        Command::Token(args) => match expiry_after(args.ttl) {
+            Ok(exp) => {
+                let audience = args.audience.as_deref();
+                println!(
+                    "{}",
+                    mint_token_for_audience(args.secret.as_bytes(), &args.user, exp, audience)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("herald: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -215,8 +225,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let (jwt_secret, api_key) = match (args.jwt_secret.clone(), args.api_key.clone(), args.dev) {
         (Some(secret), Some(key), _) => (secret, key),
         (secret, key, true) => (
-            secret.unwrap_or_else(|| random_hex(32)),
-            key.unwrap_or_else(|| random_hex(24)),
+            secret.map_or_else(|| random_hex(32), Ok)?,
+            key.map_or_else(|| random_hex(24), Ok)?,
         ),
         _ => {
             return Err(
@@ -236,7 +246,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             &api_key,
             args.token_audience.as_deref(),
             generated,
-        );
+        )?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -380,13 +390,18 @@ struct DevSecrets {
     api_key: bool,
 }
 
+/// Lifetime of the token the `--dev` banner mints, as `herald token --ttl` spells it.
+const DEV_TOKEN_TTL: &str = "1h";
+
+/// Prints the secrets `--dev` generated and commands to try the server with, each one that a
+/// shell runs as printed (`core/tests/binary_signals.rs` runs them).
 fn print_dev_banner(
     listen: &SocketAddr,
     jwt_secret: &str,
     api_key: &str,
     audience: Option<&str>,
     generated: DevSecrets,
-) {
+) -> Result<(), String> {
     println!("herald dev mode — do not use these secrets in production");
     println!();
     if generated.jwt_secret {
@@ -403,34 +418,55 @@ fn print_dev_banner(
     };
     println!();
     let token = if generated.jwt_secret {
-        mint_token_for_audience(jwt_secret.as_bytes(), "alice", unix_ms_now() / 1000 + 3600, audience)
+        let exp = expiry_after(parse_ttl_secs(DEV_TOKEN_TTL)?)?;
+        let token = mint_token_for_audience(jwt_secret.as_bytes(), "alice", exp, audience);
+        println!("A token for user alice (1 hour):");
+        println!("  {token}");
+        token
     } else {
-        "$(herald token alice)".to_string()
+        // The secret is not printed: show the command that mints with it. The audience is
+        // explicit, since the server may have it from `--token-audience` rather than the env.
+        let audience = audience.map_or(String::new(), |a| format!(" --audience {}", shell_word(a)));
+        println!("A token for user alice (1 hour), with HERALD_JWT_SECRET set:");
+        println!("  herald token --user alice --ttl {DEV_TOKEN_TTL}{audience}");
+        "<that token>".to_string()
     };
-    println!("A token for user alice (1 hour):");
-    println!("  {token}");
     println!();
     println!("Receive (any WebSocket client), e.g.:");
     println!("  websocat ws://{listen}/v1/ws   then send: {{\"type\":\"hello\",\"token\":\"{token}\"}}");
     println!();
+    // Double quotes, so that the shell expands `$HERALD_API_KEY`.
     println!("Publish:");
     println!(
-        "  curl -sS -X POST http://{listen}/v1/users/alice/events \\\n    -H 'Authorization: Bearer {api_key}' \
+        "  curl -sS -X POST http://{listen}/v1/users/alice/events \\\n    -H \"Authorization: Bearer {api_key}\" \
          -H 'Content-Type: application/json' \\\n    -d '{{\"run\":\"run-1\",\"kind\":\"agent_started\",\"data\":{{\"text\":\"hello\"}}}}'"
     );
     println!();
+    Ok(())
 }
 
-/// `90s`, `30m`, `1h`, `7d` or plain seconds.
+/// `text` as one shell word: bare when every byte is safe unquoted, else single-quoted.
+fn shell_word(text: &str) -> String {
+    let bare = |b: u8| b.is_ascii_alphanumeric() || b"-_.:@/+=,%".contains(&b);
+    if !text.is_empty() && text.bytes().all(bare) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// Longest `herald token --ttl`: 365 days. A token cannot be revoked short of rotating the
+/// secret, and these are development tokens: a year covers any fixture or demo, and keeps the
+/// expiry (`now + ttl`) far from overflow.
+const TOKEN_TTL_SECS_MAX: u64 = 365 * 86_400;
+
+/// `90s`, `30m`, `1h`, `7d` or plain seconds; 1 s to [`TOKEN_TTL_SECS_MAX`].
 fn parse_ttl_secs(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
     };
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("bad ttl {text:?}: expected e.g. 30m or 1h"))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
@@ -438,36 +474,64 @@ fn parse_ttl_secs(text: &str) -> Result<u64, String> {
         "d" => 86_400,
         _ => return Err(format!("bad ttl unit {unit:?}: use s, m, h or d")),
     };
-    number
-        .checked_mul(scale)
-        .filter(|secs| *secs > 0)
-        .ok_or_else(|| format!("ttl {text:?} must be positive and fit in u64 seconds"))
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A random hex secret of `bytes` bytes from the OS.
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    if !read_urandom(&mut buf) {
-        // No /dev/urandom: std's RandomState keys, which come from the OS.
-        for chunk in buf.chunks_mut(8) {
-            let word = os_seed().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
+    if number.is_empty() {
+        return Err(format!("bad ttl {text:?}: expected e.g. 30m or 1h"));
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    // `number` is all digits: a parse error is an overflow, as is a product beyond u64.
+    match number.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)) {
+        Some(0) => Err(format!("ttl {text:?} must be positive")),
+        Some(secs) if secs <= TOKEN_TTL_SECS_MAX => Ok(secs),
+        _ => Err(format!(
+            "ttl {text:?} is longer than 365d, the longest accepted (TOKEN_TTL_SECS_MAX)"
+        )),
+    }
 }
 
-fn read_urandom(buf: &mut [u8]) -> bool {
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .is_ok()
+/// The token subject: the server's own id rule, since it refuses (4001) any other `sub`.
+fn parse_user(text: &str) -> Result<String, String> {
+    validate_id("user", text)
+        .map(|()| text.to_string())
+        .map_err(|e| format!("{e} (the server would refuse the token with 4001 auth_failed)"))
+}
+
+/// Every serve timer (`*_timeout_ms`, `*_interval_ms`): 1 ms to [`CONFIG_DURATION_MAX_MS`], one
+/// day, the client's bound. Longer is a unit slip, overflows deadlines (`Instant + Duration`
+/// panics) and makes the shutdown drain (`write_timeout_ms`) effectively unbounded.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|ms| (1..=CONFIG_DURATION_MAX_MS).contains(ms))
+        .ok_or_else(|| {
+            format!("expected whole milliseconds from 1 to {CONFIG_DURATION_MAX_MS} (one day, CONFIG_DURATION_MAX_MS)")
+        })
+}
+
+/// Unix seconds `ttl_secs` from now.
+fn expiry_after(ttl_secs: u64) -> Result<u64, String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    now.checked_add(ttl_secs)
+        .ok_or_else(|| format!("a ttl of {ttl_secs} s overflows the token expiry"))
+}
+
+/// A random hex secret of `bytes` bytes from /dev/urandom.
+fn random_hex(bytes: usize) -> Result<String, String> {
+    random_hex_from(Path::new("/dev/urandom"), bytes)
+}
+
+/// No fallback when `source` cannot be read: the 64-bit [`os_seed`] is no secret, and the
+/// operator can pass the secrets instead (this is `--dev` only).
+fn random_hex_from(source: &Path, bytes: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open(source)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| {
+            format!(
+                "--dev cannot read {} to generate secrets ({e}); pass HERALD_JWT_SECRET and \
+                 HERALD_API_KEY (or --jwt-secret and --api-key)",
+                source.display()
+            )
+        })?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -484,6 +548,93 @@ mod tests {
         assert!(parse_ttl_secs("0s").is_err());
         assert!(parse_ttl_secs("1y").is_err());
         assert!(parse_ttl_secs("h").is_err());
+    }
+
+    #[test]
+    fn ttl_is_bounded_by_token_ttl_secs_max() {
+        assert_eq!(parse_ttl_secs("365d"), Ok(TOKEN_TTL_SECS_MAX));
+        assert_eq!(parse_ttl_secs(&TOKEN_TTL_SECS_MAX.to_string()), Ok(TOKEN_TTL_SECS_MAX));
+        let too_long = [
+            "366d".to_string(),
+            (TOKEN_TTL_SECS_MAX + 1).to_string(),
+            u64::MAX.to_string(),
+            format!("{}d", u64::MAX / 86_400 + 1),  // the product overflows u64
+            "99999999999999999999999s".to_string(), // the number overflows u64
+        ];
+        for ttl in too_long {
+            let error = parse_ttl_secs(&ttl).unwrap_err();
+            assert!(error.contains("TOKEN_TTL_SECS_MAX"), "{ttl}: {error}");
+        }
+        let exp = expiry_after(TOKEN_TTL_SECS_MAX).unwrap();
+        assert!(exp > TOKEN_TTL_SECS_MAX, "now is after 1971");
+        assert!(expiry_after(u64::MAX).is_err(), "checked, not wrapped");
+    }
+
+    #[test]
+    fn token_user_follows_the_server_id_rule() {
+        assert_eq!(parse_user("alice-1_a.b:c@d"), Ok("alice-1_a.b:c@d".to_string()));
+        for user in ["", "bad user!", "é", &"a".repeat(129)] {
+            let error = parse_user(user).unwrap_err();
+            assert_eq!(
+                error.split(" (").next(),
+                Some(validate_id("user", user).unwrap_err().to_string().as_str())
+            );
+        }
+        assert!(Cli::try_parse_from(["herald", "token", "--user", "bad user!", "--secret", "s"]).is_err());
+    }
+
+    #[test]
+    fn serve_timers_are_bounded_by_config_duration_max_ms() {
+        let timers = [
+            "--hello-timeout-ms",
+            "--heartbeat-interval-ms",
+            "--idle-timeout-ms",
+            "--write-timeout-ms",
+            "--http-request-timeout-ms",
+            "--tick-interval-ms",
+        ];
+        for flag in timers {
+            let max = format!("{flag}={CONFIG_DURATION_MAX_MS}");
+            assert!(Cli::try_parse_from(["herald", "serve", max.as_str()]).is_ok(), "{max}");
+            for value in [
+                "0".to_string(),
+                (CONFIG_DURATION_MAX_MS + 1).to_string(),
+                u64::MAX.to_string(),
+            ] {
+                let arg = format!("{flag}={value}");
+                let error = Cli::try_parse_from(["herald", "serve", arg.as_str()])
+                    .err()
+                    .expect(&arg)
+                    .to_string();
+                assert!(
+                    error.contains(flag) && error.contains("CONFIG_DURATION_MAX_MS"),
+                    "{error}"
+                );
+            }
+        }
+        // Not a timer: u64::MAX is the hub's "never by age".
+        let args = serve_args(&["--retention-age-ms=18446744073709551615"]);
+        assert_eq!(args.retention_age_ms, u64::MAX);
+    }
+
+    #[test]
+    fn shell_words_survive_the_shell() {
+        assert_eq!(shell_word("herald-api"), "herald-api");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word("$HOME"), "'$HOME'");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn dev_secrets_fail_without_os_randomness() {
+        let secret = random_hex(32).unwrap();
+        assert_eq!(secret.len(), 64);
+        assert_ne!(secret, random_hex(32).unwrap());
+        for source in ["/nonexistent/urandom", "/dev/null"] {
+            let error = random_hex_from(Path::new(source), 32).unwrap_err();
+            assert!(error.contains(source) && error.contains("HERALD_JWT_SECRET"), "{error}");
+        }
     }
 
     fn serve_args(flags: &[&str]) -> ServeArgs {
