@@ -8,6 +8,12 @@
 
 use std::sync::Arc;
 
+/// Largest accepted value of every configured duration, client's and server's (timeouts,
+/// heartbeats, backoff, ticks): one day. Longer values are surely a mistake (a unit slip), and
+/// bounding them keeps every deadline computed from them (`now + duration`) far from overflow
+/// and every drain they bound finite.
+pub const CONFIG_DURATION_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// Time as the adapters need it.
 pub trait Clock: Send + Sync + 'static {
     /// Monotonic milliseconds since this clock started. Never goes backwards.

@@ -4,7 +4,7 @@
 //! names the flag and the limit, and a non-zero exit.
 
 use herald_core::auth::TokenVerifier;
-use herald_core::client::CONFIG_DURATION_MAX_MS;
+use herald_core::clock::CONFIG_DURATION_MAX_MS;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -7,8 +7,8 @@ mod common;
 use common::{start, test_config, token};
 use herald_core::client::{
     Client, ClientConfig, ClientObserver, ClientState, CloseCause, Item, NoObserver, TcpConnector,
-    CONFIG_DURATION_MAX_MS,
 };
+use herald_core::clock::CONFIG_DURATION_MAX_MS;
 use herald_core::protocol::{EventKind, Resume};
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -13,8 +13,7 @@
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use herald_core::auth::mint_token_for_audience;
-use herald_core::client::CONFIG_DURATION_MAX_MS;
-use herald_core::clock::WallClock;
+use herald_core::clock::{WallClock, CONFIG_DURATION_MAX_MS};
 use herald_core::hub::HubConfig;
 use herald_core::protocol::validate_id;
 use herald_core::rng::{os_seed, SeededRng};

@@ -24,6 +24,7 @@ mod tracker;
 pub use backoff::Backoff;
 pub use tracker::{Position, StreamTracker};
 
+use crate::clock::CONFIG_DURATION_MAX_MS;
 use crate::protocol::{EventKind, GapReason, Resume, ServerFrame};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -31,11 +32,6 @@ use tokio::sync::{mpsc, watch};
 
 /// Smallest accepted `frame_bytes_max`: a welcome or gap frame with maximal ids must fit.
 pub const FRAME_BYTES_MIN: usize = 1024;
-
-/// Largest accepted value of every duration in [`ClientConfig`] (timeouts, heartbeat, backoff):
-/// one day. Longer values are surely a mistake (a unit slip), and bounding them keeps every
-/// deadline the client computes (`now + duration`) far from overflow.
-pub const CONFIG_DURATION_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Everything a client needs besides its transport and tokens. Units are in the names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ mod socket;
 pub use socket::{disable_nagle, Socket, SocketListener};
 
 use crate::auth::TokenVerifier;
-use crate::clock::Clock;
+use crate::clock::{Clock, CONFIG_DURATION_MAX_MS};
 use crate::hub::{ConnectionId, Counters, Gauges, Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
@@ -140,6 +140,22 @@ impl ServerConfig {
         for (name, value) in positive {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let durations = [
+            ("hello_timeout_ms", self.hello_timeout_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("http_request_timeout_ms", self.http_request_timeout_ms),
+            ("tick_interval_ms", self.tick_interval_ms),
+        ];
+        for (name, value) in durations {
+            if value > CONFIG_DURATION_MAX_MS {
+                return Err(format!(
+                    "{name} {value} exceeds the largest accepted duration, {CONFIG_DURATION_MAX_MS} ms \
+                     (one day, CONFIG_DURATION_MAX_MS)"
+                ));
             }
         }
         if self.frame_bytes_max < 1024 {
@@ -577,6 +593,22 @@ mod tests {
         assert!(error.contains("twice heartbeat_interval_ms"), "{error}");
         config.idle_timeout_ms = 20_000;
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_duration_beyond_a_day_is_refused() {
+        // An unbounded write timeout would make the shutdown drain unbounded, and a hello
+        // timeout near u64::MAX would overflow `now + timeout`.
+        let mut config = ServerConfig::new(b"secret".to_vec(), "key".into());
+        config.write_timeout_ms = CONFIG_DURATION_MAX_MS + 1;
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.contains("write_timeout_ms") && error.contains("CONFIG_DURATION_MAX_MS"),
+            "{error}"
+        );
+        config.write_timeout_ms = CONFIG_DURATION_MAX_MS;
+        config.hello_timeout_ms = u64::MAX;
+        assert!(config.validate().unwrap_err().contains("hello_timeout_ms"));
     }
 
     fn shared() -> Arc<Shared> {
