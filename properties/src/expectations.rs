@@ -17,7 +17,8 @@
 //!
 //! A publish's *outcome* is the outcome of its last attempt; an event *published successfully*
 //! is one for which some attempt returned `published` (a retry answered `duplicate` names the
-//! same event).
+//! same event). Delivery expectations judge what the steps meant to publish, not what the
+//! history shows was published: a refused publish is not an excuse to expect less.
 
 use crate::history::{ClosedBy, DeliveredItem, FrameSeen, GaugeSample, History, Observation, PublishOutcome};
 use crate::scenario::{Scenario, Step};
@@ -108,12 +109,17 @@ pub enum Expectation {
     /// Some retry of an event of the publish steps `steps` was answered `duplicate: true`: an
     /// ambiguous attempt had in fact published, and the idempotency key stopped a second copy.
     DuplicateAnswered { steps: Vec<usize> },
-    /// Every event the publish steps `steps` published successfully was handed to `client`'s
-    /// application exactly once, in publish order (seq order within an epoch, epochs in the
-    /// order they first appeared), with the right event id. Needs at least one such event.
+    /// Every event the publish steps `steps` were meant to publish was published successfully
+    /// and handed to `client`'s application exactly once, in publish order (seq order within an
+    /// epoch, epochs in the order they first appeared), with the right event id. A refused,
+    /// failed or unanswered publish of those steps fails it: otherwise a server that refuses
+    /// most publishes would pass by delivering the few it took. Name only steps whose every
+    /// publish must succeed; a step the scenario expects to be refused is judged by
+    /// `PublishOutcome`.
     AllDelivered { client: u32, steps: Vec<usize> },
-    /// Like `AllDelivered` for presence, and each event reached the application within
-    /// `max_ms` of the call that published it (reconnects included: a UI is not left hanging).
+    /// Like `AllDelivered` for presence (refused publishes included), and each event reached
+    /// the application within `max_ms` of the call that published it (reconnects included: a
+    /// UI is not left hanging).
     DeliveredWithin {
         client: u32,
         steps: Vec<usize>,
@@ -362,21 +368,30 @@ impl Facts {
             .collect()
     }
 
-    /// Events of `steps` that some attempt published, with the call that created them, sorted
-    /// in publish order (epoch rank, seq).
+    /// Every event `steps` were meant to publish, with the call that created it, sorted in
+    /// publish order (epoch rank, seq); an error names the first one no attempt published.
     fn published_events<'a>(&'a self, steps: &[usize]) -> Result<Vec<(&'a str, &'a Attempt, usize, u64)>, String> {
         let mut out = Vec::new();
         for &step in steps {
             for id in self.step_events(step)? {
-                if let Some((attempt, epoch, seq)) = self.events.get(id).and_then(EventFacts::published) {
-                    out.push((id.as_str(), attempt, self.epoch_rank[epoch], seq));
-                }
+                let Some(event) = self.events.get(id) else {
+                    return Err(format!("event {id} of step {step} was never called"));
+                };
+                let Some((attempt, epoch, seq)) = event.published() else {
+                    let last = event.attempts.last().and_then(|a| a.returned.as_ref());
+                    let how = last.map_or_else(
+                        || "never returned".to_string(),
+                        |(_, at, outcome)| format!("ended {} at {}", describe_outcome(outcome), t(*at)),
+                    );
+                    return Err(format!(
+                        "event {id} of step {step} was never published ({how}): every event of steps {steps:?} must be published and delivered"
+                    ));
+                };
+                out.push((id.as_str(), attempt, self.epoch_rank[epoch], seq));
             }
         }
         if out.is_empty() {
-            return Err(format!(
-                "steps {steps:?} published no event successfully: the expectation would test nothing"
-            ));
+            return Err("no publish step named: the expectation would test nothing".into());
         }
         out.sort_by_key(|&(_, _, rank, seq)| (rank, seq));
         Ok(out)
@@ -1117,6 +1132,83 @@ mod tests {
                 steps: vec![0],
             },
             "published nothing",
+        );
+    }
+
+    /// Client 0 (u0) welcomed at 10 ms; step 1 means to burst three events at 100 ms, but the
+    /// second ends `last` (`None`: never answered) and only seqs 1 and 2 (e-1, e-3) are
+    /// published, both delivered at 120 ms.
+    fn burst_with_second_refused(last: Option<&str>) -> History {
+        let mut b = HistoryBuilder::new();
+        b.at(0).step(0, connect_step(0, 0));
+        b.at(10).connect(0, None, "E", 0, false);
+        b.at(100).step(1, burst_step(0, 3));
+        b.publish_ok("u0", "E", 1);
+        let refused = b.publish_called("u0", Via::Notifier, 10);
+        if let Some(code) = last {
+            b.failed(&refused, code);
+        }
+        b.publish_ok("u0", "E", 2);
+        b.at(120);
+        b.deliver(0, "E", 1);
+        b.deliver(0, "E", 2);
+        b.at(500).heal();
+        b.at(1000).end();
+        b.build()
+    }
+
+    #[test]
+    fn all_delivered_fails_when_a_publish_of_its_steps_was_refused() {
+        // A server that refuses a publish must not pass by delivering the ones it took.
+        let all = Expectation::AllDelivered {
+            client: 0,
+            steps: vec![1],
+        };
+        let history = burst_with_second_refused(Some("unavailable"));
+        fails(
+            &history,
+            all.clone(),
+            "event e-2 of step 1 was never published (ended failed with unavailable",
+        );
+        fails(
+            &history,
+            Expectation::DeliveredWithin {
+                client: 0,
+                steps: vec![1],
+                max_ms: 1000,
+            },
+            "event e-2 of step 1 was never published",
+        );
+        fails(&burst_with_second_refused(None), all, "never returned");
+        // The refusal itself is what PublishOutcome judges; the rest of the catalogue entry's
+        // expectations still hold.
+        passes(&history, Expectation::EventsDelivered { client: 0, count: 2 });
+    }
+
+    #[test]
+    fn all_delivered_near_miss_a_retried_publish_that_ended_published() {
+        // The first attempt timed out, the keyed retry published: the event was published.
+        let mut b = HistoryBuilder::new();
+        b.at(0).step(0, connect_step(0, 0));
+        b.at(10).connect(0, None, "E", 0, false);
+        b.at(100).step(1, publish_step(0));
+        let via = Via::Http {
+            idempotency_key: true,
+            retries: 1,
+        };
+        let id = b.publish_called("u0", via, 10);
+        b.at(200).failed(&id, "timeout");
+        b.retry_called(&id);
+        b.at(250).published(&id, "E", 1, false);
+        b.at(260).deliver(0, "E", 1);
+        b.at(500).heal();
+        b.at(1000).end();
+        passes(
+            &b.build(),
+            Expectation::AllDelivered {
+                client: 0,
+                steps: vec![1],
+            },
         );
     }
 

@@ -753,6 +753,147 @@ fn no_silent_loss_near_miss_a_stream_welcomed_into_but_lost_before_its_epoch_gap
     e1_seq_1_lost_then_reported_by_the_gap_of_e0(&scenario, &mut b, 300);
 }
 
+/// A keyed HTTP publish is first called at 10 ms and fails before client 0's first welcome
+/// (E0, 50 ms); the server restarts at 100 ms and the retry at 300 ms creates the event as E1's
+/// seq 1. At 400 ms the client resumes E0 and is welcomed into E1 (head 1) with E0's epoch
+/// gap; with `replayed`, E1's seq 1 follows. Created after the first welcome, the event is owed
+/// although its first call came before it.
+fn retry_creates_an_event_after_the_first_welcome(replayed: bool) -> (Scenario, History) {
+    let (mut scenario, _) = lone();
+    scenario.steps.push(herald_properties::scenario::TimedStep {
+        at_ms: 100,
+        step: Step::RestartServer,
+    });
+    let mut b = HistoryBuilder::new();
+    b.server_started(0);
+    b.step(0, connect(0, 0));
+    b.at(10);
+    let id = b.publish_called("u0", http(true, 2), 10);
+    b.at(20);
+    b.failed(&id, "connect_failed");
+    b.at(50);
+    b.connect(0, None, "E0", 0, false);
+    restart(&mut b, 100, 1, 1, true);
+    b.at(300);
+    b.retry_called(&id);
+    b.published(&id, "E1", 1, false);
+    b.at(400);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E1", 1, false);
+    b.gap(0, "E0", 1, None, "epoch");
+    if replayed {
+        b.deliver(0, "E1", 1);
+    }
+    let history = finish_lone(&mut b, 1000, 1);
+    (scenario, history)
+}
+
+#[test]
+fn no_silent_loss_fires_on_an_event_a_retry_created_after_the_first_welcome() {
+    let (scenario, history) = retry_creates_an_event_after_the_first_welcome(false);
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::ReconnectionRecovery,
+    );
+    assert!(v.explanation.contains("(epoch E1, seq 1"), "{v}");
+}
+
+#[test]
+fn no_silent_loss_near_miss_an_event_a_retry_created_is_replayed_into_the_new_epoch() {
+    let (scenario, history) = retry_creates_an_event_after_the_first_welcome(true);
+    assert_clean(&scenario, &history);
+}
+
+/// Client 0 reads E0 (seq 1 delivered at 100 ms); at 200 ms a publish for u0 is answered with
+/// seq 1 of EPHANTOM, which no client is ever sent; at 3 s the server restarts and the client,
+/// resuming E0, is handed E0's epoch gap (which must not stand for the phantom event). With
+/// `away`, the client's connection died at 150 ms, so only E0's retained seq 1 shows that E0
+/// still existed.
+fn phantom_stream(away: bool) -> (Scenario, History) {
+    let (mut scenario, mut b) = lone();
+    scenario.steps.push(herald_properties::scenario::TimedStep {
+        at_ms: 3000,
+        step: Step::RestartServer,
+    });
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    if away {
+        b.at(150);
+        b.closed(0, None, ClosedBy::Network);
+    }
+    b.at(200);
+    b.publish_ok("u0", "EPHANTOM", 1);
+    restart(&mut b, 3000, 1, 1, !away);
+    resume_into_new_stream(&mut b, 3300, ("E0", 1), "E2");
+    let history = finish_lone(&mut b, 4000, 1);
+    (scenario, history)
+}
+
+#[test]
+fn no_silent_loss_fires_on_a_second_stream_while_a_client_holds_the_first() {
+    let (scenario, history) = phantom_stream(false);
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert!(
+        v.explanation.contains("epoch EPHANTOM seq 1") && v.explanation.contains("held connection"),
+        "{v}"
+    );
+}
+
+#[test]
+fn no_silent_loss_fires_on_a_second_stream_while_the_first_retains_events() {
+    let (scenario, history) = phantom_stream(true);
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert!(
+        v.explanation.contains("epoch EPHANTOM seq 1") && v.explanation.contains("certainly still retained"),
+        "{v}"
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_a_new_stream_while_a_partition_hid_the_servers_close() {
+    // Client 0's host is partitioned from 100 ms: the server idles its connection out and drops
+    // the empty stream E0 while the client still believes the connection open (until its own
+    // idle timeout at 3.3 s). A publish at 3.2 s rightly creates E1; after the repair the client
+    // resumes E0 and is replayed E1 from seq 1.
+    let scenario = scenario_with(
+        1,
+        vec![connect(0, 0), Step::Partition { host: 0 }, Step::Repair { host: 0 }],
+    );
+    let mut b = HistoryBuilder::new();
+    b.server_started(0);
+    b.step(0, connect(0, 0));
+    b.at(50);
+    b.connect(0, None, "E0", 0, false);
+    b.at(100);
+    b.step(1, Step::Partition { host: 0 });
+    b.at(3200);
+    b.publish_ok("u0", "E1", 1);
+    b.at(3300);
+    b.closed(0, None, ClosedBy::Network);
+    b.at(5000);
+    b.step(2, Step::Repair { host: 0 });
+    b.at(5500);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E1", 1, false);
+    b.gap(0, "E0", 1, None, "epoch");
+    b.deliver(0, "E1", 1);
+    let history = finish_lone(&mut b, 6000, 1);
+    assert_clean(&scenario, &history);
+}
+
 #[test]
 fn loss_and_liveness_fire_on_a_4009_no_limit_explains() {
     // A lone client, far below every limit, misses an event while connected; then every

@@ -6,8 +6,9 @@
 //!   followed by a welcome within B of it (and of T); at `End` the client is connected, unless
 //!   its last close came less than B before `End` (undecidable). A client paused by the
 //!   application is given the pause on top;
-//! - every expected event (as in no-silent-loss) is covered by max(T, its first call) + B, when
-//!   that deadline falls before `End`;
+//! - every expected event (as in no-silent-loss) is covered by max(T, its creation) + B, when
+//!   that deadline falls before `End` (its creation as no-silent-loss bounds it: a keyed retry
+//!   may create it long after the first call);
 //! - every publish attempt returns within `publish_timeout_ms + 1000` of its call (a missing
 //!   return counts once `End` is past that deadline).
 //!
@@ -30,7 +31,7 @@
 //!   Not decided when D falls after the last entry of the history.
 
 use super::index::{liveness_bound_ms, Client, Conn, Index};
-use super::no_silent_loss::{expected, Coverage};
+use super::no_silent_loss::{created_from, expected, Coverage};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::FrameSeen;
 use rustc_hash::FxHashMap;
@@ -64,7 +65,8 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         for instance in expected(index, client) {
             let inst = &index.instances[instance];
             let event = &index.events[inst.event];
-            let deadline = heal_at.max(event.first_call_at) + bound + pause_allowance(client, heal_at);
+            let created_at = created_from(index, instance).1;
+            let deadline = heal_at.max(created_at) + bound + pause_allowance(client, heal_at);
             if deadline >= end_at {
                 continue;
             }

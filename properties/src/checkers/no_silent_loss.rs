@@ -4,13 +4,15 @@
 //! Expected events of a live client c of user U (first welcome W0 with epoch E0 and head h0):
 //! every event that certainly exists (a publish returned its `(epoch, seq)`) for U with
 //! - epoch E0 and seq > h0 (the client subscribed from h0 on), or
-//! - another epoch, and its first publish call came after W0 (so c was already subscribed when
-//!   it was created: a restart or a dropped stream must then be reported to c).
+//! - another epoch, and it was certainly created after W0 (see [`created_from`]: so c was
+//!   already subscribed when it was created: a restart or a dropped stream must then be
+//!   reported to c). Its first publish call is not enough to tell: a keyed retry may create it
+//!   in a later server life, long after a first attempt that failed before W0.
 //!
 //! Covered means: delivered as an `Event` with that `(epoch, seq)` (and the same event id), or
 //! inside a delivered `Gap` of that epoch (`from <= seq <= to`, or `to = null`), or — for an
 //! event of an epoch E the client never *entered* — by an `epoch` gap of another epoch
-//! delivered after the event was published. A user has one live stream per server life, so an
+//! delivered after the event was created. A user has one live stream per server life, so an
 //! `epoch` gap says "every stream you were reading is gone": a stream created and lost entirely
 //! while c was away, or one c was welcomed into but lost before the `epoch` gap of its old
 //! stream arrived (the connection died or stalled, then the server restarted), can be reported
@@ -35,11 +37,27 @@
 //! at least the seq of an event of its epoch whose first publish call began after the client
 //! had received that welcome is a violation at once (the client's tracker starts past that
 //! event and drops its frame as a duplicate: the application never gets it).
+//!
+//! The `epoch` gap rule above trusts "one live stream per user per server life", so a second
+//! stream is a violation at once: a publish answered with a position in epoch E' while user U
+//! certainly still had a stream E != E' in the same life. The hub drops a stream only once it
+//! holds no event and no connection (`drop_stream_if_idle`), so E certainly exists while
+//! - a normal client of U holds a connection welcomed into E before the call and, with its
+//!   link undisturbed and its application reading, sees no close until a frame's travel time
+//!   ([`prompt_bound_ms`] with nothing queued) after the answer: had the server let the
+//!   connection go, its close would have reached the client by then; or
+//! - an event of E returned before the call is certainly retained when the answer arrives
+//!   (`Index::certainly_retained`, which also rules out a restart in between).
+//!
+//! Without this rule an event put in a phantom stream nobody reads is excused by the next
+//! restart's `epoch` gap.
 
 use super::index::{liveness_bound_ms, Client, Index};
+use super::liveness::prompt_bound_ms;
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::DeliveredItem;
+use crate::history::{DeliveredItem, Observation, PublishOutcome};
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
 
 /// A delivered gap: (entry, epoch, from, to, reason).
 type DeliveredGap<'a> = (usize, &'a str, u64, Option<u64>, &'a str);
@@ -113,9 +131,11 @@ impl<'a> Coverage<'a> {
             }
         }
         let never_entered = !self.entered.contains(inst.epoch);
+        let (created_idx, created_at) = created_from(index, instance);
         for &(idx, epoch, from, to, reason) in &self.gaps {
             let same_epoch = epoch == inst.epoch && from <= inst.seq && to.is_none_or(|to| inst.seq <= to);
-            let lost_stream = never_entered && reason == "epoch" && idx > event.first_call_idx;
+            // A stream can only be reported lost after the event in it was created.
+            let lost_stream = never_entered && reason == "epoch" && idx > created_idx && index.at(idx) >= created_at;
             if (same_epoch || lost_stream) && best.is_none_or(|b| idx < b) {
                 best = Some(idx);
             }
@@ -137,11 +157,11 @@ pub(super) fn expected(index: &Index<'_>, client: &Client<'_>) -> Vec<usize> {
         .copied()
         .filter(|&i| {
             let inst = &index.instances[i];
-            let event = &index.events[inst.event];
             if inst.epoch == w0.epoch {
                 inst.seq > w0.head
             } else {
-                event.first_call_idx > w0.idx
+                let (created_idx, created_at) = created_from(index, i);
+                created_idx > w0.idx || created_at > w0.at
             }
         })
         .collect();
@@ -149,8 +169,51 @@ pub(super) fn expected(index: &Index<'_>, client: &Client<'_>) -> Vec<usize> {
     out
 }
 
+/// The attempt (a `calls` index) whose answer first named instance `instance`.
+fn returning_call(index: &Index<'_>, instance: usize) -> Option<usize> {
+    let inst = &index.instances[instance];
+    index.events[inst.event]
+        .calls
+        .iter()
+        .copied()
+        .find(|&c| index.calls[c].returned == Some(inst.returned_idx))
+}
+
+/// The earliest moment instance `instance`'s event can have been created, as an entry and a
+/// time: nothing of it existed before either. An answer `duplicate: false` means that very
+/// attempt created it; `duplicate: true` means an earlier attempt did, into the same server life
+/// (idempotency keys live in its hub), so no earlier than the first call nor than the start of
+/// the earliest life that can have answered (the last one started by the attempt's call).
+pub(super) fn created_from(index: &Index<'_>, instance: usize) -> (usize, u64) {
+    let event = &index.events[index.instances[instance].event];
+    let first = (event.first_call_idx, event.first_call_at);
+    let Some(call) = returning_call(index, instance).map(|c| &index.calls[c]) else {
+        return first;
+    };
+    let duplicate = matches!(
+        &index.entries[index.instances[instance].returned_idx].what,
+        Observation::PublishReturned {
+            outcome: PublishOutcome::Published { duplicate: true, .. },
+            ..
+        }
+    );
+    if !duplicate {
+        return (call.idx, call.at);
+    }
+    let life_start = index
+        .lives
+        .iter()
+        .rev()
+        .find(|life| life.started_at <= call.at)
+        .map_or(0, |life| life.started_at);
+    (first.0, first.1.max(life_start))
+}
+
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     if let Some(v) = inflated_head(index) {
+        return Err(v);
+    }
+    if let Some(v) = second_stream(index) {
         return Err(v);
     }
     let Some((end_idx, end_at)) = index.end else {
@@ -168,7 +231,7 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             }
             let inst = &index.instances[instance];
             let event = &index.events[inst.event];
-            let connected = client.connected_at(event.first_call_idx);
+            let connected = client.connected_at(created_from(index, instance).0);
             let category = if connected {
                 Category::NotificationDelivery
             } else {
@@ -268,4 +331,130 @@ fn inflated_head(index: &Index<'_>) -> Option<Violation> {
         }
     }
     None
+}
+
+/// A publish answered with a position in a second stream of its user, in a life where the
+/// user's stream E certainly still existed (see the module docs).
+fn second_stream(index: &Index<'_>) -> Option<Violation> {
+    let horizon = index.entries.last()?.at_ms;
+    let slack = prompt_bound_ms(index.scenario.config.tick_ms, index.latency_max_ms, 0);
+    for (&user, instances) in &index.instances_of_user {
+        // Each epoch's instances of this user, in the order their answers came.
+        let mut by_epoch: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for &instance in instances {
+            by_epoch
+                .entry(index.instances[instance].epoch)
+                .or_default()
+                .push(instance);
+        }
+        for &instance in instances {
+            let inst = &index.instances[instance];
+            let Some(call) = returning_call(index, instance).map(|c| &index.calls[c]) else {
+                continue;
+            };
+            let answered = inst.returned_at;
+            let held = held_stream(index, user, inst.epoch, call.idx, answered, slack, horizon);
+            let retained = || retained_stream(index, user, inst.epoch, &by_epoch, call.idx, answered);
+            let Some((why, evidence)) = held.or_else(retained) else {
+                continue;
+            };
+            let event = &index.events[inst.event];
+            return Some(violation(
+                Invariant::NoSilentLoss,
+                Severity::Critical,
+                Category::NotificationDelivery,
+                format!(
+                    "publish of {} for user {user} called at {} was answered at {} with epoch {} seq {}, but {why}: a user has one stream per server life, so the event went to a stream its clients do not read",
+                    event.event_id,
+                    t(call.at),
+                    t(answered),
+                    inst.epoch,
+                    inst.seq,
+                ),
+                vec![evidence, call.idx, inst.returned_idx],
+            ));
+        }
+    }
+    None
+}
+
+/// An event of `user` in an epoch other than `epoch`, answered before entry `called`, that was
+/// certainly still retained at `answered`: why, and its answer's entry. Only each epoch's latest
+/// such event is asked, the likeliest to be retained (youngest, fewest events after it).
+fn retained_stream(
+    index: &Index<'_>,
+    user: &str,
+    epoch: &str,
+    by_epoch: &BTreeMap<&str, Vec<usize>>,
+    called: usize,
+    answered: u64,
+) -> Option<(String, usize)> {
+    by_epoch
+        .iter()
+        .filter(|(&other, _)| other != epoch)
+        .find_map(|(&other, of_epoch)| {
+            let before = of_epoch.partition_point(|&i| index.instances[i].returned_idx < called);
+            let inst = &index.instances[*of_epoch[..before].last()?];
+            index.certainly_retained(user, other, inst.seq, answered).then(|| {
+                (
+                    format!(
+                        "seq {} of epoch {other} ({}, answered at {}) was certainly still retained then",
+                        inst.seq,
+                        index.events[inst.event].event_id,
+                        t(inst.returned_at)
+                    ),
+                    inst.returned_idx,
+                )
+            })
+        })
+}
+
+/// A connection of a normal client of `user`, welcomed into an epoch other than `epoch` before
+/// entry `called`, that the server certainly still held until `answered` (see the module docs):
+/// why, and the welcome's entry.
+fn held_stream(
+    index: &Index<'_>,
+    user: &str,
+    epoch: &str,
+    called: usize,
+    answered: u64,
+    slack: u64,
+    horizon: u64,
+) -> Option<(String, usize)> {
+    let until = answered + slack;
+    if until > horizon {
+        return None;
+    }
+    index
+        .clients
+        .values()
+        .filter(|c| !c.hostile && c.user == user)
+        .find_map(|client| {
+            if client.stopped.is_some_and(|s| index.at(s) <= until) {
+                return None;
+            }
+            client.conns.iter().find_map(|conn| {
+                let welcome = conn.welcome.as_ref()?;
+                let held = welcome.user == user
+                    && welcome.epoch != epoch
+                    && welcome.idx < called
+                    && conn.closed.is_none_or(|c| index.at(c) > until)
+                    && conn.token_exp_ms.unwrap_or(conn.at + client.token_ttl_ms) > until
+                    && !client.paused_during(welcome.at, until)
+                    && !index.disturbed(client.host, conn.at, until);
+                held.then(|| {
+                    (
+                        format!(
+                            "{} held connection {} (welcomed at {} into epoch {}) open and undisturbed until at least {}",
+                            client.describe(),
+                            welcome.connection,
+                            t(welcome.at),
+                            welcome.epoch,
+                            t(until)
+                        ),
+                        welcome.idx,
+                    )
+                })
+            })
+        })
 }
