@@ -192,7 +192,7 @@ fn sockets_left_open(index: &Index<'_>, last: usize, heal_idx: usize, what: &str
     let publisher_sockets = index
         .calls
         .iter()
-        .filter(|call| call.via == "http" && call.at <= last_at)
+        .filter(|call| is_http(call.via) && call.at <= last_at)
         .filter(|call| {
             call.returned
                 .is_none_or(|returned| recent(index.at(returned) + pause_ms))
@@ -208,6 +208,12 @@ fn sockets_left_open(index: &Index<'_>, last: usize, heal_idx: usize, what: &str
             vec![heal_idx, last],
         )
     })
+}
+
+/// Whether a call went over HTTP: the world names them `http`, or `http+key` with an
+/// idempotency key, and each holds a socket either way.
+fn is_http(via: &str) -> bool {
+    via == "http" || via.starts_with("http+")
 }
 
 /// The rule for hostile sockets that never complete an HTTP request (see the module docs).
@@ -283,4 +289,70 @@ fn stalled_socket(
             vec![conn.connecting_idx, closed],
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::checkers::builder::{scenario_with, HistoryBuilder};
+    use crate::checkers::{check, Invariant};
+    use crate::history::GaugeSample;
+    use crate::scenario::{Kind, Step, Via};
+
+    fn connect(client: u32, user: u32) -> Step {
+        Step::Connect {
+            client,
+            user,
+            host: 0,
+            token_ttl_ms: None,
+        }
+    }
+
+    /// Two live clients and one HTTP publish (`via`) returned 500 ms before a final sample
+    /// showing `sockets` open: the publisher may still hold one keep-alive socket.
+    fn publisher_socket(via: Via, sockets: u64) -> Result<(), crate::checkers::Violation> {
+        let publish = Step::Publish {
+            user: 0,
+            run: 0,
+            kind: Kind::AgentStarted,
+            payload_bytes: 10,
+            via,
+        };
+        let scenario = scenario_with(2, vec![connect(0, 0), connect(1, 1), publish]);
+        let mut b = HistoryBuilder::new();
+        b.server_started(0);
+        b.steps_of(&scenario);
+        b.at(50);
+        b.connect(0, None, "E0", 0, false);
+        b.connect(1, None, "E1", 0, false);
+        b.at(1_000);
+        b.heal();
+        b.at(24_000);
+        let id = b.publish_called("u0", via, 10);
+        b.at(24_100);
+        b.published(&id, "E0", 1, false);
+        b.deliver_event_with_id(0, "E0", 1, &id);
+        b.at(24_600);
+        b.gauges(GaugeSample {
+            users: 2,
+            connections: 2,
+            retained_events: 1,
+            server_sockets: sockets,
+            ..GaugeSample::default()
+        });
+        b.at(25_000);
+        b.end();
+        check(Invariant::BoundedResources, &scenario, &b.build())
+    }
+
+    #[test]
+    fn a_keyed_http_publish_holds_a_socket_like_any_other() {
+        for idempotency_key in [false, true] {
+            let via = Via::Http {
+                idempotency_key,
+                retries: 0,
+            };
+            assert!(publisher_socket(via, 3).is_ok(), "key {idempotency_key}");
+            assert!(publisher_socket(via, 4).is_err(), "key {idempotency_key}");
+        }
+    }
 }

@@ -266,11 +266,12 @@ impl HistoryBuilder {
         self.next_publish += 1;
         let publish = self.next_publish;
         self.events.insert(event_id.into(), (user.into(), publish, attempt));
+        // The names the world's publisher records (`sim/src/publisher.rs`).
         let (via_name, key) = match via {
             Via::Notifier => ("notifier", None),
             Via::Http {
                 idempotency_key: true, ..
-            } => ("http", Some(format!("k-{event_id}"))),
+            } => ("http+key", Some(format!("k-{event_id}"))),
             Via::Http { .. } => ("http", None),
         };
         self.record(Observation::PublishCalled {
@@ -414,5 +415,33 @@ impl HistoryBuilder {
 
     pub fn build(&self) -> History {
         self.history.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_named_as_the_world_names_them() {
+        let mut b = HistoryBuilder::new();
+        let http = |idempotency_key| Via::Http {
+            idempotency_key,
+            retries: 1,
+        };
+        b.publish_called("u0", Via::Notifier, 1);
+        b.publish_called("u0", http(false), 1);
+        let keyed = b.publish_called("u0", http(true), 1);
+        b.retry_called(&keyed);
+        let vias: Vec<String> = b
+            .build()
+            .entries
+            .into_iter()
+            .filter_map(|entry| match entry.what {
+                Observation::PublishCalled { via, .. } => Some(via),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(vias, ["notifier", "http", "http+key", "http+key"]);
     }
 }

@@ -101,6 +101,15 @@ impl Judged {
     pub fn fails_with(&self, key: FailureKey) -> bool {
         self.failures.iter().any(|f| f.key == key)
     }
+
+    /// `passed`, or `failed` and the failing keys.
+    pub fn outcome(&self) -> String {
+        if self.failures.is_empty() {
+            return "passed".to_string();
+        }
+        let keys: Vec<&str> = self.failures.iter().map(|f| f.key.as_str()).collect();
+        format!("failed {}", keys.join(", "))
+    }
 }
 
 /// Runs `scenario` with `seed` against `server`, catching panics, and judges the history.

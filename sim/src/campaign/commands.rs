@@ -1,11 +1,11 @@
 //! The campaign's CLI commands: `fuzz`, `replay`, `shrink`, `check-determinism`.
 //! Exit codes: 0 nothing failed, 1 something failed, 2 usage or I/O error (returned as `Err`).
 
-use super::case::{run_and_judge, FailureKey};
+use super::case::{run_and_judge, CaseFailure, FailureKey};
 use super::seeds::{
     bare_seed_file, git_revision, load_seed_file, replay, seed_name, verdict, write_atomically, Replay,
 };
-use super::shrinking::shrink_failure;
+use super::shrinking::{shrink_failure, Shrunk};
 use super::{parse_duration, CampaignReport, FuzzOptions, Limit, ProgressMode, Shard};
 use crate::cli::SizeArg;
 use crate::server_under_test::{RealServer, ServerUnderTest};
@@ -13,7 +13,7 @@ use crate::timeline::{render, TimelineOptions};
 use crate::world::{run_with, WorldOptions};
 use herald_properties::generators::GeneratorSettings;
 use herald_properties::history::History;
-use herald_properties::seed_file::{RecordedCrash, RecordedFailure, SeedFile};
+use herald_properties::seed_file::{Expect, RecordedCrash, RecordedFailure, SeedFile};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -319,45 +319,164 @@ pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
         bare_seed_file("scenario".into(), args.seed, scenario)
     };
     let server: Rc<dyn ServerUnderTest> = Rc::new(RealServer);
-    let judged = run_and_judge(&base.scenario, base.seed, server.clone(), false);
-    let Some(primary) = judged.primary().cloned() else {
+    let outcome = shrink_seed_file(&base, &server, args.attempts, &mut |failure| {
         println!(
-            "{}: every invariant holds (world seed {}); nothing to shrink",
+            "{} fails {} with {} steps; shrinking (up to {} runs)...",
             args.file.display(),
-            base.seed
-        );
-        return Ok(ExitCode::SUCCESS);
+            failure.key,
+            base.scenario.steps.len(),
+            args.attempts
+        )
+    });
+    let (file, shrunk, failure, notes) = match outcome {
+        ShrinkOutcome::Passes => {
+            println!(
+                "{}: every invariant holds (world seed {}); nothing to shrink",
+                args.file.display(),
+                base.seed
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        ShrinkOutcome::NotReproduced {
+            key,
+            shrunk,
+            rerun_gave,
+        } => {
+            println!(
+                "NOT REPRODUCIBLE: the shrunk scenario ({} steps) failed {key} while shrinking, but its re-run \
+                 with the same world seed {} did not fail it ({rerun_gave}): the simulation is not deterministic (a bug of its \
+                 own); nothing written",
+                shrunk.steps_after, base.seed
+            );
+            return Ok(ExitCode::from(1));
+        }
+        ShrinkOutcome::Shrunk {
+            file,
+            shrunk,
+            failure,
+            notes,
+        } => (file, shrunk, failure, notes),
     };
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .file
+            .file_stem()
+            .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+        args.file.with_file_name(format!("{stem}.shrunk.json"))
+    });
+    write_atomically(&out, &file.to_json())?;
     println!(
-        "{} fails {} with {} steps; shrinking (up to {} runs)...",
-        args.file.display(),
-        primary.key,
-        base.scenario.steps.len(),
-        args.attempts
+        "shrunk {} → {} steps in {} runs; {}: {}",
+        shrunk.steps_before, shrunk.steps_after, shrunk.attempts, failure.key, failure.explanation
     );
+    for note in notes {
+        println!("{note}");
+    }
+    println!("wrote {}", out.display());
+    println!(
+        "reproduce with: cargo run --release -p herald-sim -- replay {}",
+        out.display()
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// What [`shrink_seed_file`] made of a file.
+pub enum ShrinkOutcome {
+    /// Every invariant holds: nothing to shrink.
+    Passes,
+    /// The shrunk scenario did not fail `key` again when re-run with the same world seed: the
+    /// simulation is not deterministic, and a file would replay to a pass and guard nothing.
+    NotReproduced {
+        key: FailureKey,
+        shrunk: Shrunk,
+        /// What the re-run gave instead ([`super::case::Judged::outcome`]).
+        rerun_gave: String,
+    },
+    /// The shrunk file, with what changed besides its scenario (one line each).
+    Shrunk {
+        file: Box<SeedFile>,
+        shrunk: Shrunk,
+        failure: CaseFailure,
+        notes: Vec<String>,
+    },
+}
+
+/// Shrinks `base` against `server`: toward the invariant its `expect` names when that fails,
+/// else its first failure. `on_start` gets that failure before shrinking begins.
+///
+/// The shrunk file drops `base`'s expectations, which name steps by index (and clients) of the
+/// unshrunk scenario, and its `expect` follows the shrunk run: `fail` only when `base` expected
+/// that very invariant to fail and it still does, else `pass` (replays fail until it is fixed).
+pub fn shrink_seed_file(
+    base: &SeedFile,
+    server: &Rc<dyn ServerUnderTest>,
+    attempts: usize,
+    on_start: &mut dyn FnMut(&CaseFailure),
+) -> ShrinkOutcome {
+    let judged = run_and_judge(&base.scenario, base.seed, server.clone(), false);
+    let expected = match base.expect {
+        Expect::Fail { invariant } => Some(FailureKey::Invariant(invariant)),
+        Expect::Pass => None,
+    };
+    let target = expected
+        .and_then(|key| judged.failures.iter().find(|f| f.key == key))
+        .or(judged.primary());
+    let Some(target) = target.cloned() else {
+        return ShrinkOutcome::Passes;
+    };
+    on_start(&target);
     let shrunk = shrink_failure(
         &base.scenario,
         base.seed,
-        primary.key,
-        &server,
-        args.attempts,
+        target.key,
+        server,
+        attempts,
         None,
         &mut |_| {},
     );
-    let rerun = run_and_judge(&shrunk.scenario, base.seed, server, false);
-    let failure = rerun
-        .failures
-        .iter()
-        .find(|f| f.key == primary.key)
-        .cloned()
-        .unwrap_or(primary);
+    let rerun = run_and_judge(&shrunk.scenario, base.seed, server.clone(), false);
+    let Some(failure) = rerun.failures.iter().find(|f| f.key == target.key).cloned() else {
+        return ShrinkOutcome::NotReproduced {
+            key: target.key,
+            shrunk,
+            rerun_gave: rerun.outcome(),
+        };
+    };
     let digest = rerun.history().map(History::digest);
     let mut file = base.clone();
+    let mut notes = Vec::new();
     file.name = seed_name(failure.key, &shrunk.scenario);
     file.scenario = shrunk.scenario.clone();
-    file.git_revision = git_revision().or(base.git_revision);
+    file.git_revision = git_revision().or(base.git_revision.clone());
     file.failure = None;
     file.crash = None;
+    if !file.expectations.is_empty() {
+        notes.push(format!(
+            "dropped {} expectation(s): they name steps and clients of the unshrunk scenario, which \
+             shrinking removed or renumbered; re-add any that still apply",
+            file.expectations.len()
+        ));
+        file.expectations.clear();
+    }
+    file.expect = match (expected, failure.key) {
+        (Some(key), FailureKey::Invariant(invariant)) if key == failure.key => {
+            notes.push(format!(
+                "expect: fail {invariant} (a known-open failure, as the input said)"
+            ));
+            Expect::Fail { invariant }
+        }
+        (Some(key), _) => {
+            notes.push(format!(
+                "expect: pass, not the input's fail {key}: that held, and replays now fail until {} is fixed",
+                failure.key
+            ));
+            Expect::Pass
+        }
+        (None, _) => {
+            notes.push(format!("expect: pass (replays fail until {} is fixed)", failure.key));
+            Expect::Pass
+        }
+    };
     match failure.key {
         FailureKey::Invariant(invariant) => {
             file.failure = Some(RecordedFailure {
@@ -378,24 +497,12 @@ pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
             })
         }
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args
-            .file
-            .file_stem()
-            .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
-        args.file.with_file_name(format!("{stem}.shrunk.json"))
-    });
-    write_atomically(&out, &file.to_json())?;
-    println!(
-        "shrunk {} → {} steps in {} runs; {}: {}",
-        shrunk.steps_before, shrunk.steps_after, shrunk.attempts, failure.key, failure.explanation
-    );
-    println!("wrote {}", out.display());
-    println!(
-        "reproduce with: cargo run --release -p herald-sim -- replay {}",
-        out.display()
-    );
-    Ok(ExitCode::from(1))
+    ShrinkOutcome::Shrunk {
+        file: Box::new(file),
+        shrunk,
+        failure,
+        notes,
+    }
 }
 
 #[derive(clap::Args, Debug)]

@@ -6,10 +6,10 @@
 //! detached threads, so [`fuzz`] returns its report even while one is stuck. Everything a worker
 //! touches after start-up is owned or shared through `Arc`.
 
-use super::case::{run_and_judge, CaseFailure, FailureKey};
+use super::case::{run_and_judge, CaseFailure, FailureKey, Judged};
 use super::dedup::shape;
 use super::progress::{Reporter, Snapshot};
-use super::report::{Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings};
+use super::report::{Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings, NOT_REPRODUCED};
 use super::seeds::{bare_seed_file, git_revision, in_progress_path, seed_name, write_atomically, write_seed_file};
 use super::shrinking::shrink_failure;
 use super::{case_seed, FuzzOptions, Limit, SHRINK_GRACE};
@@ -360,6 +360,8 @@ fn record_unshrunk(shared: &Shared, seed: u64, steps: usize, failure: &CaseFailu
         explanation: failure.explanation.clone(),
         also_failed: also,
         seed_file: None,
+        more_seed_files: Vec::new(),
+        not_reproduced: false,
         steps_before_shrink: steps,
         steps_after_shrink: None,
         history_digest: None,
@@ -426,12 +428,10 @@ fn handle_failure(
     if !set_busy(shared, worker, None) {
         return false;
     }
-    let failure = rerun
-        .failures
-        .iter()
-        .find(|f| f.key == primary.key)
-        .cloned()
-        .unwrap_or_else(|| primary.clone());
+    let Some(failure) = rerun.failures.iter().find(|f| f.key == primary.key).cloned() else {
+        record_not_reproduced(shared, seed, scenario, &final_scenario, primary, &rerun, also);
+        return true;
+    };
     let digest = rerun.history().map(|h| h.digest());
     let name = seed_name(primary.key, &final_scenario);
     let mut file = bare_seed_file(name, seed, final_scenario.clone());
@@ -471,9 +471,11 @@ fn handle_failure(
         "not shrunk".into()
     };
     // A second failure with the same key and shrunk shape is the same bug: counted, not saved.
-    let known = lock(&shared.aggregate)
-        .groups
-        .contains_key(&(failure.key, group_shape.clone()));
+    // Unshrunk failures cannot be told apart, so each within the key's budget is saved.
+    let known = steps_after.is_some()
+        && lock(&shared.aggregate)
+            .groups
+            .contains_key(&(failure.key, group_shape.clone()));
     let seed_file = if known { None } else { save(shared, &file) };
     if !known {
         announce(shared, seed, &failure, seed_file.as_deref());
@@ -488,12 +490,62 @@ fn handle_failure(
         explanation: failure.explanation,
         also_failed: also,
         seed_file,
+        more_seed_files: Vec::new(),
+        not_reproduced: false,
         steps_before_shrink: scenario.steps.len(),
         steps_after_shrink: steps_after,
         history_digest: digest,
     };
     lock(&shared.aggregate).add_to_group(group, seed);
     true
+}
+
+/// A failure whose final scenario, re-run with the same world seed, did not fail the same way:
+/// a determinism bug. Its seed file would replay to a pass (or pass by chance) and guard
+/// nothing, so none is written; the failure is announced, grouped apart and counted instead.
+fn record_not_reproduced(
+    shared: &Shared,
+    seed: u64,
+    scenario: &Scenario,
+    final_scenario: &Scenario,
+    primary: &CaseFailure,
+    rerun: &Judged,
+    also: Vec<FailureKey>,
+) {
+    let explanation = format!(
+        "failed {} ({}), but the re-run of its {}-step scenario with the same world seed did not fail it ({})",
+        primary.key,
+        primary.explanation,
+        final_scenario.steps.len(),
+        rerun.outcome()
+    );
+    let o = &shared.options;
+    shared.reporter.println(&format!(
+        "NOT REPRODUCIBLE {} case seed {seed}: {explanation}. The simulation is not deterministic \
+         (a bug of its own); nothing saved.\n  check with: {}\n  rerun the case with: {}",
+        primary.key,
+        super::check_determinism_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period),
+        super::run_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period)
+    ));
+    let group = FailureGroup {
+        key: primary.key,
+        severity: primary.severity,
+        category: primary.category,
+        shape: NOT_REPRODUCED.into(),
+        count: 0,
+        case_seeds: Vec::new(),
+        explanation,
+        also_failed: also,
+        seed_file: None,
+        more_seed_files: Vec::new(),
+        not_reproduced: true,
+        steps_before_shrink: scenario.steps.len(),
+        steps_after_shrink: None,
+        history_digest: None,
+    };
+    let mut aggregate = lock(&shared.aggregate);
+    aggregate.not_reproduced += 1;
+    aggregate.add_to_group(group, seed);
 }
 
 fn save(shared: &Shared, file: &SeedFile) -> Option<String> {
@@ -582,6 +634,8 @@ fn watch_for_hangs(shared: &Shared) {
                 explanation: failure.explanation.clone(),
                 also_failed: Vec::new(),
                 seed_file,
+                more_seed_files: Vec::new(),
+                not_reproduced: false,
                 steps_before_shrink: 0,
                 steps_after_shrink: None,
                 history_digest: None,
@@ -649,6 +703,7 @@ fn build_report(shared: &Shared) -> CampaignReport {
         coverage,
         not_reached,
         failures,
+        not_reproduced: aggregate.not_reproduced,
         io_errors: aggregate.io_errors.clone(),
     }
 }

@@ -36,9 +36,10 @@ use std::time::Duration;
 /// Predicate calls the shrinker may spend on one failure (each is one world run).
 pub const SHRINK_ATTEMPTS_DEFAULT: usize = 300;
 /// Failures saved (and shrunk, unless shrinking is off) per failure key (invariant or crash
-/// kind) per campaign; later failures of the same key are counted and their case seeds listed,
-/// but not shrunk or saved (a broken server fails every case, and shrinking each would stall
-/// the campaign).
+/// kind) per campaign, except that a shrunk failure with the shape of an earlier one of its key
+/// is the same bug and not saved again; later failures of the same key are counted and their
+/// case seeds listed, but not shrunk or saved (a broken server fails every case, and shrinking
+/// each would stall the campaign).
 pub const SHRINKS_PER_KEY_DEFAULT: usize = 3;
 /// Wall time one world run may take before it is reported as a hang.
 pub const CASE_WALL_BUDGET_DEFAULT: Duration = Duration::from_secs(60);
@@ -173,6 +174,19 @@ pub fn generated_scenario(settings: GeneratorSettings, seed: u64, whole_quiet_pe
 pub fn run_command(seed: u64, size: &str, swarm: bool, whole_quiet_period: bool) -> String {
     format!(
         "cargo run --release -p herald-sim -- run --seed {seed} --size {size}{}{}",
+        if swarm { " --swarm" } else { "" },
+        if whole_quiet_period {
+            " --whole-quiet-period"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The command that runs one generated case twice and compares the histories' digests.
+pub fn check_determinism_command(seed: u64, size: &str, swarm: bool, whole_quiet_period: bool) -> String {
+    format!(
+        "cargo run --release -p herald-sim -- check-determinism --seed-start {seed} --cases 1 --size {size}{}{}",
         if swarm { " --swarm" } else { "" },
         if whole_quiet_period {
             " --whole-quiet-period"

@@ -6,11 +6,14 @@ use super::case::{CaseFailure, FailureKey};
 use herald_properties::checkers::{Category, Severity};
 use herald_properties::coverage::Path as CoveragePath;
 use serde::Serialize;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 /// Case seeds listed per failure group (the count says how many there were).
 pub const CASE_SEEDS_LISTED_MAX: usize = 10;
+/// The shape of a failure group whose failure did not reproduce on re-run.
+pub const NOT_REPRODUCED: &str = "not reproduced";
 
 /// The settings a campaign ran with, repeated in the report so it stands alone.
 #[derive(Serialize, Debug, Clone)]
@@ -43,8 +46,8 @@ pub struct FailureGroup {
     pub key: FailureKey,
     pub severity: Severity,
     pub category: Category,
-    /// Step types of the shrunk scenario, or `not shrunk` (shrinking off, or this key's shrink
-    /// budget was spent on earlier failures).
+    /// Step types of the shrunk scenario, `not shrunk` (shrinking off, or this key's shrink
+    /// budget was spent on earlier failures) or [`NOT_REPRODUCED`].
     pub shape: String,
     pub count: u64,
     /// The first case seeds (rerun one alone with `herald-sim run --seed S --size SIZE`).
@@ -53,6 +56,13 @@ pub struct FailureGroup {
     /// Other keys that failed in the first case of the group.
     pub also_failed: Vec<FailureKey>,
     pub seed_file: Option<String>,
+    /// Files saved for later failures of the group: unshrunk failures cannot be told apart by
+    /// shape, so each within the key's budget is saved.
+    pub more_seed_files: Vec<String>,
+    /// The failure did not recur when its scenario was re-run with the same world seed: the
+    /// simulation is not deterministic there. Nothing is saved for it, since a seed file would
+    /// replay to a pass and guard nothing.
+    pub not_reproduced: bool,
     pub steps_before_shrink: usize,
     pub steps_after_shrink: Option<usize>,
     pub history_digest: Option<String>,
@@ -82,13 +92,15 @@ pub struct CampaignReport {
     pub not_reached: Vec<CoveragePath>,
     /// Deduplicated failures, most frequent first.
     pub failures: Vec<FailureGroup>,
+    /// Failing cases whose failure did not recur on re-run (see [`FailureGroup::not_reproduced`]).
+    pub not_reproduced: u64,
     /// Seed files or markers that could not be written.
     pub io_errors: Vec<String>,
 }
 
 impl CampaignReport {
     pub fn failed(&self) -> bool {
-        self.cases_failed > 0
+        self.cases_failed > 0 || self.not_reproduced > 0
     }
 
     /// The summary printed at the end of a campaign.
@@ -178,33 +190,52 @@ impl CampaignReport {
             }
             let seeds: Vec<String> = group.case_seeds.iter().map(u64::to_string).collect();
             writeln!(out, "     case seeds: {}", seeds.join(" "))?;
+            let first_seed = group.case_seeds.first().copied().unwrap_or(0);
+            if group.not_reproduced {
+                writeln!(
+                    out,
+                    "     NOT REPRODUCIBLE: the re-run with the same world seed did not fail {}; nothing saved. \
+                     Check with: {}",
+                    group.key,
+                    super::check_determinism_command(first_seed, &s.size, s.swarm, s.whole_quiet_period)
+                )?;
+            }
+            let steps = match group.steps_after_shrink {
+                Some(after) => format!("shrunk {} → {after} steps", group.steps_before_shrink),
+                None => format!("{} steps, not shrunk", group.steps_before_shrink),
+            };
             match &group.seed_file {
                 Some(file) => writeln!(
                     out,
-                    "     shrunk {} → {} steps; reproduce with: cargo run --release -p herald-sim -- replay {file}",
-                    group.steps_before_shrink,
-                    group.steps_after_shrink.unwrap_or(group.steps_before_shrink)
+                    "     {steps}; reproduce with: cargo run --release -p herald-sim -- replay {file}"
                 )?,
                 None => writeln!(
                     out,
                     "     reproduce with: {}",
-                    super::run_command(
-                        group.case_seeds.first().copied().unwrap_or(0),
-                        &s.size,
-                        s.swarm,
-                        s.whole_quiet_period
-                    )
+                    super::run_command(first_seed, &s.size, s.swarm, s.whole_quiet_period)
                 )?,
             }
+            for file in &group.more_seed_files {
+                writeln!(out, "     also saved: {file}")?;
+            }
+        }
+        if self.not_reproduced > 0 {
+            writeln!(
+                out,
+                "\nNOT REPRODUCIBLE: {} failing case(s) did not fail again when re-run with the same world \
+                 seed: the simulation is not deterministic, a bug of its own (their groups say how to check)",
+                self.not_reproduced
+            )?;
         }
         for error in &self.io_errors {
             writeln!(out, "I/O ERROR: {error}")?;
         }
-        writeln!(
-            out,
-            "\nverdict: {}",
-            if self.failed() { "FAILED" } else { "no invariant failed" }
-        )?;
+        let verdict = match (self.failed(), self.not_reproduced) {
+            (false, _) => "no invariant failed".to_string(),
+            (true, 0) => "FAILED".to_string(),
+            (true, n) => format!("FAILED ({n} failure(s) not reproducible: a determinism bug)"),
+        };
+        writeln!(out, "\nverdict: {verdict}")?;
         Ok(())
     }
 }
@@ -234,6 +265,7 @@ pub(crate) struct Aggregate {
     pub groups: BTreeMap<(FailureKey, String), FailureGroup>,
     /// Shrinks started per key (bounded by `shrinks_per_key`).
     pub shrinks_started: BTreeMap<FailureKey, usize>,
+    pub not_reproduced: u64,
     pub io_errors: Vec<String>,
 }
 
@@ -267,14 +299,25 @@ impl Aggregate {
             .or_default() += 1;
     }
 
-    /// Adds a failure to its group (creating it from `group` if new).
+    /// Adds a failure to its group (creating it from `group` if new), keeping its seed file.
     pub fn add_to_group(&mut self, group: FailureGroup, case_seed: u64) {
-        let key = (group.key, group.shape.clone());
-        let entry = self.groups.entry(key).or_insert_with(|| FailureGroup {
-            count: 0,
-            case_seeds: Vec::new(),
-            ..group
-        });
+        let entry = match self.groups.entry((group.key, group.shape.clone())) {
+            Entry::Vacant(vacant) => vacant.insert(FailureGroup {
+                count: 0,
+                case_seeds: Vec::new(),
+                ..group
+            }),
+            Entry::Occupied(occupied) => {
+                let entry = occupied.into_mut();
+                if let Some(file) = group.seed_file {
+                    match entry.seed_file {
+                        None => entry.seed_file = Some(file),
+                        Some(_) => entry.more_seed_files.push(file),
+                    }
+                }
+                entry
+            }
+        };
         entry.count += 1;
         if entry.case_seeds.len() < CASE_SEEDS_LISTED_MAX {
             entry.case_seeds.push(case_seed);
