@@ -113,7 +113,42 @@ pub struct Claims {
     /// The user id: the only stream this connection may read.
     pub sub: String,
     /// Expiry, Unix seconds. The token is valid while `now < exp`.
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
+}
+
+/// An RFC 7519 NumericDate: a JSON number of seconds, which may have a fraction (Python's
+/// `time.time() + 3600`). Floored, so a token never lives longer than it says; negative or
+/// beyond `u64` is refused.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct NumericDate;
+    impl serde::de::Visitor<'_> for NumericDate {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative number of seconds")
+        }
+
+        fn visit_u64<E>(self, value: u64) -> Result<u64, E> {
+            Ok(value)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<u64, E> {
+            u64::try_from(value).map_err(|_| E::custom("a NumericDate must not be negative"))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<u64, E> {
+            // `u64::MAX as f64` is 2^64, itself out of range.
+            if value.is_finite() && value >= 0.0 && value < u64::MAX as f64 {
+                Ok(value.floor() as u64)
+            } else {
+                Err(E::custom(
+                    "a NumericDate must be a finite, non-negative number within u64",
+                ))
+            }
+        }
+    }
+    deserializer.deserialize_any(NumericDate)
 }
 
 /// Why a token was refused. `Invalid` closes with 4001 `auth_failed`, `Expired` with 4002
@@ -251,6 +286,40 @@ mod tests {
         assert!(matches!(verifier.verify(&forged, 0), Err(AuthError::Invalid(_))));
         assert!(matches!(verifier.verify("garbage", 0), Err(AuthError::Invalid(_))));
         assert!(matches!(verifier.verify("", 0), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_decimal_exp_is_floored_and_a_negative_one_is_invalid() {
+        install_hmac_provider(); // before the direct `jsonwebtoken::encode` calls below
+        let token = |exp: serde_json::Value| {
+            let claims = serde_json::json!({ "sub": "alice", "exp": exp, "iat": 1.5, "nbf": 0.25 });
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s")).unwrap()
+        };
+        let verifier = TokenVerifier::new(b"s");
+        // Python's `time.time() + 3600`.
+        let decimal = token(serde_json::json!(1_000.75));
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: 1_000,
+        };
+        assert_eq!(verifier.verify(&decimal, 999), Ok(claims));
+        assert_eq!(
+            verifier.verify(&decimal, 1_000),
+            Err(AuthError::Expired { exp: 1_000, now: 1_000 })
+        );
+        assert!(verifier.verify(&token(serde_json::json!(1.0e3)), 999).is_ok());
+        for refused in [
+            serde_json::json!(-1),
+            serde_json::json!(-0.5),
+            serde_json::json!(1.9e19),
+            serde_json::json!("1000"),
+        ] {
+            let verified = verifier.verify(&token(refused.clone()), 0);
+            assert!(
+                matches!(verified, Err(AuthError::Invalid(_))),
+                "{refused}: {verified:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1
 
 /// Every `code` label of `herald_publish_errors_total`: the hub's [`PublishError::CODES`] plus
 /// the errors only the HTTP API can produce.
-pub const PUBLISH_ERROR_CODES: [&str; 10] = [
+pub const PUBLISH_ERROR_CODES: [&str; 11] = [
     PublishError::CODES[0],
     PublishError::CODES[1],
     PublishError::CODES[2],
@@ -23,6 +23,7 @@ pub const PUBLISH_ERROR_CODES: [&str; 10] = [
     PublishError::CODES[4],
     PublishError::CODES[5],
     PublishError::CODES[6],
+    PublishError::CODES[7],
     HTTP_MALFORMED,
     HTTP_UNKNOWN_KIND,
     HTTP_UNAUTHORIZED,

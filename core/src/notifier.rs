@@ -48,6 +48,7 @@ impl Notifier {
     /// Like [`Notifier::publish`], deduplicated by `idempotency_key`: while the first event
     /// published with that key is retained, the same key returns its seq with
     /// `duplicate: true` and publishes nothing. Retrying a failed publish with a key is safe.
+    /// The same key with another run, kind or data is refused with `IdempotencyConflict`.
     pub fn publish_with_key(
         &self,
         user: &str,
@@ -68,7 +69,8 @@ impl Notifier {
     }
 
     /// Publishes already-encoded JSON `data` (the HTTP API's path: the body is embedded
-    /// verbatim, never re-serialized).
+    /// verbatim, never re-serialized). JSON a client cannot decode (a lone surrogate escape
+    /// such as `"\ud800"`, which `RawValue` accepts) is refused with `InvalidData`.
     pub fn publish_raw(
         &self,
         user: &str,

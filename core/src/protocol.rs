@@ -296,6 +296,97 @@ pub fn encode_event_frame_into(
 /// kind and a 20-digit seq, rounded up.
 const EVENT_FRAME_ENVELOPE_BYTES: usize = 96;
 
+/// Deepest `data` (nested arrays and objects) a client can decode: serde_json refuses a 128th
+/// level, and the event frame around `data` is one.
+pub const DATA_DEPTH_MAX: usize = 126;
+
+/// Checks that `data`, embedded verbatim in an event frame, decodes in a serde_json client.
+/// `RawValue` does not decode `\u` escapes, so it accepts lone UTF-16 surrogates (`"\ud800"`),
+/// which such a client refuses. Only text with a `\u` (a fast substring search) is decoded in
+/// full, the way a client would; that decode also refuses what the client refuses besides
+/// (numbers beyond `f64`, nesting deeper than [`DATA_DEPTH_MAX`]).
+pub fn check_event_data(data: &serde_json::value::RawValue) -> Result<(), String> {
+    let text = data.get();
+    if !text.contains("\\u") {
+        return Ok(());
+    }
+    use serde::de::DeserializeSeed as _;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    DecodableData { depth: 0 }
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end())
+        .map_err(|e| e.to_string())
+}
+
+/// Decodes a JSON value the way a client's `serde_json::Value` would (strings unescaped,
+/// numbers converted), keeping nothing.
+struct DecodableData {
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DecodableData {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DecodableData {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested::<A::Error>()?;
+        while seq.next_element_seed(DecodableData { depth: inner })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested::<A::Error>()?;
+        while map.next_key_seed(DecodableData { depth: inner })?.is_some() {
+            map.next_value_seed(DecodableData { depth: inner })?;
+        }
+        Ok(())
+    }
+}
+
+impl DecodableData {
+    fn nested<E: serde::de::Error>(&self) -> Result<usize, E> {
+        if self.depth >= DATA_DEPTH_MAX {
+            return Err(E::custom(format_args!("nested deeper than {DATA_DEPTH_MAX} levels")));
+        }
+        Ok(self.depth + 1)
+    }
+}
+
 /// Why an id (user, run, idempotency key) was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidId {
@@ -537,5 +628,92 @@ mod tests {
         assert!(validate_id("user", "a b").is_err());
         assert!(validate_id("user", &"a".repeat(129)).is_err());
         assert!(validate_id("user", &"a".repeat(128)).is_ok());
+    }
+
+    /// Whether a serde_json client (the reference client's decoder) reads `data` in an event.
+    fn client_decodes(data: &serde_json::value::RawValue) -> bool {
+        ServerFrame::from_text(&encode_event_frame(1, "r", EventKind::AgentThinking, data)).is_ok()
+    }
+
+    #[test]
+    fn event_data_with_a_lone_surrogate_escape_is_refused() {
+        let nested = |depth: usize, leaf: &str| format!("{}{leaf}{}", "[".repeat(depth), "]".repeat(depth));
+        let refused = [
+            r#""\ud800""#.to_string(),
+            r#""\udc00""#.to_string(),
+            r#""\ud800x""#.to_string(),
+            r#""\ud800\u0041""#.to_string(),
+            r#"{"\ud800":1}"#.to_string(),
+            r#"{"a":["ok","\udfff"]}"#.to_string(),
+            r#""\\\ud800""#.to_string(),
+            // With a `\u` the full decode runs, and refuses all a client refuses.
+            r#"["\u0041",1e400]"#.to_string(),
+            nested(DATA_DEPTH_MAX + 1, r#""\u0041""#),
+        ];
+        for text in &refused {
+            let data = serde_json::value::RawValue::from_string(text.clone()).expect("RawValue accepts it");
+            assert!(!client_decodes(&data), "the client decodes {text}");
+            assert!(check_event_data(&data).is_err(), "accepted {text}");
+        }
+        let accepted = [
+            r#""\ud83d\ude00""#.to_string(),
+            r#"{"\ud83d\ude00":"\u00e9\u0000"}"#.to_string(),
+            r#""\\ud800""#.to_string(),
+            r#""a\"\\u""#.to_string(),
+            r#"["\u0041",1e308,1e-400]"#.to_string(),
+            nested(DATA_DEPTH_MAX, r#""\u0041""#),
+            r#"{"tool":"web_search","id":"5f0c6d3e9a1b2c47","n":[1,2.5,-3e10],"ok":true,"x":null}"#.into(),
+        ];
+        for text in &accepted {
+            let data = serde_json::value::RawValue::from_string(text.clone()).expect("RawValue accepts it");
+            assert!(client_decodes(&data), "the client cannot decode {text}");
+            assert_eq!(check_event_data(&data), Ok(()), "{text}");
+        }
+    }
+
+    /// JSON text from pieces that `RawValue` accepts and a client may not: surrogate escapes
+    /// alone and in pairs, escaped backslashes, nesting around the client's limit.
+    fn tricky_json() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop::sample::select(vec![
+            "a",
+            r"\ud800",
+            r"\udbff",
+            r"\udc00",
+            r"\ud83d\ude00",
+            r"\\",
+            r"\\u",
+            r"\u0041",
+            r"\n",
+            "1e",
+            r"\u",
+        ]);
+        let string = prop::collection::vec(piece, 0..4).prop_map(|pieces| format!("\"{}\"", pieces.concat()));
+        let number = prop::sample::select(vec!["1e308", "-2E+307", "0.5e-999", "12345"]).prop_map(String::from);
+        let leaf = prop_oneof![string.clone(), number, Just("null".to_string())];
+        let value = leaf.prop_recursive(3, 12, 3, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(|items| format!("[{}]", items.join(","))),
+                prop::collection::vec((string.clone(), inner), 0..3).prop_map(|fields| {
+                    let fields: Vec<String> = fields.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        });
+        (value, 0..(DATA_DEPTH_MAX + 4))
+            .prop_map(|(value, depth)| format!("{}{value}{}", "[".repeat(depth), "]".repeat(depth)))
+    }
+
+    proptest::proptest! {
+        /// Text with a `\u` is judged exactly as the client judges it; other text is not decoded.
+        #[test]
+        fn check_event_data_agrees_with_the_client(text in tricky_json()) {
+            // A bare `\u` piece makes some texts invalid JSON, which `RawValue` already refuses.
+            let data = serde_json::value::RawValue::from_string(text.clone());
+            proptest::prop_assume!(data.is_ok());
+            let data = data.unwrap();
+            let expected = !text.contains("\\u") || client_decodes(&data);
+            proptest::prop_assert_eq!(check_event_data(&data).is_ok(), expected, "{}", text);
+        }
     }
 }

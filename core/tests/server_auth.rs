@@ -216,3 +216,52 @@ async fn with_a_token_audience_only_tokens_naming_it_connect() {
     send_hello(&mut ws, &for_herald, None).await;
     assert_eq!(expect_welcome(&mut ws).await.user, "alice");
 }
+
+/// RFC 7519 NumericDate may have a fraction (Python's `time.time() + 3600`): such an `exp` is
+/// floored, not refused for good; a negative one is still `auth_failed`.
+#[tokio::test]
+async fn a_decimal_exp_is_accepted_and_floored() {
+    let _ = herald_core::auth::HMAC_PROVIDER.install_default();
+    let token = |exp: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({ "sub": "alice", "exp": exp, "iat": 1.7e9 }),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    };
+    let now = (UNIX_MS_BASE / 1000) as f64;
+    let server = start(test_config(), 12).await;
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, &token(json!(now + 3_600.25)), None).await;
+    assert_eq!(expect_welcome(&mut ws).await.user, "alice");
+
+    // `now + 0.5` floors to `now`: already expired, a fresh token helps.
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, &token(json!(now + 0.5)), None).await;
+    expect_error_close(&mut ws, ErrorCode::TokenExpired).await;
+
+    let mut ws = ws_connect(&server).await;
+    send_hello(&mut ws, &token(json!(-1.5)), None).await;
+    expect_error_close(&mut ws, ErrorCode::AuthFailed).await;
+}
+
+/// After an oversized frame the socket cannot be read and lingers unread; before a welcome that
+/// lasts no longer than `hello_timeout_ms`, not `idle_timeout_ms`.
+#[tokio::test]
+async fn an_unwelcomed_socket_lingers_no_longer_than_the_hello_timeout() {
+    let mut config = test_config();
+    config.hello_timeout_ms = 200;
+    config.idle_timeout_ms = 10_000;
+    let server = start(config, 13).await;
+    let mut ws = ws_connect(&server).await;
+    ws.send(Message::text("x".repeat(20 * 1024))).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    let closed = tokio::time::Instant::now();
+    wait_for_metric(&server, "herald_connection_tasks", 0).await;
+    assert!(
+        closed.elapsed() < std::time::Duration::from_millis(2_000),
+        "held {:?}",
+        closed.elapsed()
+    );
+}

@@ -397,3 +397,76 @@ async fn a_connection_kept_busy_by_a_slow_reader_still_closes_at_token_expiry() 
         started.elapsed()
     );
 }
+
+/// The in-process raw path refuses what no serde_json client can decode (a lone surrogate
+/// escape, which `RawValue` accepts), as the HTTP API does; a key reused for another event is
+/// a conflict, not a silent duplicate.
+#[tokio::test]
+async fn the_notifier_refuses_undecodable_data_and_conflicting_keys() {
+    use herald_core::notifier::PublishError;
+    use serde_json::value::RawValue;
+    let server = start(test_config(), 18).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let notifier = &server.notifier;
+    let lone = RawValue::from_string(r#"{"text":"\ud800"}"#.into()).unwrap();
+    let refused = notifier.publish_raw("alice", "run-1", EventKind::AgentThinking, &lone, None);
+    assert!(matches!(refused, Err(PublishError::InvalidData(_))), "{refused:?}");
+
+    let first = json!({"step": 1});
+    let published = notifier
+        .publish_with_key("alice", "run-1", EventKind::ToolExecuting, &first, Some("k-1"))
+        .unwrap();
+    assert_eq!(published.seq, 1);
+    let conflict = notifier.publish_with_key(
+        "alice",
+        "run-1",
+        EventKind::ToolExecuting,
+        &json!({"step": 2}),
+        Some("k-1"),
+    );
+    assert_eq!(conflict, Err(PublishError::IdempotencyConflict { seq: 1 }));
+    assert_eq!(conflict.unwrap_err().code(), "idempotency_conflict");
+    let again = notifier
+        .publish_with_key("alice", "run-1", EventKind::ToolExecuting, &first, Some("k-1"))
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    publish(&server, "alice", 2);
+    assert_eq!(expect_event(&mut ws).await, (1, first));
+    assert_eq!(expect_event(&mut ws).await.0, 2);
+    let text = server.server.metrics_text();
+    for line in [
+        "herald_publish_errors_total{code=\"invalid_data\"} 1\n",
+        "herald_publish_errors_total{code=\"idempotency_conflict\"} 1\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+/// A connection that sent an oversized frame lingers unread for `idle_timeout_ms`; a shutdown
+/// ends that, so `serve` returns without waiting out the linger or its own drain deadline.
+#[tokio::test]
+async fn a_shutdown_ends_the_linger_after_an_unreadable_frame() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut config = test_config();
+    config.idle_timeout_ms = 20_000;
+    config.write_timeout_ms = 5_000;
+    let server = start(config, 19).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    ws.send(Message::text("y".repeat(20 * 1024))).await.unwrap();
+    expect_error_close(&mut ws, ErrorCode::BadFrame).await;
+    assert_eq!(metric(&server, "herald_connection_tasks"), 1, "lingering");
+    let started = tokio::time::Instant::now();
+    server.server.shutdown();
+    let tasks = server.server.clone();
+    tokio::time::timeout(Duration::from_secs(3), server.task)
+        .await
+        .expect("serve returns before its 5 s drain deadline")
+        .unwrap()
+        .unwrap();
+    assert!(tasks.metrics_text().contains(
+        "herald_connection_tasks 0
+"
+    ));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

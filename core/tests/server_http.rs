@@ -265,3 +265,114 @@ async fn a_body_that_cannot_be_read_is_malformed_not_too_large() {
         "{metrics}"
     );
 }
+
+/// `RawValue` accepts lone UTF-16 surrogate escapes, which no serde_json client can decode: the
+/// publish is refused, and a valid pair is delivered.
+#[tokio::test]
+async fn data_a_client_cannot_decode_is_invalid_data() {
+    let server = start(test_config(), 25).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let path = "/v1/users/alice/events";
+    for data in [
+        r#""\ud800""#,
+        r#""\udc00""#,
+        r#""\ud800x""#,
+        r#"{"\ud800":1}"#,
+        r#"["\ud800\u0041"]"#,
+    ] {
+        let body = format!(r#"{{"run":"r","kind":"agent_started","data":{data}}}"#);
+        let (status, reply) = http(server.addr, "POST", path, Some(API_KEY), Some(&body)).await;
+        assert_eq!(
+            (status, error_code(&reply).as_str()),
+            (400, "invalid_data"),
+            "{body} -> {reply}"
+        );
+    }
+    let body = r#"{"run":"r","kind":"agent_started","data":"\ud83d\ude00"}"#;
+    let (status, reply) = http(server.addr, "POST", path, Some(API_KEY), Some(body)).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(expect_event(&mut ws).await, (1, json!("\u{1F600}")));
+    let text = server.server.metrics_text();
+    assert!(
+        text.contains("herald_publish_errors_total{code=\"invalid_data\"} 5\n"),
+        "{text}"
+    );
+}
+
+/// serde cannot borrow a string with an escape: the body's ids are `Cow`s, so valid JSON with
+/// escaped ids is read as what it means, not refused as malformed.
+#[tokio::test]
+async fn escaped_ids_and_kinds_are_read_unescaped() {
+    let server = start(test_config(), 26).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let path = "/v1/users/alice/events";
+    let publish = |body: &'static str| http(server.addr, "POST", path, Some(API_KEY), Some(body));
+
+    let (status, reply) = publish(r#"{"run":"r\u0031","kind":"agent_started","data":null}"#).await;
+    assert_eq!(status, 201, "{reply}");
+    match next_frame(&mut ws).await {
+        herald_core::protocol::ServerFrame::Event { seq, run, kind, .. } => {
+            assert_eq!((seq, run.as_str(), kind), (1, "r1", EventKind::AgentStarted));
+        }
+        other => panic!("expected the event, got {other:?}"),
+    }
+    let keyed = r#"{"run":"r1","kind":"tool_\u0065xecuting","data":{},"idempotency_key":"k\u002d1"}"#;
+    let (status, reply) = publish(keyed).await;
+    assert_eq!(status, 201, "{reply}");
+    // The same key, unescaped, is the same key.
+    let plain = r#"{"run":"r1","kind":"tool_executing","data":{},"idempotency_key":"k-1"}"#;
+    let (status, reply) = publish(plain).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(expect_event(&mut ws).await.0, 2);
+
+    let (status, reply) = publish(r#"{"run":"r1","kind":"agent_\u0065xploded","data":null}"#).await;
+    assert_eq!((status, error_code(&reply).as_str()), (400, "unknown_kind"), "{reply}");
+    assert!(reply.contains("agent_exploded"), "{reply}");
+    let (status, reply) = publish(r#"{"run":"r\u0020","kind":"agent_started","data":null}"#).await;
+    assert_eq!((status, error_code(&reply).as_str()), (400, "invalid_run"), "{reply}");
+}
+
+/// A key reused for another event would lose that event in silence: 409, nothing published.
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_event_is_a_409() {
+    let server = start(test_config(), 27).await;
+    let (mut ws, _) = connect_user(&server, "alice", None).await;
+    let body = json!({"run": "run-1", "kind": "tool_executing", "data": {"step": 1}, "idempotency_key": "k-1"});
+    assert_eq!(http_publish(server.addr, "alice", &body).await.0, 201);
+    for changed in [
+        json!({"run": "run-1", "kind": "tool_executing", "data": {"step": 2}, "idempotency_key": "k-1"}),
+        json!({"run": "run-2", "kind": "tool_executing", "data": {"step": 1}, "idempotency_key": "k-1"}),
+        json!({"run": "run-1", "kind": "tool_completed", "data": {"step": 1}, "idempotency_key": "k-1"}),
+    ] {
+        let (status, reply) = http_publish(server.addr, "alice", &changed).await;
+        assert_eq!(status, 409, "{changed} -> {reply}");
+        assert_eq!(reply["error"]["code"], "idempotency_conflict", "{reply}");
+    }
+    let (status, reply) = http_publish(server.addr, "alice", &body).await;
+    assert_eq!((status, reply["seq"].as_u64()), (200, Some(1)));
+    assert_eq!(expect_event(&mut ws).await.0, 1);
+    assert_eq!(server.server.gauges().retained_events, 1);
+    let text = server.server.metrics_text();
+    assert!(
+        text.contains("herald_publish_errors_total{code=\"idempotency_conflict\"} 3\n"),
+        "{text}"
+    );
+}
+
+/// A user path segment that is not UTF-8 names no valid user: `invalid_user`, as PROTOCOL says.
+#[tokio::test]
+async fn a_user_path_segment_that_is_not_utf8_is_an_invalid_user() {
+    let server = start(test_config(), 28).await;
+    let good = json!({"run": "r", "kind": "agent_started", "data": {}}).to_string();
+    let (status, reply) = http(server.addr, "POST", "/v1/users/%FF/events", Some(API_KEY), Some(&good)).await;
+    assert_eq!((status, error_code(&reply).as_str()), (400, "invalid_user"), "{reply}");
+    let text = server.server.metrics_text();
+    assert!(
+        text.contains("herald_publish_errors_total{code=\"invalid_user\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("herald_publish_errors_total{code=\"malformed\"} 0\n"),
+        "{text}"
+    );
+}

@@ -44,7 +44,8 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// What a publisher asks for. `data` is already-validated JSON, embedded verbatim.
+/// What a publisher asks for. `data` is valid JSON (a `RawValue`), embedded verbatim once
+/// [`crate::protocol::check_event_data`] says a client can decode it.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishRequest<'a> {
     pub run: &'a str,
@@ -72,7 +73,8 @@ pub enum PublishError {
     InvalidRun(InvalidId),
     /// The idempotency key is not a valid id.
     InvalidIdempotencyKey(InvalidId),
-    /// `data` is not valid JSON (only reachable through APIs that take raw text).
+    /// `data` is JSON a client cannot decode (a lone surrogate escape, see
+    /// [`crate::protocol::check_event_data`]), or not JSON at all.
     InvalidData(String),
     /// The encoded event is larger than `event_bytes_max`.
     TooLarge { bytes: u64, max: u64 },
@@ -80,6 +82,9 @@ pub enum PublishError {
     UsersFull { max: u64 },
     /// The server is shutting down or gone; nothing was published.
     ShuttingDown,
+    /// The idempotency key names a retained event with another run, kind or data: a publisher
+    /// bug that would otherwise lose this event silently. Nothing was published.
+    IdempotencyConflict { seq: u64 },
 }
 
 impl PublishError {
@@ -93,11 +98,12 @@ impl PublishError {
             PublishError::TooLarge { .. } => "too_large",
             PublishError::UsersFull { .. } => "users_full",
             PublishError::ShuttingDown => "shutting_down",
+            PublishError::IdempotencyConflict { .. } => "idempotency_conflict",
         }
     }
 
     /// Every code, for metrics that must list zero counts too.
-    pub const CODES: [&'static str; 7] = [
+    pub const CODES: [&'static str; 8] = [
         "invalid_user",
         "invalid_run",
         "invalid_idempotency_key",
@@ -105,6 +111,7 @@ impl PublishError {
         "too_large",
         "users_full",
         "shutting_down",
+        "idempotency_conflict",
     ];
 }
 
@@ -114,12 +121,16 @@ impl fmt::Display for PublishError {
             PublishError::InvalidUser(e) | PublishError::InvalidRun(e) | PublishError::InvalidIdempotencyKey(e) => {
                 write!(f, "{e}")
             }
-            PublishError::InvalidData(e) => write!(f, "data is not valid JSON: {e}"),
+            PublishError::InvalidData(e) => write!(f, "data is not JSON a client can decode: {e}"),
             PublishError::TooLarge { bytes, max } => {
                 write!(f, "event is {bytes} bytes encoded, more than event_bytes_max {max}")
             }
             PublishError::UsersFull { max } => write!(f, "the server holds users_max {max} users"),
             PublishError::ShuttingDown => write!(f, "the server is shutting down; the event was not published"),
+            PublishError::IdempotencyConflict { seq } => write!(
+                f,
+                "idempotency_key already published seq {seq} with another run, kind or data; nothing was published"
+            ),
         }
     }
 }
@@ -265,10 +276,27 @@ impl Hub {
         }
         validate_id("user", user).map_err(PublishError::InvalidUser)?;
         validate_id("run", request.run).map_err(PublishError::InvalidRun)?;
+        // Larger data is refused as `too_large` below; not worth decoding first.
+        if request.data.get().len() as u64 <= self.config.event_bytes_max {
+            crate::protocol::check_event_data(request.data).map_err(PublishError::InvalidData)?;
+        }
         if let Some(key) = request.idempotency_key {
             validate_id("idempotency_key", key).map_err(PublishError::InvalidIdempotencyKey)?;
             if let Some(stream) = self.users.get(user) {
                 if let Some(seq) = stream.seq_for_key(key) {
+                    // Keys exist only for retained events, so the original frame is at hand:
+                    // compared exactly, at the cost of one encode per retry.
+                    let original = stream.get(seq).expect("a key names a retained event");
+                    let frame = &mut self.frame_scratch;
+                    frame.clear();
+                    crate::protocol::encode_event_frame_into(frame, seq, request.run, request.kind, request.data);
+                    let same = *original.frame == **frame;
+                    if frame.len() as u64 > self.config.event_bytes_max {
+                        self.frame_scratch = String::new();
+                    }
+                    if !same {
+                        return Err(PublishError::IdempotencyConflict { seq });
+                    }
                     self.counters.idempotent_replays += 1;
                     return Ok(Published {
                         seq,

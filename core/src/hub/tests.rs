@@ -388,6 +388,98 @@ fn idempotency_key_returns_the_original_seq() {
 }
 
 #[test]
+fn an_idempotency_key_reused_for_another_event_is_a_conflict() {
+    let mut hub = hub(config());
+    let original = data("a1");
+    let other = data("a2");
+    let request = PublishRequest {
+        run: "r",
+        kind: EventKind::AgentStarted,
+        data: &original,
+        idempotency_key: Some("k1"),
+    };
+    hub.publish(0, "alice", request).unwrap();
+    hub.publish(
+        0,
+        "alice",
+        PublishRequest {
+            idempotency_key: None,
+            ..request
+        },
+    )
+    .unwrap();
+    let changed = [
+        PublishRequest {
+            data: &other,
+            ..request
+        },
+        PublishRequest { run: "r2", ..request },
+        PublishRequest {
+            kind: EventKind::AgentError,
+            ..request
+        },
+    ];
+    for changed in changed {
+        assert_eq!(
+            hub.publish(1, "alice", changed),
+            Err(PublishError::IdempotencyConflict { seq: 1 })
+        );
+    }
+    // The same key for another user is another key; the exact retry is still a duplicate.
+    assert_eq!(
+        hub.publish(
+            1,
+            "bob",
+            PublishRequest {
+                data: &other,
+                ..request
+            }
+        )
+        .unwrap()
+        .seq,
+        1
+    );
+    let again = hub.publish(1, "alice", request).unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!(hub.stream_position("alice").unwrap().1, 2);
+    assert_eq!(hub.counters().published, 3);
+    assert_eq!(hub.counters().idempotent_replays, 1);
+}
+
+#[test]
+fn data_a_client_cannot_decode_is_invalid_data_and_changes_nothing() {
+    let mut hub = hub(config());
+    for text in [
+        r#""\ud800""#,
+        r#"{"a":"\udc00"}"#,
+        r#""\ud800x""#,
+        r#"["\u0041",1e400]"#,
+    ] {
+        let data = RawValue::from_string(text.to_string()).unwrap();
+        let request = PublishRequest {
+            run: "r",
+            kind: EventKind::AgentThinking,
+            data: &data,
+            idempotency_key: Some("k"),
+        };
+        let refused = hub.publish(0, "alice", request);
+        assert!(
+            matches!(refused, Err(PublishError::InvalidData(_))),
+            "{text}: {refused:?}"
+        );
+    }
+    assert_eq!(hub.stream_position("alice"), None);
+    let pair = RawValue::from_string(r#""\ud83d\ude00""#.to_string()).unwrap();
+    let request = PublishRequest {
+        run: "r",
+        kind: EventKind::AgentThinking,
+        data: &pair,
+        idempotency_key: None,
+    };
+    assert_eq!(hub.publish(0, "alice", request).unwrap().seq, 1);
+}
+
+#[test]
 fn bad_publishes_are_typed_errors_and_change_nothing() {
     let mut hub = hub(HubConfig {
         event_bytes_max: 100,

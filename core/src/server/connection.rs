@@ -134,7 +134,10 @@ pub(super) async fn run(_task: ConnectionTask, shared: Arc<Shared>, mut socket: 
     registration.release();
     shared.metrics.record_disconnect(reason);
     match reason {
-        DisconnectReason::Error(_) => linger(&shared, &mut socket, read_failed).await,
+        DisconnectReason::Error(_) => {
+            let hold = Duration::from_millis(shared.config.idle_timeout_ms);
+            linger(&shared, &mut socket, read_failed, hold).await;
+        }
         DisconnectReason::ClientClosed => answer_close(&shared, &mut socket).await,
         _ => {}
     }
@@ -266,7 +269,9 @@ async fn reject(shared: &Shared, mut socket: WebSocket, code: ErrorCode, message
     };
     shared.metrics.record_disconnect(reason);
     if reason == DisconnectReason::Error(code) {
-        linger(shared, &mut socket, read_failed).await;
+        // Never welcomed: held no longer than a silent socket waiting for its hello would be.
+        let hold = Duration::from_millis(shared.config.hello_timeout_ms.min(shared.config.idle_timeout_ms));
+        linger(shared, &mut socket, read_failed, hold).await;
     }
 }
 
@@ -274,14 +279,21 @@ async fn reject(shared: &Shared, mut socket: WebSocket, code: ErrorCode, message
 /// timeout, so the error frame is not lost to a TCP reset caused by unread input.
 ///
 /// If the socket can no longer be read (an oversized frame broke the framing), the task keeps
-/// it open, unread, for `idle_timeout_ms` — a lingering close. Dropping it at once would turn
-/// the unread input into a reset, and a reset can overtake (or, on a real kernel, discard) the
-/// error and close frames still in flight: the simulation caught exactly that under a latency
-/// spike, with the 250 ms grace this replaced. The cost is one parked task per misbehaving
-/// connection for a bounded time, within `connections_max`.
-async fn linger(shared: &Shared, socket: &mut WebSocket, read_failed: bool) {
+/// it open, unread, for `hold` — a lingering close: `idle_timeout_ms` once welcomed,
+/// `hello_timeout_ms` before (an unauthenticated peer is held no longer than a silent one).
+/// Dropping it at once would turn the unread input into a reset, and a reset can overtake (or,
+/// on a real kernel, discard) the error and close frames still in flight: the simulation caught
+/// exactly that under a latency spike, with the 250 ms grace this replaced. The cost is one
+/// parked task and its socket slot per misbehaving connection for a bounded time, within
+/// `sockets_max` (its hub connection, and so its place under `connections_max`, is already
+/// released). A shutdown ends the hold, so that `serve` does not wait for it.
+async fn linger(shared: &Shared, socket: &mut WebSocket, read_failed: bool, hold: Duration) {
     if read_failed {
-        tokio::time::sleep(Duration::from_millis(shared.config.idle_timeout_ms)).await;
+        tokio::select! {
+            biased;
+            () = shared.shutdown_started() => {}
+            () = tokio::time::sleep(hold) => {}
+        }
         return;
     }
     let _ = timeout(write_timeout(shared), async {

@@ -8,7 +8,7 @@ use super::{timeout_if_pending, Shared};
 use crate::hub::PublishError;
 use crate::metrics::{HTTP_MALFORMED, HTTP_UNAUTHORIZED, HTTP_UNKNOWN_KIND};
 use crate::notifier::Notifier;
-use crate::protocol::{EventKind, WS_PATH};
+use crate::protocol::{EventKind, InvalidId, WS_PATH};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,18 +49,26 @@ async fn websocket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade)
         .on_upgrade(move |socket| connection::run(task, shared, socket))
 }
 
-/// The body of `POST /v1/users/{user}/events`.
+/// The body of `POST /v1/users/{user}/events`. Strings are `Cow`: borrowed from the body
+/// unless they contain an escape (`"r\u0031"`), which serde can only hand over unescaped.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody<'a> {
     #[serde(borrow)]
-    run: &'a str,
+    run: Cow<'a, str>,
     #[serde(borrow)]
-    kind: &'a str,
+    kind: Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
-    #[serde(default, borrow)]
-    idempotency_key: Option<&'a str>,
+    #[serde(default, borrow, deserialize_with = "optional_cow")]
+    idempotency_key: Option<Cow<'a, str>>,
+}
+
+/// `Option<Cow<str>>` that borrows when it can (serde's own `Cow` impl always copies).
+fn optional_cow<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'de>>::deserialize(deserializer)?.map(|b| b.0))
 }
 
 async fn publish(
@@ -83,8 +92,13 @@ async fn publish(
         return error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string());
     }
     let Ok(Path(user)) = user else {
-        metrics.record_publish_error(HTTP_MALFORMED);
-        return error(StatusCode::BAD_REQUEST, HTTP_MALFORMED, "bad user path segment");
+        // The route always has `{user}`: the segment failed to decode (not UTF-8, as `%FF`).
+        let e = PublishError::InvalidUser(InvalidId {
+            what: "user",
+            reason: "the path segment is not percent-encoded UTF-8",
+        });
+        metrics.record_publish_error(e.code());
+        return error(StatusCode::BAD_REQUEST, e.code(), &e.to_string());
     };
     let limit = shared.config.publish_body_bytes_max();
     let read = timeout_if_pending(
@@ -135,7 +149,7 @@ async fn publish(
             );
         }
     };
-    let Some(kind) = EventKind::parse(body.kind) else {
+    let Some(kind) = EventKind::parse(&body.kind) else {
         metrics.record_publish_error(HTTP_UNKNOWN_KIND);
         let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         return error(
@@ -145,7 +159,8 @@ async fn publish(
         );
     };
     // `publish_raw` records its own errors in the metrics.
-    match Notifier::new(shared.clone()).publish_raw(&user, body.run, kind, body.data, body.idempotency_key) {
+    let key = body.idempotency_key.as_deref();
+    match Notifier::new(shared.clone()).publish_raw(&user, &body.run, kind, body.data, key) {
         Ok(published) => {
             let status = if published.duplicate {
                 StatusCode::OK
@@ -161,6 +176,7 @@ async fn publish(
                 | PublishError::InvalidIdempotencyKey(_)
                 | PublishError::InvalidData(_) => StatusCode::BAD_REQUEST,
                 PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                PublishError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
                 PublishError::UsersFull { .. } | PublishError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             };
             error(status, e.code(), &e.to_string())
