@@ -14,6 +14,17 @@ use std::sync::Arc;
 /// and every drain they bound finite.
 pub const CONFIG_DURATION_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// The first of the named durations beyond [`CONFIG_DURATION_MAX_MS`], as a config error.
+pub fn check_durations_ms(durations: &[(&str, u64)]) -> Result<(), String> {
+    match durations.iter().find(|(_, value)| *value > CONFIG_DURATION_MAX_MS) {
+        Some((name, value)) => Err(format!(
+            "{name} {value} exceeds the largest accepted duration, {CONFIG_DURATION_MAX_MS} ms \
+             (one day, CONFIG_DURATION_MAX_MS)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Time as the adapters need it.
 pub trait Clock: Send + Sync + 'static {
     /// Monotonic milliseconds since this clock started. Never goes backwards.

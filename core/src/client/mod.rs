@@ -24,7 +24,7 @@ mod tracker;
 pub use backoff::Backoff;
 pub use tracker::{Position, StreamTracker};
 
-use crate::clock::CONFIG_DURATION_MAX_MS;
+use crate::clock::check_durations_ms;
 use crate::protocol::{EventKind, GapReason, Resume, ServerFrame};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -113,7 +113,7 @@ impl ClientConfig {
     }
 
     /// Rejects configurations that cannot work (zero timeouts, durations beyond
-    /// [`CONFIG_DURATION_MAX_MS`], an idle timeout the heartbeat cannot beat, an unparsable URL).
+    /// [`CONFIG_DURATION_MAX_MS`](crate::clock::CONFIG_DURATION_MAX_MS), an idle timeout the heartbeat cannot beat, an unparsable URL).
     /// [`Client::spawn`] panics with this message.
     pub fn validate(&self) -> Result<(), String> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -138,14 +138,7 @@ impl ClientConfig {
             ("backoff_initial_ms", self.backoff_initial_ms),
             ("backoff_max_ms", self.backoff_max_ms),
         ];
-        for (name, value) in durations {
-            if value > CONFIG_DURATION_MAX_MS {
-                return Err(format!(
-                    "{name} {value} exceeds the largest accepted duration, {CONFIG_DURATION_MAX_MS} ms \
-                     (one day, CONFIG_DURATION_MAX_MS)"
-                ));
-            }
-        }
+        check_durations_ms(&durations)?;
         if self.idle_timeout_ms <= self.heartbeat_interval_ms {
             return Err(format!(
                 "idle_timeout_ms {} must exceed heartbeat_interval_ms {}",

@@ -16,7 +16,7 @@ mod socket;
 pub use socket::{disable_nagle, Socket, SocketListener};
 
 use crate::auth::TokenVerifier;
-use crate::clock::{Clock, CONFIG_DURATION_MAX_MS};
+use crate::clock::{check_durations_ms, Clock};
 use crate::hub::{ConnectionId, Counters, Gauges, Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
@@ -150,14 +150,7 @@ impl ServerConfig {
             ("http_request_timeout_ms", self.http_request_timeout_ms),
             ("tick_interval_ms", self.tick_interval_ms),
         ];
-        for (name, value) in durations {
-            if value > CONFIG_DURATION_MAX_MS {
-                return Err(format!(
-                    "{name} {value} exceeds the largest accepted duration, {CONFIG_DURATION_MAX_MS} ms \
-                     (one day, CONFIG_DURATION_MAX_MS)"
-                ));
-            }
-        }
+        check_durations_ms(&durations)?;
         if self.frame_bytes_max < 1024 {
             return Err("frame_bytes_max must be at least 1024 (a hello carries a token)".into());
         }
@@ -581,7 +574,7 @@ async fn tick_loop(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::TokioClock;
+    use crate::clock::{TokioClock, CONFIG_DURATION_MAX_MS};
     use std::sync::atomic::AtomicU64;
 
     #[test]
