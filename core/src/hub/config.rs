@@ -14,7 +14,9 @@ pub struct HubConfig {
     /// Age after which an event is evicted (same consequence as above).
     pub retention_age_ms: u64,
     /// Encoded bytes kept for replay across all users. At the limit the globally oldest event
-    /// is evicted.
+    /// is evicted. It counts event frames only: each retained event also holds about 100 bytes
+    /// of bookkeeping, plus twice its idempotency key's length when it has one, which
+    /// `retention_events_max` × `users_max` bounds (size the three together).
     pub retention_bytes_max: u64,
     /// Connections one user may hold at once (tabs). One more is rejected with 4009.
     pub connections_per_user_max: u64,
