@@ -63,6 +63,9 @@ pub(super) struct Event<'a> {
     /// Some attempt failed ambiguously ([`is_ambiguous_failure`]) or never returned: the event
     /// may exist without our knowing.
     pub ambiguous: bool,
+    /// How many attempts failed ambiguously or never returned: each may have created the event
+    /// once more without our knowing.
+    pub ambiguous_attempts: u64,
     /// Every attempt returned a non-ambiguous failure: the event certainly does not exist.
     pub definitely_failed: bool,
 }
@@ -235,9 +238,11 @@ pub(super) struct Index<'a> {
     faults: Vec<Fault>,
     /// Prefix sums of estimated frame bytes over `calls` (same order).
     call_bytes_prefix: Vec<u64>,
-    /// Per user: ambiguous events as (first call time, event). Each may occupy a position in any
-    /// epoch where no position of it is known: a timed-out attempt may have been applied by one
-    /// server life while a retry landed in the next.
+    /// Per user: ambiguous events as (first call time, event). Each of an event's ambiguous
+    /// attempts may occupy a position in any epoch, even one where a position of it is known: a
+    /// timed-out attempt may have been applied by one server life while a retry landed in the
+    /// next, or applied late in the same life after the event its idempotency key named was
+    /// evicted (keys live only as long as their event is retained), creating it again.
     unknown_positions: FxHashMap<&'a str, Vec<(u64, usize)>>,
 }
 
@@ -315,6 +320,7 @@ impl<'a> Index<'a> {
                             first_call_idx: idx,
                             first_call_at: at,
                             ambiguous: false,
+                            ambiguous_attempts: 0,
                             definitely_failed: true,
                         });
                     }
@@ -358,6 +364,7 @@ impl<'a> Index<'a> {
                         PublishOutcome::Failed { code, .. } => {
                             if is_ambiguous_failure(code) {
                                 index.events[event].ambiguous = true;
+                                index.events[event].ambiguous_attempts += 1;
                                 index.events[event].definitely_failed = false;
                             }
                         }
@@ -481,7 +488,9 @@ impl<'a> Index<'a> {
         }
         // Calls that never returned are ambiguous too.
         for (event_index, event) in index.events.iter_mut().enumerate() {
-            if event.calls.iter().any(|&c| index.calls[c].returned.is_none()) {
+            let unanswered = event.calls.iter().filter(|&&c| index.calls[c].returned.is_none()).count() as u64;
+            event.ambiguous_attempts += unanswered;
+            if unanswered > 0 {
                 event.ambiguous = true;
                 event.definitely_failed = false;
             }
@@ -814,7 +823,7 @@ impl<'a> Index<'a> {
     /// - age: it was created no earlier than its first call, so it is retained while
     ///   `at < first_call + retention_age_ms` (two ticks of margin);
     /// - count: fewer than `retention_events_max` later events of that stream can exist by
-    ///   `at` (known later positions, plus every event of the user whose position is unknown);
+    ///   `at` (known later positions, plus one for every ambiguous attempt of the user's events);
     /// - bytes: eviction is globally oldest-first, so only events created after it matter; all
     ///   publishes (any user) called from `publish_timeout + 1 s` before it up to `at` must fit
     ///   in half of `retention_bytes_max`;
@@ -847,17 +856,12 @@ impl<'a> Index<'a> {
             .map(|((_, _, s), _)| *s)
             .max()
             .unwrap_or(seq);
-        let unknown = self.unknown_positions.get(user).map_or(0, |events| {
+        let unknown: u64 = self.unknown_positions.get(user).map_or(0, |events| {
             events
                 .iter()
-                .filter(|&&(first_call_at, event)| {
-                    first_call_at <= at_ms
-                        && !self.events[event]
-                            .instances
-                            .iter()
-                            .any(|&i| self.instances[i].epoch == epoch)
-                })
-                .count() as u64
+                .filter(|&&(first_call_at, _)| first_call_at <= at_ms)
+                .map(|&(_, event)| self.events[event].ambiguous_attempts)
+                .sum()
         });
         if (known_head - seq) + unknown >= limits.retention_events_max {
             return false;
