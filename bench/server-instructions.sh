@@ -46,7 +46,7 @@ fi
 # The functions whose instructions count as "in the server's code" (with everything they call):
 # the connection tasks' futures and the in-process publish calls, of either server.
 tasks=(
-  "--toggle-collect=*connection::run::{{closure}}"
+  "--toggle-collect=*server::connection::serve_connection::{{closure}}"
   "--toggle-collect=*baseline::connection::{{closure}}*"
   "--toggle-collect=*Notifier::publish_raw"
   "--toggle-collect=*baseline::App::publish_raw"
@@ -73,7 +73,7 @@ measure() {
     ir=$(awk '/^summary:/ { print $2; exit }' "$f")
     if grep -qE 'publish_notifier_thread|Notifier::publish_raw|App::publish_raw' "$f"; then
       publisher_ir=$((publisher_ir + ir))
-    elif grep -qE 'herald_core::server::connection::run|baseline::connection' "$f"; then
+    elif grep -qE 'herald_core::server::connection::serve_connection|baseline::connection' "$f"; then
       server_ir=$((server_ir + ir))
     else
       clients_ir=$((clients_ir + ir))
