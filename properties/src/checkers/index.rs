@@ -488,7 +488,11 @@ impl<'a> Index<'a> {
         }
         // Calls that never returned are ambiguous too.
         for (event_index, event) in index.events.iter_mut().enumerate() {
-            let unanswered = event.calls.iter().filter(|&&c| index.calls[c].returned.is_none()).count() as u64;
+            let unanswered = event
+                .calls
+                .iter()
+                .filter(|&&c| index.calls[c].returned.is_none())
+                .count() as u64;
             event.ambiguous_attempts += unanswered;
             if unanswered > 0 {
                 event.ambiguous = true;
