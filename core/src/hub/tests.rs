@@ -441,9 +441,22 @@ fn an_idempotency_key_reused_for_another_event_is_a_conflict() {
     );
     let again = hub.publish(1, "alice", request).unwrap();
     assert_eq!((again.seq, again.duplicate), (1, true));
+    // The same event serialised otherwise (spacing, escapes) is the same event.
+    let respelled = RawValue::from_string(r#"{ "id" : "\u0061\u0031" }"#.to_string()).unwrap();
+    let again = hub
+        .publish(
+            1,
+            "alice",
+            PublishRequest {
+                data: &respelled,
+                ..request
+            },
+        )
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
     assert_eq!(hub.stream_position("alice").unwrap().1, 2);
     assert_eq!(hub.counters().published, 3);
-    assert_eq!(hub.counters().idempotent_replays, 1);
+    assert_eq!(hub.counters().idempotent_replays, 2);
 }
 
 #[test]
