@@ -20,7 +20,9 @@
 //! same event). Delivery expectations judge what the steps meant to publish, not what the
 //! history shows was published: a refused publish is not an excuse to expect less.
 
-use crate::history::{ClosedBy, DeliveredItem, FrameSeen, GaugeSample, History, Observation, PublishOutcome};
+use crate::history::{
+    is_ambiguous_failure, ClosedBy, DeliveredItem, FrameSeen, GaugeSample, History, Observation, PublishOutcome,
+};
 use crate::scenario::{Scenario, Step};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -226,12 +228,37 @@ struct EventFacts {
 }
 
 impl EventFacts {
-    /// The first attempt that published (the event's position and the call that created it).
+    /// The event's position (epoch, seq) from the first attempt answered `published`, with the
+    /// earliest call that can have created the event: the call to measure delivery from.
+    ///
+    /// That call is the answered attempt itself only when the answer was not a duplicate. A
+    /// keyed retry answered `duplicate: true` created nothing: an earlier attempt whose answer
+    /// was lost (`timeout`, `connection_lost`, or none) did, and the event may have been
+    /// delivered long before the retry was even called. Which of those earlier attempts was
+    /// applied is unknowable, so this returns the first of them (or the event's very first call,
+    /// if none looks like it): the earliest moment the event can have existed.
+    /// Attempts refused with a definite error are skipped, as they created nothing.
     fn published(&self) -> Option<(&Attempt, &str, u64)> {
-        self.attempts.iter().find_map(|a| match &a.returned {
-            Some((_, _, PublishOutcome::Published { epoch, seq, .. })) => Some((a, epoch.as_str(), *seq)),
-            _ => None,
-        })
+        let (answered, epoch, seq, duplicate) =
+            self.attempts.iter().enumerate().find_map(|(i, a)| match &a.returned {
+                Some((_, _, PublishOutcome::Published { epoch, seq, duplicate })) => {
+                    Some((i, epoch.as_str(), *seq, *duplicate))
+                }
+                _ => None,
+            })?;
+        if !duplicate {
+            return Some((&self.attempts[answered], epoch, seq));
+        }
+        let earlier = &self.attempts[..answered];
+        let creator = earlier
+            .iter()
+            .find(|a| match &a.returned {
+                None => true,
+                Some((_, _, PublishOutcome::Failed { code, .. })) => is_ambiguous_failure(code),
+                Some((_, _, PublishOutcome::Published { .. })) => false,
+            })
+            .unwrap_or(&self.attempts[0]);
+        Some((creator, epoch, seq))
     }
 }
 
@@ -368,8 +395,9 @@ impl Facts {
             .collect()
     }
 
-    /// Every event `steps` were meant to publish, with the call that created it, sorted in
-    /// publish order (epoch rank, seq); an error names the first one no attempt published.
+    /// Every event `steps` were meant to publish, with the earliest call that can have created it
+    /// (see [`EventFacts::published`]; not necessarily the attempt answered `published`), sorted
+    /// in publish order (epoch rank, seq); an error names the first one no attempt published.
     fn published_events<'a>(&'a self, steps: &[usize]) -> Result<Vec<(&'a str, &'a Attempt, usize, u64)>, String> {
         let mut out = Vec::new();
         for &step in steps {
@@ -510,7 +538,7 @@ impl Facts {
                     };
                     for attempt in &event.attempts {
                         match &attempt.returned {
-                            Some((_, at, _)) if at - attempt.called_at <= *max_ms => {}
+                            Some((_, at, _)) if at.saturating_sub(attempt.called_at) <= *max_ms => {}
                             Some((_, at, outcome)) => {
                                 return Err(format!(
                                     "event {id} of step {step}: the call at {} returned {} only at {} (> {max_ms} ms)",
@@ -731,16 +759,18 @@ impl Facts {
             match deliveries {
                 [] => {
                     return Err(format!(
-                        "event {id} (user {owner}, seq {seq}, published at {}) was never handed to client {client} (user {})",
+                        "event {id} (user {owner}, seq {seq}, first called at {}) was never handed to client {client} (user {})",
                         t(attempt.called_at),
                         c.user
                     ))
                 }
                 [(position, at)] => {
                     if let Some(max_ms) = within_ms {
-                        if at - attempt.called_at > max_ms {
+                        // Saturating: a delivery can be recorded before a call (one that did not
+                        // create the event), and that is no latency at all.
+                        if at.saturating_sub(attempt.called_at) > max_ms {
                             return Err(format!(
-                                "event {id} (published at {}) reached client {client} only at {} (> {max_ms} ms)",
+                                "event {id} (first called at {}) reached client {client} only at {} (> {max_ms} ms)",
                                 t(attempt.called_at),
                                 t(*at)
                             ));
@@ -789,7 +819,7 @@ impl Facts {
                 };
                 let same_connection = conn.closed.is_none_or(|(closed_idx, ..)| closed_idx > *delivered_idx);
                 if same_connection && !client.paused_during(attempt.called_at, *delivered_at) {
-                    samples.push((delivered_at - attempt.called_at, id.as_str(), *client_id));
+                    samples.push((delivered_at.saturating_sub(attempt.called_at), id.as_str(), *client_id));
                 }
             }
         }
@@ -1210,6 +1240,57 @@ mod tests {
                 steps: vec![1],
             },
         );
+    }
+
+    /// Client 0 (u0) welcomed at 10 ms; step 1's keyed publish is called at 100 ms, applied and
+    /// delivered at 150 ms, but its answer is lost (a timeout at 5100 ms); the retry at 5100 ms
+    /// is answered `duplicate: true` at 5120 ms.
+    fn duplicate_answered_retry_history() -> History {
+        let mut b = HistoryBuilder::new();
+        b.at(0).step(0, connect_step(0, 0));
+        b.at(10).connect(0, None, "E", 0, false);
+        b.at(100).step(1, publish_step(0));
+        let via = Via::Http {
+            idempotency_key: true,
+            retries: 1,
+        };
+        let id = b.publish_called("u0", via, 10);
+        b.at(150).deliver_event_with_id(0, "E", 1, &id);
+        b.at(5_100).failed(&id, "timeout");
+        b.retry_called(&id);
+        b.at(5_120).published(&id, "E", 1, true);
+        b.at(6_000).heal();
+        b.at(7_000).end();
+        b.build()
+    }
+
+    #[test]
+    fn all_delivered_measures_a_duplicate_answered_retry_from_the_first_call() {
+        // The event was created by the first call, 50 ms before its delivery: the retry that
+        // was answered `duplicate` came 4950 ms after the delivery and created nothing. Measuring
+        // from the retry underflowed (a panic in debug, a huge latency in release).
+        let history = duplicate_answered_retry_history();
+        let within = |max_ms| Expectation::DeliveredWithin {
+            client: 0,
+            steps: vec![1],
+            max_ms,
+        };
+        passes(
+            &history,
+            Expectation::AllDelivered {
+                client: 0,
+                steps: vec![1],
+            },
+        );
+        passes(&history, within(50));
+        passes(&history, within(1_000));
+        fails(&history, within(49), "only at");
+        let below = |max_ms| Expectation::DeliveryLatencyBelow {
+            max_ms,
+            percentile: None,
+        };
+        passes(&history, below(51));
+        fails(&history, below(50), "p100 over 1 deliveries is 50 ms");
     }
 
     #[test]

@@ -110,6 +110,122 @@ fn a_failure_that_does_not_recur_on_rerun_is_reported_as_nondeterminism_and_not_
     }
 }
 
+/// Non-deterministic, then broken: odd world runs panic as the server starts and even ones run
+/// the real server, up to run `flaky_runs`; every later run panics. On one worker, each of the
+/// first `flaky_runs / 2` failing cases passes its re-run; every case after them fails for good.
+struct FlakyThenBroken {
+    flaky_runs: u32,
+    runs: Cell<u32>,
+}
+
+impl ServerUnderTest for FlakyThenBroken {
+    fn start(&self, life: ServerLife) -> Result<LiveServer, String> {
+        if life.life == 0 {
+            self.runs.set(self.runs.get() + 1);
+            let run = self.runs.get();
+            if run > self.flaky_runs || run % 2 == 1 {
+                panic!("fixture: flaky run {run}");
+            }
+        }
+        RealServer.start(life)
+    }
+}
+
+#[test]
+fn failures_that_do_not_recur_leave_the_key_budget_to_a_later_reproducible_one() {
+    // Three non-reproducible host failures, as many as the key's budget, then a real one of
+    // the same key: the real one must still be saved.
+    for shrink in [false, true] {
+        let dir = temp_dir(&format!("flaky-then-broken-{shrink}"));
+        let options = FuzzOptions {
+            shrink,
+            shrink_attempts: 5,
+            shrinks_per_key: 3,
+            jobs: 1,
+            ..tiny(4, &dir)
+        };
+        let report = fuzz(&options, &|| {
+            Rc::new(FlakyThenBroken {
+                flaky_runs: 6,
+                runs: Cell::new(0),
+            }) as Rc<dyn ServerUnderTest>
+        });
+        assert_eq!((report.cases_run, report.cases_failed), (4, 4), "shrink {shrink}");
+        assert_eq!(report.not_reproduced, 3, "shrink {shrink}: {:#?}", report.failures);
+        let key = FailureKey::Crash(CrashKind::HostFailure);
+        let flaky: Vec<_> = report.failures.iter().filter(|g| g.not_reproduced).collect();
+        assert_eq!(flaky.len(), 1, "shrink {shrink}: {:#?}", report.failures);
+        assert_eq!(
+            (flaky[0].key, flaky[0].count, flaky[0].seed_file.as_ref()),
+            (key, 3, None)
+        );
+        let real: Vec<_> = report.failures.iter().filter(|g| !g.not_reproduced).collect();
+        assert_eq!(real.len(), 1, "shrink {shrink}: {:#?}", report.failures);
+        assert_eq!((real[0].key, real[0].count), (key, 1));
+        let saved = seed_files_in(&dir).unwrap();
+        assert_eq!(saved.len(), 1, "shrink {shrink}: {:#?}", report.failures);
+        assert_eq!(real[0].seed_file, Some(saved[0].display().to_string()));
+        assert_eq!(real[0].steps_after_shrink.is_some(), shrink, "{:#?}", real[0]);
+        let text = summary(&report);
+        assert!(text.contains("3 failing case(s) did not fail again"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Fails its first `fails` world runs (a panic as the server starts), then runs the real server.
+struct FailsFirstRuns {
+    fails: u32,
+    runs: Cell<u32>,
+}
+
+impl ServerUnderTest for FailsFirstRuns {
+    fn start(&self, life: ServerLife) -> Result<LiveServer, String> {
+        if life.life == 0 {
+            self.runs.set(self.runs.get() + 1);
+            if self.runs.get() <= self.fails {
+                panic!("fixture: one of the first {} runs", self.fails);
+            }
+        }
+        RealServer.start(life)
+    }
+}
+
+#[test]
+fn a_case_that_reproduced_is_saved_unshrunk_when_its_shrunk_scenario_does_not() {
+    // Run 1 is the case, run 2 its reproduction, run 3 the shrinker's first candidate (kept);
+    // every later run passes, the re-run of the shrunk scenario included.
+    let dir = temp_dir("shrunk-not-reproduced");
+    let options = FuzzOptions {
+        shrink: true,
+        shrink_attempts: 5,
+        jobs: 1,
+        ..tiny(1, &dir)
+    };
+    let report = fuzz(&options, &|| {
+        Rc::new(FailsFirstRuns {
+            fails: 3,
+            runs: Cell::new(0),
+        }) as Rc<dyn ServerUnderTest>
+    });
+    assert_eq!(
+        (report.cases_failed, report.not_reproduced),
+        (1, 0),
+        "{:#?}",
+        report.failures
+    );
+    let group = &report.failures[0];
+    assert_eq!(
+        (group.shape.as_str(), group.steps_after_shrink),
+        ("not shrunk", None),
+        "{group:#?}"
+    );
+    let saved = seed_files_in(&dir).unwrap();
+    assert_eq!(saved.len(), 1, "{:#?}", report.failures);
+    let file = SeedFile::from_json(&std::fs::read_to_string(&saved[0]).unwrap()).unwrap();
+    assert_eq!(file.scenario, options.scenario(500), "the unshrunk case is saved");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn without_shrinking_each_key_still_saves_up_to_its_budget() {
     let dir = temp_dir("no-shrink-budget");

@@ -369,7 +369,34 @@ fn record_unshrunk(shared: &Shared, seed: u64, steps: usize, failure: &CaseFailu
     lock(&shared.aggregate).add_to_group(group, seed);
 }
 
-/// Shrinks (within budget), saves and groups one failing case. `false` when abandoned.
+/// Re-runs `scenario` under the case's world seed, marked busy for the watchdog. `None` when
+/// abandoned.
+fn rerun(
+    shared: &Shared,
+    worker: usize,
+    server: &Rc<dyn ServerUnderTest>,
+    seed: u64,
+    scenario: &Scenario,
+) -> Option<Judged> {
+    if !set_busy(shared, worker, Some((seed, scenario))) {
+        return None;
+    }
+    let judged = run_and_judge(scenario, seed, server.clone(), false);
+    set_busy(shared, worker, None).then_some(judged)
+}
+
+/// Reproduces, shrinks (within budget), saves and groups one failing case. `false` when
+/// abandoned.
+///
+/// The key's budget (`shrinks_per_key`) is spent only on failures that reproduced: the case is
+/// re-run with the same world seed first, and one that does not fail the same way again is
+/// reported as a determinism bug without touching the budget. Otherwise a few flaky failures
+/// of a key would use up its budget and a later, genuinely reproducible failure of that key
+/// would be left without a seed file. The budget still bounds the shrinking time, since only
+/// reproduced failures are shrunk; a flood of non-reproducible failures needs no cap of its
+/// own, as each costs one extra world run (no shrink), at most doubling the time of the cases
+/// that produced them. Once the budget is spent, failures of the key are recorded without any
+/// re-run, as before.
 #[allow(clippy::too_many_arguments)]
 fn handle_failure(
     shared: &Shared,
@@ -382,12 +409,27 @@ fn handle_failure(
     also: Vec<FailureKey>,
 ) -> bool {
     let options = &shared.options;
+    let budget_left = |aggregate: &Aggregate| {
+        aggregate.shrinks_started.get(&primary.key).copied().unwrap_or(0) < options.shrinks_per_key
+    };
+    if !budget_left(&lock(&shared.aggregate)) {
+        record_unshrunk(shared, seed, scenario.steps.len(), primary, also);
+        return true;
+    }
+    // Reproduce before spending the budget. Without shrinking, this run is also the final one.
+    let Some(reproduction) = rerun(shared, worker, server, seed, scenario) else {
+        return false;
+    };
+    let Some(mut failure) = reproduction.failures.iter().find(|f| f.key == primary.key).cloned() else {
+        record_not_reproduced(shared, seed, scenario, primary, &reproduction, also);
+        return true;
+    };
     let within_budget = {
+        // Checked again: another worker may have spent the last of it meanwhile.
         let mut aggregate = lock(&shared.aggregate);
-        let started = aggregate.shrinks_started.entry(primary.key).or_default();
-        let allowed = *started < options.shrinks_per_key;
+        let allowed = budget_left(&aggregate);
         if allowed {
-            *started += 1;
+            *aggregate.shrinks_started.entry(primary.key).or_default() += 1;
         }
         allowed
     };
@@ -395,7 +437,10 @@ fn handle_failure(
         record_unshrunk(shared, seed, scenario.steps.len(), primary, also);
         return true;
     }
-    let (final_scenario, steps_after) = if options.shrink {
+    let mut final_scenario = scenario.clone();
+    let mut steps_after = None;
+    let mut judged = reproduction;
+    if options.shrink {
         let deadline = shared.deadline.map(|d| d + SHRINK_GRACE);
         let mut abandoned = false;
         let mut before_run = |candidate: &Scenario| {
@@ -414,25 +459,38 @@ fn handle_failure(
         if abandoned || !set_busy(shared, worker, None) {
             return false;
         }
-        let steps = shrunk.steps_after;
-        (shrunk.scenario, Some(steps))
-    } else {
-        (scenario.clone(), None)
-    };
-
-    // Rerun the final scenario once for its history digest and its own explanation.
-    if !set_busy(shared, worker, Some((seed, &final_scenario))) {
-        return false;
+        if shrunk.scenario == *scenario {
+            // Nothing could be removed: the reproduction is the final run.
+            steps_after = Some(shrunk.steps_after);
+        } else {
+            // Rerun the shrunk scenario once for its history digest and its own explanation.
+            let Some(shrunk_run) = rerun(shared, worker, server, seed, &shrunk.scenario) else {
+                return false;
+            };
+            match shrunk_run.failures.iter().find(|f| f.key == primary.key) {
+                Some(shrunk_failure) => {
+                    failure = shrunk_failure.clone();
+                    steps_after = Some(shrunk.steps_after);
+                    final_scenario = shrunk.scenario;
+                    judged = shrunk_run;
+                }
+                // The shrunk scenario failed while shrinking but not on its re-run: the
+                // simulation is not deterministic there. The case itself failed twice, so it is
+                // saved unshrunk instead (the slot it took goes to a seed that reproduced).
+                None => shared.reporter.println(&format!(
+                    "NOT REPRODUCIBLE {} case seed {seed}: the shrunk {}-step scenario failed it while \
+                     shrinking, but its re-run with the same world seed did not ({}): the simulation is not \
+                     deterministic (a bug of its own). The shrunk scenario is not saved; the unshrunk case, \
+                     which did fail again, is saved instead (`herald-sim shrink` on its seed file re-runs \
+                     the shrink and says whether the shrunk scenario reproduces).",
+                    primary.key,
+                    shrunk.steps_after,
+                    shrunk_run.outcome()
+                )),
+            }
+        }
     }
-    let rerun = run_and_judge(&final_scenario, seed, server.clone(), false);
-    if !set_busy(shared, worker, None) {
-        return false;
-    }
-    let Some(failure) = rerun.failures.iter().find(|f| f.key == primary.key).cloned() else {
-        record_not_reproduced(shared, seed, scenario, &final_scenario, primary, &rerun, also);
-        return true;
-    };
-    let digest = rerun.history().map(|h| h.digest());
+    let digest = judged.history().map(|h| h.digest());
     let name = seed_name(primary.key, &final_scenario);
     let mut file = bare_seed_file(name, seed, final_scenario.clone());
     file.family = Some(failure.category);
@@ -500,14 +558,14 @@ fn handle_failure(
     true
 }
 
-/// A failure whose final scenario, re-run with the same world seed, did not fail the same way:
-/// a determinism bug. Its seed file would replay to a pass (or pass by chance) and guard
-/// nothing, so none is written; the failure is announced, grouped apart and counted instead.
+/// A failing case that, re-run unshrunk with the same world seed, did not fail the same way: a
+/// determinism bug. Its seed file would replay to a pass (or pass by chance) and guard nothing,
+/// so none is written; the failure is announced, grouped apart and counted instead. It takes
+/// nothing from the key's budget (see [`handle_failure`]).
 fn record_not_reproduced(
     shared: &Shared,
     seed: u64,
     scenario: &Scenario,
-    final_scenario: &Scenario,
     primary: &CaseFailure,
     rerun: &Judged,
     also: Vec<FailureKey>,
@@ -516,13 +574,15 @@ fn record_not_reproduced(
         "failed {} ({}), but the re-run of its {}-step scenario with the same world seed did not fail it ({})",
         primary.key,
         primary.explanation,
-        final_scenario.steps.len(),
+        scenario.steps.len(),
         rerun.outcome()
     );
     let o = &shared.options;
+    // Both commands regenerate this very case (unshrunk, as it was re-run): `check-determinism`
+    // runs it twice and compares the histories.
     shared.reporter.println(&format!(
         "NOT REPRODUCIBLE {} case seed {seed}: {explanation}. The simulation is not deterministic \
-         (a bug of its own); nothing saved.\n  check with: {}\n  rerun the case with: {}",
+         (a bug of its own); nothing saved.\n  check the case with: {}\n  rerun the case with: {}",
         primary.key,
         super::check_determinism_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period),
         super::run_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period)
