@@ -303,9 +303,9 @@ pub const DATA_DEPTH_MAX: usize = 126;
 /// Checks that `data`, embedded verbatim in an event frame, decodes in a serde_json client.
 /// `RawValue` decodes no escape, checks no number's range and no depth, so it accepts lone
 /// UTF-16 surrogates (`"\ud800"`), numbers beyond `f64` (`1e400`) and nesting deeper than
-/// [`DATA_DEPTH_MAX`], all of which such a client refuses. Text that may hold one of them
-/// (long text, a `\u` escape, an exponent) is decoded in full, the way a client would; the rest, most events,
-/// costs a few fast searches.
+/// [`DATA_DEPTH_MAX`], all of which such a client refuses. Text that may hold one of them (long
+/// text, a `\u` escape, an exponent) is decoded in full, the way a client would; the rest, most
+/// events, costs one fast search.
 pub fn check_event_data(data: &serde_json::value::RawValue) -> Result<(), String> {
     let text = data.get();
     if !may_be_undecodable(text) {
