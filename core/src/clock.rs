@@ -88,12 +88,18 @@ impl Clock for WallClock {
     }
 
     fn unix_secs(&self) -> u64 {
-        // A system clock set before 1970 reads as 0: every token is then unexpired until the
-        // clock is corrected, which the operator sees in the logs of every other service.
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        system_unix_secs()
     }
+}
+
+/// The system clock in Unix seconds: [`WallClock`]'s wall time, and the `herald token`
+/// command's, which runs without a runtime to build a clock in. Never read in the simulation.
+/// A system clock set before 1970 reads as 0: every token is then unexpired until the clock is
+/// corrected, which the operator sees in the logs of every other service.
+pub fn system_unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use herald_core::auth::mint_token_for_audience;
-use herald_core::clock::{WallClock, CONFIG_DURATION_MAX_MS};
+use herald_core::clock::{system_unix_secs, WallClock, CONFIG_DURATION_MAX_MS};
 use herald_core::hub::HubConfig;
 use herald_core::protocol::validate_id;
 use herald_core::rng::{os_seed, SeededRng};
@@ -22,7 +22,6 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The signals that start a graceful shutdown: SIGINT (Ctrl-C) and, on Unix, SIGTERM, which is
 /// what `docker stop`, Kubernetes and systemd send. Without the SIGTERM handler those would
@@ -494,7 +493,8 @@ fn parse_user(text: &str) -> Result<String, String> {
 }
 
 /// Every serve timer (`*_timeout_ms`, `*_interval_ms`): 1 ms to [`CONFIG_DURATION_MAX_MS`], one
-/// day, the client's bound. Longer is a unit slip, overflows deadlines (`Instant + Duration`
+/// day. `ServerConfig::validate` enforces the same bound; checked here too so that the error
+/// names the flag. Longer is a unit slip, overflows deadlines (`Instant + Duration`
 /// panics) and makes the shutdown drain (`write_timeout_ms`) effectively unbounded.
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
     text.parse::<u64>()
@@ -507,8 +507,8 @@ fn parse_duration_ms(text: &str) -> Result<u64, String> {
 
 /// Unix seconds `ttl_secs` from now.
 fn expiry_after(ttl_secs: u64) -> Result<u64, String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    now.checked_add(ttl_secs)
+    system_unix_secs()
+        .checked_add(ttl_secs)
         .ok_or_else(|| format!("a ttl of {ttl_secs} s overflows the token expiry"))
 }
 

@@ -284,9 +284,9 @@ impl Hub {
             validate_id("idempotency_key", key).map_err(PublishError::InvalidIdempotencyKey)?;
             if let Some(stream) = self.users.get(user) {
                 if let Some(seq) = stream.seq_for_key(key) {
-                    // Keys exist only for retained events, so the original frame is at hand:
-                    // compared byte for byte (one encode per retry), and only when the bytes
-                    // differ as JSON values, so a publisher that re-serialises its retry (other
+                    // Keys exist only for retained events, so the original frame is at hand.
+                    // Compared byte for byte (one encode per retry) and, only if the bytes
+                    // differ, as JSON values: a publisher that re-serialises its retry (other
                     // spacing, key order or escapes) still gets its duplicate.
                     let original = stream.get(seq).expect("a key names a retained event");
                     let frame = &mut self.frame_scratch;
@@ -805,9 +805,6 @@ fn encode(frame: &ServerFrame) -> Arc<str> {
     Arc::from(frame.to_text())
 }
 
-#[cfg(test)]
-mod tests;
-
 /// Whether two event frames carry the same seq, run, kind and data as JSON values (objects
 /// compare without regard to key order). Only called when their bytes differ.
 fn same_event(a: &str, b: &str) -> bool {
@@ -816,3 +813,6 @@ fn same_event(a: &str, b: &str) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

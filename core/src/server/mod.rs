@@ -128,20 +128,6 @@ impl ServerConfig {
         if self.token_audience.as_deref() == Some("") {
             return Err("token_audience must not be empty (leave it unset to ignore aud)".into());
         }
-        let positive = [
-            ("hello_timeout_ms", self.hello_timeout_ms),
-            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
-            ("idle_timeout_ms", self.idle_timeout_ms),
-            ("write_timeout_ms", self.write_timeout_ms),
-            ("http_request_timeout_ms", self.http_request_timeout_ms),
-            ("sockets_max", self.sockets_max),
-            ("tick_interval_ms", self.tick_interval_ms),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
-        }
         let durations = [
             ("hello_timeout_ms", self.hello_timeout_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
@@ -150,6 +136,11 @@ impl ServerConfig {
             ("http_request_timeout_ms", self.http_request_timeout_ms),
             ("tick_interval_ms", self.tick_interval_ms),
         ];
+        for (name, value) in durations.into_iter().chain([("sockets_max", self.sockets_max)]) {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
         check_durations_ms(&durations)?;
         if self.frame_bytes_max < 1024 {
             return Err("frame_bytes_max must be at least 1024 (a hello carries a token)".into());

@@ -60,11 +60,8 @@ pub(super) struct Event<'a> {
     pub instances: Vec<usize>,
     pub first_call_idx: usize,
     pub first_call_at: u64,
-    /// Some attempt failed ambiguously ([`is_ambiguous_failure`]) or never returned: the event
-    /// may exist without our knowing.
-    pub ambiguous: bool,
-    /// How many attempts failed ambiguously or never returned: each may have created the event
-    /// once more without our knowing.
+    /// How many attempts failed ambiguously ([`is_ambiguous_failure`]) or never returned: with
+    /// any, the event may exist without our knowing, and each may have created it once more.
     pub ambiguous_attempts: u64,
     /// Every attempt returned a non-ambiguous failure: the event certainly does not exist.
     pub definitely_failed: bool,
@@ -79,6 +76,10 @@ pub(super) struct Instance<'a> {
     /// The first successful `PublishReturned` naming this position.
     pub returned_idx: usize,
     pub returned_at: u64,
+    /// The attempt (a `calls` index) that answer was to.
+    pub returned_call: usize,
+    /// That answer said `duplicate: true`: an earlier attempt created the event.
+    pub duplicate: bool,
 }
 
 /// A welcome as a client saw it.
@@ -319,7 +320,6 @@ impl<'a> Index<'a> {
                             instances: Vec::new(),
                             first_call_idx: idx,
                             first_call_at: at,
-                            ambiguous: false,
                             ambiguous_attempts: 0,
                             definitely_failed: true,
                         });
@@ -341,7 +341,7 @@ impl<'a> Index<'a> {
                     index.calls[call].returned = Some(idx);
                     let event = index.event_by_id[event_id.as_str()];
                     match outcome {
-                        PublishOutcome::Published { seq, epoch, .. } => {
+                        PublishOutcome::Published { seq, epoch, duplicate } => {
                             index.events[event].definitely_failed = false;
                             let user = index.events[event].user;
                             index.epoch_owner.entry(epoch.as_str()).or_insert(user);
@@ -355,6 +355,8 @@ impl<'a> Index<'a> {
                                     seq: *seq,
                                     returned_idx: idx,
                                     returned_at: at,
+                                    returned_call: call,
+                                    duplicate: *duplicate,
                                 });
                                 index.instance_at.insert(key, instance);
                                 index.instances_of_user.entry(user).or_default().push(instance);
@@ -363,7 +365,6 @@ impl<'a> Index<'a> {
                         }
                         PublishOutcome::Failed { code, .. } => {
                             if is_ambiguous_failure(code) {
-                                index.events[event].ambiguous = true;
                                 index.events[event].ambiguous_attempts += 1;
                                 index.events[event].definitely_failed = false;
                             }
@@ -495,10 +496,9 @@ impl<'a> Index<'a> {
                 .count() as u64;
             event.ambiguous_attempts += unanswered;
             if unanswered > 0 {
-                event.ambiguous = true;
                 event.definitely_failed = false;
             }
-            if event.ambiguous {
+            if event.ambiguous_attempts > 0 {
                 index
                     .unknown_positions
                     .entry(event.user)

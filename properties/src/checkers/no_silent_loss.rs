@@ -55,7 +55,7 @@
 use super::index::{liveness_bound_ms, Client, Index};
 use super::liveness::prompt_bound_ms;
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::{DeliveredItem, Observation, PublishOutcome};
+use crate::history::DeliveredItem;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 
@@ -169,35 +169,16 @@ pub(super) fn expected(index: &Index<'_>, client: &Client<'_>) -> Vec<usize> {
     out
 }
 
-/// The attempt (a `calls` index) whose answer first named instance `instance`.
-fn returning_call(index: &Index<'_>, instance: usize) -> Option<usize> {
-    let inst = &index.instances[instance];
-    index.events[inst.event]
-        .calls
-        .iter()
-        .copied()
-        .find(|&c| index.calls[c].returned == Some(inst.returned_idx))
-}
-
 /// The earliest moment instance `instance`'s event can have been created, as an entry and a
 /// time: nothing of it existed before either. An answer `duplicate: false` means that very
 /// attempt created it; `duplicate: true` means an earlier attempt did, into the same server life
 /// (idempotency keys live in its hub), so no earlier than the first call nor than the start of
 /// the earliest life that can have answered (the last one started by the attempt's call).
 pub(super) fn created_from(index: &Index<'_>, instance: usize) -> (usize, u64) {
-    let event = &index.events[index.instances[instance].event];
-    let first = (event.first_call_idx, event.first_call_at);
-    let Some(call) = returning_call(index, instance).map(|c| &index.calls[c]) else {
-        return first;
-    };
-    let duplicate = matches!(
-        &index.entries[index.instances[instance].returned_idx].what,
-        Observation::PublishReturned {
-            outcome: PublishOutcome::Published { duplicate: true, .. },
-            ..
-        }
-    );
-    if !duplicate {
+    let inst = &index.instances[instance];
+    let event = &index.events[inst.event];
+    let call = &index.calls[inst.returned_call];
+    if !inst.duplicate {
         return (call.idx, call.at);
     }
     let life_start = index
@@ -206,7 +187,7 @@ pub(super) fn created_from(index: &Index<'_>, instance: usize) -> (usize, u64) {
         .rev()
         .find(|life| life.started_at <= call.at)
         .map_or(0, |life| life.started_at);
-    (first.0, first.1.max(life_start))
+    (event.first_call_idx, event.first_call_at.max(life_start))
 }
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
@@ -349,9 +330,7 @@ fn second_stream(index: &Index<'_>) -> Option<Violation> {
         }
         for &instance in instances {
             let inst = &index.instances[instance];
-            let Some(call) = returning_call(index, instance).map(|c| &index.calls[c]) else {
-                continue;
-            };
+            let call = &index.calls[inst.returned_call];
             let answered = inst.returned_at;
             let held = held_stream(index, user, inst.epoch, call.idx, answered, slack, horizon);
             let retained = || retained_stream(index, user, inst.epoch, &by_epoch, call.idx, answered);

@@ -99,7 +99,12 @@ impl Judged {
     }
 
     pub fn fails_with(&self, key: FailureKey) -> bool {
-        self.failures.iter().any(|f| f.key == key)
+        self.failure(key).is_some()
+    }
+
+    /// The failure with `key`, if the run had one.
+    pub fn failure(&self, key: FailureKey) -> Option<&CaseFailure> {
+        self.failures.iter().find(|f| f.key == key)
     }
 
     /// `passed`, or `failed` and the failing keys.

@@ -418,9 +418,7 @@ pub fn shrink_seed_file(
         Expect::Fail { invariant } => Some(FailureKey::Invariant(invariant)),
         Expect::Pass => None,
     };
-    let target = expected
-        .and_then(|key| judged.failures.iter().find(|f| f.key == key))
-        .or(judged.primary());
+    let target = expected.and_then(|key| judged.failure(key)).or(judged.primary());
     let Some(target) = target.cloned() else {
         return ShrinkOutcome::Passes;
     };
@@ -435,7 +433,7 @@ pub fn shrink_seed_file(
         &mut |_| {},
     );
     let rerun = run_and_judge(&shrunk.scenario, base.seed, server.clone(), false);
-    let Some(failure) = rerun.failures.iter().find(|f| f.key == target.key).cloned() else {
+    let Some(failure) = rerun.failure(target.key).cloned() else {
         return ShrinkOutcome::NotReproduced {
             key: target.key,
             shrunk,

@@ -9,7 +9,7 @@
 use super::case::{run_and_judge, CaseFailure, FailureKey, Judged};
 use super::dedup::shape;
 use super::progress::{Reporter, Snapshot};
-use super::report::{Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings, NOT_REPRODUCED};
+use super::report::{Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings, NOT_REPRODUCED, NOT_SHRUNK};
 use super::seeds::{bare_seed_file, git_revision, in_progress_path, seed_name, write_atomically, write_seed_file};
 use super::shrinking::shrink_failure;
 use super::{case_seed, FuzzOptions, Limit, SHRINK_GRACE};
@@ -350,22 +350,7 @@ fn generator_info(options: &FuzzOptions, seed: u64) -> GeneratorInfo {
 
 /// Records a failure that is not shrunk (shrinking off, budget spent, or nothing to shrink).
 fn record_unshrunk(shared: &Shared, seed: u64, steps: usize, failure: &CaseFailure, also: Vec<FailureKey>) {
-    let group = FailureGroup {
-        key: failure.key,
-        severity: failure.severity,
-        category: failure.category,
-        shape: "not shrunk".into(),
-        count: 0,
-        case_seeds: Vec::new(),
-        explanation: failure.explanation.clone(),
-        also_failed: also,
-        seed_file: None,
-        more_seed_files: Vec::new(),
-        not_reproduced: false,
-        steps_before_shrink: steps,
-        steps_after_shrink: None,
-        history_digest: None,
-    };
+    let group = FailureGroup::new(failure, NOT_SHRUNK.into(), also, steps);
     lock(&shared.aggregate).add_to_group(group, seed);
 }
 
@@ -420,7 +405,7 @@ fn handle_failure(
     let Some(reproduction) = rerun(shared, worker, server, seed, scenario) else {
         return false;
     };
-    let Some(mut failure) = reproduction.failures.iter().find(|f| f.key == primary.key).cloned() else {
+    let Some(mut failure) = reproduction.failure(primary.key).cloned() else {
         record_not_reproduced(shared, seed, scenario, primary, &reproduction, also);
         return true;
     };
@@ -467,7 +452,7 @@ fn handle_failure(
             let Some(shrunk_run) = rerun(shared, worker, server, seed, &shrunk.scenario) else {
                 return false;
             };
-            match shrunk_run.failures.iter().find(|f| f.key == primary.key) {
+            match shrunk_run.failure(primary.key) {
                 Some(shrunk_failure) => {
                     failure = shrunk_failure.clone();
                     steps_after = Some(shrunk.steps_after);
@@ -526,7 +511,7 @@ fn handle_failure(
     let group_shape = if steps_after.is_some() {
         shape(&final_scenario)
     } else {
-        "not shrunk".into()
+        NOT_SHRUNK.into()
     };
     // A second failure with the same key and shrunk shape is the same bug: counted, not saved.
     // Unshrunk failures cannot be told apart, so each within the key's budget is saved.
@@ -539,20 +524,10 @@ fn handle_failure(
         announce(shared, seed, &failure, seed_file.as_deref());
     }
     let group = FailureGroup {
-        key: failure.key,
-        severity: failure.severity,
-        category: failure.category,
-        shape: group_shape,
-        count: 0,
-        case_seeds: Vec::new(),
-        explanation: failure.explanation,
-        also_failed: also,
         seed_file,
-        more_seed_files: Vec::new(),
-        not_reproduced: false,
-        steps_before_shrink: scenario.steps.len(),
         steps_after_shrink: steps_after,
         history_digest: digest,
+        ..FailureGroup::new(&failure, group_shape, also, scenario.steps.len())
     };
     lock(&shared.aggregate).add_to_group(group, seed);
     true
@@ -588,24 +563,10 @@ fn record_not_reproduced(
         super::run_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period)
     ));
     let group = FailureGroup {
-        key: primary.key,
-        severity: primary.severity,
-        category: primary.category,
-        shape: NOT_REPRODUCED.into(),
-        count: 0,
-        case_seeds: Vec::new(),
         explanation,
-        also_failed: also,
-        seed_file: None,
-        more_seed_files: Vec::new(),
-        not_reproduced: true,
-        steps_before_shrink: scenario.steps.len(),
-        steps_after_shrink: None,
-        history_digest: None,
+        ..FailureGroup::new(primary, NOT_REPRODUCED.into(), also, scenario.steps.len())
     };
-    let mut aggregate = lock(&shared.aggregate);
-    aggregate.not_reproduced += 1;
-    aggregate.add_to_group(group, seed);
+    lock(&shared.aggregate).add_to_group(group, seed);
 }
 
 fn save(shared: &Shared, file: &SeedFile) -> Option<String> {
@@ -685,20 +646,8 @@ fn watch_for_hangs(shared: &Shared) {
         aggregate.count_failure(&failure, shared.started.elapsed().as_millis() as u64);
         aggregate.add_to_group(
             FailureGroup {
-                key: failure.key,
-                severity: failure.severity,
-                category: failure.category,
-                shape: "not shrunk".into(),
-                count: 0,
-                case_seeds: Vec::new(),
-                explanation: failure.explanation.clone(),
-                also_failed: Vec::new(),
                 seed_file,
-                more_seed_files: Vec::new(),
-                not_reproduced: false,
-                steps_before_shrink: 0,
-                steps_after_shrink: None,
-                history_digest: None,
+                ..FailureGroup::new(&failure, NOT_SHRUNK.into(), Vec::new(), 0)
             },
             seed,
         );
@@ -763,7 +712,12 @@ fn build_report(shared: &Shared) -> CampaignReport {
         coverage,
         not_reached,
         failures,
-        not_reproduced: aggregate.not_reproduced,
+        not_reproduced: aggregate
+            .groups
+            .values()
+            .filter(|g| g.not_reproduced)
+            .map(|g| g.count)
+            .sum(),
         io_errors: aggregate.io_errors.clone(),
     }
 }

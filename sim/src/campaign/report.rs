@@ -14,6 +14,9 @@ use std::io::{self, Write};
 pub const CASE_SEEDS_LISTED_MAX: usize = 10;
 /// The shape of a failure group whose failure did not reproduce on re-run.
 pub const NOT_REPRODUCED: &str = "not reproduced";
+/// The shape of a failure group that was not shrunk (shrinking off, the key's budget spent, a
+/// hang).
+pub const NOT_SHRUNK: &str = "not shrunk";
 
 /// The settings a campaign ran with, repeated in the report so it stands alone.
 #[derive(Serialize, Debug, Clone)]
@@ -46,7 +49,7 @@ pub struct FailureGroup {
     pub key: FailureKey,
     pub severity: Severity,
     pub category: Category,
-    /// Step types of the shrunk scenario, `not shrunk` (shrinking off, or this key's shrink
+    /// Step types of the shrunk scenario, [`NOT_SHRUNK`] (shrinking off, or this key's shrink
     /// budget was spent on earlier failures) or [`NOT_REPRODUCED`].
     pub shape: String,
     pub count: u64,
@@ -265,8 +268,35 @@ pub(crate) struct Aggregate {
     pub groups: BTreeMap<(FailureKey, String), FailureGroup>,
     /// Shrinks started per key (bounded by `shrinks_per_key`).
     pub shrinks_started: BTreeMap<FailureKey, usize>,
-    pub not_reproduced: u64,
     pub io_errors: Vec<String>,
+}
+
+impl FailureGroup {
+    /// A group for `failure` with nothing saved, shrunk or counted yet: callers set what they
+    /// have, and [`Aggregate::add_to_group`] counts it. `not_reproduced` follows the shape.
+    pub(crate) fn new(
+        failure: &CaseFailure,
+        shape: String,
+        also_failed: Vec<FailureKey>,
+        steps_before_shrink: usize,
+    ) -> FailureGroup {
+        FailureGroup {
+            key: failure.key,
+            severity: failure.severity,
+            category: failure.category,
+            not_reproduced: shape == NOT_REPRODUCED,
+            shape,
+            count: 0,
+            case_seeds: Vec::new(),
+            explanation: failure.explanation.clone(),
+            also_failed,
+            seed_file: None,
+            more_seed_files: Vec::new(),
+            steps_before_shrink,
+            steps_after_shrink: None,
+            history_digest: None,
+        }
+    }
 }
 
 impl Aggregate {
