@@ -1,9 +1,10 @@
 //! Server metrics: lock-free counters with fixed label sets, rendered as Prometheus text.
 //!
-//! Counters that the hub already keeps (published, gaps, evictions) and its gauges are read
-//! from the hub when `/metrics` is scraped; what only the adapter sees (frames actually
-//! written, delivery latency, why connections ended, publish errors including HTTP-only ones)
-//! lives here. Label sets are closed arrays, so the metric's memory is fixed.
+//! Counters that the hub already keeps (published, gaps, evictions) are read from the hub when
+//! `/metrics` is scraped, and its gauges at most once per `tick_interval_ms` (`Shared::scrape`:
+//! sampling them walks every user under the hub lock); what only the adapter sees (frames
+//! actually written, delivery latency, why connections ended, publish errors including
+//! HTTP-only ones) lives here. Label sets are closed arrays, so the metric's memory is fixed.
 
 use crate::hub::{Counters, Gauges, PublishError};
 use crate::protocol::ErrorCode;
@@ -222,6 +223,11 @@ impl Metrics {
             counters.slow_consumer_closes,
         );
         counter(
+            "herald_dormant_evicted_total",
+            "Quiet streams forgotten at dormant_streams_max (each user's next resume gets an epoch gap).",
+            counters.dormant_evicted,
+        );
+        counter(
             "herald_sockets_refused_total",
             "Accepted sockets closed at once because sockets_max were open.",
             self.sockets_refused(),
@@ -282,8 +288,13 @@ impl Metrics {
         );
         gauge(
             "herald_retained_bytes",
-            "Encoded bytes retained for replay.",
+            "Bytes retained for replay as retention_bytes_max counts them: frames, keys and bookkeeping.",
             gauges.retained_bytes,
+        );
+        gauge(
+            "herald_dormant_streams",
+            "Quiet streams remembered by epoch and head (nothing retained, no connection).",
+            gauges.dormant_streams,
         );
 
         let _ = writeln!(

@@ -47,7 +47,9 @@ impl Notifier {
 
     /// Like [`Notifier::publish`], deduplicated by `idempotency_key`: while the first event
     /// published with that key is retained, the same key returns its seq with
-    /// `duplicate: true` and publishes nothing. Retrying a failed publish with a key is safe.
+    /// `duplicate: true` and publishes nothing. Retrying a failed publish with a key is safe
+    /// within that window; once the event is evicted its key is forgotten with it, and the same
+    /// key publishes a new event.
     /// The same key with another run, kind or data is refused with `IdempotencyConflict`.
     pub fn publish_with_key(
         &self,

@@ -94,8 +94,8 @@ pub enum ClientFrame {
 pub enum GapReason {
     /// Evicted by `retention_events_max`, `retention_age_ms` or `retention_bytes_max`.
     Retention,
-    /// The stream the client resumed no longer exists (server restart, or the user's stream was
-    /// dropped after all its events expired); `to` is then unknown and sent as `null`.
+    /// The stream the client resumed no longer exists (a server restart, or the user's quiet
+    /// stream forgotten at `dormant_streams_max`); `to` is then unknown and sent as `null`.
     Epoch,
 }
 
@@ -167,8 +167,10 @@ impl ErrorCode {
         }
     }
 
-    /// Whether a client should reconnect after this close. Auth failures are final until the
-    /// token provider yields a different token; everything else is transient.
+    /// Whether a client should reconnect with the same hello after this close. `bad_frame` is
+    /// final. `auth_failed` is final for the token it refused: only a different token can
+    /// succeed (the reference client asks its token provider again after its backoff and stops
+    /// if the token is unchanged). Everything else is transient.
     pub fn is_retryable(self) -> bool {
         !matches!(self, ErrorCode::AuthFailed | ErrorCode::BadFrame)
     }

@@ -303,3 +303,98 @@ async fn dev_banner_with_generated_secrets_prints_them_and_working_commands() {
     let minted = run_in_shell(&format!("{}\nherald token --user alice", exports.join("\n")), &[]);
     connect_as_alice(herald.addr, minted.trim()).await;
 }
+
+/// A `herald serve --listen 127.0.0.1:0` process with `flags`, logging at info, and the address
+/// its start-up log says it serves on. Stderr is drained after that line, so no write blocks.
+async fn spawn_on_any_port(flags: &[&str]) -> HeraldProcess {
+    let mut child = herald()
+        .env("RUST_LOG", "info")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        for line in lines.by_ref() {
+            if line.contains("herald serving") {
+                let _ = sender.send(line);
+                break;
+            }
+        }
+        lines.for_each(drop);
+    });
+    let line = receiver.recv_timeout(WAIT).expect("the start-up log line within WAIT");
+    let addr = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"));
+    HeraldProcess { child, addr }
+}
+
+/// With `--listen 127.0.0.1:0` the start-up log names the port actually bound, not port 0: it
+/// is the only way to find the server.
+#[tokio::test]
+async fn the_start_up_log_names_the_bound_address() {
+    let herald = spawn_on_any_port(&[]).await;
+    assert_ne!(herald.addr.port(), 0, "the log shows the bound port");
+    assert_eq!(http(herald.addr, "GET", "/healthz", None, None).await.0, 200);
+}
+
+/// Waits (bounded) for the process to exit.
+async fn wait_exit(herald: &mut HeraldProcess, within: Duration) -> Option<std::process::ExitStatus> {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Some(status) = herald.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .ok()
+}
+
+/// During the drain (here held open for 20 s by a publish whose body never arrives), a second
+/// stop signal ends the process at once, with the exit code of a process that signal killed:
+/// the operator who presses Ctrl-C twice is not left with SIGKILL as the only way out.
+#[tokio::test]
+async fn a_second_signal_during_the_drain_exits_at_once_with_failure() {
+    let mut herald = spawn_on_any_port(&["--write-timeout-ms", "20000", "--http-request-timeout-ms", "60000"]).await;
+    let mut held = tokio::net::TcpStream::connect(herald.addr).await.unwrap();
+    let half_a_publish = format!(
+        "POST /v1/users/alice/events HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"run\":"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut held, half_a_publish.as_bytes())
+        .await
+        .unwrap();
+    // Let the handler start waiting for the rest of the body.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    send_signal(&herald.child, "TERM");
+    // The first signal was handled once the listener is closed.
+    let closed = tokio::time::timeout(WAIT, async {
+        while tokio::net::TcpStream::connect(herald.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the listener did not close after SIGTERM");
+    assert!(
+        wait_exit(&mut herald, Duration::from_millis(500)).await.is_none(),
+        "the held publish keeps the drain going"
+    );
+
+    send_signal(&herald.child, "INT");
+    let exit = wait_exit(&mut herald, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("herald still running {WAIT:?} after the second signal"));
+    assert_eq!(exit.code(), Some(128 + 2), "exited as if killed by SIGINT: {exit}");
+    drop(held);
+}

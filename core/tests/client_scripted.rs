@@ -1,15 +1,18 @@
 //! The client against a scripted WebSocket peer that misbehaves on purpose — things the real
 //! server never does, but the client must handle without hiding them: duplicates at the replay
 //! seam, seq jumps, unparsable and binary frames, events before the welcome, an epoch change
-//! without a gap, and a terminal `bad_frame` close. Also `attempts_max`, against a peer that
-//! welcomes once and then is gone.
+//! without a gap, a terminal `bad_frame` close, an `auth_failed` followed by a different token
+//! (or the same one), and seqs of 2^64−1. Also `attempts_max`, against a peer that welcomes once
+//! and then is gone.
 
 use futures_util::{SinkExt, StreamExt};
 use herald_core::client::{
-    Client, ClientConfig, ClientObserver, ClientState, CloseCause, FrameReceived, Item, ItemGapReason, TcpConnector,
+    Backoff, Client, ClientConfig, ClientObserver, ClientState, CloseCause, FrameReceived, Item, ItemGapReason,
+    NoObserver, TcpConnector,
 };
-use herald_core::protocol::{ClientFrame, ErrorCode, EventKind, Resume, ServerFrame};
+use herald_core::protocol::{ClientFrame, ErrorCode, EventKind, GapReason, Resume, ServerFrame};
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -434,7 +437,7 @@ async fn auth_failed_followed_by_eof_without_a_close_frame_is_terminal() {
     assert_eq!(
         client.state(),
         ClientState::Stopped {
-            reason: "auth_failed: bad signature".into()
+            reason: "auth_failed: bad signature (the token provider returned the refused token again)".into()
         }
     );
     let log = log.0.lock().unwrap().clone();
@@ -491,4 +494,268 @@ async fn an_attempt_dropped_by_the_application_does_not_count_toward_attempts_ma
     assert!(connecting[0].starts_with("connecting 1 None"), "{log:#?}");
     assert!(connecting[1].starts_with("connecting 2 None"), "{log:#?}");
     assert!(log.contains(&"closed None Dropped".to_string()), "{log:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token changes after `auth_failed`, and seqs no stream reaches
+
+/// One connection end as the client reported it: close code, cause, reason.
+type End = (Option<u16>, CloseCause, String);
+
+/// Every connection end the client reported.
+#[derive(Clone, Default)]
+struct Closes(Arc<Mutex<Vec<End>>>);
+
+impl Closes {
+    fn all(&self) -> Vec<End> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl ClientObserver for Closes {
+    fn closed(&self, code: Option<u16>, cause: CloseCause, reason: &str) {
+        self.0.lock().unwrap().push((code, cause, reason.to_string()));
+    }
+}
+
+/// A client of `listener` whose n-th call (from 0) to its token provider returns `token(n)`;
+/// also returns the number of calls so far.
+fn spawn_with_tokens(
+    listener: &TcpListener,
+    attempts_max: Option<u32>,
+    token: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> (Client, Arc<AtomicUsize>, Closes) {
+    let addr = listener.local_addr().unwrap();
+    let mut config = ClientConfig::new(format!("ws://{addr}/v1/ws"), 1);
+    config.backoff_initial_ms = 10;
+    config.backoff_max_ms = 50;
+    config.attempts_max = attempts_max;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let tokens = move || token(counter.fetch_add(1, Ordering::SeqCst));
+    let closes = Closes::default();
+    let client = Client::spawn(config, TcpConnector { addr: addr.to_string() }, tokens, closes.clone());
+    (client, calls, closes)
+}
+
+/// Reads the hello and returns its token and resume.
+async fn hello_with_token(peer: &mut Peer) -> (String, Option<Resume>) {
+    let message = tokio::time::timeout(WAIT, peer.next()).await.unwrap().unwrap().unwrap();
+    match serde_json::from_str::<ClientFrame>(message.to_text().unwrap()).unwrap() {
+        ClientFrame::Hello { token, resume } => (token, resume),
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+/// Refuses the hello as the server does: the `error` frame, then the close frame.
+async fn refuse(peer: &mut Peer, code: ErrorCode, message: &str) {
+    send(
+        peer,
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+        },
+    )
+    .await;
+    peer.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code.close_code()),
+        reason: code.as_str().into(),
+    })))
+    .await
+    .unwrap();
+}
+
+/// Waits until the client has dropped the connection (no close frame expected, none needed).
+async fn dropped_by_client(peer: &mut Peer) {
+    loop {
+        match tokio::time::timeout(WAIT, peer.next())
+            .await
+            .expect("the client dropped the connection")
+        {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The server's secret was rotated before the token service switched: the old token is refused
+/// with 4001, and the provider's next token (the new secret's) is tried after the backoff.
+#[tokio::test]
+async fn auth_failed_is_retried_when_the_token_provider_yields_a_different_token() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mut client, calls, closes) = spawn_with_tokens(&listener, None, |n| {
+        if n == 0 { "old-secret" } else { "new-secret" }.to_string()
+    });
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello_with_token(&mut peer).await, ("old-secret".to_string(), None));
+    refuse(&mut peer, ErrorCode::AuthFailed, "bad signature").await;
+
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello_with_token(&mut peer).await, ("new-secret".to_string(), None));
+    send(&mut peer, welcome("e1", 0, false)).await;
+    send(&mut peer, event(1)).await;
+    assert_eq!(seq_of(next(&mut client).await), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "asked once per hello");
+    assert_eq!(
+        closes.all(),
+        vec![(Some(4001), CloseCause::Server, "auth_failed: bad signature".to_string())]
+    );
+}
+
+/// A provider that returns the refused token again has nothing better: the client stops for
+/// good, after asking once more (once the backoff has passed), and says why.
+#[tokio::test]
+async fn auth_failed_with_the_same_token_again_stops_for_good() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mut client, calls, closes) = spawn_with_tokens(&listener, None, |_| "token".to_string());
+    let mut peer = accept(&listener).await;
+    hello_with_token(&mut peer).await;
+    refuse(&mut peer, ErrorCode::AuthFailed, "bad signature").await;
+
+    assert_eq!(next(&mut client).await, None, "stopped for good");
+    assert_eq!(
+        client.state(),
+        ClientState::Stopped {
+            reason: "auth_failed: bad signature (the token provider returned the refused token again)".into()
+        }
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the provider was asked again");
+    let again = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+    assert!(again.is_err(), "the refused token was sent again");
+    assert_eq!(closes.all().len(), 1);
+}
+
+/// A provider with a new (and still refused) token on every call is retried like any other
+/// failure: at the backoff's rate, and `attempts_max` times at most.
+#[tokio::test]
+async fn auth_failed_with_a_new_bad_token_every_time_is_bounded_by_attempts_max() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mut client, calls, _closes) = spawn_with_tokens(&listener, Some(3), |n| format!("bad-{n}"));
+    for n in 0..3 {
+        let mut peer = accept(&listener).await;
+        assert_eq!(hello_with_token(&mut peer).await, (format!("bad-{n}"), None));
+        refuse(&mut peer, ErrorCode::AuthFailed, "bad signature").await;
+    }
+    assert_eq!(next(&mut client).await, None);
+    assert_eq!(
+        client.state(),
+        ClientState::Stopped {
+            reason: "gave up: 3 attempts without a welcome (attempts_max 3)".into()
+        }
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "not asked after giving up");
+}
+
+/// No stream reaches seq 2^64-1 (the server refuses `resume.after` = 2^64-1 with 4004): a
+/// welcome head, event seq or gap end there is a server bug. The client drops that connection
+/// before the frame moves its position (which it could never resume from), and resumes from
+/// its last good seq; a debug build used to panic on the overflow.
+#[tokio::test]
+async fn a_seq_of_2_pow_64_minus_1_drops_the_connection_and_the_client_resumes_from_its_last_good_seq() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mut client, _calls, closes) = spawn_with_tokens(&listener, None, |_| "token".to_string());
+
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello_with_token(&mut peer).await.1, None);
+    send(&mut peer, welcome("e1", u64::MAX, false)).await;
+    dropped_by_client(&mut peer).await;
+
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello_with_token(&mut peer).await.1, None, "the bad head is no position");
+    send(&mut peer, welcome("e1", 0, false)).await;
+    send(&mut peer, event(1)).await;
+    send(&mut peer, event(u64::MAX)).await;
+    dropped_by_client(&mut peer).await;
+    assert_eq!(seq_of(next(&mut client).await), 1);
+
+    let resume = Some(Resume {
+        epoch: "e1".into(),
+        after: 1,
+    });
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello_with_token(&mut peer).await.1, resume);
+    send(&mut peer, welcome("e1", 1, true)).await;
+    peer.send(Message::binary(vec![1u8])).await.unwrap(); // unreadable: the overflowing path
+    send(
+        &mut peer,
+        ServerFrame::Gap {
+            epoch: "e1".into(),
+            from: 2,
+            to: Some(u64::MAX),
+            reason: GapReason::Retention,
+        },
+    )
+    .await;
+    dropped_by_client(&mut peer).await;
+
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello_with_token(&mut peer).await.1, resume, "still the last good seq");
+    send(&mut peer, welcome("e1", 2, true)).await;
+    send(&mut peer, event(2)).await;
+    assert_eq!(seq_of(next(&mut client).await), 2, "nothing invented in between");
+    assert_eq!(
+        client.state(),
+        ClientState::Connected {
+            epoch: "e1".into(),
+            last_seq: 2
+        }
+    );
+    let ends: Vec<End> = closes.all();
+    let max = u64::MAX;
+    let expected = [
+        format!("welcome head {max}"),
+        format!("event seq {max}"),
+        format!("gap to {max}"),
+    ];
+    assert_eq!(ends.len(), expected.len(), "{ends:#?}");
+    for ((code, cause, reason), what) in ends.iter().zip(expected) {
+        assert_eq!((*code, *cause), (None, CloseCause::Network), "{ends:#?}");
+        assert!(
+            reason.starts_with(&format!(
+                "protocol violation by the server: {what} is beyond every stream"
+            )),
+            "{ends:#?}"
+        );
+    }
+}
+
+/// A connection that ended in a protocol violation does not reset the backoff, even though it
+/// was welcomed: a server that welcomes and then repeats the bad frame on every resume is
+/// retried at the growing (capped) backoff, not every `backoff_initial_ms`. The jitter is
+/// seeded, so the least time the retries can take is known exactly.
+#[tokio::test]
+async fn a_server_that_repeats_a_violation_after_each_welcome_is_retried_with_growing_backoff() {
+    const VIOLATIONS: usize = 7;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = ClientConfig::new(format!("ws://{addr}/v1/ws"), 5);
+    config.backoff_initial_ms = 10;
+    config.backoff_max_ms = 1_000;
+    let mut backoff = Backoff::from_config(&config);
+    let least_ms: u64 = (0..VIOLATIONS).map(|_| backoff.next_delay_ms()).sum();
+    assert!(
+        least_ms > 10 * VIOLATIONS as u64 + 200,
+        "the seed draws a distinguishable wait ({least_ms} ms)"
+    );
+    let _client = Client::spawn(
+        config,
+        TcpConnector { addr: addr.to_string() },
+        || "token".to_string(),
+        NoObserver,
+    );
+    let mut peer = accept(&listener).await;
+    hello_with_token(&mut peer).await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..VIOLATIONS {
+        send(&mut peer, welcome("e1", 0, false)).await;
+        send(&mut peer, event(u64::MAX)).await;
+        dropped_by_client(&mut peer).await;
+        peer = accept(&listener).await;
+        hello_with_token(&mut peer).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(least_ms),
+        "{VIOLATIONS} retries took {took:?}, less than the backoff's {least_ms} ms: it was reset"
+    );
 }

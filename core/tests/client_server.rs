@@ -1,6 +1,7 @@
 //! The client library against the real server on loopback: live delivery, resume after a
 //! dropped connection, epoch gap after a restart, slow-consumer cut and recovery, clean close,
-//! terminal auth failure, token refresh after 4002, connect retries, and task shutdown on drop.
+//! terminal auth failure, a retry after 4001 with a different token, token refresh after 4002,
+//! connect retries, and task shutdown on drop.
 //! Partitions (a peer that goes silent) are in `client_partition.rs`.
 
 use herald_core::auth::mint_token;
@@ -690,5 +691,38 @@ async fn dropping_the_client_stops_its_task() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recorder.resumes().len(), 1);
     assert_eq!(server.server.gauges().connections, 0);
+    server.stop().await;
+}
+
+/// The server's secret was rotated before the token service switched: the first token is
+/// refused (4001), and the provider's next one, signed with the new secret, is tried after the
+/// backoff instead of the client stopping for good.
+#[tokio::test]
+async fn auth_failure_is_retried_once_the_token_provider_yields_a_different_token() {
+    let server = start(server_config(), 10).await;
+    let recorder = Recorder::default();
+    let config = client_config(server.addr, 10);
+    let connector = TcpConnector {
+        addr: server.addr.to_string(),
+    };
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let tokens = move || {
+        let secret: &[u8] = if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            b"the-secret-before-rotation"
+        } else {
+            SECRET
+        };
+        mint_token(secret, "alice", UNIX_BASE_SECS + 3_600)
+    };
+    let mut client = Client::spawn(config, connector, tokens, recorder.clone());
+    wait_connected(&client).await;
+    let closes = recorder.closes();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!((closes[0].0, closes[0].1), (Some(4001), CloseCause::Server));
+    assert_eq!(recorder.resumes(), vec![None, None], "never welcomed before the retry");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    publish(&server, "alice", 1);
+    assert_eq!(event_seqs(&recv_events(&mut client, 1).await), vec![1]);
     server.stop().await;
 }

@@ -376,3 +376,96 @@ async fn a_user_path_segment_that_is_not_utf8_is_an_invalid_user() {
         "{text}"
     );
 }
+
+/// Sends the headers of a publish and half its body, then nothing: the answer is the 408 that
+/// PROTOCOL.md promises (retry with the idempotency key), whichever deadline ends the read.
+async fn publish_with_half_a_body(server: &TestServer) -> (u16, String) {
+    let body = json!({"run": "r", "kind": "agent_started", "data": {}}).to_string();
+    let (sent, _) = body.split_at(body.len() / 2);
+    let request = format!(
+        "POST /v1/users/alice/events HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{sent}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut responses = read_responses(&mut stream, 1).await;
+    assert_eq!(responses.len(), 1, "the cut-short publish was answered");
+    responses.remove(0)
+}
+
+/// The socket's `http_request_timeout_ms` (here shorter than `write_timeout_ms`) ends the body
+/// read with a `TimedOut` error: a 408, not the 400 `malformed` that says "do not retry".
+#[tokio::test]
+async fn a_body_cut_short_by_the_request_timeout_is_a_408() {
+    let mut config = test_config();
+    config.http_request_timeout_ms = 300;
+    config.write_timeout_ms = 5_000;
+    let server = start(config, 29).await;
+    let (status, body) = publish_with_half_a_body(&server).await;
+    assert_eq!((status, error_code(&body).as_str()), (408, "malformed"), "{body}");
+    assert!(body.contains("http_request_timeout_ms"), "{body}");
+    let text = server.server.metrics_text();
+    assert!(text.contains("herald_http_request_timeouts_total 1\n"), "{text}");
+    assert!(
+        text.contains("herald_publish_errors_total{code=\"malformed\"} 1\n"),
+        "{text}"
+    );
+}
+
+/// The handler's own bound on the body read, `write_timeout_ms`, when it comes first.
+#[tokio::test]
+async fn a_body_cut_short_by_the_write_timeout_is_a_408() {
+    let mut config = test_config();
+    config.write_timeout_ms = 300;
+    let server = start(config, 30).await;
+    let (status, body) = publish_with_half_a_body(&server).await;
+    assert_eq!((status, error_code(&body).as_str()), (408, "malformed"), "{body}");
+    assert!(body.contains("write_timeout_ms"), "{body}");
+}
+
+/// Every error body has the JSON shape, also the ones axum would answer by itself: a method
+/// the path does not take, and a `GET /v1/ws` that is no WebSocket upgrade.
+#[tokio::test]
+async fn framework_refusals_have_the_json_error_shape() {
+    let server = start(test_config(), 31).await;
+    for (method, path) in [
+        ("GET", "/v1/users/alice/events"),
+        ("DELETE", "/v1/users/alice/events"),
+        ("POST", "/healthz"),
+        ("POST", "/metrics"),
+        ("POST", "/v1/ws"),
+    ] {
+        let (status, body) = http(server.addr, method, path, Some(API_KEY), None).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (405, "method_not_allowed"),
+            "{method} {path}: {body}"
+        );
+    }
+    let (status, body) = http(server.addr, "GET", "/v1/ws", None, None).await;
+    assert_eq!((status, error_code(&body).as_str()), (400, "bad_upgrade"), "{body}");
+    assert!(body.contains("upgrade"), "{body}");
+    // Neither is a publish: no publish error is counted.
+    let text = server.server.metrics_text();
+    assert!(
+        text.contains("herald_publish_errors_total{code=\"malformed\"} 0\n"),
+        "{text}"
+    );
+}
+
+/// RFC 7235: the scheme is case-insensitive; a publisher that sends `bearer` is let in.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let server = start(test_config(), 32).await;
+    let body = json!({"run": "r", "kind": "agent_started", "data": {}}).to_string();
+    let request = format!(
+        "POST /v1/users/alice/events HTTP/1.1\r\nHost: herald\r\nConnection: close\r\n\
+         authorization: bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let responses = read_responses(&mut stream, 1).await;
+    assert_eq!(responses.first().map(|r| r.0), Some(201), "{responses:?}");
+}

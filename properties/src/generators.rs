@@ -647,6 +647,11 @@ fn fix_hostile_targets(scenario: &mut Scenario) {
     limits.connections_per_user_max = limits.connections_per_user_max.max(most_tabs + 2);
 }
 
+/// What the hub counts against `retention_bytes_max` beside the largest frame: its bookkeeping
+/// (`RETAINED_EVENT_OVERHEAD_BYTES`, 160) and a 128-byte idempotency key twice. Mirrored, as
+/// this crate does not depend on the core; a sim test starts a hub on generated limits.
+const LARGEST_EVENT_EXTRA_BYTES: u64 = 160 + 2 * 128;
+
 /// Checks that a scenario is well formed: every index in range, every client step names a
 /// client opened earlier (and not yet closed), client ids unique, limits usable. Generators
 /// and the shrinker only ever produce valid scenarios.
@@ -656,8 +661,12 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
         return Err("users and client_hosts must be at least 1".into());
     }
     let limits = &config.limits;
-    if limits.event_bytes_max > limits.retention_bytes_max {
-        return Err("event_bytes_max must not exceed retention_bytes_max".into());
+    // The hub's rule (`HubConfig::validate`): one largest event, with the bookkeeping and the
+    // longest idempotency key it counts beside the frame, fits in retention_bytes_max.
+    if limits.event_bytes_max + LARGEST_EVENT_EXTRA_BYTES > limits.retention_bytes_max {
+        return Err(format!(
+            "retention_bytes_max must hold event_bytes_max + {LARGEST_EVENT_EXTRA_BYTES} bytes"
+        ));
     }
     if [
         limits.retention_events_max,

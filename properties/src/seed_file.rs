@@ -61,6 +61,12 @@ pub struct GeneratorInfo {
     pub seed: u64,
     pub size: String,
     pub swarm: bool,
+    /// The campaign ran with `--whole-quiet-period`, which clears the generated scenario's
+    /// `settle_ms`: without it, `run --seed S --size .. --swarm` would regenerate a scenario that
+    /// ends once settled, not the one that failed. Omitted when false, so files written before
+    /// it was recorded read as false and re-save byte for byte.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_quiet_period: bool,
 }
 
 /// The failure observed when a fuzz campaign saved the file.
@@ -141,5 +147,36 @@ impl SeedFile {
         let mut text = serde_json::to_string_pretty(self).expect("seed files always serialize");
         text.push('\n');
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_generator(generator: &str) -> String {
+        let scenario = Scenario {
+            config: crate::scenario::ScenarioConfig::default(),
+            steps: Vec::new(),
+        };
+        let scenario = serde_json::to_string(&scenario).unwrap();
+        let file = format!(
+            r#"{{"format_version": 1, "name": "x", "seed": 7, "generator": {generator}, "scenario": {scenario}}}"#
+        );
+        SeedFile::from_json(&file).unwrap().to_json()
+    }
+
+    #[test]
+    fn the_generator_records_whole_quiet_period_and_older_files_stay_byte_identical() {
+        let old = with_generator(r#"{"seed": 7, "size": "small", "swarm": true}"#);
+        let parsed = SeedFile::from_json(&old).unwrap();
+        assert!(!parsed.generator.as_ref().unwrap().whole_quiet_period);
+        assert_eq!(parsed.to_json(), old, "an older file re-saves byte for byte");
+        assert!(!old.contains("whole_quiet_period"), "{old}");
+
+        let whole = with_generator(r#"{"seed": 7, "size": "small", "swarm": true, "whole_quiet_period": true}"#);
+        let parsed = SeedFile::from_json(&whole).unwrap();
+        assert!(parsed.generator.as_ref().unwrap().whole_quiet_period);
+        assert_eq!(parsed.to_json(), whole);
     }
 }

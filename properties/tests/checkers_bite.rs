@@ -2253,3 +2253,74 @@ fn bounded_resources_near_miss_retained_events_not_yet_expired() {
     let (scenario, history) = last_sample_at(expiring_at, retaining(1));
     assert_clean(&scenario, &history);
 }
+
+// ---------------------------------------------------------------- liveness: latency after the heal
+
+/// The last step sets the latency to `min_ms..max_ms` at 200 ms and nothing restores it before
+/// the heal at 5 s, which puts the config's latency (1..20 ms) back on every link. u0's event 1
+/// is published at `publish_at` (after the heal) and reaches client 0 at `arrives_at`.
+fn delivered_after_a_heal_that_restored_latency(
+    min_ms: u64,
+    max_ms: u64,
+    publish_at: u64,
+    arrives_at: u64,
+) -> (Scenario, History) {
+    let (mut scenario, mut b) = base();
+    let step = Step::SetLatency { min_ms, max_ms };
+    scenario.steps.push(herald_properties::scenario::TimedStep {
+        at_ms: 200,
+        step: step.clone(),
+    });
+    b.at(200);
+    b.step(2, step);
+    b.at(5_000);
+    b.heal();
+    b.at(publish_at);
+    b.publish_ok("u0", "E0", 1);
+    b.at(arrives_at);
+    b.deliver(0, "E0", 1);
+    b.at(29_000);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        ..GaugeSample::default()
+    });
+    b.at(30_000);
+    b.end();
+    (scenario, b.build())
+}
+
+#[test]
+fn liveness_fires_on_a_late_delivery_after_the_heal_restored_the_latency() {
+    // A spike to 3.5 s was the last step; the heal restored 20 ms. An event published 5 s after
+    // the heal (beyond any message the spike still held) and delivered 10 s later is late: the
+    // deadline is X = 4·20 + 10·10 + 1000 ms, not 4·3500 + ... as if the spike still held.
+    let (scenario, history) = delivered_after_a_heal_that_restored_latency(1_500, 3_500, 10_000, 20_000);
+    let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+    assert!(
+        v.explanation.contains("prompt-delivery deadline t=11.180s") && v.explanation.contains("latency 20 ms"),
+        "{v}"
+    );
+    // Delivered within that bound, it passes.
+    let (scenario, history) = delivered_after_a_heal_that_restored_latency(1_500, 3_500, 10_000, 11_100);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn liveness_near_miss_a_publish_just_after_the_heal_may_still_meet_the_spike() {
+    // Published 1 s after the heal: a message sent before it may still travel at the spike's
+    // latency, so the spike's bound (4·3500 + 100 + 1000 ms) still applies.
+    let (scenario, history) = delivered_after_a_heal_that_restored_latency(1_500, 3_500, 6_000, 16_000);
+    assert_clean(&scenario, &history);
+}
+
+#[test]
+fn liveness_near_miss_the_heal_restores_a_latency_above_the_last_steps() {
+    // The last step lowered the latency to 5 ms; the heal put the config's 20 ms back, so an
+    // event published after it may take X = 4·20 + 10·10 + 1000 ms, not 4·5 + ....
+    let (scenario, history) = delivered_after_a_heal_that_restored_latency(1, 5, 10_000, 11_150);
+    assert_clean(&scenario, &history);
+    let (scenario, history) = delivered_after_a_heal_that_restored_latency(1, 5, 10_000, 11_181);
+    let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
+    assert!(v.explanation.contains("prompt-delivery deadline t=11.180s"), "{v}");
+}

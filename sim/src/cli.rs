@@ -5,15 +5,18 @@ use herald_properties::checkers::check_all;
 use herald_properties::generators::{GeneratorSettings, Size};
 use herald_properties::history::{History, Observation};
 use herald_properties::scenario::Scenario;
+use herald_properties::seed_file::{Expect, SeedFile};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// The seed of the world (and of the generated scenario, unless --scenario is given).
-    #[arg(long, env = "HERALD_SEED", default_value_t = 0)]
-    pub seed: u64,
-    /// Run this scenario (a scenario JSON file, or a seed / catalogue file holding one).
+    /// The seed of the world (and of the generated scenario, unless --scenario is given); 0 by
+    /// default, or the file's own world seed for a seed / catalogue file.
+    #[arg(long, env = "HERALD_SEED")]
+    pub seed: Option<u64>,
+    /// Run this scenario (a scenario JSON file, or a seed / catalogue file holding one, which
+    /// runs under its own world seed; `replay` also judges its expectations and verdict).
     #[arg(long)]
     pub scenario: Option<PathBuf>,
     /// Size of the generated scenario.
@@ -57,37 +60,83 @@ impl From<SizeArg> for Size {
     }
 }
 
-/// Loads a scenario from a file holding either a bare scenario or an object with a `scenario`
-/// field (seed files and catalogue entries).
-pub fn load_scenario(path: &PathBuf) -> Result<Scenario, String> {
+/// What a `--scenario` (or `shrink`) file holds.
+pub enum ScenarioFile {
+    /// A bare scenario, or an object with a `scenario` field and no `format_version`: it runs
+    /// under the world seed the command is given.
+    Bare(Box<Scenario>),
+    /// A seed file or catalogue entry (it has `format_version`): it carries its own world seed,
+    /// expectations and verdict, and is read as one (a wrong version is an error), since run as
+    /// a bare scenario under another seed it would no longer reproduce what it records.
+    Seed(Box<SeedFile>),
+}
+
+/// Loads a [`ScenarioFile`]; `run --scenario` and `shrink` both read their file through this.
+pub fn load_scenario_file(path: &PathBuf) -> Result<ScenarioFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    if value.get("format_version").is_some() {
+        let file = SeedFile::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(ScenarioFile::Seed(Box::new(file)));
+    }
     let scenario = value.get("scenario").cloned().unwrap_or(value);
-    serde_json::from_value(scenario).map_err(|e| format!("{} holds no valid scenario: {e}", path.display()))
+    serde_json::from_value(scenario)
+        .map(|scenario| ScenarioFile::Bare(Box::new(scenario)))
+        .map_err(|e| format!("{} holds no valid scenario: {e}", path.display()))
+}
+
+/// The scenario `run` runs and its world seed: `--seed` (0 by default) for a generated scenario
+/// or a bare file; a seed file's own world seed unless `--seed` is given, which then overrides
+/// it with a warning (the file's recorded digest and verdict no longer apply).
+fn run_input(args: &RunArgs) -> Result<(Scenario, u64), String> {
+    let Some(path) = &args.scenario else {
+        let seed = args.seed.unwrap_or(0);
+        let settings = GeneratorSettings {
+            size: args.size.into(),
+            swarm: args.swarm,
+        };
+        return Ok((
+            crate::campaign::generated_scenario(settings, seed, args.whole_quiet_period),
+            seed,
+        ));
+    };
+    let (mut scenario, seed) = match load_scenario_file(path)? {
+        ScenarioFile::Bare(scenario) => (*scenario, args.seed.unwrap_or(0)),
+        ScenarioFile::Seed(file) => {
+            let seed = match args.seed {
+                Some(seed) if seed != file.seed => {
+                    eprintln!(
+                        "warning: --seed {seed} overrides the world seed {} of the seed file {}: its recorded \
+                         digest and verdict do not apply to this run",
+                        file.seed,
+                        path.display()
+                    );
+                    seed
+                }
+                _ => file.seed,
+            };
+            if !file.expectations.is_empty() || file.expect != Expect::Pass {
+                eprintln!(
+                    "note: `run` checks the invariants only; the file's expectations and `expect` verdict \
+                     are judged by `herald-sim replay {}`",
+                    path.display()
+                );
+            }
+            (file.scenario, seed)
+        }
+    };
+    if args.whole_quiet_period {
+        scenario.config.settle_ms = None;
+    }
+    Ok((scenario, seed))
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let scenario = match &args.scenario {
-        Some(path) => {
-            let mut scenario = load_scenario(path)?;
-            if args.whole_quiet_period {
-                scenario.config.settle_ms = None;
-            }
-            scenario
-        }
-        None => crate::campaign::generated_scenario(
-            GeneratorSettings {
-                size: args.size.into(),
-                swarm: args.swarm,
-            },
-            args.seed,
-            args.whole_quiet_period,
-        ),
-    };
+    let (scenario, seed) = run_input(&args)?;
     println!(
         "SEED={} steps={} users={} client_hosts={}",
-        args.seed,
+        seed,
         scenario.steps.len(),
         scenario.config.users,
         scenario.config.client_hosts
@@ -99,7 +148,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let started = std::time::Instant::now();
     let output = run_with(
         &scenario,
-        args.seed,
+        seed,
         WorldOptions {
             trace: args.trace,
             ..WorldOptions::default()
@@ -121,8 +170,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         let size = Size::from(args.size).as_str();
         let reproduce = match &args.scenario {
             Some(path) => format!(
-                "cargo run --release -p herald-sim -- run --seed {} --scenario {}{}",
-                args.seed,
+                "cargo run --release -p herald-sim -- run --seed {seed} --scenario {}{}",
                 path.display(),
                 if args.whole_quiet_period {
                     " --whole-quiet-period"
@@ -130,7 +178,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
                     ""
                 }
             ),
-            None => crate::campaign::run_command(args.seed, size, args.swarm, args.whole_quiet_period),
+            None => crate::campaign::run_command(seed, size, args.swarm, args.whole_quiet_period),
         };
         println!("reproduce with: {reproduce}");
     }

@@ -793,6 +793,9 @@ pub fn server_config(scenario: &Scenario) -> ServerConfig {
         send_queue_max: limits.send_queue_max,
         control_queue_max: limits.control_queue_max,
         event_bytes_max: limits.event_bytes_max,
+        // Every quiet user of a scenario stays known, as on a production server far from its
+        // limit: an epoch changes only with a server life.
+        dormant_streams_max: limits.users_max,
     };
     config.hello_timeout_ms = timeouts.hello_timeout_ms;
     config.heartbeat_interval_ms = timeouts.heartbeat_interval_ms;

@@ -27,7 +27,10 @@ use std::process::ExitCode;
 /// what `docker stop`, Kubernetes and systemd send. Without the SIGTERM handler those would
 /// kill the process at once, and clients would see a dropped socket instead of the 1001 close
 /// that tells them to resume elsewhere. Installed before serving, so a signal that arrives
-/// early is not lost to the default action.
+/// early is not lost to the default action. A second one during the drain ends the process at
+/// once: the handlers replaced the default action, and an operator who asks twice (Ctrl-C
+/// again) should not have to reach for SIGKILL while the drain runs (up to twice
+/// `write_timeout_ms`).
 struct StopSignals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
@@ -50,19 +53,37 @@ impl StopSignals {
         Ok(StopSignals {})
     }
 
-    /// Waits for the first stop signal and returns its name.
+    /// Waits for the next stop signal.
     #[cfg(unix)]
-    async fn recv(mut self) -> &'static str {
+    async fn recv(&mut self) -> StopSignal {
         tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => StopSignal { name: "SIGINT", number: libc::SIGINT },
+            _ = self.terminate.recv() => StopSignal { name: "SIGTERM", number: libc::SIGTERM },
         }
     }
 
     #[cfg(not(unix))]
-    async fn recv(self) -> &'static str {
+    async fn recv(&mut self) -> StopSignal {
         let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        StopSignal {
+            name: "Ctrl-C",
+            number: 2,
+        }
+    }
+}
+
+/// One stop signal received.
+struct StopSignal {
+    name: &'static str,
+    number: i32,
+}
+
+impl StopSignal {
+    /// The exit code of a process that a second signal stopped mid-drain: 128 + the signal's
+    /// number, what a shell reports for a process the signal killed (130 for SIGINT, 143 for
+    /// SIGTERM), so that a supervisor does not count a cut-short drain as a clean exit.
+    fn forced_exit_code(&self) -> i32 {
+        128 + self.number
     }
 }
 
@@ -128,6 +149,10 @@ struct ServeArgs {
     /// Largest encoded event frame.
     #[arg(long, env = "HERALD_EVENT_BYTES_MAX", default_value_t = HubConfig::default().event_bytes_max)]
     event_bytes_max: u64,
+    /// Quiet streams remembered by epoch and head, so a quiet user's resume loses nothing
+    /// (0: forget at once; each forgotten one costs its user an epoch gap).
+    #[arg(long, env = "HERALD_DORMANT_STREAMS_MAX", default_value_t = HubConfig::default().dormant_streams_max)]
+    dormant_streams_max: u64,
     /// Time a client has to send hello.
     #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS", default_value_t = defaults().hello_timeout_ms, value_parser = parse_duration_ms)]
     hello_timeout_ms: u64,
@@ -172,7 +197,7 @@ struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = parse_ttl_secs)]
     ttl: u64,
     /// HS256 secret (the server's HERALD_JWT_SECRET).
-    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, value_parser = parse_token_secret)]
     secret: String,
     /// `aud` claim (the server's HERALD_TOKEN_AUDIENCE, if it has one).
     #[arg(long, env = "HERALD_TOKEN_AUDIENCE")]
@@ -237,15 +262,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = server_config(&args, jwt_secret.clone(), api_key.clone());
     config.validate()?;
     fit_sockets_to_file_limit(&mut config);
-    if args.dev {
-        print_dev_banner(
-            &args.listen,
-            &jwt_secret,
-            &api_key,
-            args.token_audience.as_deref(),
-            generated,
-        )?;
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -254,13 +270,28 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let clock = WallClock::shared();
         let server = Server::new(config, clock, SeededRng::new(os_seed()))?;
         let listener = listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        tracing::info!(listen = %args.listen, "herald serving");
+        // The bound address, not `--listen` as given: with port 0 only this says where to go.
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the address bound for {}: {e}", args.listen))?;
+        if args.dev {
+            print_dev_banner(&bound, &jwt_secret, &api_key, args.token_audience.as_deref(), generated)?;
+        }
+        tracing::info!(listen = %bound, "herald serving");
         let on_signal = server.clone();
-        let signals = StopSignals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let mut signals = StopSignals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tokio::spawn(async move {
-            let name = signals.recv().await;
-            tracing::info!("{name}: graceful shutdown");
+            let first = signals.recv().await;
+            tracing::info!("{}: graceful shutdown (send it again to stop at once)", first.name);
             on_signal.shutdown();
+            let second = signals.recv().await;
+            let code = second.forced_exit_code();
+            tracing::error!(
+                exit_code = code,
+                "{} during the graceful shutdown: exiting at once, clients not yet closed see their sockets end",
+                second.name
+            );
+            std::process::exit(code);
         });
         let tcp_nodelay = args.tcp_nodelay;
         server
@@ -307,6 +338,7 @@ fn server_config(args: &ServeArgs, jwt_secret: String, api_key: String) -> Serve
         send_queue_max: args.send_queue_max,
         control_queue_max: args.control_queue_max,
         event_bytes_max: args.event_bytes_max,
+        dormant_streams_max: args.dormant_streams_max,
     };
     config.hello_timeout_ms = args.hello_timeout_ms;
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
@@ -485,6 +517,16 @@ fn parse_ttl_secs(text: &str) -> Result<u64, String> {
     }
 }
 
+/// `herald token --secret`: not empty, since the server refuses to start with an empty
+/// `HERALD_JWT_SECRET`, and a token signed with one would be accepted by no server (and forged
+/// by anyone).
+fn parse_token_secret(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("the secret must not be empty (the server's HERALD_JWT_SECRET; it refuses an empty one)".into());
+    }
+    Ok(text.to_string())
+}
+
 /// The token subject: the server's own id rule, since it refuses (4001) any other `sub`.
 fn parse_user(text: &str) -> Result<String, String> {
     validate_id("user", text)
@@ -580,6 +622,19 @@ mod tests {
             );
         }
         assert!(Cli::try_parse_from(["herald", "token", "--user", "bad user!", "--secret", "s"]).is_err());
+    }
+
+    #[test]
+    fn a_token_is_never_signed_with_an_empty_secret() {
+        let error = Cli::try_parse_from(["herald", "token", "--user", "alice", "--secret", ""])
+            .err()
+            .expect("an empty secret is refused")
+            .to_string();
+        assert!(
+            error.contains("--secret") && error.contains("must not be empty"),
+            "{error}"
+        );
+        assert!(Cli::try_parse_from(["herald", "token", "--user", "alice", "--secret", "s"]).is_ok());
     }
 
     #[test]

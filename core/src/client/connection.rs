@@ -3,18 +3,30 @@
 //! Every wait is a `select! { biased; ... }` over (1) the handle's commands, (2) the work, and
 //! (3) a deadline from tokio time, so that a partition (reads hang, writes block) always ends
 //! in a timeout, and `close()` / `drop_connection()` / dropping the handle always take effect.
+//! The one call no select can interrupt is the synchronous [`TokenProvider::token`], before
+//! each hello: it is the provider's contract to return at once (see the trait).
 //!
 //! Delivery: the tracker advances `last_seq` when it produces items, and those items are then
 //! always handed to the items queue (even if the connection dies while the queue is full) unless
 //! the client stops for good. So `resume.after` never names an item the application lost.
 //!
 //! Stopping for good, besides the application's `close()`: a final refusal by the server
-//! (4001, 4004; judged by the close code, or by the `error` frame when the connection ends
-//! without a usable close code), `attempts_max`, and a server frame beyond `frame_bytes_max`,
-//! which no retry can get past (the resume would replay the same frame, forever).
+//! (4004; judged by the close code, or by the `error` frame when the connection ends without a
+//! usable close code), a 4001 `auth_failed` after which the token provider, asked again once
+//! the backoff has passed, still returns the refused token (a different one is tried: the
+//! server's secret may have been rotated ahead of the token service), `attempts_max`, and a
+//! server frame beyond `frame_bytes_max`, which no retry can get past (the resume would replay
+//! the same frame, forever).
+//!
+//! A server frame naming seq 2^64−1 ([`tracker::seq_out_of_range`]) is a server bug: no stream
+//! reaches that seq, and a position there could never be resumed (the server refuses such a
+//! `resume` with 4004, which would stop the client). The connection is dropped before the
+//! tracker sees the frame, and the client resumes from its last good position; such a
+//! connection does not reset the backoff, so a server that repeats the frame on every resume
+//! is retried at the capped backoff rate.
 
 use super::backoff::Backoff;
-use super::tracker::StreamTracker;
+use super::tracker::{self, StreamTracker};
 use super::{
     ClientConfig, ClientObserver, ClientState, CloseCause, Commands, Connector, FrameReceived, Item, Shared,
     TokenProvider,
@@ -99,7 +111,23 @@ impl Drop for StopGuard {
 /// What happens after a connection ends.
 enum Next {
     Reconnect,
+    /// The server refused the token (`auth_failed`; the reason): after the backoff, reconnect
+    /// if the token provider now returns a different token, stop for good if not.
+    NewToken(String),
     Stop(String),
+}
+
+impl Next {
+    /// After the server refused with `code` (the close code's error, or its `error` frame's).
+    fn after_refusal(code: ErrorCode, reason: String) -> Next {
+        if code.is_retryable() {
+            Next::Reconnect
+        } else if code == ErrorCode::AuthFailed {
+            Next::NewToken(reason)
+        } else {
+            Next::Stop(reason)
+        }
+    }
 }
 
 /// How one attempt or connection ended: reported to the observer, then acted on.
@@ -108,6 +136,8 @@ struct End {
     cause: CloseCause,
     reason: String,
     welcomed: bool,
+    /// The server broke the protocol: even a welcomed connection does not reset the backoff.
+    violation: bool,
     next: Next,
     /// Items the tracker produced that the full queue has not taken yet, in order.
     pending: VecDeque<Item>,
@@ -120,20 +150,30 @@ impl End {
             cause: CloseCause::Network,
             reason,
             welcomed,
+            violation: false,
             next: Next::Reconnect,
             pending: VecDeque::new(),
         }
     }
 
+    /// The server sent a frame that breaks the protocol (`what`): the connection is dropped
+    /// and the client resumes from its last good position, without a backoff reset.
+    fn violation(what: String, welcomed: bool) -> End {
+        End {
+            violation: true,
+            ..End::network(format!("protocol violation by the server: {what}"), welcomed)
+        }
+    }
+
     /// The connection ended without a close frame (or a usable close code) after the server
-    /// sent `error`: a final refusal (4001, 4004) stops the client, as its close would have.
+    /// sent `error`: a final refusal (4001, 4004) is acted on as its close would have been.
     /// The server closes after every error; only the close frame was lost. A retryable error
     /// (or none) leaves the end as it is.
     fn after_error(mut self, last_error: Option<&(ErrorCode, String)>) -> End {
         if let (Some((code, message)), Next::Reconnect, CloseCause::Network) = (last_error, &self.next, self.cause) {
             if !code.is_retryable() {
                 self.reason = format!("{} (after error {code}: {message})", self.reason);
-                self.next = Next::Stop(format!("{code}: {message}"));
+                self.next = Next::after_refusal(*code, format!("{code}: {message}"));
             }
         }
         self
@@ -151,6 +191,7 @@ impl End {
             cause: CloseCause::Network,
             reason: reason.clone(),
             welcomed,
+            violation: false,
             next: Next::Stop(reason),
             pending: VecDeque::new(),
         }
@@ -162,6 +203,7 @@ impl End {
             cause: CloseCause::Dropped,
             reason: "connection dropped by the application".into(),
             welcomed,
+            violation: false,
             next: Next::Reconnect,
             pending,
         }
@@ -178,6 +220,7 @@ impl End {
             cause: CloseCause::Client,
             reason: reason.into(),
             welcomed,
+            violation: false,
             next: Next::Stop(reason.into()),
             pending: VecDeque::new(),
         }
@@ -190,6 +233,7 @@ impl End {
             cause: CloseCause::Client,
             reason: reason.into(),
             welcomed,
+            violation: false,
             next: Next::Stop(reason.into()),
             pending: VecDeque::new(),
         }
@@ -272,17 +316,23 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
         // of them that count toward `attempts_max` (not the ones the application aborted).
         let mut attempt: u32 = 0;
         let mut failures: u32 = 0;
+        // The token for the next hello when it is already fetched: after an `auth_failed`, the
+        // one the provider returned instead of the refused token.
+        let mut fetched: Option<String> = None;
         loop {
             attempt = attempt.saturating_add(1);
             let resume = self.tracker.resume();
             self.shared.set(ClientState::Connecting);
             self.observer.connecting(attempt, resume.as_ref());
-            let end = self.connection(resume).await;
+            let token = fetched.take().unwrap_or_else(|| self.tokens.token());
+            let end = self.connection(&token, resume).await;
             tracing::debug!(code = ?end.code, cause = ?end.cause, reason = %end.reason, "connection ended");
             self.observer.closed(end.code, end.cause, &end.reason);
             self.shared.set(ClientState::Connecting);
             if end.welcomed {
-                self.backoff.reset();
+                if !end.violation {
+                    self.backoff.reset();
+                }
                 attempt = 0;
                 failures = 0;
             } else if end.cause != CloseCause::Dropped {
@@ -293,9 +343,11 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     return reason;
                 }
             }
-            if let Next::Stop(reason) = end.next {
-                return reason;
-            }
+            let refused = match end.next {
+                Next::Stop(reason) => return reason,
+                Next::Reconnect => None,
+                Next::NewToken(reason) => Some(reason),
+            };
             if let Some(attempts_max) = self.config.attempts_max {
                 if failures >= attempts_max {
                     return format!("gave up: {failures} attempts without a welcome (attempts_max {attempts_max})");
@@ -313,6 +365,16 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     },
                     _ = sleep_until(wake) => break,
                 }
+            }
+            if let Some(reason) = refused {
+                // The refusal is final for this token only: a provider that has caught up with
+                // a rotated secret (or minted a fresh token) gets its chance, at the backoff's
+                // rate and within `attempts_max`; one that insists on the refused token ends it.
+                let fresh = self.tokens.token();
+                if fresh == token {
+                    return format!("{reason} (the token provider returned the refused token again)");
+                }
+                fetched = Some(fresh);
             }
         }
     }
@@ -341,11 +403,11 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
         None
     }
 
-    /// One attempt: connect, handshake, hello, then the connection loop.
-    async fn connection(&mut self, resume: Option<Resume>) -> End {
+    /// One attempt: connect, handshake, hello with `token`, then the connection loop.
+    async fn connection(&mut self, token: &str, resume: Option<Resume>) -> End {
         let connect_deadline = Instant::now() + ms(self.config.connect_timeout_ms);
         let hello = serde_json::to_string(&ClientFrame::Hello {
-            token: self.tokens.token(),
+            token: token.to_string(),
             resume,
         })
         .expect("hello always serializes");
@@ -551,6 +613,10 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
             }
             self.observer
                 .frame(connection.as_deref(), &FrameReceived::Parsed(&frame));
+            if let Some(what) = tracker::seq_out_of_range(&frame) {
+                tracing::warn!(%what, "protocol violation by the server, reconnecting");
+                return End::violation(what, welcomed);
+            }
             match frame {
                 ServerFrame::Welcome { epoch, head, .. } => {
                     if welcomed {
@@ -636,8 +702,9 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
     }
 }
 
-/// The server closed: terminal for 4001 `auth_failed` and 4004 `bad_frame`, reconnect otherwise.
-/// Judged by the close code when it is a Herald code ([`ErrorCode::from_close_code`]: 4001 to
+/// The server closed: terminal for 4004 `bad_frame`, for 4001 `auth_failed` unless the token
+/// provider yields a different token ([`Next::NewToken`]), reconnect otherwise. Judged by the
+/// close code when it is a Herald code ([`ErrorCode::from_close_code`]: 4001 to
 /// 4010 or 1001); otherwise (no code, or another one such as 1000) by the preceding `error`
 /// frame, if any.
 fn server_closed(
@@ -654,17 +721,17 @@ fn server_closed(
         (None, false) => close_reason,
         (None, true) => "closed by the server".to_string(),
     };
-    let terminal = error_code.is_some_and(|c| !c.is_retryable());
+    let next = match error_code {
+        Some(error_code) => Next::after_refusal(error_code, reason.clone()),
+        None => Next::Reconnect,
+    };
     End {
         code,
         cause: CloseCause::Server,
-        next: if terminal {
-            Next::Stop(reason.clone())
-        } else {
-            Next::Reconnect
-        },
+        next,
         reason,
         welcomed,
+        violation: false,
         pending: VecDeque::new(),
     }
 }

@@ -9,13 +9,16 @@
 //! only moves frames between the socket, the tracker and the bounded items queue.
 //!
 //! Lifetime: the task retries (capped backoff) until [`Client::close`] is called, the server
-//! refuses for good (4001 `auth_failed`, 4004 `bad_frame`: by close code, or by its `error`
-//! frame when the connection then ends without a close frame), the server sends a frame larger
-//! than `frame_bytes_max` (a configuration error no retry can fix), the [`Client`] is dropped,
-//! or `attempts_max` attempts in a row found no welcome (no limit by default). Each single
-//! attempt, hello included, is bounded by `connect_timeout_ms`; each later write (ping, close)
-//! by `write_timeout_ms`; and a connected stream that receives nothing for `idle_timeout_ms` is
-//! declared dead.
+//! refuses for good (4004 `bad_frame`, or 4001 `auth_failed` when the [`TokenProvider`], asked
+//! again once the backoff has passed, returns the refused token once more: by close code, or by
+//! its `error` frame when the connection then ends without a close frame), the server sends a
+//! frame larger than `frame_bytes_max` (a configuration error no retry can fix), the [`Client`]
+//! is dropped, or `attempts_max` attempts in a row found no welcome (no limit by default). Each
+//! single attempt, hello included, is bounded by `connect_timeout_ms` (the [`TokenProvider`]
+//! call before it is not: it must return at once); each later write (ping, close) by
+//! `write_timeout_ms`; and a connected stream that receives nothing for `idle_timeout_ms` is
+//! declared dead. A server frame naming seq 2^64−1, which no stream reaches, ends its
+//! connection as a protocol violation; the client resumes from its last good position.
 
 mod backoff;
 mod connection;
@@ -183,7 +186,19 @@ impl Connector for TcpConnector {
 }
 
 /// Supplies the JWT for each hello. Called once per attempt, so a provider that refreshes
-/// tokens is all it takes to survive 4002 `token_expired`.
+/// tokens is all it takes to survive 4002 `token_expired`. After a 4001 `auth_failed` it is
+/// called again once the backoff has passed: a different token is tried (the server's secret
+/// may have been rotated before the token service switched), the refused one again stops the
+/// client for good. A provider that returns a new token on every call (minted with a wrong
+/// secret, say) is thus retried like any other failure: at the capped backoff rate, and at most
+/// `attempts_max` times in a row.
+///
+/// `token()` must return at once, without I/O or waiting: it is a synchronous call on the
+/// client's task, so no timeout, `connect_timeout_ms` included, can bound it, neither
+/// [`Client::close`] nor dropping the [`Client`] can interrupt it, and while it blocks it also
+/// blocks its runtime thread (on a current-thread runtime, or in the simulation, every task).
+/// A provider whose token comes over the network returns a cached token and refreshes it in
+/// the background, before it expires.
 pub trait TokenProvider: Send + Sync + 'static {
     fn token(&self) -> String;
 }
@@ -212,8 +227,9 @@ pub enum CloseCause {
     Server,
     /// The application called [`Client::close`] or dropped the [`Client`].
     Client,
-    /// I/O error, EOF without close frame, connect/handshake failure, a timeout, or no frame
-    /// for `idle_timeout_ms`.
+    /// I/O error, EOF without close frame, connect/handshake failure, a timeout, no frame
+    /// for `idle_timeout_ms`, or a server frame that breaks the protocol (a seq of 2^64−1: the
+    /// client drops the connection and resumes).
     Network,
     /// The application called [`Client::drop_connection`].
     Dropped,
@@ -317,8 +333,9 @@ pub enum ClientState {
     /// delivered). While an epoch switch waits for the server's `epoch` gap, still the old
     /// stream.
     Connected { epoch: String, last_seq: u64 },
-    /// For good: closed by the application, a final refusal by the server (4001, 4004), a
-    /// server frame beyond `frame_bytes_max`, `attempts_max` reached, or the application gone.
+    /// For good: closed by the application, a final refusal by the server (4004, or 4001 with
+    /// the token provider returning the refused token again), a server frame beyond
+    /// `frame_bytes_max`, `attempts_max` reached, or the application gone.
     Stopped { reason: String },
 }
 

@@ -25,10 +25,33 @@
 //!   server bug, and inventing a gap for it would hide it from the application (and from the
 //!   simulation's checkers, whose silent-loss rule a gap would satisfy);
 //! - a `retention` gap in the current epoch moves `last_seq` to its end: those seqs are gone.
+//!
+//! Seqs come from the server, so no input may panic: the connection task drops a connection
+//! whose frame names a seq beyond [`SEQ_MAX`] ([`seq_out_of_range`]) before the tracker sees
+//! it, and the tracker's own arithmetic saturates all the same.
 
 use super::{Item, ItemGapReason};
-use crate::protocol::{EventKind, GapReason, Resume};
+use crate::protocol::{EventKind, GapReason, Resume, ServerFrame};
 use std::collections::VecDeque;
+
+/// The largest seq a stream can reach. The server refuses a `resume` whose `after` is 2^64−1
+/// with 4004 `bad_frame` (PROTOCOL.md, "Resume"), so a position there could never be resumed,
+/// and a frame naming that seq can only be a server bug.
+pub(super) const SEQ_MAX: u64 = u64::MAX - 1;
+
+/// What in `frame` names a seq beyond [`SEQ_MAX`] (a welcome's `head`, an event's `seq`, a
+/// gap's `to`), if anything: a protocol violation by the server, which the client must not
+/// make its position. `None` for every frame a correct server sends. A gap's `from` may be
+/// 2^64−1: an `epoch` gap starts at `resume.after + 1`, and `after` may be [`SEQ_MAX`].
+pub(super) fn seq_out_of_range(frame: &ServerFrame) -> Option<String> {
+    let (field, value) = match frame {
+        ServerFrame::Welcome { head, .. } => ("welcome head", *head),
+        ServerFrame::Event { seq, .. } => ("event seq", *seq),
+        ServerFrame::Gap { to: Some(to), .. } => ("gap to", *to),
+        ServerFrame::Gap { to: None, .. } | ServerFrame::Pong { .. } | ServerFrame::Error { .. } => return None,
+    };
+    (value > SEQ_MAX).then(|| format!("{field} {value} is beyond every stream (at most {SEQ_MAX})"))
+}
 
 /// Where the client stands: the epoch it reads and the last seq handed to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +145,7 @@ impl StreamTracker {
         if let (true, Some(_), Some(position)) = (self.unreadable, &self.pending_epoch, &self.position) {
             out.push_back(Item::Gap {
                 epoch: position.epoch.clone(),
-                from: position.last_seq + 1,
+                from: position.last_seq.saturating_add(1),
                 to: None,
                 reason: ItemGapReason::Unreadable,
             });
@@ -192,10 +215,12 @@ impl StreamTracker {
 /// The client's own `unreadable` gap for the seqs between `position` and `next` (the next seq
 /// it can read), if it skipped any.
 fn skipped_before(position: &Position, next: u64, out: &mut VecDeque<Item>) {
-    if next > position.last_seq + 1 {
+    // Saturating: at `last_seq` = 2^64−1 nothing can follow, so nothing was skipped.
+    let from = position.last_seq.saturating_add(1);
+    if next > from {
         out.push_back(Item::Gap {
             epoch: position.epoch.clone(),
-            from: position.last_seq + 1,
+            from,
             to: Some(next - 1),
             reason: ItemGapReason::Unreadable,
         });
@@ -444,6 +469,63 @@ mod tests {
         // Without an unreadable frame, the switch invents nothing (a server bug stays visible).
         assert!(tracker.welcome("e3", 3));
         assert_eq!(event(&mut tracker, 1), Some(1));
+    }
+
+    /// The server's seqs are untrusted input: at the top of u64 the tracker saturates instead
+    /// of overflowing (a debug build used to panic, a release build to wrap into a bogus gap).
+    #[test]
+    fn seqs_at_the_top_of_u64_never_panic() {
+        let mut tracker = StreamTracker::new();
+        tracker.welcome("e1", u64::MAX);
+        tracker.unreadable_frame();
+        let got = gap(&mut tracker, "e1", 3, Some(7), GapReason::Retention);
+        assert_eq!(got.len(), 1, "nothing can have been skipped after 2^64-1: {got:?}");
+        assert!(tracker.welcome("e2", 0));
+        tracker.unreadable_frame();
+        let got = items(&mut tracker, 1);
+        assert_eq!(got[0], unreadable("e1", u64::MAX, None));
+        assert!(
+            matches!(&got[1], Item::Event { epoch, seq: 1, .. } if epoch == "e2"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_seq_of_2_pow_64_minus_1_is_out_of_range() {
+        let welcome = |head| ServerFrame::Welcome {
+            user: "alice".into(),
+            connection: "c-1".into(),
+            epoch: "e1".into(),
+            head,
+            recovered: false,
+        };
+        let event = |seq| ServerFrame::Event {
+            seq,
+            run: "run-1".into(),
+            kind: EventKind::AgentThinking,
+            data: json!(null),
+        };
+        let gap = |from, to, reason| ServerFrame::Gap {
+            epoch: "e1".into(),
+            from,
+            to,
+            reason,
+        };
+        for fine in [
+            welcome(SEQ_MAX),
+            event(SEQ_MAX),
+            gap(1, Some(SEQ_MAX), GapReason::Retention),
+            gap(u64::MAX, None, GapReason::Epoch), // after = SEQ_MAX: nothing follows, legitimately
+            ServerFrame::Pong { id: u64::MAX },
+        ] {
+            assert_eq!(seq_out_of_range(&fine), None, "{fine:?}");
+        }
+        assert_eq!(
+            seq_out_of_range(&welcome(u64::MAX)).as_deref(),
+            Some("welcome head 18446744073709551615 is beyond every stream (at most 18446744073709551614)")
+        );
+        assert!(seq_out_of_range(&event(u64::MAX)).is_some());
+        assert!(seq_out_of_range(&gap(3, Some(u64::MAX), GapReason::Retention)).is_some());
     }
 
     proptest! {

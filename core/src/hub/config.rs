@@ -1,6 +1,7 @@
 //! The hub's limits. Every queue, buffer and map in the hub is bounded by one of these, and
 //! each doc comment says what happens at the limit.
 
+use crate::protocol::ID_BYTES_MAX;
 use serde::{Deserialize, Serialize};
 
 /// Limits of one hub. Units are in the names; defaults suit a production server with tens of
@@ -13,10 +14,10 @@ pub struct HubConfig {
     pub retention_events_max: u64,
     /// Age after which an event is evicted (same consequence as above).
     pub retention_age_ms: u64,
-    /// Encoded bytes kept for replay across all users. At the limit the globally oldest event
-    /// is evicted. It counts event frames only: each retained event also holds about 100 bytes
-    /// of bookkeeping, plus twice its idempotency key's length when it has one, which
-    /// `retention_events_max` × `users_max` bounds (size the three together).
+    /// Bytes kept for replay across all users: each event's frame plus what it holds beside it
+    /// ([`super::RETAINED_EVENT_OVERHEAD_BYTES`] of bookkeeping, and its idempotency key twice),
+    /// so it bounds retention's memory, not only its frames. At the limit the globally oldest
+    /// event is evicted. Must hold one largest event (`event_bytes_max` + 416).
     pub retention_bytes_max: u64,
     /// Connections one user may hold at once (tabs). One more is rejected with 4009.
     pub connections_per_user_max: u64,
@@ -34,6 +35,12 @@ pub struct HubConfig {
     pub control_queue_max: u64,
     /// Largest encoded event frame in bytes. A larger publish fails with `too_large` / 413.
     pub event_bytes_max: u64,
+    /// Streams remembered after they went quiet (nothing retained, no connection): their epoch
+    /// and head, about 150 bytes each, so that a quiet user's resume is recovered instead of
+    /// being told of a loss that did not happen. At the limit the longest-dormant stream is
+    /// forgotten; its user's next resume gets an `epoch` gap, as after a restart. 0 forgets
+    /// every quiet stream at once.
+    pub dormant_streams_max: u64,
 }
 
 impl Default for HubConfig {
@@ -48,6 +55,7 @@ impl Default for HubConfig {
             send_queue_max: 1_000,
             control_queue_max: 16,
             event_bytes_max: 64 * 1024,
+            dormant_streams_max: 100_000,
         }
     }
 }
@@ -72,8 +80,14 @@ impl HubConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if self.event_bytes_max > self.retention_bytes_max {
-            return Err("event_bytes_max must not exceed retention_bytes_max".into());
+        // The largest event, with the longest key, must fit alone: eviction never empties the
+        // stream a publish was pushed to.
+        let largest_cost = super::retained_cost_bytes(self.event_bytes_max, Some(&"k".repeat(ID_BYTES_MAX)));
+        if largest_cost > self.retention_bytes_max {
+            return Err(format!(
+                "retention_bytes_max must hold at least one largest event: event_bytes_max + {} bytes of bookkeeping and key = {largest_cost}",
+                largest_cost - self.event_bytes_max
+            ));
         }
         if self.control_queue_max < 4 {
             return Err("control_queue_max must be at least 4 (welcome, two gaps, error)".into());

@@ -16,13 +16,17 @@
 //! - a user's retained seqs are contiguous and end at `head`; `head` grows by exactly 1 per
 //!   published event within an epoch;
 //! - a connection only ever reads its own user's stream (the user is fixed at `connect`);
-//! - `retained_bytes` equals the sum of retained frame sizes and never exceeds
-//!   `retention_bytes_max` after a publish returns.
+//! - `retained_bytes` equals the sum of retained events' costs (frame, key and bookkeeping,
+//!   [`RETAINED_EVENT_OVERHEAD_BYTES`]) and never exceeds `retention_bytes_max` after a publish
+//!   returns;
+//! - a user has a live stream or a dormant one or neither, never both; an epoch is continued
+//!   only from its own head, so seqs never repeat within an epoch.
 
 mod config;
 mod stream;
 
 pub use config::HubConfig;
+pub use stream::{retained_cost_bytes, RETAINED_EVENT_OVERHEAD_BYTES};
 
 use crate::protocol::{validate_id, ErrorCode, EventKind, GapReason, InvalidId, Resume, ServerFrame};
 use crate::rng::SeededRng;
@@ -173,6 +177,8 @@ pub struct Gauges {
     pub send_queue_depth_max: u64,
     /// The most connections any one user holds.
     pub connections_per_user_max: u64,
+    /// Quiet streams remembered by epoch and head (bounded by `dormant_streams_max`).
+    pub dormant_streams: u64,
 }
 
 /// Monotonic counters since the hub started.
@@ -184,6 +190,19 @@ pub struct Counters {
     pub gaps: u64,
     pub evicted: u64,
     pub slow_consumer_closes: u64,
+    /// Dormant streams forgotten at `dormant_streams_max`: each costs its user an `epoch` gap
+    /// at the next resume.
+    pub dormant_evicted: u64,
+}
+
+/// What the hub keeps of a stream that went quiet (nothing retained, no connection): enough to
+/// continue its epoch, so that the user's next resume or publish carries on from `head`
+/// instead of starting an epoch whose gap would announce a loss that did not happen.
+struct DormantStream {
+    epoch: String,
+    head: u64,
+    /// Key in `Hub::dormant_order`: the longest-dormant stream is forgotten first.
+    order: u64,
 }
 
 /// A user's oldest retained event, as listed in `Hub::oldest`. Its publish time is copied here
@@ -231,6 +250,12 @@ pub struct Hub {
     /// retained event: the first entry is the globally oldest event (for age and byte eviction).
     oldest: BTreeMap<u64, Oldest>,
     publish_order: u64,
+    /// Users whose stream went quiet, bounded by `dormant_streams_max`. Looked up by user;
+    /// never iterated.
+    dormant: FxHashMap<Arc<str>, DormantStream>,
+    /// The same users by the order they went quiet, oldest first.
+    dormant_order: BTreeMap<u64, Arc<str>>,
+    dormant_sequence: u64,
     retained_bytes: u64,
     retained_events: u64,
     wakes: Vec<ConnectionId>,
@@ -254,6 +279,9 @@ impl Hub {
             connections: FxHashMap::default(),
             oldest: BTreeMap::new(),
             publish_order: 0,
+            dormant: FxHashMap::default(),
+            dormant_order: BTreeMap::new(),
+            dormant_sequence: 0,
             retained_bytes: 0,
             retained_events: 0,
             wakes: Vec::new(),
@@ -310,7 +338,10 @@ impl Hub {
         }
         // Encode with the seq it will get, to check the size before touching any state.
         let existing = self.users.get_key_value(user);
-        let next_seq = existing.map_or(1, |(_, s)| s.head + 1);
+        let next_seq = match existing {
+            Some((_, stream)) => stream.head + 1,
+            None => self.dormant.get(user).map_or(1, |dormant| dormant.head + 1),
+        };
         let known_key = existing.map(|(key, _)| key.clone());
         let frame = &mut self.frame_scratch;
         frame.clear();
@@ -353,7 +384,7 @@ impl Hub {
                 },
             );
         }
-        self.retained_bytes += bytes;
+        self.retained_bytes += retained_cost_bytes(bytes, request.idempotency_key);
         self.retained_events += 1;
         self.counters.published += 1;
 
@@ -670,6 +701,7 @@ impl Hub {
             connections: self.connections.len() as u64,
             retained_events: self.retained_events,
             retained_bytes: self.retained_bytes,
+            dormant_streams: self.dormant.len() as u64,
             ..Gauges::default()
         };
         for stream in self.users.values() {
@@ -722,7 +754,7 @@ impl Hub {
                 },
             );
         }
-        self.retained_bytes -= evicted.frame.len() as u64;
+        self.retained_bytes -= evicted.cost_bytes();
         self.retained_events -= 1;
         self.counters.evicted += 1;
         // Connections lagging under the new front get a retention gap at their next poll.
@@ -745,30 +777,71 @@ impl Hub {
         self.new_stream(user)
     }
 
-    /// Creates `user`'s stream with a fresh epoch; the caller checked that it has none.
-    /// `Err(users_max)` when the map is full.
+    /// Creates `user`'s stream, the caller having checked that it has none: its dormant stream
+    /// woken where there is one, so the epoch carries on after its head, else a fresh epoch.
+    /// `Err(users_max)` when the map is full (a dormant stream then stays dormant).
     fn new_stream(&mut self, user: &str) -> Result<Arc<str>, u64> {
         debug_assert!(!self.users.contains_key(user));
         if self.users.len() as u64 >= self.config.users_max {
             return Err(self.config.users_max);
         }
-        let key: Arc<str> = Arc::from(user);
-        let epoch = format!("{:016x}", self.rng.next_u64());
-        self.users.insert(key.clone(), UserStream::new(epoch));
+        let stream = match self.dormant.remove_entry(user) {
+            Some((key, dormant)) => {
+                let removed = self.dormant_order.remove(&dormant.order);
+                debug_assert!(
+                    removed.is_some_and(|u| u == key),
+                    "dormant_order lists every dormant stream"
+                );
+                (key, UserStream::new(dormant.epoch, dormant.head))
+            }
+            None => (
+                Arc::from(user),
+                UserStream::new(format!("{:016x}", self.rng.next_u64()), 0),
+            ),
+        };
+        let (key, stream) = stream;
+        self.users.insert(key.clone(), stream);
         Ok(key)
     }
 
-    /// A stream with no events and no connections is dropped (bounded memory). Its epoch is
-    /// gone with it, so a later resume against it gets an honest `epoch` gap: all its events
-    /// had been evicted.
+    /// A stream with no events and no connections is dropped from `users` (bounded memory, and
+    /// it no longer counts against `users_max`) and kept dormant by its epoch and head, within
+    /// `dormant_streams_max`: a later resume against it is recovered, or gets a `retention` gap
+    /// for exactly the events that were evicted. A forgotten one gets an honest `epoch` gap.
     fn drop_stream_if_idle(&mut self, user: &Arc<str>) {
-        if self
+        if !self
             .users
             .get(user)
             .is_some_and(|s| s.is_empty() && s.connections.is_empty())
         {
-            self.users.remove(user);
+            return;
         }
+        let (key, stream) = self.users.remove_entry(user).expect("checked above");
+        debug_assert!(
+            !self.dormant.contains_key(user),
+            "a user is live or dormant, never both"
+        );
+        if self.config.dormant_streams_max == 0 {
+            self.counters.dormant_evicted += 1;
+            return;
+        }
+        while self.dormant.len() as u64 >= self.config.dormant_streams_max {
+            let (_, forgotten) = self.dormant_order.pop_first().expect("dormant streams are listed");
+            self.dormant.remove(&forgotten);
+            self.counters.dormant_evicted += 1;
+        }
+        self.dormant_sequence += 1;
+        let order = self.dormant_sequence;
+        self.dormant_order.insert(order, key.clone());
+        self.dormant.insert(
+            key,
+            DormantStream {
+                epoch: stream.epoch,
+                head: stream.head,
+                order,
+            },
+        );
+        debug_assert_eq!(self.dormant.len(), self.dormant_order.len());
     }
 
     fn fresh_connection_id(&mut self) -> ConnectionId {

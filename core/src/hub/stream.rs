@@ -3,6 +3,18 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+/// What one retained event costs beside its frame and key: its slot in the stream's deque,
+/// the shared frame's allocation header and the key's entry in the key map, rounded up. It is
+/// counted against `retention_bytes_max` with the frame, so that limit bounds memory, not only
+/// frame bytes.
+pub const RETAINED_EVENT_OVERHEAD_BYTES: u64 = 160;
+
+/// The bytes `retention_bytes_max` counts for one event: its frame, the bookkeeping, and its
+/// idempotency key twice (kept with the event and in the key map).
+pub fn retained_cost_bytes(frame_bytes: u64, idempotency_key: Option<&str>) -> u64 {
+    frame_bytes + RETAINED_EVENT_OVERHEAD_BYTES + 2 * idempotency_key.map_or(0, |key| key.len() as u64)
+}
+
 /// One retained event, encoded once and shared by every connection of the user.
 pub(super) struct RetainedEvent {
     /// Global publish order across all users, for age and byte eviction.
@@ -12,11 +24,19 @@ pub(super) struct RetainedEvent {
     pub idempotency_key: Option<Box<str>>,
 }
 
+impl RetainedEvent {
+    /// What this event counts against `retention_bytes_max`.
+    pub fn cost_bytes(&self) -> u64 {
+        retained_cost_bytes(self.frame.len() as u64, self.idempotency_key.as_deref())
+    }
+}
+
 pub(super) struct UserStream {
     pub epoch: String,
     /// Seq of the newest event ever published in this epoch (0 before the first).
     pub head: u64,
     events: VecDeque<RetainedEvent>,
+    /// Sum of the retained events' `cost_bytes`.
     bytes: u64,
     /// Bounded by `connections_per_user_max`.
     pub connections: Vec<super::ConnectionId>,
@@ -25,10 +45,11 @@ pub(super) struct UserStream {
 }
 
 impl UserStream {
-    pub fn new(epoch: String) -> UserStream {
+    /// A stream of `epoch` whose events up to `head` are all gone (`head` 0 for a new epoch).
+    pub fn new(epoch: String, head: u64) -> UserStream {
         UserStream {
             epoch,
-            head: 0,
+            head,
             events: VecDeque::new(),
             bytes: 0,
             connections: Vec::new(),
@@ -69,24 +90,25 @@ impl UserStream {
     /// Appends an event and returns its seq (`head + 1`).
     pub fn push(&mut self, order: u64, published_at_ms: u64, frame: Arc<str>, idempotency_key: Option<&str>) -> u64 {
         self.head += 1;
-        self.bytes += frame.len() as u64;
         let idempotency_key: Option<Box<str>> = idempotency_key.map(Box::from);
         if let Some(key) = &idempotency_key {
             self.keys.insert(key.clone(), self.head);
         }
-        self.events.push_back(RetainedEvent {
+        let event = RetainedEvent {
             order,
             published_at_ms,
             frame,
             idempotency_key,
-        });
+        };
+        self.bytes += event.cost_bytes();
+        self.events.push_back(event);
         debug_assert_eq!(self.first_seq() + self.events.len() as u64 - 1, self.head);
         self.head
     }
 
     pub fn pop_front(&mut self) -> Option<RetainedEvent> {
         let event = self.events.pop_front()?;
-        self.bytes -= event.frame.len() as u64;
+        self.bytes -= event.cost_bytes();
         if let Some(key) = &event.idempotency_key {
             self.keys.remove(key);
         }

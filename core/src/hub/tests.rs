@@ -16,6 +16,7 @@ fn config() -> HubConfig {
         send_queue_max: 4,
         control_queue_max: 8,
         event_bytes_max: 10_000,
+        dormant_streams_max: 100,
     }
 }
 
@@ -356,7 +357,7 @@ fn replay_backlog_is_not_lag() {
 #[test]
 fn age_and_bytes_evict_and_idle_streams_are_dropped() {
     let mut hub = hub(HubConfig {
-        retention_bytes_max: 300,
+        retention_bytes_max: 700,
         event_bytes_max: 200,
         ..config()
     });
@@ -364,11 +365,197 @@ fn age_and_bytes_evict_and_idle_streams_are_dropped() {
         publish(&mut hub, i, &format!("user{i}"), "x");
     }
     let gauges = hub.gauges();
-    assert!(gauges.retained_bytes <= 300, "{gauges:?}");
+    assert!(gauges.retained_bytes <= 700, "{gauges:?}");
     assert!(hub.counters().evicted >= 1);
     hub.tick(100_000);
     let gauges = hub.gauges();
     assert_eq!((gauges.retained_events, gauges.retained_bytes, gauges.users), (0, 0, 0));
+    assert_eq!(
+        gauges.dormant_streams, 4,
+        "each quiet stream is remembered by epoch and head"
+    );
+}
+
+/// Connects `user` with `resume`, drains it and disconnects: the frames it was sent.
+fn visit(hub: &mut Hub, now: u64, user: &str, resume: Option<(&str, u64)>) -> Vec<ServerFrame> {
+    let resume = resume.map(|(epoch, after)| Resume {
+        epoch: epoch.into(),
+        after,
+    });
+    let c = hub.connect(now, user, resume.as_ref()).unwrap();
+    let frames = drain(hub, c);
+    hub.disconnect(c);
+    frames
+}
+
+#[test]
+fn a_quiet_user_resumes_without_a_gap() {
+    let mut hub = hub(config());
+    let (epoch, head, _) = welcome(&visit(&mut hub, 0, "alice", None));
+    assert_eq!((hub.gauges().users, hub.gauges().dormant_streams), (0, 1));
+    let frames = visit(&mut hub, 50_000, "alice", Some((&epoch, head)));
+    assert_eq!(welcome(&frames), (epoch, 0, true));
+    assert_eq!(frames.len(), 1, "nothing was lost, so no gap: {frames:?}");
+}
+
+#[test]
+fn a_stream_whose_events_aged_out_carries_on_its_epoch() {
+    let mut hub = hub(config());
+    let first = publish(&mut hub, 0, "alice", "a1");
+    hub.tick(20_000);
+    assert_eq!((hub.gauges().users, hub.gauges().dormant_streams), (0, 1));
+    // A client that had read seq 1 lost nothing.
+    let frames = visit(&mut hub, 20_001, "alice", Some((&first.epoch, 1)));
+    assert_eq!(welcome(&frames), (first.epoch.clone(), 1, true));
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    // The next event continues the epoch, and a client that missed seq 1 is told of exactly it.
+    let second = publish(&mut hub, 20_002, "alice", "a2");
+    assert_eq!((second.epoch.as_str(), second.seq), (first.epoch.as_str(), 2));
+    let frames = visit(&mut hub, 20_003, "alice", Some((&first.epoch, 0)));
+    assert_eq!(
+        frames[1],
+        ServerFrame::Gap {
+            epoch: first.epoch.clone(),
+            from: 1,
+            to: Some(1),
+            reason: GapReason::Retention
+        }
+    );
+    assert_eq!(event_seqs(&frames), vec![2]);
+    // A resume beyond the remembered head still claims events that never existed.
+    assert_eq!(
+        hub.connect(
+            20_004,
+            "alice",
+            Some(&Resume {
+                epoch: first.epoch.clone(),
+                after: 9
+            })
+        )
+        .unwrap_err()
+        .code,
+        ErrorCode::BadFrame
+    );
+}
+
+#[test]
+fn at_dormant_streams_max_the_longest_quiet_stream_is_forgotten_with_an_epoch_gap() {
+    let mut hub = hub(HubConfig {
+        dormant_streams_max: 2,
+        users_max: 2,
+        ..config()
+    });
+    let mut epochs = Vec::new();
+    for user in ["u0", "u1", "u2"] {
+        epochs.push(welcome(&visit(&mut hub, 0, user, None)).0);
+    }
+    assert_eq!((hub.gauges().dormant_streams, hub.counters().dormant_evicted), (2, 1));
+    // Dormant streams do not count against users_max.
+    assert_eq!(hub.gauges().users, 0);
+    let frames = visit(&mut hub, 1, "u0", Some((&epochs[0], 0)));
+    assert!(!welcome(&frames).2);
+    assert!(
+        matches!(
+            &frames[1],
+            ServerFrame::Gap {
+                reason: GapReason::Epoch,
+                ..
+            }
+        ),
+        "{frames:?}"
+    );
+    // u0's new stream went quiet in its turn and pushed u1 out; u2 is still remembered.
+    let frames = visit(&mut hub, 2, "u2", Some((&epochs[2], 0)));
+    assert_eq!(welcome(&frames), (epochs[2].clone(), 0, true));
+    assert_eq!(hub.counters().dormant_evicted, 2);
+}
+
+#[test]
+fn dormant_streams_max_zero_forgets_every_quiet_stream() {
+    let mut hub = hub(HubConfig {
+        dormant_streams_max: 0,
+        ..config()
+    });
+    let (epoch, _, _) = welcome(&visit(&mut hub, 0, "alice", None));
+    assert_eq!(hub.gauges().dormant_streams, 0);
+    let frames = visit(&mut hub, 1, "alice", Some((&epoch, 0)));
+    assert!(
+        matches!(
+            &frames[1],
+            ServerFrame::Gap {
+                reason: GapReason::Epoch,
+                ..
+            }
+        ),
+        "{frames:?}"
+    );
+    assert_eq!(hub.counters().dormant_evicted, 2);
+}
+
+#[test]
+fn retention_bytes_count_each_events_key_and_bookkeeping() {
+    let mut hub = hub(config());
+    let data = data("a1");
+    let key = "k".repeat(100);
+    let request = PublishRequest {
+        run: "r",
+        kind: EventKind::AgentThinking,
+        data: &data,
+        idempotency_key: Some(&key),
+    };
+    hub.publish(0, "alice", request).unwrap();
+    let frame_bytes = hub.users["alice"].get(1).unwrap().frame.len() as u64;
+    assert_eq!(
+        hub.gauges().retained_bytes,
+        frame_bytes + RETAINED_EVENT_OVERHEAD_BYTES + 200
+    );
+    publish(&mut hub, 1, "alice", "a2");
+    let second = hub.users["alice"].get(2).unwrap().frame.len() as u64;
+    assert_eq!(
+        hub.gauges().retained_bytes,
+        frame_bytes + second + 2 * RETAINED_EVENT_OVERHEAD_BYTES + 200
+    );
+    // Small events with long keys fill the limit by what they hold, not by their frames alone.
+    let mut hub = hub_with_bytes(4_000);
+    for i in 0..40 {
+        let key = format!("{i:0>128}");
+        let request = PublishRequest {
+            idempotency_key: Some(&key),
+            ..request
+        };
+        hub.publish(i, &format!("user{i}"), request).unwrap();
+    }
+    assert!(
+        hub.counters().evicted >= 30,
+        "frames alone would all fit: {:?}",
+        hub.counters()
+    );
+    assert!(hub.gauges().retained_bytes <= 4_000);
+}
+
+fn hub_with_bytes(retention_bytes_max: u64) -> Hub {
+    hub(HubConfig {
+        retention_bytes_max,
+        event_bytes_max: 100,
+        ..config()
+    })
+}
+
+#[test]
+fn retention_bytes_max_must_hold_one_largest_event_with_the_longest_key() {
+    let config = |retention_bytes_max| HubConfig {
+        retention_bytes_max,
+        event_bytes_max: 1_000,
+        ..config()
+    };
+    assert!(config(1_000 + RETAINED_EVENT_OVERHEAD_BYTES + 256).validate().is_ok());
+    let refused = config(1_000 + RETAINED_EVENT_OVERHEAD_BYTES + 255)
+        .validate()
+        .unwrap_err();
+    assert!(
+        refused.contains("retention_bytes_max must hold at least one largest event"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -632,10 +819,10 @@ proptest! {
     /// Never another user's event, never twice, never out of order, never a hole without a gap
     /// that starts right after what the connection had, and a retention gap only for data the
     /// hub really evicted (checked against the hub's own published ids). The byte limit holds
-    /// about nine events, so one user's publish evicts another's.
+    /// about eight events (frames and bookkeeping), so one user's publish evicts another's.
     #[test]
-    fn hub_never_misroutes_duplicates_reorders_or_lies_about_gaps(ops in proptest::collection::vec(op(), 1..120)) {
-        let mut hub = hub(HubConfig { retention_age_ms: 3_000, retention_bytes_max: 700, event_bytes_max: 200, ..config() });
+    fn hub_never_misroutes_duplicates_reorders_or_lies_about_gaps(ops in proptest::collection::vec(op(), 1..120), dormant_streams_max in 0..4u64) {
+        let mut hub = hub(HubConfig { retention_age_ms: 3_000, retention_bytes_max: 2_000, event_bytes_max: 200, dormant_streams_max, ..config() });
         let users = ["alice", "bob", "carol"];
         let mut now = 0u64;
         // Per user: (epoch, seq) -> published at, and the resume position of the user's last client.
@@ -709,6 +896,8 @@ proptest! {
                                 prop_assert_ne!(Some(&epoch), seen.epoch.as_ref());
                                 prop_assert_eq!(from, resume.after + 1);
                                 prop_assert_eq!(to, None);
+                                // One hub life forgets an epoch only at dormant_streams_max.
+                                prop_assert!(hub.counters().dormant_evicted > 0, "epoch gap with every quiet stream remembered");
                                 seen.last = 0;
                             }
                             ServerFrame::Event { seq, data, .. } => {
@@ -729,6 +918,7 @@ proptest! {
             prop_assert!(gauges.send_queue_depth_max <= hub.config().send_queue_max);
             prop_assert!(gauges.connections_per_user_max <= hub.config().connections_per_user_max);
             prop_assert!(gauges.retained_bytes <= hub.config().retention_bytes_max);
+            prop_assert!(gauges.dormant_streams <= hub.config().dormant_streams_max);
         }
     }
 

@@ -333,6 +333,7 @@ async fn serve_connection(
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + heartbeat_interval;
     let mut expiry_at = expiry_deadline(shared, token_exp);
+    let mut expired = false;
     let timer = sleep_until(timer_deadline(next_ping, last_seen + idle_timeout, expiry_at));
     tokio::pin!(timer);
     let mut writer_turns = 0u32;
@@ -427,14 +428,17 @@ async fn serve_connection(
                     }
                     next_ping = now + heartbeat_interval;
                 }
-                if now >= expiry_at {
-                    if shared.clock.unix_secs() >= token_exp {
-                        hub_close(shared, id, ErrorCode::TokenExpired, &format!("token expired at {token_exp}"));
-                        // Park the check; the close frame ends the loop at the next drain.
-                        expiry_at = now + Duration::from_secs(EXPIRY_RECHECK_MAX_SECS);
-                    } else {
-                        expiry_at = expiry_deadline(shared, token_exp);
-                    }
+                // The wall clock is read at every firing (at least every heartbeat), not only at
+                // `expiry_at`: that deadline is on the monotonic clock, which a suspended host
+                // does not advance and a stepped wall clock does not move, so on its own it
+                // would keep a connection open past `exp` for as long as the two disagree.
+                if !expired && shared.clock.unix_secs() >= token_exp {
+                    hub_close(shared, id, ErrorCode::TokenExpired, &format!("token expired at {token_exp}"));
+                    expired = true;
+                    // Park the check; the close frame ends the loop at the next drain.
+                    expiry_at = now + Duration::from_secs(EXPIRY_RECHECK_MAX_SECS);
+                } else if now >= expiry_at {
+                    expiry_at = expiry_deadline(shared, token_exp);
                 }
                 // After an idle close the heartbeat's deadline is already past: it fires again
                 // at the earliest 1 ms later, and the close ends the loop first.
@@ -539,7 +543,8 @@ fn hub_close(shared: &Shared, id: ConnectionId, code: ErrorCode, message: &str) 
 }
 
 /// When to next check the token: at `exp` by the injected clock (second resolution, so at most
-/// one second late), re-checked at least daily.
+/// one second late), re-checked at least daily. Every other timer firing checks it too (see
+/// `serve_connection`), so a wall clock that jumps past `exp` is seen within a heartbeat.
 fn expiry_deadline(shared: &Shared, token_exp: u64) -> Instant {
     let remaining_secs = token_exp
         .saturating_sub(shared.clock.unix_secs())

@@ -1,7 +1,9 @@
 //! The router: the WebSocket endpoint plus the small HTTP API (publish, health, metrics).
 //!
 //! HTTP errors always carry `{"error":{"code":"..","message":".."}}`, with the same codes as
-//! [`PublishError::code`] plus `malformed`, `unknown_kind` and `unauthorized`.
+//! [`PublishError::code`] plus `malformed`, `unknown_kind` and `unauthorized`; a method a path
+//! does not take is `method_not_allowed`, and a `GET /v1/ws` that is no WebSocket upgrade is
+//! `bad_upgrade` (neither is a publish, so neither is counted as a publish error).
 
 use super::connection::{self, ConnectionTask};
 use super::{timeout_if_pending, Shared};
@@ -11,6 +13,7 @@ use crate::notifier::Notifier;
 use crate::protocol::{EventKind, InvalidId, WS_PATH};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -32,10 +35,30 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route(PUBLISH_PATH, post(publish))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // Per route, not a router-wide fallback: an application that merges this router into
+        // its own keeps its own answer for paths that are not Herald's.
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
 }
 
-async fn websocket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+/// axum's own 405 has an empty body; PROTOCOL.md promises the JSON error shape.
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not take this method (see the Allow header)",
+    )
+}
+
+async fn websocket(
+    State(shared): State<Arc<Shared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // axum answers a request that is no upgrade in text/plain: the same status, as JSON.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return error(rejection.status(), "bad_upgrade", &rejection.body_text()),
+    };
     // Counted from here, not from the callback's start: once the 101 is answered the HTTP
     // connection is over for axum's graceful shutdown, and the task must already count for
     // `serve` (dropped with the callback if the upgrade fails).
@@ -108,6 +131,16 @@ async fn publish(
     .await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if is_timed_out(&e) => {
+            // The socket's `http_request_timeout_ms` passed mid-body (it can come before our
+            // own `write_timeout_ms` above): the same 408, which tells the publisher to retry.
+            metrics.record_publish_error(HTTP_MALFORMED);
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                HTTP_MALFORMED,
+                "request body not received within http_request_timeout_ms of the request's start",
+            );
+        }
         Ok(Err(e)) if !is_length_limit(&e) => {
             // A malformed chunked encoding, or a client gone mid-body: not a size problem.
             metrics.record_publish_error(HTTP_MALFORMED);
@@ -195,11 +228,18 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        render_metrics(&shared),
+        scrape_metrics(&shared),
     )
         .into_response()
 }
 
+/// What `/metrics` serves: live counters, gauges sampled at most once per `tick_interval_ms`.
+fn scrape_metrics(shared: &Shared) -> String {
+    let (counters, gauges) = shared.scrape();
+    shared.metrics.render(&counters, &gauges)
+}
+
+/// [`scrape_metrics`] with the gauges sampled now, for the in-process `Server::metrics_text`.
 pub(super) fn render_metrics(shared: &Shared) -> String {
     let sample = shared
         .lock()
@@ -213,15 +253,20 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// `Authorization: Bearer <key>`, compared in constant time (for equal lengths).
+/// The authentication scheme of the publish API, followed by its one space.
+const BEARER_PREFIX: &[u8] = b"Bearer ";
+
+/// `Authorization: Bearer <key>`, compared in constant time (for equal lengths). The scheme is
+/// case-insensitive (RFC 7235 §2.1: `bearer` and `BEARER` are `Bearer`); the key is not.
 fn authorized(headers: &HeaderMap, api_key: &str) -> bool {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return false;
     };
-    let Some(presented) = value.as_bytes().strip_prefix(b"Bearer ") else {
+    let value = value.as_bytes();
+    let Some((scheme, presented)) = value.split_at_checked(BEARER_PREFIX.len()) else {
         return false;
     };
-    constant_time_eq(presented, api_key.as_bytes())
+    scheme.eq_ignore_ascii_case(BEARER_PREFIX) && constant_time_eq(presented, api_key.as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -235,6 +280,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Whether reading the body failed because the socket's request deadline passed
+/// (`socket.rs` fails the read with `TimedOut`), somewhere down the error's chain of causes.
+fn is_timed_out(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Whether reading the body failed at `publish_body_bytes_max` (413) rather than for another
 /// reason (400).
 fn is_length_limit(error: &axum::Error) -> bool {
@@ -244,6 +304,58 @@ fn is_length_limit(error: &axum::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::TokioClock;
+    use crate::rng::SeededRng;
+    use crate::server::{Server, ServerConfig};
+
+    /// The value of the unlabelled metric `name` in Prometheus `text`.
+    fn metric(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    }
+
+    /// Two scrapes within `tick_interval_ms` walk the hub once: the second serves the first's
+    /// gauges (bob's stream is not seen) while its counters are live; once the interval has
+    /// passed, a scrape samples again. Paused time: the interval is exact.
+    #[tokio::test(start_paused = true)]
+    async fn metrics_gauges_are_sampled_at_most_once_per_tick_interval() {
+        let mut config = ServerConfig::new(b"secret".to_vec(), "key".into());
+        config.tick_interval_ms = 1_000;
+        let server = Server::new(config, TokioClock::shared(0), SeededRng::new(1)).expect("valid config");
+        let shared = server.shared.clone();
+        let notifier = server.notifier();
+        let publish = |user: &str| {
+            notifier
+                .publish(user, "run-1", EventKind::AgentStarted, &serde_json::Value::Null)
+                .expect("published");
+        };
+        publish("alice");
+        let first = scrape_metrics(&shared);
+        assert_eq!(metric(&first, "herald_users"), 1);
+        assert_eq!(metric(&first, "herald_published_total"), 1);
+
+        publish("bob");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        let second = scrape_metrics(&shared);
+        assert_eq!(metric(&second, "herald_users"), 1, "gauges from the first sample");
+        assert_eq!(metric(&second, "herald_retained_events"), 1);
+        assert_eq!(metric(&second, "herald_published_total"), 2, "counters are live");
+        assert_eq!(
+            metric(&server.metrics_text(), "herald_users"),
+            2,
+            "the in-process text samples on every call"
+        );
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let third = scrape_metrics(&shared);
+        assert_eq!(
+            metric(&third, "herald_users"),
+            2,
+            "sampled again after tick_interval_ms"
+        );
+        assert_eq!(metric(&third, "herald_retained_events"), 2);
+    }
 
     #[test]
     fn bearer_keys_compare_exactly() {
@@ -255,5 +367,15 @@ mod tests {
         assert!(!authorized(&headers, "k3y4"));
         headers.insert(header::AUTHORIZATION, "Basic k3y".parse().unwrap());
         assert!(!authorized(&headers, "k3y"));
+        // RFC 7235: the scheme is case-insensitive, the credentials are not.
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            headers.insert(header::AUTHORIZATION, format!("{scheme} k3y").parse().unwrap());
+            assert!(authorized(&headers, "k3y"), "{scheme}");
+            assert!(!authorized(&headers, "K3Y"), "{scheme}");
+        }
+        for short in ["", "Bearer", "Bearer "] {
+            headers.insert(header::AUTHORIZATION, short.parse().unwrap());
+            assert!(!authorized(&headers, "k3y"), "{short:?}");
+        }
     }
 }

@@ -29,10 +29,11 @@ use std::future::poll_fn;
 use std::future::IntoFuture;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// Everything a server needs besides its clock and seed. Units are in the field names.
 #[derive(Clone)]
@@ -322,13 +323,95 @@ pub(crate) struct Shared {
     /// Notified when the last connection task ends (`Metrics::connection_tasks` falls to
     /// zero): wakes `serve`'s drain instead of a polling loop.
     connection_tasks_ended: Notify,
+    /// Set once the hub lock is found poisoned (a panic inside the hub). The hub can no longer
+    /// serve anyone, so the server shuts down and `serve` returns an error: a process that
+    /// kept accepting would answer every publish 503 and every client 1001 with nothing to
+    /// restart it.
+    poisoned: AtomicBool,
+    /// The gauges `/metrics` serves, sampled at most once per `tick_interval_ms`.
+    gauge_sample: Mutex<GaugeSample>,
+}
+
+/// The last sample of [`Hub::gauges`] taken for `/metrics`. Taking one walks every user and
+/// connection under the hub lock (milliseconds at 200k users), and `/metrics` needs no
+/// credentials: sampled on every scrape, a flood of scrapes held the lock that every publish
+/// and delivery takes (publish p99 went from 0.2 ms to ~80 ms). Sampled at most once per
+/// `tick_interval_ms` (tokio's clock, which the simulation drives), a flood costs one walk per
+/// interval. Counters stay live: reading them is a copy.
+#[derive(Default)]
+struct GaugeSample {
+    /// When the last sample was claimed; a scraper that finds a recent claim serves `gauges`
+    /// instead of walking the hub again, even while the claimant is still walking.
+    taken_at: Option<Instant>,
+    /// The last sample completed; `None` until the first one is.
+    gauges: Option<Gauges>,
 }
 
 impl Shared {
     /// Locks the hub. `None` when the lock is poisoned (a panic inside the hub): callers treat
-    /// that exactly like a shut-down server, so a crash never turns into silent success.
+    /// that exactly like a shut-down server, so a crash never turns into silent success, and
+    /// the server starts shutting down (see [`Shared::hub_poisoned`]).
     pub fn lock(&self) -> Option<Locked<'_>> {
-        self.state.lock().ok().map(|guard| Locked(Some(guard)))
+        match self.state.lock() {
+            Ok(guard) => Some(Locked(Some(guard))),
+            Err(_) => {
+                self.hub_poisoned();
+                None
+            }
+        }
+    }
+
+    /// Reacts to a poisoned hub lock: logs it once at error level and starts the shutdown, so
+    /// that `serve` stops accepting, drains, and returns an error (the binary then exits
+    /// non-zero and its supervisor restarts it). The hub itself cannot be told: its lock is
+    /// what is broken, so clients see their sockets end rather than a 1001.
+    fn hub_poisoned(&self) {
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                "the hub panicked (its lock is poisoned): shutting down so that the process can be restarted"
+            );
+        }
+        self.shutdown.send_replace(true);
+    }
+
+    /// `Err` once the hub lock was found poisoned: what `serve` and `maintenance` return.
+    fn poisoned_error(&self) -> std::io::Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(std::io::Error::other(
+                "the hub panicked (its lock is poisoned); the server stopped",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The hub's counters, live, and its gauges as `/metrics` serves them: sampled at most once
+    /// per `tick_interval_ms` (see [`GaugeSample`]). Defaults if the hub lock is poisoned.
+    pub fn scrape(&self) -> (Counters, Gauges) {
+        let interval = Duration::from_millis(self.config.tick_interval_ms);
+        let now = Instant::now();
+        let cached = {
+            let mut sample = self.gauge_sample.lock().unwrap_or_else(PoisonError::into_inner);
+            let recent = sample.taken_at.is_some_and(|at| now < at + interval);
+            match (&sample.gauges, recent) {
+                (Some(gauges), true) => Some(gauges.clone()),
+                _ => {
+                    sample.taken_at = Some(now);
+                    None
+                }
+            }
+        };
+        let Some(state) = self.lock() else {
+            return Default::default();
+        };
+        let counters = state.hub.counters().clone();
+        if let Some(gauges) = cached {
+            return (counters, gauges);
+        }
+        let gauges = state.hub.gauges();
+        drop(state);
+        let mut sample = self.gauge_sample.lock().unwrap_or_else(PoisonError::into_inner);
+        sample.gauges = Some(gauges.clone());
+        (counters, gauges)
     }
 
     /// [`Shared::lock`] for a connection task: when the lock is taken, the task yields and
@@ -340,7 +423,10 @@ impl Shared {
         for _ in 0..LOCK_YIELDS_MAX {
             match self.state.try_lock() {
                 Ok(guard) => return Some(Locked(Some(guard))),
-                Err(std::sync::TryLockError::Poisoned(_)) => return None,
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    self.hub_poisoned();
+                    return None;
+                }
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
             tokio::task::yield_now().await;
@@ -373,6 +459,20 @@ impl Shared {
     pub async fn shutdown_started(&self) {
         let mut stop = self.shutdown.subscribe();
         let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+
+    /// [`Shared::connection_tasks_drained`], bounded by `write_timeout_ms` (logged if cut).
+    async fn drain_connection_tasks(&self) {
+        let drain = Duration::from_millis(self.config.write_timeout_ms);
+        if tokio::time::timeout(drain, self.connection_tasks_drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.metrics.connection_tasks(),
+                "WebSocket connections still closing {drain:?} after accepting stopped; returning anyway"
+            );
+        }
     }
 
     /// Resolves once no connection task is alive: every close handshake is over (the 1001
@@ -427,6 +527,8 @@ impl Server {
                 }),
                 shutdown,
                 connection_tasks_ended: Notify::new(),
+                poisoned: AtomicBool::new(false),
+                gauge_sample: Mutex::new(GaugeSample::default()),
             }),
         })
     }
@@ -466,7 +568,8 @@ impl Server {
             .unwrap_or_default()
     }
 
-    /// The Prometheus text served at `/metrics`.
+    /// The Prometheus text of `/metrics`, with the gauges sampled now: the endpoint samples
+    /// them at most once per `tick_interval_ms`, this in-process call on every call.
     pub fn metrics_text(&self) -> String {
         http::render_metrics(&self.shared)
     }
@@ -474,9 +577,47 @@ impl Server {
     /// Wraps `listener` the way [`Server::serve`] does: every socket takes a slot under
     /// `sockets_max`, has `http_request_timeout_ms` while it speaks HTTP, and gathers its writes
     /// until a flush. For an application that serves [`Server::router`] inside its own axum
-    /// app: without it, sockets that never finish a request would stay open for good.
+    /// app (with [`Server::maintenance`] alongside): without it, sockets that never finish a
+    /// request would stay open for good.
     pub fn guard_listener<L: Listener>(&self, listener: L) -> SocketListener<L> {
         SocketListener::new(listener, self.shared.clone())
+    }
+
+    /// What [`Server::serve`] runs besides the router, for an application that serves
+    /// [`Server::router`] inside its own axum app: the retention tick (events older than
+    /// `retention_age_ms` are evicted even when nobody publishes) until [`Server::shutdown`],
+    /// then the wait, bounded by `write_timeout_ms`, for WebSocket connections to finish their
+    /// close (axum's graceful shutdown does not see upgraded connections). Run it alongside
+    /// the app and await it after the app's own graceful shutdown:
+    ///
+    /// ```no_run
+    /// # async fn embed(server: herald_core::server::Server, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    /// use axum::serve::ListenerExt;
+    /// let app = axum::Router::new().merge(server.router()); // plus the application's routes
+    /// let maintenance = tokio::spawn(server.clone().maintenance());
+    /// let stop = server.clone();
+    /// axum::serve(server.guard_listener(listener.tap_io(herald_core::server::disable_nagle)), app)
+    ///     .with_graceful_shutdown(async move {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///         stop.shutdown();
+    ///     })
+    ///     .await?;
+    /// maintenance.await.expect("the maintenance task does not panic")
+    /// # }
+    /// ```
+    ///
+    /// Returns an error if the hub panicked (its lock poisoned): the server has then shut
+    /// itself down, and the process should exit so that it is restarted. Dropping this future
+    /// stops the tick.
+    pub async fn maintenance(self) -> std::io::Result<()> {
+        let shared = &self.shared;
+        tokio::select! {
+            biased;
+            () = shared.shutdown_started() => {}
+            () = tick_loop(shared) => unreachable!("the tick loop never ends"),
+        }
+        shared.drain_connection_tasks().await;
+        shared.poisoned_error()
     }
 
     /// Serves the router on `listener` and runs the retention tick until [`Server::shutdown`].
@@ -486,7 +627,8 @@ impl Server {
     /// process exiting when this returns does not cut a closing handshake short. Returns at
     /// that deadline even if some are still closing. If this future is dropped instead (a
     /// crashed host), the server is shut down as well: every `Notifier` then fails with
-    /// `ShuttingDown`.
+    /// `ShuttingDown`. If the hub panics (its lock poisoned), the server shuts itself down and
+    /// this returns an error once drained.
     pub async fn serve<L>(self, listener: L) -> std::io::Result<()>
     where
         L: Listener,
@@ -523,17 +665,9 @@ impl Server {
         // Accepting has stopped; let connection tasks finish their close handshakes, bounded.
         // Waiting only for the hub to empty would return while tasks still wait for the
         // clients' close replies.
-        if tokio::time::timeout(drain, shared.connection_tasks_drained())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                tasks = shared.metrics.connection_tasks(),
-                "WebSocket connections still closing {drain:?} after accepting stopped; returning anyway"
-            );
-        }
+        shared.drain_connection_tasks().await;
         drop(guard);
-        result
+        result.and_then(|()| shared.poisoned_error())
     }
 }
 
@@ -636,6 +770,68 @@ mod tests {
         drop(guard);
         assert!(waiter.await.unwrap(), "got the lock once it was free");
         other_task.abort();
+    }
+
+    /// Poisons the hub lock the only way it can be: a panic while it is held.
+    fn poison(shared: &Arc<Shared>) {
+        let shared = shared.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = shared.state.lock().unwrap();
+            panic!("a bug inside the hub (deliberate, for the test)");
+        })
+        .join();
+        assert!(panicked.is_err());
+    }
+
+    /// A hub that panicked can serve no one: the first caller that finds its lock poisoned (a
+    /// publish here, with the tick an hour away) shuts the server down, and `serve` returns an
+    /// error, so that the binary exits non-zero and is restarted instead of answering 503 and
+    /// 1001 for good.
+    #[tokio::test]
+    async fn a_poisoned_hub_lock_stops_serve_with_an_error() {
+        let mut config = ServerConfig::new(b"secret".to_vec(), "key".into());
+        config.tick_interval_ms = 3_600_000;
+        let server = Server::new(config, TokioClock::shared(0), SeededRng::new(1)).expect("valid config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let serving = tokio::spawn(server.clone().serve(listener));
+        // Past the interval's immediate first tick.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!serving.is_finished());
+        poison(&server.shared);
+        assert!(!server.shared.is_closing(), "nobody has looked at the lock yet");
+
+        let published = server.notifier().publish(
+            "alice",
+            "run-1",
+            crate::protocol::EventKind::AgentStarted,
+            &serde_json::Value::Null,
+        );
+        assert!(published.is_err(), "{published:?}");
+        let returned = tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("serve returns once the poisoned lock is found")
+            .unwrap();
+        let error = returned.expect_err("serve reports the crash");
+        assert!(error.to_string().contains("poisoned"), "{error}");
+        assert!(server.is_shutting_down());
+    }
+
+    /// The tick finds a poisoned lock too, for a server nobody publishes to; `maintenance` (an
+    /// embedder's tick) reports it like `serve`.
+    #[tokio::test]
+    async fn maintenance_returns_an_error_once_the_tick_finds_the_lock_poisoned() {
+        let mut config = ServerConfig::new(b"secret".to_vec(), "key".into());
+        config.tick_interval_ms = 10;
+        let server = Server::new(config, TokioClock::shared(0), SeededRng::new(1)).expect("valid config");
+        let maintenance = tokio::spawn(server.clone().maintenance());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!maintenance.is_finished());
+        poison(&server.shared);
+        let returned = tokio::time::timeout(Duration::from_secs(5), maintenance)
+            .await
+            .expect("maintenance returns once the tick finds the lock poisoned")
+            .unwrap();
+        assert!(returned.is_err());
     }
 
     /// A lock held for longer than the yields last is still taken: after `LOCK_YIELDS_MAX`

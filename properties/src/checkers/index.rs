@@ -15,10 +15,12 @@ use std::fmt;
 /// Hostile connections are recorded with client ids `HOSTILE_CLIENT_BASE + step_index * 100 + k`.
 pub(super) const HOSTILE_CLIENT_BASE: u32 = 1_000_000;
 
-/// Frame overhead assumed on top of `payload_bytes` when estimating retained bytes. The real
-/// overhead is about 100 bytes (`{"type":"event","seq":..,"run":..,"kind":..,"data":..}`); twice
-/// that keeps "certainly retained" certain.
-const FRAME_OVERHEAD_BYTES: u64 = 200;
+/// What one event is assumed to count against `retention_bytes_max` beside `payload_bytes`.
+/// The hub counts its frame envelope (about 100 bytes:
+/// `{"type":"event","seq":..,"run":..,"kind":..,"data":..}`), 160 bytes of bookkeeping and its
+/// idempotency key twice (the simulation's keys are event ids, under 20 bytes): about 300 in
+/// all. Certainly-retained estimates then only use half of the limit, which keeps them certain.
+const FRAME_OVERHEAD_BYTES: u64 = 300;
 
 /// The liveness bound B, in simulated ms: how long after the network heals (or after a publish,
 /// whichever is later) a live client may take to be connected and caught up.
@@ -232,7 +234,8 @@ pub(super) struct Index<'a> {
     pub gauges: Vec<usize>,
     /// Largest latency any link had (config or `SetLatency`).
     pub latency_max_ms: u64,
-    /// Latency settings over time: `(from, max_ms)`, the config's first, in time order.
+    /// Latency settings over time: `(from, max_ms)`, the config's first, in time order; each
+    /// `SetLatency` step and the heal (which restores the config's) add one.
     latency_timeline: Vec<(u64, u64)>,
     /// Most retries any HTTP publish step asks for.
     pub http_retries_max: u8,
@@ -469,6 +472,11 @@ impl<'a> Index<'a> {
                 }
                 Observation::HealStarted => {
                     index.heal.get_or_insert((idx, at));
+                    // The heal restores the configured latency on every link (`Driver::heal`),
+                    // whatever the last `SetLatency` left. A message sent before it may still
+                    // arrive at the old latency: windows reaching back before the heal (as
+                    // `latency_around` and the prompt-delivery rule's do) still see that.
+                    index.latency_timeline.push((at, scenario.config.latency_max_ms));
                     for (key, from) in std::mem::take(&mut open_faults) {
                         index.faults.push(Fault::new(key, from, at));
                     }

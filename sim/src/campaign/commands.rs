@@ -1,19 +1,22 @@
 //! The campaign's CLI commands: `fuzz`, `replay`, `shrink`, `check-determinism`.
 //! Exit codes: 0 nothing failed, 1 something failed, 2 usage or I/O error (returned as `Err`).
+//! A fuzz campaign stopped by an I/O error exits 2 even when it found failures before: its
+//! summary and report still list them, and say it stopped early.
 
 use super::case::{run_and_judge, CaseFailure, FailureKey};
 use super::seeds::{
-    bare_seed_file, git_revision, load_seed_file, replay, seed_name, verdict, write_atomically, Replay,
+    bare_seed_file, check_writable, git_revision, load_seed_file, replay, replay_within_wall_budget, seed_name,
+    seed_replay_wall_budget, verdict, write_atomically, Replay, ReplayInterrupted, SEED_REPLAY_BUDGET_ENV,
 };
 use super::shrinking::{shrink_failure, Shrunk};
 use super::{parse_duration, CampaignReport, FuzzOptions, Limit, ProgressMode, Shard};
-use crate::cli::SizeArg;
+use crate::cli::{load_scenario_file, ScenarioFile, SizeArg};
 use crate::server_under_test::{RealServer, ServerUnderTest};
 use crate::timeline::{render, TimelineOptions};
 use crate::world::{run_with, WorldOptions};
 use herald_properties::generators::GeneratorSettings;
 use herald_properties::history::History;
-use herald_properties::seed_file::{Expect, RecordedCrash, RecordedFailure, SeedFile};
+use herald_properties::seed_file::{CrashKind, Expect, RecordedCrash, RecordedFailure, SeedFile};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +112,12 @@ pub fn fuzz_command(args: FuzzArgs) -> Result<ExitCode, String> {
         progress: args.progress,
         ..FuzzOptions::cases(0)
     };
+    // First, whatever `--progress` says (README): `SEED=<n>` is what reruns the campaign.
+    println!("{}", super::banner(&options));
+    // A campaign that cannot save would find failures for nothing (for an hour, on CI).
+    if let Some(dir) = &options.seeds_dir {
+        check_writable(dir).map_err(|e| format!("{e} (give a writable --seeds-dir, or --no-seeds)"))?;
+    }
     let report = super::fuzz(&options, &|| Rc::new(RealServer) as Rc<dyn ServerUnderTest>);
     report
         .print_summary(&mut std::io::stdout().lock())
@@ -117,6 +126,14 @@ pub fn fuzz_command(args: FuzzArgs) -> Result<ExitCode, String> {
         write_report(&report, path)?;
     }
     if !report.io_errors.is_empty() {
+        println!(
+            "STOPPED EARLY by an I/O error (exit 2){}",
+            if report.failed() {
+                "; the failures above were found before it"
+            } else {
+                ""
+            }
+        );
         return Ok(ExitCode::from(2));
     }
     Ok(if report.failed() {
@@ -161,9 +178,58 @@ pub struct ReplayArgs {
 }
 
 /// `herald-sim replay`: rerun a seed file, print its timeline, judge it.
+///
+/// The run has the wall-time budget `cargo test` gives each seed ([`seed_replay_wall_budget`]):
+/// a hang seed whose world still spins ends as `verdict: HANG` (exit 1) instead of running
+/// forever with no output.
 pub fn replay_command(args: ReplayArgs) -> Result<ExitCode, String> {
     let file = load_seed_file(&args.file)?;
-    let result = replay(&file, Rc::new(RealServer), args.trace);
+    let budget = seed_replay_wall_budget()?;
+    let hang_seed = file.crash.as_ref().is_some_and(|c| c.kind == CrashKind::Hang);
+    if hang_seed {
+        println!(
+            "{} is a hang seed (world seed {}): replaying within a wall-time budget of {} s ({SEED_REPLAY_BUDGET_ENV} sets it)",
+            args.file.display(),
+            file.seed,
+            budget.as_secs()
+        );
+    }
+    let result = match replay_within_wall_budget(&file, || Rc::new(RealServer), args.trace, budget) {
+        Ok(result) => result,
+        Err(ReplayInterrupted::CannotSpawn(error)) => return Err(format!("cannot start the replay: {error}")),
+        Err(interrupted) => {
+            println!(
+                "seed file: {} (world seed {}, {} steps)",
+                file.name,
+                file.seed,
+                file.scenario.steps.len()
+            );
+            if let Some(crash) = &file.crash {
+                println!("recorded crash: {}: {}", crash.kind.as_str(), crash.message);
+            }
+            match interrupted {
+                ReplayInterrupted::Hang => println!(
+                    "verdict: HANG ({}): the replay exceeded the wall-time budget of {} s and was abandoned: \
+                     its world still spins (or this machine is slower than the budget allows for: raise it \
+                     with {SEED_REPLAY_BUDGET_ENV})",
+                    args.file.display(),
+                    budget.as_secs()
+                ),
+                other => println!(
+                    "verdict: FAILED ({}): {}",
+                    args.file.display(),
+                    other.describe(&args.file, budget, 0)
+                ),
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if hang_seed {
+        println!(
+            "the recorded hang did not recur within {} s: fixed, or the campaign's machine was overloaded",
+            budget.as_secs()
+        );
+    }
     if let Some(output) = &result.judged.output {
         if !args.quiet {
             let text = render(
@@ -297,9 +363,10 @@ pub struct ShrinkArgs {
     /// Where to write the shrunk seed file (default: next to the input, `<stem>.shrunk.json`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// World seed for a bare scenario file (seed files carry their own).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// World seed for a bare scenario file (default 0; seed files carry their own, and it is
+    /// ignored for them).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// World runs to spend.
     #[arg(long, default_value_t = super::SHRINK_ATTEMPTS_DEFAULT)]
     pub attempts: usize,
@@ -307,16 +374,19 @@ pub struct ShrinkArgs {
 
 /// `herald-sim shrink`: shrink a failing scenario (hand-written, or an older seed) further.
 pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    // A file with `format_version` is a seed file, and its errors are reported as such: read
-    // as a bare scenario it would run under `--seed` instead of its own world seed.
-    let is_seed_file =
-        serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|value| value.get("format_version").is_some());
-    let base = if is_seed_file {
-        SeedFile::from_json(&text).map_err(|e| format!("{}: {e}", args.file.display()))?
-    } else {
-        let scenario = crate::cli::load_scenario(&args.file)?;
-        bare_seed_file("scenario".into(), args.seed, scenario)
+    // A seed file shrinks under its own world seed (as `run --scenario` runs it).
+    let base = match load_scenario_file(&args.file)? {
+        ScenarioFile::Seed(file) => {
+            if let Some(seed) = args.seed.filter(|&seed| seed != file.seed) {
+                eprintln!(
+                    "warning: --seed {seed} ignored: {} is a seed file, shrunk under its own world seed {}",
+                    args.file.display(),
+                    file.seed
+                );
+            }
+            *file
+        }
+        ScenarioFile::Bare(scenario) => bare_seed_file("scenario".into(), args.seed.unwrap_or(0), *scenario),
     };
     let server: Rc<dyn ServerUnderTest> = Rc::new(RealServer);
     let outcome = shrink_seed_file(&base, &server, args.attempts, &mut |failure| {

@@ -4,13 +4,20 @@
 //! Hangs: a world that spins inside one turmoil step cannot be interrupted. The watchdog reports
 //! such a run as a `hang` failure (seed file included) and abandons the worker: workers are
 //! detached threads, so [`fuzz`] returns its report even while one is stuck. Everything a worker
-//! touches after start-up is owned or shared through `Arc`.
+//! touches after start-up is owned or shared through `Arc`. A hang seed is saved at once, not
+//! shrunk or re-run (see `seeds` for what replaying one means).
+//!
+//! I/O errors: the seeds directory is checked before the first case, and the first seed file or
+//! marker that cannot be written stops the campaign (cases in flight finish; what failed so far
+//! is reported): a campaign that can save nothing would spend its hour for nothing.
 
 use super::case::{run_and_judge, CaseFailure, FailureKey, Judged};
 use super::dedup::shape;
 use super::progress::{Reporter, Snapshot};
 use super::report::{Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings, NOT_REPRODUCED, NOT_SHRUNK};
-use super::seeds::{bare_seed_file, git_revision, in_progress_path, seed_name, write_atomically, write_seed_file};
+use super::seeds::{
+    bare_seed_file, check_writable, git_revision, in_progress_path, seed_name, write_atomically, write_seed_file,
+};
 use super::shrinking::shrink_failure;
 use super::{case_seed, FuzzOptions, Limit, SHRINK_GRACE};
 use crate::server_under_test::ServerUnderTest;
@@ -26,6 +33,9 @@ use std::time::{Duration, Instant};
 
 /// How often the calling thread refreshes progress and checks for hangs.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// I/O errors listed in a report; later ones are only counted. The first one stops the
+/// campaign, so only cases and shrinks already in flight add more.
+pub const IO_ERRORS_LISTED_MAX: usize = 16;
 
 /// What one worker is doing, for the watchdog.
 #[derive(Default)]
@@ -46,6 +56,10 @@ struct Shared {
     next_case: AtomicU64,
     stop: AtomicBool,
     finished_workers: AtomicUsize,
+    /// Set by the first I/O error: nothing more is written, nor shrunk (it could not be saved).
+    io_failed: AtomicBool,
+    /// I/O errors beyond [`IO_ERRORS_LISTED_MAX`].
+    io_errors_unlisted: AtomicU64,
     aggregate: Mutex<Aggregate>,
     slots: Vec<Mutex<Slot>>,
     reporter: Reporter,
@@ -80,13 +94,20 @@ pub fn fuzz(options: &FuzzOptions, make_server: &(dyn Fn() -> Rc<dyn ServerUnder
         next_case: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         finished_workers: AtomicUsize::new(0),
+        io_failed: AtomicBool::new(false),
+        io_errors_unlisted: AtomicU64::new(0),
         aggregate: Mutex::new(Aggregate {
             coverage: CoveragePath::ALL.into_iter().map(|p| (p, (0, 0))).collect(),
             ..Aggregate::default()
         }),
         slots: (0..jobs).map(|_| Mutex::new(Slot::default())).collect(),
     });
-    banner(&shared);
+    if let Some(dir) = &shared.options.seeds_dir {
+        // Before any worker starts: they then see `stop` and run nothing.
+        if let Err(error) = check_writable(dir) {
+            io_error(&shared, error);
+        }
+    }
 
     // SAFETY: the reference is extended to 'static only for the workers' start-up: each worker
     // calls the factory once and then signals `ready` (also when the call panicked, and the
@@ -134,23 +155,47 @@ pub fn fuzz(options: &FuzzOptions, make_server: &(dyn Fn() -> Rc<dyn ServerUnder
     build_report(&shared)
 }
 
-fn banner(shared: &Shared) {
-    let o = &shared.options;
-    shared.reporter.println(&format!(
-        "SEED={} shard={}/{} jobs={} size={} swarm={} limit={} shrink={} seeds-dir={}",
+/// The line `herald-sim fuzz` prints first, whatever its `--progress`: `SEED=<n>` reruns the
+/// campaign. [`fuzz`] itself prints nothing of it, so quiet library callers (tests, benchmarks)
+/// stay quiet.
+pub fn banner(o: &FuzzOptions) -> String {
+    format!(
+        "SEED={} shard={}/{} jobs={} size={} swarm={}{} limit={} shrink={} seeds-dir={}",
         o.seed_start,
         o.shard.index,
         o.shard.count,
         o.jobs.max(1),
         o.size.as_str(),
         o.swarm,
+        if o.whole_quiet_period {
+            " whole-quiet-period"
+        } else {
+            ""
+        },
         limit_text(o.limit),
         o.shrink,
         o.seeds_dir
             .as_ref()
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "(none)".into())
-    ));
+    )
+}
+
+/// Records an I/O error (listing at most [`IO_ERRORS_LISTED_MAX`]) and stops the campaign.
+fn io_error(shared: &Shared, error: String) {
+    let first = !shared.io_failed.swap(true, Ordering::SeqCst);
+    shared.stop.store(true, Ordering::SeqCst);
+    if first {
+        shared.reporter.println(&format!(
+            "I/O ERROR: {error}; stopping the campaign (cases in flight finish)"
+        ));
+    }
+    let mut aggregate = lock(&shared.aggregate);
+    if aggregate.io_errors.len() < IO_ERRORS_LISTED_MAX {
+        aggregate.io_errors.push(error);
+    } else {
+        shared.io_errors_unlisted.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn limit_text(limit: Limit) -> String {
@@ -226,13 +271,6 @@ fn set_busy(shared: &Shared, worker: usize, busy: Option<(u64, &Scenario)>) -> b
 fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>) {
     let options = &shared.options;
     let marker = options.seeds_dir.as_ref().map(|dir| in_progress_path(dir, worker));
-    if let Some(dir) = &options.seeds_dir {
-        if let Err(error) = std::fs::create_dir_all(dir) {
-            lock(&shared.aggregate)
-                .io_errors
-                .push(format!("cannot create {}: {error}", dir.display()));
-        }
-    }
     loop {
         if shared.stop.load(Ordering::SeqCst) || shared.deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -327,8 +365,13 @@ fn count_case(
     }
 }
 
+/// Writes the in-progress marker; nothing once an I/O error has stopped the campaign (a shrink
+/// in flight would otherwise add one error per candidate).
 fn persist_marker(shared: &Shared, marker: Option<&std::path::Path>, seed: u64, scenario: &Scenario) {
     let Some(marker) = marker else { return };
+    if shared.io_failed.load(Ordering::SeqCst) {
+        return;
+    }
     let mut file = bare_seed_file("in-progress".into(), seed, scenario.clone());
     file.generator = Some(generator_info(&shared.options, seed));
     file.description = format!(
@@ -336,7 +379,7 @@ fn persist_marker(shared: &Shared, marker: Option<&std::path::Path>, seed: u64, 
          means the run hung or the process died): case seed {seed}."
     );
     if let Err(error) = write_atomically(marker, &file.to_json()) {
-        lock(&shared.aggregate).io_errors.push(error);
+        io_error(shared, error);
     }
 }
 
@@ -345,6 +388,7 @@ fn generator_info(options: &FuzzOptions, seed: u64) -> GeneratorInfo {
         seed,
         size: options.size.as_str().to_string(),
         swarm: options.swarm,
+        whole_quiet_period: options.whole_quiet_period,
     }
 }
 
@@ -397,7 +441,9 @@ fn handle_failure(
     let budget_left = |aggregate: &Aggregate| {
         aggregate.shrinks_started.get(&primary.key).copied().unwrap_or(0) < options.shrinks_per_key
     };
-    if !budget_left(&lock(&shared.aggregate)) {
+    // Once an I/O error stopped the campaign, nothing found can be saved: counted and listed
+    // with its `run` command, but not re-run or shrunk, so the campaign ends promptly.
+    if !budget_left(&lock(&shared.aggregate)) || shared.io_failed.load(Ordering::SeqCst) {
         record_unshrunk(shared, seed, scenario.steps.len(), primary, also);
         return true;
     }
@@ -425,6 +471,8 @@ fn handle_failure(
     let mut final_scenario = scenario.clone();
     let mut steps_after = None;
     let mut judged = reproduction;
+    // The shrunk scenario failed while shrinking but not on its re-run: (its steps, the re-run).
+    let mut shrunk_not_reproduced = None;
     if options.shrink {
         let deadline = shared.deadline.map(|d| d + SHRINK_GRACE);
         let mut abandoned = false;
@@ -461,17 +509,9 @@ fn handle_failure(
                 }
                 // The shrunk scenario failed while shrinking but not on its re-run: the
                 // simulation is not deterministic there. The case itself failed twice, so it is
-                // saved unshrunk instead (the slot it took goes to a seed that reproduced).
-                None => shared.reporter.println(&format!(
-                    "NOT REPRODUCIBLE {} case seed {seed}: the shrunk {}-step scenario failed it while \
-                     shrinking, but its re-run with the same world seed did not ({}): the simulation is not \
-                     deterministic (a bug of its own). The shrunk scenario is not saved; the unshrunk case, \
-                     which did fail again, is saved instead (`herald-sim shrink` on its seed file re-runs \
-                     the shrink and says whether the shrunk scenario reproduces).",
-                    primary.key,
-                    shrunk.steps_after,
-                    shrunk_run.outcome()
-                )),
+                // saved unshrunk instead (the slot it took goes to a seed that reproduced), and
+                // the determinism bug is counted below like any failure that did not recur.
+                None => shrunk_not_reproduced = Some((shrunk.steps_after, shrunk_run.outcome())),
             }
         }
     }
@@ -481,9 +521,14 @@ fn handle_failure(
     file.family = Some(failure.category);
     file.severity = Some(failure.severity);
     file.description = format!(
-        "Found by `herald-sim fuzz` (case seed {seed}, size {}, swarm {}): {}",
+        "Found by `herald-sim fuzz` (case seed {seed}, size {}, swarm {}{}): {}",
         options.size.as_str(),
         options.swarm,
+        if options.whole_quiet_period {
+            ", whole quiet period"
+        } else {
+            ""
+        },
         failure.explanation
     );
     file.generator = Some(generator_info(options, seed));
@@ -523,6 +568,17 @@ fn handle_failure(
     if !known {
         announce(shared, seed, &failure, seed_file.as_deref());
     }
+    if let Some((steps, rerun_gave)) = shrunk_not_reproduced {
+        record_shrunk_not_reproduced(
+            shared,
+            seed,
+            primary,
+            (scenario.steps.len(), steps),
+            &rerun_gave,
+            seed_file.as_deref(),
+            also.clone(),
+        );
+    }
     let group = FailureGroup {
         seed_file,
         steps_after_shrink: steps_after,
@@ -531,6 +587,45 @@ fn handle_failure(
     };
     lock(&shared.aggregate).add_to_group(group, seed);
     true
+}
+
+/// A case whose failure reproduced, but whose shrunk scenario, which failed it while shrinking,
+/// did not fail it on its re-run with the same world seed: the simulation is not deterministic
+/// there. The case is saved unshrunk (by the caller); this records the determinism bug in a
+/// [`NOT_REPRODUCED`] group of its own, so the summary, the report's `not_reproduced` and the
+/// verdict count it (a line printed only by the reporter vanished with `--progress quiet`).
+fn record_shrunk_not_reproduced(
+    shared: &Shared,
+    seed: u64,
+    primary: &CaseFailure,
+    (steps_before, steps_after): (usize, usize),
+    rerun_gave: &str,
+    saved: Option<&str>,
+    also: Vec<FailureKey>,
+) {
+    let saved = match saved {
+        Some(path) => format!(
+            "the unshrunk case, which did fail again, is saved as {path} (`herald-sim shrink {path}` re-runs the \
+             shrink and says whether its shrunk scenario reproduces)"
+        ),
+        None => "the unshrunk case did fail again".to_string(),
+    };
+    let explanation = format!(
+        "the {steps_after}-step scenario shrunk from case seed {seed} ({steps_before} steps) failed {} while \
+         shrinking, but its re-run with the same world seed did not fail it ({rerun_gave}); {saved}",
+        primary.key
+    );
+    shared.reporter.println(&format!(
+        "NOT REPRODUCIBLE {} case seed {seed}: {explanation}. The simulation is not deterministic (a bug of \
+         its own).",
+        primary.key
+    ));
+    let group = FailureGroup {
+        explanation,
+        steps_after_shrink: Some(steps_after),
+        ..FailureGroup::new(primary, NOT_REPRODUCED.into(), also, steps_before)
+    };
+    lock(&shared.aggregate).add_to_group(group, seed);
 }
 
 /// A failing case that, re-run unshrunk with the same world seed, did not fail the same way: a
@@ -574,7 +669,7 @@ fn save(shared: &Shared, file: &SeedFile) -> Option<String> {
     match write_seed_file(dir, file) {
         Ok(path) => Some(path.display().to_string()),
         Err(error) => {
-            lock(&shared.aggregate).io_errors.push(error);
+            io_error(shared, error);
             None
         }
     }
@@ -624,7 +719,12 @@ fn watch_for_hangs(shared: &Shared) {
             let mut file = bare_seed_file(seed_name(failure.key, &scenario), seed, scenario.clone());
             file.family = Some(failure.category);
             file.severity = Some(failure.severity);
-            file.description = failure.explanation.clone();
+            file.description = format!(
+                "{}. A hang seed: the scenario that was running, saved at once (not shrunk, not re-run). \
+                 Replaying it fails as `hang` while it still outlives the replay budget; once it ends, it \
+                 is judged like any seed (fixed, or the campaign's machine was overloaded).",
+                failure.explanation
+            );
             file.generator = Some(generator_info(&shared.options, seed));
             file.git_revision = shared.git_revision.clone();
             file.crash = Some(RecordedCrash {
@@ -718,6 +818,13 @@ fn build_report(shared: &Shared) -> CampaignReport {
             .filter(|g| g.not_reproduced)
             .map(|g| g.count)
             .sum(),
-        io_errors: aggregate.io_errors.clone(),
+        io_errors: {
+            let mut errors = aggregate.io_errors.clone();
+            let unlisted = shared.io_errors_unlisted.load(Ordering::SeqCst);
+            if unlisted > 0 {
+                errors.push(format!("{unlisted} further I/O error(s), not listed"));
+            }
+            errors
+        },
     }
 }

@@ -24,7 +24,7 @@ pub mod seeds;
 pub mod shrinking;
 
 pub use case::{CaseFailure, FailureKey};
-pub use fuzz::fuzz;
+pub use fuzz::{banner, fuzz, IO_ERRORS_LISTED_MAX};
 pub use progress::ProgressMode;
 pub use report::CampaignReport;
 

@@ -197,7 +197,7 @@ impl CampaignReport {
             if group.not_reproduced {
                 writeln!(
                     out,
-                    "     NOT REPRODUCIBLE: the re-run with the same world seed did not fail {}; nothing saved. \
+                    "     NOT REPRODUCIBLE: the re-run with the same world seed did not fail {}; this scenario was not saved. \
                      Check with: {}",
                     group.key,
                     super::check_determinism_command(first_seed, &s.size, s.swarm, s.whole_quiet_period)

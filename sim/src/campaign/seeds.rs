@@ -5,7 +5,19 @@
 //! Hangs: a world that spins inside one turmoil step cannot be interrupted, so `cargo test`
 //! replays each file on its own detached thread ([`run_within_wall_budget`], shared with the
 //! catalogue) and reports one that outlives [`SEED_REPLAY_WALL_BUDGET_SECS`] as a `hang`,
-//! naming the file, instead of waiting for it forever.
+//! naming the file, instead of waiting for it forever. `herald-sim replay` runs its one file
+//! within the same budget ([`replay_within_wall_budget`]), so replaying a hang seed ends too.
+//!
+//! A hang seed (`crash.kind: hang`) is the scenario a campaign worker was running when that run
+//! outlived the campaign's `--hang-budget`: the watchdog saves it at once, unshrunk and never
+//! re-run (a re-run could take another budget's worth, or spin a second thread forever), with
+//! no digest and `expect: pass`. So a replay that still outlives the replay budget fails as a
+//! `hang`, and one that ends judges the scenario like any other: the hang is fixed, or the
+//! campaign's machine was merely overloaded (raise `--hang-budget` there).
+//!
+//! Several campaigns may share one seeds directory (two shards in one checkout): the files a
+//! process writes as it goes (temporary files, in-progress markers) carry its process id, and a
+//! seed file is never overwritten by another scenario or world seed.
 
 use super::case::{panic_message, run_and_judge, CaseFailure, FailureKey, Judged};
 use crate::server_under_test::ServerUnderTest;
@@ -17,6 +29,7 @@ use sha2::{Digest, Sha256};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -59,40 +72,137 @@ pub fn bare_seed_file(name: String, seed: u64, scenario: Scenario) -> SeedFile {
     }
 }
 
-/// Writes `file` as `<dir>/<file.name>.json` (creating `dir`); returns the path. An existing
-/// file with that name holds the same scenario and is left alone.
+/// Writes `file` as `<dir>/<file.name>.json` (creating `dir`); returns the path it is at.
+///
+/// The name hashes the scenario only, so a file of that name may already be there. When it
+/// holds the same scenario and world seed it is this very reproduction, and is left alone. When
+/// it holds another world seed (the same shrunk scenario, found from another case) it would not
+/// reproduce this failure, so the file goes to `<name>-w<world seed>.json` instead of being
+/// announced as the reproduction. Existing files are never overwritten, also not by another
+/// process sharing the directory at the same moment (see [`write_new_atomically`]).
 pub fn write_seed_file(dir: &Path, file: &SeedFile) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join(format!("{}.json", file.name));
-    if !path.exists() {
-        write_atomically(&path, &file.to_json())?;
+    let mut file = file.clone();
+    for name in [file.name.clone(), format!("{}-w{}", file.name, file.seed)] {
+        let path = dir.join(format!("{name}.json"));
+        file.name = name;
+        if write_new_atomically(&path, &file.to_json())? {
+            return Ok(path);
+        }
+        let same = load_seed_file(&path)
+            .is_ok_and(|existing| existing.seed == file.seed && existing.scenario == file.scenario);
+        if same {
+            return Ok(path);
+        }
     }
-    Ok(path)
+    Err(format!(
+        "cannot save {} in {}: both its names are taken by files holding other scenarios or world seeds",
+        file.name,
+        dir.display()
+    ))
+}
+
+/// Distinguishes the temporary files of one process's concurrent writes.
+static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary file next to `path` that no other write uses: `.<file name>.<pid>-<n>.tmp`.
+/// A name derived from `path` alone was shared by every process writing that path (two fuzz
+/// shards in one seeds directory), each renaming the other's file away. Dot-prefixed, so a
+/// leftover (the process was killed) is never listed as a seed file.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a seed file.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("json.tmp");
+    let tmp = temp_path(path);
     std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
+    })
 }
 
-/// `<dir>/.in-progress-<worker>.json`: the scenario a worker is running right now, as a seed
-/// file (replayable with `herald-sim replay`). Written before each run and removed after, like
-/// shuttle's `SHUTTLE_ALWAYS_PERSIST_SEED`, so a hang or a killed job stays reproducible.
+/// Like [`write_atomically`], but never replaces an existing `path`: `false` when one is there.
+/// The temporary file is hard-linked to `path`, which fails when `path` exists, even when another
+/// process creates it at the same moment; a file system without hard links gets a plain check
+/// and rename instead.
+pub fn write_new_atomically(path: &Path, text: &str) -> Result<bool, String> {
+    if path.exists() {
+        return Ok(false);
+    }
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let result = match linked {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(_) if path.exists() => Ok(false),
+        Err(_) => std::fs::rename(&tmp, path)
+            .map(|()| true)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display())),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// Checks that seed files can be written in `dir` (creating it), by writing and removing a
+/// probe file: a campaign finds this out before its first case, not an hour later.
+pub fn check_writable(dir: &Path) -> Result<(), String> {
+    let fail = |error: String| format!("the seeds directory {} is not writable: {error}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
+    let probe = dir.join(format!(".write-check-{}.tmp", std::process::id()));
+    write_atomically(&probe, "{}\n").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(|e| fail(format!("cannot remove {}: {e}", probe.display())))
+}
+
+/// `<dir>/.in-progress-<pid>-<worker>.json`: the scenario a worker of this process is running
+/// right now, as a seed file (replayable with `herald-sim replay`). Written before each run and
+/// removed after, like shuttle's `SHUTTLE_ALWAYS_PERSIST_SEED`, so a hang or a killed job stays
+/// reproducible. The process id keeps two campaigns sharing `dir` off each other's markers.
 pub fn in_progress_path(dir: &Path, worker: usize) -> PathBuf {
-    dir.join(format!(".in-progress-{worker}.json"))
+    dir.join(format!(".in-progress-{}-{worker}.json", std::process::id()))
 }
 
-/// `git rev-parse HEAD`, if git and a repository are there.
+/// Appended to the revision of a work tree with uncommitted changes to tracked files: the
+/// revision alone would name code the file was not written with.
+pub const DIRTY_SUFFIX: &str = "-dirty";
+
+/// `git rev-parse HEAD` of the current directory's repository, with [`DIRTY_SUFFIX`] when a
+/// tracked file differs from it, if git and a repository are there. Metadata only: no history
+/// depends on it.
 pub fn git_revision() -> Option<String> {
-    let output = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let revision = String::from_utf8(output.stdout).ok()?.trim().to_string();
-    (output.status.success() && revision.len() >= 7).then_some(revision)
+    git_revision_in(Path::new("."))
+}
+
+/// [`git_revision`] of the repository at `dir`. Untracked files (new seed files among them) do
+/// not make a tree dirty.
+pub fn git_revision_in(dir: &Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+    };
+    let head = git(&["rev-parse", "HEAD"])?;
+    let revision = String::from_utf8(head.stdout).ok()?.trim().to_string();
+    if revision.len() < 7 {
+        return None;
+    }
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.stdout.is_empty());
+    Some(if dirty {
+        format!("{revision}{DIRTY_SUFFIX}")
+    } else {
+        revision
+    })
 }
 
 /// The repository's `seeds/`, for the tests that replay it. Found from `CARGO_MANIFEST_DIR` read
@@ -302,6 +412,20 @@ pub fn run_within_wall_budget<T: Send + 'static>(
     }
 }
 
+/// Replays `file` as [`replay`] does, on a thread of its own against a server from
+/// `make_server`, within `budget`: `herald-sim replay` of a hang seed (or of any file whose world
+/// now spins) ends with [`ReplayInterrupted::Hang`] instead of running forever with no output.
+pub fn replay_within_wall_budget(
+    file: &SeedFile,
+    make_server: impl FnOnce() -> Rc<dyn ServerUnderTest> + Send + 'static,
+    trace: bool,
+    budget: Duration,
+) -> Result<Replay, ReplayInterrupted> {
+    let file = file.clone();
+    let thread_name = format!("replay-{}", file.name);
+    run_within_wall_budget(thread_name, budget, move || replay(&file, make_server(), trace))
+}
+
 /// Replays every fuzz seed file in `dir` (see [`seed_files_in`]) and returns the ones whose
 /// verdict is wrong. A missing directory has no seeds.
 ///
@@ -406,6 +530,132 @@ mod tests {
             started.elapsed() < Duration::from_secs(2),
             "waited for the blocked thread"
         );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("herald-seeds-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn scenario(users: u32) -> Scenario {
+        Scenario {
+            config: herald_properties::scenario::ScenarioConfig {
+                users,
+                ..Default::default()
+            },
+            steps: Vec::new(),
+        }
+    }
+
+    /// Concurrent writers of one path (two workers, or two campaigns sharing a directory) each
+    /// use a temporary file of their own: none renames another's away.
+    #[test]
+    fn concurrent_atomic_writes_of_one_path_never_collide() {
+        let dir = temp_dir("concurrent-writes");
+        let path = dir.join(".in-progress-x.json");
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter_map(|_| write_atomically(&path, &format!("writer {i}\n")).err())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for writer in writers {
+            let errors = writer.join().unwrap();
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from(".in-progress-x.json")],
+            "no temporary file left"
+        );
+        assert!(in_progress_path(&dir, 3).ends_with(format!(".in-progress-{}-3.json", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The same shrunk scenario found under another world seed is not announced as the existing
+    /// file: it goes under a name of its own, and no file is ever overwritten.
+    #[test]
+    fn a_seed_file_never_stands_for_another_world_seed() {
+        let dir = temp_dir("same-scenario");
+        let name = seed_name(FailureKey::Crash(CrashKind::Panic), &scenario(2));
+        let first = bare_seed_file(name.clone(), 1, scenario(2));
+        let path = write_seed_file(&dir, &first).unwrap();
+        assert_eq!(path, dir.join(format!("{name}.json")));
+        assert_eq!(
+            write_seed_file(&dir, &first).unwrap(),
+            path,
+            "the same reproduction is there"
+        );
+
+        let other_seed = bare_seed_file(name.clone(), 9, scenario(2));
+        let other = write_seed_file(&dir, &other_seed).unwrap();
+        assert_eq!(other, dir.join(format!("{name}-w9.json")));
+        let saved = load_seed_file(&other).unwrap();
+        assert_eq!((saved.name, saved.seed), (format!("{name}-w9"), 9));
+        assert_eq!(load_seed_file(&path).unwrap(), first, "the first file is untouched");
+        assert_eq!(write_seed_file(&dir, &other_seed).unwrap(), other);
+
+        // Both names held by other files (a hash collision, or hand-made files): an error.
+        let taken = bare_seed_file(format!("{name}-w11"), 11, scenario(3));
+        std::fs::write(dir.join(format!("{name}-w11.json")), taken.to_json()).unwrap();
+        let third = bare_seed_file(name, 11, scenario(2));
+        assert!(write_seed_file(&dir, &third).unwrap_err().contains("names are taken"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unwritable_seeds_directory_is_found_before_anything_runs() {
+        let dir = temp_dir("unwritable");
+        let file = dir.join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let error = check_writable(&file.join("seeds")).unwrap_err();
+        assert!(error.contains("is not writable"), "{error}");
+        check_writable(&dir.join("seeds")).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.join("seeds")).unwrap().collect();
+        assert!(left.is_empty(), "the probe is removed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_revision_of_a_tree_with_uncommitted_changes_is_marked_dirty() {
+        let dir = temp_dir("git");
+        let git = |args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&dir)
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args)
+                .output()
+                .expect("git runs");
+            assert!(status.status.success(), "git {args:?}: {status:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::write(dir.join("a.txt"), "one").unwrap();
+        git(&["add", "a.txt"]);
+        git(&["commit", "-q", "-m", "one"]);
+        std::fs::write(dir.join("untracked.json"), "{}").unwrap();
+        let clean = git_revision_in(&dir).unwrap();
+        assert_eq!(clean.len(), 40, "{clean}");
+        std::fs::write(dir.join("a.txt"), "two").unwrap();
+        assert_eq!(git_revision_in(&dir).unwrap(), format!("{clean}{DIRTY_SUFFIX}"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
