@@ -229,6 +229,17 @@ fn a_case_that_reproduced_is_saved_unshrunk_when_its_shrunk_scenario_does_not() 
     assert_eq!(saved.len(), 1, "{:#?}", report.failures);
     let file = SeedFile::from_json(&std::fs::read_to_string(&saved[0]).unwrap()).unwrap();
     assert_eq!(file.scenario, options.scenario(500), "the unshrunk case is saved");
+    // The determinism bug is reported as such (in the JSON report and the summary, which a
+    // `--progress quiet` run prints too) and names the file that was saved instead.
+    assert!(report.failed());
+    assert_eq!(serde_json::to_value(&report).unwrap()["not_reproduced"], 1);
+    let not_reproduced = report.failures.iter().find(|g| g.not_reproduced).unwrap();
+    assert_eq!(not_reproduced.case_seeds, vec![500]);
+    let saved_file = group.seed_file.as_deref().unwrap();
+    assert!(not_reproduced.explanation.contains(saved_file), "{}", not_reproduced.explanation);
+    let text = summary(&report);
+    assert!(text.contains("NOT REPRODUCIBLE"), "{text}");
+    assert!(text.contains("not reproducible: a determinism bug"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
