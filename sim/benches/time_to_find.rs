@@ -61,6 +61,7 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "concatenated_frames" => Invariant::Isolation,
         "delayed_live_flush" => Invariant::Liveness,
         "keeps_closed_sockets" => Invariant::BoundedResources,
+        "forgets_quiet_streams" => Invariant::HonestGaps,
         _ => return None,
     })
 }

@@ -236,7 +236,11 @@ fn a_case_that_reproduced_is_saved_unshrunk_when_its_shrunk_scenario_does_not() 
     let not_reproduced = report.failures.iter().find(|g| g.not_reproduced).unwrap();
     assert_eq!(not_reproduced.case_seeds, vec![500]);
     let saved_file = group.seed_file.as_deref().unwrap();
-    assert!(not_reproduced.explanation.contains(saved_file), "{}", not_reproduced.explanation);
+    assert!(
+        not_reproduced.explanation.contains(saved_file),
+        "{}",
+        not_reproduced.explanation
+    );
     let text = summary(&report);
     assert!(text.contains("NOT REPRODUCIBLE"), "{text}");
     assert!(text.contains("not reproducible: a determinism bug"), "{text}");

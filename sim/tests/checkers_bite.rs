@@ -248,6 +248,17 @@ fn honest_gaps_bites_a_hub_that_drops_a_stream_still_holding_events() {
 }
 
 #[test]
+fn honest_gaps_bites_a_hub_that_forgets_quiet_streams() {
+    bites(
+        "forgets_quiet_streams",
+        bugs::forgets_quiet_streams,
+        Invariant::HonestGaps,
+        tiny(),
+        30,
+    );
+}
+
+#[test]
 fn no_silent_loss_bites_an_inflated_first_welcome_head() {
     bites(
         "inflated_first_head",

@@ -18,7 +18,14 @@
 //!   resumed stream still existed and the resume had to be served from it. (`certainly_retained`
 //!   already rules out a restart or crash in between, and every retention limit.)
 //!
-//! A server that answers every resume with a gap fails the last three rules on the first
+//! - a welcome into a *different* epoch than the one resumed, when the same client had been
+//!   welcomed into the resumed epoch by the same server life: within a life the hub keeps a
+//!   quiet stream (nothing retained, no connection) dormant by epoch and head, and the world
+//!   lets it remember as many as `users_max`, so only a scenario naming more users than that
+//!   may see an epoch forgotten. The resume had to be served in its own epoch, with a
+//!   `retention` gap at most.
+//!
+//! A server that answers every resume with a gap fails the last four rules on the first
 //! reconnect that could have been served from retention.
 
 use super::index::{Client, Conn, Index, Welcome};
@@ -33,6 +40,9 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             if let (Some(welcome), Some(resume)) = (&conn.welcome, conn.resume) {
                 if resume.epoch != welcome.epoch {
                     if let Some(v) = dropped_stream(index, client, conn, welcome, resume, &label) {
+                        return Err(v);
+                    }
+                    if let Some(v) = forgotten_epoch(index, client, conn, welcome, resume, &label) {
                         return Err(v);
                     }
                 }
@@ -174,5 +184,57 @@ fn dropped_stream(
             t(event.first_call_at)
         ),
         vec![event.first_call_idx, conn.connecting_idx, welcome.idx],
+    ))
+}
+
+/// A welcome into a new epoch although the same server life had welcomed this client into the
+/// resumed epoch: the hub keeps every quiet stream's epoch while it remembers fewer than
+/// `dormant_streams_max` (the world sets it to `users_max`), so with no more users in the
+/// scenario than that, the epoch cannot have been forgotten.
+fn forgotten_epoch(
+    index: &Index<'_>,
+    client: &Client<'_>,
+    conn: &Conn<'_>,
+    welcome: &Welcome<'_>,
+    resume: &ResumeSent,
+    label: &str,
+) -> Option<Violation> {
+    let users: std::collections::BTreeSet<&str> = index
+        .clients
+        .values()
+        .map(|c| c.user.as_str())
+        .chain(index.calls.iter().map(|call| call.user))
+        .collect();
+    let users = (users.len() as u64).max(u64::from(index.scenario.config.users));
+    if users > index.scenario.config.limits.users_max {
+        return None;
+    }
+    // The earlier welcome was sent after its attempt began: if no life stopped from then on,
+    // and none started after it, one life sent both welcomes.
+    let same_life = |from: u64, to: u64| {
+        !index.lives.iter().any(|life| {
+            (from < life.started_at && life.started_at <= to)
+                || life.stopped_at.is_some_and(|stop| from <= stop && stop <= to)
+        })
+    };
+    let earlier = client.conns.iter().find_map(|earlier_conn| {
+        let earlier = earlier_conn.welcome.as_ref()?;
+        (earlier.epoch == resume.epoch && earlier.idx < conn.connecting_idx && same_life(earlier_conn.at, welcome.at))
+            .then_some(earlier)
+    })?;
+    Some(dishonest(
+        format!(
+            "{} resumed epoch {} after seq {} and was welcomed on connection {label} at {} into a new epoch {} (recovered={}), yet the same server life had welcomed it into epoch {} on connection {} at {}: a quiet stream keeps its epoch for the server's life",
+            client.describe(),
+            resume.epoch,
+            resume.after,
+            t(welcome.at),
+            welcome.epoch,
+            welcome.recovered,
+            resume.epoch,
+            earlier.connection,
+            t(earlier.at)
+        ),
+        vec![earlier.idx, conn.connecting_idx, welcome.idx],
     ))
 }
