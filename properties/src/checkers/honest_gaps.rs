@@ -34,6 +34,7 @@ use crate::history::ResumeSent;
 use crate::history::{DeliveredItem, FrameSeen};
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
+    let epochs_kept = quiet_streams_kept(index);
     for client in index.clients.values().filter(|c| !c.hostile) {
         for conn in &client.conns {
             let label = Index::conn_label(conn);
@@ -42,7 +43,10 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
                     if let Some(v) = dropped_stream(index, client, conn, welcome, resume, &label) {
                         return Err(v);
                     }
-                    if let Some(v) = forgotten_epoch(index, client, conn, welcome, resume, &label) {
+                    if let Some(v) = epochs_kept
+                        .then(|| forgotten_epoch(index, client, conn, welcome, resume, &label))
+                        .flatten()
+                    {
                         return Err(v);
                     }
                 }
@@ -187,10 +191,22 @@ fn dropped_stream(
     ))
 }
 
+/// Whether the hub of this scenario keeps every quiet stream's epoch for its life: the world
+/// sets `dormant_streams_max` to `users_max`, so it does unless the scenario names more users.
+fn quiet_streams_kept(index: &Index<'_>) -> bool {
+    let users: std::collections::BTreeSet<&str> = index
+        .clients
+        .values()
+        .map(|c| c.user.as_str())
+        .chain(index.calls.iter().map(|call| call.user))
+        .collect();
+    let users = (users.len() as u64).max(u64::from(index.scenario.config.users));
+    users <= index.scenario.config.limits.users_max
+}
+
 /// A welcome into a new epoch although the same server life had welcomed this client into the
 /// resumed epoch: the hub keeps every quiet stream's epoch while it remembers fewer than
-/// `dormant_streams_max` (the world sets it to `users_max`), so with no more users in the
-/// scenario than that, the epoch cannot have been forgotten.
+/// `dormant_streams_max` (see [`quiet_streams_kept`]), so the epoch cannot have been forgotten.
 fn forgotten_epoch(
     index: &Index<'_>,
     client: &Client<'_>,
@@ -199,16 +215,6 @@ fn forgotten_epoch(
     resume: &ResumeSent,
     label: &str,
 ) -> Option<Violation> {
-    let users: std::collections::BTreeSet<&str> = index
-        .clients
-        .values()
-        .map(|c| c.user.as_str())
-        .chain(index.calls.iter().map(|call| call.user))
-        .collect();
-    let users = (users.len() as u64).max(u64::from(index.scenario.config.users));
-    if users > index.scenario.config.limits.users_max {
-        return None;
-    }
     // The earlier welcome was sent after its attempt began: if no life stopped from then on,
     // and none started after it, one life sent both welcomes.
     let same_life = |from: u64, to: u64| {
