@@ -438,6 +438,19 @@ fn a_stream_whose_events_aged_out_carries_on_its_epoch() {
     );
 }
 
+fn assert_epoch_gap(frame: &ServerFrame, frames: &[ServerFrame]) {
+    assert!(
+        matches!(
+            frame,
+            ServerFrame::Gap {
+                reason: GapReason::Epoch,
+                ..
+            }
+        ),
+        "{frames:?}"
+    );
+}
+
 #[test]
 fn at_dormant_streams_max_the_longest_quiet_stream_is_forgotten_with_an_epoch_gap() {
     let mut hub = hub(HubConfig {
@@ -454,16 +467,7 @@ fn at_dormant_streams_max_the_longest_quiet_stream_is_forgotten_with_an_epoch_ga
     assert_eq!(hub.gauges().users, 0);
     let frames = visit(&mut hub, 1, "u0", Some((&epochs[0], 0)));
     assert!(!welcome(&frames).2);
-    assert!(
-        matches!(
-            &frames[1],
-            ServerFrame::Gap {
-                reason: GapReason::Epoch,
-                ..
-            }
-        ),
-        "{frames:?}"
-    );
+    assert_epoch_gap(&frames[1], &frames);
     // u0's new stream went quiet in its turn and pushed u1 out; u2 is still remembered.
     let frames = visit(&mut hub, 2, "u2", Some((&epochs[2], 0)));
     assert_eq!(welcome(&frames), (epochs[2].clone(), 0, true));
@@ -479,16 +483,7 @@ fn dormant_streams_max_zero_forgets_every_quiet_stream() {
     let (epoch, _, _) = welcome(&visit(&mut hub, 0, "alice", None));
     assert_eq!(hub.gauges().dormant_streams, 0);
     let frames = visit(&mut hub, 1, "alice", Some((&epoch, 0)));
-    assert!(
-        matches!(
-            &frames[1],
-            ServerFrame::Gap {
-                reason: GapReason::Epoch,
-                ..
-            }
-        ),
-        "{frames:?}"
-    );
+    assert_epoch_gap(&frames[1], &frames);
     assert_eq!(hub.counters().dormant_evicted, 2);
 }
 
