@@ -179,6 +179,43 @@ fn an_io_error_mid_run_stops_the_campaign_and_keeps_what_it_found() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// An I/O error during a shrink stops the shrink too: its remaining candidates (up to
+/// `shrink_attempts`) are rejected without running, since nothing found could be saved.
+#[test]
+fn an_io_error_while_shrinking_ends_the_shrink() {
+    let root = temp_dir("mid-shrink");
+    let dir = root.join("seeds");
+    // Run 1 is the case, run 2 its reproduction, run 3 the shrinker's first candidate: it fails
+    // too, and breaks the directory as it starts, so the next candidate's marker cannot be
+    // written. Every later run would pass, so an unstopped shrink would run many candidates.
+    let runs = Arc::new(AtomicU32::new(0));
+    let make = {
+        let (runs, dir) = (runs.clone(), dir.clone());
+        move || {
+            Rc::new(BreaksSeedsDir {
+                runs: runs.clone(),
+                fails: 3,
+                break_at: 3,
+                dir: dir.clone(),
+            }) as Rc<dyn ServerUnderTest>
+        }
+    };
+    let options = FuzzOptions {
+        shrink: true,
+        shrink_attempts: 300,
+        ..tiny(1, Some(&dir))
+    };
+    let report = fuzz(&options, &make);
+    assert!(!report.io_errors.is_empty(), "{report:#?}");
+    assert_eq!(report.cases_failed, 1, "{:#?}", report.failures);
+    assert!(
+        runs.load(Ordering::SeqCst) <= 4,
+        "the shrink ran {} worlds after the campaign could no longer save anything",
+        runs.load(Ordering::SeqCst)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// Finding 3: two campaigns in one seeds directory (two shards of one checkout) each write their
 /// own markers and temporary files, and neither touches the other's.
 #[test]

@@ -165,7 +165,7 @@ fn a_failure_that_needs_one_lost_message_still_shrinks_small() {
         &server,
         SHRINK_ATTEMPTS_DEFAULT,
         None,
-        &mut |_| {},
+        &mut |_| true,
     );
     println!(
         "case {seed}: shrunk {} → {} steps in {} runs: {:?}",

@@ -500,7 +500,7 @@ pub fn shrink_seed_file(
         server,
         attempts,
         None,
-        &mut |_| {},
+        &mut |_| true,
     );
     let rerun = run_and_judge(&shrunk.scenario, base.seed, server.clone(), false);
     let Some(failure) = rerun.failure(target.key).cloned() else {

@@ -476,9 +476,12 @@ fn handle_failure(
     if options.shrink {
         let deadline = shared.deadline.map(|d| d + SHRINK_GRACE);
         let mut abandoned = false;
+        // Once an I/O error has stopped the campaign nothing found can be saved: the remaining
+        // candidates (up to `shrink_attempts`) are rejected without running.
         let mut before_run = |candidate: &Scenario| {
             persist_marker(shared, marker, seed, candidate);
             abandoned |= !set_busy(shared, worker, Some((seed, candidate)));
+            !shared.io_failed.load(Ordering::SeqCst)
         };
         let shrunk = shrink_failure(
             scenario,

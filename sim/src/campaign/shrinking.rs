@@ -20,7 +20,8 @@ pub struct Shrunk {
 
 /// Shrinks `scenario` while `key` still fails under `seed`. `before_run` is called with each
 /// candidate before its world runs (the campaign persists it, so a candidate that hangs stays
-/// reproducible); after `deadline` candidates are rejected without running.
+/// reproducible) and may refuse it (`false`: the campaign has stopped); refused candidates, and
+/// every candidate after `deadline`, are rejected without running.
 pub fn shrink_failure(
     scenario: &Scenario,
     seed: u64,
@@ -28,7 +29,7 @@ pub fn shrink_failure(
     server: &Rc<dyn ServerUnderTest>,
     max_attempts: usize,
     deadline: Option<Instant>,
-    before_run: &mut dyn FnMut(&Scenario),
+    before_run: &mut dyn FnMut(&Scenario) -> bool,
 ) -> Shrunk {
     let mut attempts = 0;
     let mut still_fails = |candidate: &Scenario| {
@@ -36,7 +37,9 @@ pub fn shrink_failure(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
-        before_run(candidate);
+        if !before_run(candidate) {
+            return false;
+        }
         run_and_judge(candidate, seed, server.clone(), false).fails_with(key)
     };
     let shrunk = shrink(scenario, &mut still_fails, max_attempts);
