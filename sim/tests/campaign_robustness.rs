@@ -141,6 +141,24 @@ impl ServerUnderTest for BreaksSeedsDir {
     }
 }
 
+/// Servers of one campaign sharing the run count `runs` (see [`BreaksSeedsDir`]).
+fn breaks_seeds_dir(
+    runs: &Arc<AtomicU32>,
+    fails: u32,
+    break_at: u32,
+    dir: &Path,
+) -> impl Fn() -> Rc<dyn ServerUnderTest> {
+    let (runs, dir) = (runs.clone(), dir.to_path_buf());
+    move || {
+        Rc::new(BreaksSeedsDir {
+            runs: runs.clone(),
+            fails,
+            break_at,
+            dir: dir.clone(),
+        }) as Rc<dyn ServerUnderTest>
+    }
+}
+
 /// Finding 1, mid-run: the first write that fails stops the campaign within a case or two, and
 /// the failure found before it is still reported, with the seed file saved for it.
 #[test]
@@ -149,17 +167,7 @@ fn an_io_error_mid_run_stops_the_campaign_and_keeps_what_it_found() {
     let dir = root.join("seeds");
     // Run 1 is case 0 (it fails), run 2 its reproduction; run 3 (case 1) breaks the directory.
     let runs = Arc::new(AtomicU32::new(0));
-    let make = {
-        let (runs, dir) = (runs.clone(), dir.clone());
-        move || {
-            Rc::new(BreaksSeedsDir {
-                runs: runs.clone(),
-                fails: 2,
-                break_at: 3,
-                dir: dir.clone(),
-            }) as Rc<dyn ServerUnderTest>
-        }
-    };
+    let make = breaks_seeds_dir(&runs, 2, 3, &dir);
     let report = fuzz(&tiny(200, Some(&dir)), &make);
     assert!(
         report.cases_run <= 5,
@@ -189,17 +197,7 @@ fn an_io_error_while_shrinking_ends_the_shrink() {
     // too, and breaks the directory as it starts, so the next candidate's marker cannot be
     // written. Every later run would pass, so an unstopped shrink would run many candidates.
     let runs = Arc::new(AtomicU32::new(0));
-    let make = {
-        let (runs, dir) = (runs.clone(), dir.clone());
-        move || {
-            Rc::new(BreaksSeedsDir {
-                runs: runs.clone(),
-                fails: 3,
-                break_at: 3,
-                dir: dir.clone(),
-            }) as Rc<dyn ServerUnderTest>
-        }
-    };
+    let make = breaks_seeds_dir(&runs, 3, 3, &dir);
     let options = FuzzOptions {
         shrink: true,
         shrink_attempts: 300,

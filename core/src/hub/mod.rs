@@ -785,7 +785,7 @@ impl Hub {
         if self.users.len() as u64 >= self.config.users_max {
             return Err(self.config.users_max);
         }
-        let stream = match self.dormant.remove_entry(user) {
+        let (key, stream) = match self.dormant.remove_entry(user) {
             Some((key, dormant)) => {
                 let removed = self.dormant_order.remove(&dormant.order);
                 debug_assert!(
@@ -799,7 +799,6 @@ impl Hub {
                 UserStream::new(format!("{:016x}", self.rng.next_u64()), 0),
             ),
         };
-        let (key, stream) = stream;
         self.users.insert(key.clone(), stream);
         Ok(key)
     }
@@ -821,15 +820,6 @@ impl Hub {
             !self.dormant.contains_key(user),
             "a user is live or dormant, never both"
         );
-        if self.config.dormant_streams_max == 0 {
-            self.counters.dormant_evicted += 1;
-            return;
-        }
-        while self.dormant.len() as u64 >= self.config.dormant_streams_max {
-            let (_, forgotten) = self.dormant_order.pop_first().expect("dormant streams are listed");
-            self.dormant.remove(&forgotten);
-            self.counters.dormant_evicted += 1;
-        }
         self.dormant_sequence += 1;
         let order = self.dormant_sequence;
         self.dormant_order.insert(order, key.clone());
@@ -841,6 +831,12 @@ impl Hub {
                 order,
             },
         );
+        // Over the limit (at once when it is 0), the longest-dormant stream is forgotten.
+        while self.dormant.len() as u64 > self.config.dormant_streams_max {
+            let (_, forgotten) = self.dormant_order.pop_first().expect("dormant streams are listed");
+            self.dormant.remove(&forgotten);
+            self.counters.dormant_evicted += 1;
+        }
         debug_assert_eq!(self.dormant.len(), self.dormant_order.len());
     }
 

@@ -8,7 +8,7 @@
 use super::connection::{self, ConnectionTask};
 use super::{timeout_if_pending, Shared};
 use crate::hub::PublishError;
-use crate::metrics::{HTTP_MALFORMED, HTTP_UNAUTHORIZED, HTTP_UNKNOWN_KIND};
+use crate::metrics::{Metrics, HTTP_MALFORMED, HTTP_UNAUTHORIZED, HTTP_UNKNOWN_KIND};
 use crate::notifier::Notifier;
 use crate::protocol::{EventKind, InvalidId, WS_PATH};
 use axum::body::Body;
@@ -131,15 +131,10 @@ async fn publish(
     .await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
+        // The socket's `http_request_timeout_ms` passed mid-body (it can come before our own
+        // `write_timeout_ms` above): the same 408, which tells the publisher to retry.
         Ok(Err(e)) if is_timed_out(&e) => {
-            // The socket's `http_request_timeout_ms` passed mid-body (it can come before our
-            // own `write_timeout_ms` above): the same 408, which tells the publisher to retry.
-            metrics.record_publish_error(HTTP_MALFORMED);
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                HTTP_MALFORMED,
-                "request body not received within http_request_timeout_ms of the request's start",
-            );
+            return body_late(metrics, "http_request_timeout_ms of the request's start");
         }
         Ok(Err(e)) if !is_length_limit(&e) => {
             // A malformed chunked encoding, or a client gone mid-body: not a size problem.
@@ -162,14 +157,7 @@ async fn publish(
                 &format!("request body larger than {limit} bytes (event_bytes_max + envelope)"),
             );
         }
-        Err(_) => {
-            metrics.record_publish_error(HTTP_MALFORMED);
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                HTTP_MALFORMED,
-                "request body not received within write_timeout_ms",
-            );
-        }
+        Err(_) => return body_late(metrics, "write_timeout_ms"),
     };
     let body: PublishBody<'_> = match serde_json::from_slice(&bytes) {
         Ok(body) => body,
@@ -278,6 +266,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ y;
     }
     std::hint::black_box(diff) == 0
+}
+
+/// The 408 for a publish body that did not arrive within `deadline`: counted as malformed,
+/// answered so that the publisher retries with its idempotency key.
+fn body_late(metrics: &Metrics, deadline: &str) -> Response {
+    metrics.record_publish_error(HTTP_MALFORMED);
+    error(
+        StatusCode::REQUEST_TIMEOUT,
+        HTTP_MALFORMED,
+        &format!("request body not received within {deadline}"),
+    )
 }
 
 /// Whether reading the body failed because the socket's request deadline passed

@@ -119,12 +119,18 @@ fn temp_path(path: &Path) -> PathBuf {
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a seed file.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let tmp = write_temp(path, text)?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
     })
+}
+
+/// Writes `text` to a [`temp_path`] of `path` and returns it.
+fn write_temp(path: &Path, text: &str) -> Result<PathBuf, String> {
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    Ok(tmp)
 }
 
 /// Like [`write_atomically`], but never replaces an existing `path`: `false` when one is there.
@@ -135,8 +141,7 @@ pub fn write_new_atomically(path: &Path, text: &str) -> Result<bool, String> {
     if path.exists() {
         return Ok(false);
     }
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let tmp = write_temp(path, text)?;
     let linked = std::fs::hard_link(&tmp, path);
     let result = match linked {
         Ok(()) => Ok(true),
