@@ -60,7 +60,7 @@ use tokio_tungstenite::tungstenite::Message;
 mod baseline;
 
 const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789abcdef";
-const API_KEY: &str = "loadgen-api-key";
+const API_KEY: &str = "loadgen-api-key-0123456789";
 /// Pipelined requests in flight per HTTP publishing connection; the writer waits beyond it.
 const HTTP_IN_FLIGHT_MAX: u64 = 512;
 /// How long to wait for the last deliveries after the last publish before counting losses.

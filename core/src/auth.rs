@@ -115,6 +115,19 @@ pub struct Claims {
     /// Expiry, Unix seconds. The token is valid while `now < exp`.
     #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
+    /// Not before, Unix seconds (RFC 7519 §4.1.5), if the token has one: a token is refused
+    /// while `now < nbf` (an identity provider may issue tokens ahead of their validity).
+    #[serde(
+        default,
+        deserialize_with = "optional_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nbf: Option<u64>,
+}
+
+/// [`numeric_date`] for a claim a token may leave out.
+fn optional_numeric_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    numeric_date(deserializer).map(Some)
 }
 
 /// An RFC 7519 NumericDate: a JSON number of seconds, which may have a fraction (Python's
@@ -155,7 +168,8 @@ fn numeric_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64
 /// `token_expired`, so a client knows whether fetching a fresh token can help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
-    /// Malformed, wrongly signed, wrong algorithm, or missing `sub`/`exp`.
+    /// Malformed, wrongly signed, wrong algorithm, missing `sub`/`exp`, or not valid yet
+    /// (`now < nbf`).
     Invalid(String),
     /// Correctly signed but `now >= exp`.
     Expired { exp: u64, now: u64 },
@@ -219,11 +233,17 @@ impl TokenVerifier {
         }
     }
 
-    /// Checks signature, algorithm and required claims, then `exp` against `now_unix_secs`.
+    /// Checks signature, algorithm and required claims, then `nbf` and `exp` against
+    /// `now_unix_secs` (second resolution; a fractional NumericDate is floored).
     pub fn verify(&self, token: &str, now_unix_secs: u64) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
+        if let Some(nbf) = claims.nbf.filter(|nbf| now_unix_secs < *nbf) {
+            return Err(AuthError::Invalid(format!(
+                "token not valid before {nbf} (now {now_unix_secs})"
+            )));
+        }
         if now_unix_secs >= claims.exp {
             return Err(AuthError::Expired {
                 exp: claims.exp,
@@ -275,7 +295,8 @@ mod tests {
             verifier.verify(&token, 999),
             Ok(Claims {
                 sub: "alice".into(),
-                exp: 1_000
+                exp: 1_000,
+                nbf: None
             })
         );
         assert_eq!(
@@ -301,6 +322,7 @@ mod tests {
         let claims = Claims {
             sub: "alice".into(),
             exp: 1_000,
+            nbf: Some(0),
         };
         assert_eq!(verifier.verify(&decimal, 999), Ok(claims));
         assert_eq!(
@@ -320,6 +342,30 @@ mod tests {
                 "{refused}: {verified:?}"
             );
         }
+    }
+
+    /// A token issued ahead of its validity is refused until `nbf`, then accepted.
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        install_hmac_provider(); // before the direct `jsonwebtoken::encode` call below
+        let claims = serde_json::json!({ "sub": "alice", "exp": 5_000, "nbf": 2_000 });
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s")).unwrap();
+        let verifier = TokenVerifier::new(b"s");
+        let early = verifier.verify(&token, 1_999);
+        assert!(
+            matches!(&early, Err(AuthError::Invalid(reason)) if reason.contains("not valid before 2000")),
+            "{early:?}"
+        );
+        assert_eq!(verifier.verify(&token, 2_000).map(|claims| claims.nbf), Ok(Some(2_000)));
+        let bad_nbf = serde_json::json!({ "sub": "alice", "exp": 5_000, "nbf": "soon" });
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &bad_nbf,
+            &EncodingKey::from_secret(b"s"),
+        )
+        .unwrap();
+        assert!(matches!(verifier.verify(&token, 3_000), Err(AuthError::Invalid(_))));
     }
 
     #[test]
@@ -379,7 +425,8 @@ mod tests {
             TokenVerifier::new(b"s").verify(&token, 0),
             Ok(Claims {
                 sub: "alice".into(),
-                exp: 10
+                exp: 10,
+                nbf: None
             })
         );
     }
@@ -476,6 +523,7 @@ mod tests {
         let claims = Claims {
             sub: "alice".into(),
             exp: 10,
+            nbf: None,
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(b"s")).unwrap();

@@ -168,9 +168,10 @@ impl ErrorCode {
     }
 
     /// Whether a client should reconnect with the same hello after this close. `bad_frame` is
-    /// final. `auth_failed` is final for the token it refused: only a different token can
-    /// succeed (the reference client asks its token provider again after its backoff and stops
-    /// if the token is unchanged). Everything else is transient.
+    /// final. `auth_failed` is final for the token it refused as long as the server keeps its
+    /// secret and audience: a different token, or a fixed server, can succeed (the reference
+    /// client retries it at its growing backoff, asking its token provider each time).
+    /// Everything else is transient.
     pub fn is_retryable(self) -> bool {
         !matches!(self, ErrorCode::AuthFailed | ErrorCode::BadFrame)
     }

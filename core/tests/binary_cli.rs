@@ -8,7 +8,7 @@ use herald_core::clock::CONFIG_DURATION_MAX_MS;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const JWT_SECRET: &str = "binary-cli-jwt-secret";
+const JWT_SECRET: &str = "binary-cli-jwt-secret-0123456789abcdef";
 /// Bound on every run: a refused flag exits at once, an accepted one would serve forever.
 const WAIT: Duration = Duration::from_secs(10);
 /// `TOKEN_TTL_SECS_MAX` in the binary: 365 days.
@@ -123,4 +123,23 @@ fn serve_refuses_timers_beyond_config_duration_max_ms() {
             assert_refused(&["serve", "--listen", "127.0.0.1:0"], &[(&variable, value)], &expected);
         }
     }
+}
+
+/// A guessable JWT secret lets any user who holds a token search for it offline and then mint
+/// tokens for every other user: `serve` refuses one under 32 bytes (RFC 7518 §3.2), a short
+/// API key, and one value for both, before it listens.
+#[test]
+fn serve_refuses_weak_or_shared_secrets() {
+    let serve = ["serve", "--listen", "127.0.0.1:0"];
+    assert_refused(
+        &serve,
+        &[("HERALD_JWT_SECRET", "change-me-jwt-secret")],
+        &["HERALD_JWT_SECRET has 20 bytes", "openssl rand -hex 32"],
+    );
+    assert_refused(
+        &serve,
+        &[("HERALD_API_KEY", "change-me")],
+        &["HERALD_API_KEY has 9 bytes"],
+    );
+    assert_refused(&serve, &[("HERALD_API_KEY", JWT_SECRET)], &["must differ"]);
 }

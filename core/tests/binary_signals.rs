@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const JWT_SECRET: &str = "binary-test-jwt-secret";
+const JWT_SECRET: &str = "binary-test-jwt-secret-0123456789abcdef";
 
 /// A `herald serve` process on a free loopback port; killed on drop if still running.
 struct HeraldProcess {

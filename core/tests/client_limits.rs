@@ -81,13 +81,17 @@ fn durations_are_capped_at_one_day() {
     let base = ClientConfig::new("ws://127.0.0.1:1/v1/ws", 1);
     assert_eq!(base.validate(), Ok(()));
     type Set = fn(&mut ClientConfig, u64);
-    let fields: [(&str, Set); 6] = [
+    let fields: [(&str, Set); 8] = [
         ("connect_timeout_ms", |c, v| c.connect_timeout_ms = v),
         ("heartbeat_interval_ms", |c, v| c.heartbeat_interval_ms = v),
         ("idle_timeout_ms", |c, v| c.idle_timeout_ms = v),
         ("write_timeout_ms", |c, v| c.write_timeout_ms = v),
         ("backoff_initial_ms", |c, v| c.backoff_initial_ms = v),
         ("backoff_max_ms", |c, v| c.backoff_max_ms = v),
+        ("backoff_reset_after_ms", |c, v| c.backoff_reset_after_ms = v),
+        ("shutdown_reconnect_spread_ms", |c, v| {
+            c.shutdown_reconnect_spread_ms = v
+        }),
     ];
     for (name, set) in fields {
         for value in [CONFIG_DURATION_MAX_MS + 1, u64::MAX] {
@@ -133,4 +137,19 @@ async fn spawn_refuses_an_overflowing_backoff() {
         || "token".to_string(),
         NoObserver,
     );
+}
+
+/// A saved position at seq 2^64−1 could never be resumed (the server refuses it with 4004,
+/// which would stop the client for good): refused at spawn.
+#[test]
+fn a_start_position_beyond_every_stream_is_refused() {
+    let mut config = ClientConfig::new("ws://127.0.0.1:1/v1/ws", 1);
+    config.start_after = Some(herald_core::protocol::Resume {
+        epoch: "e1".into(),
+        after: u64::MAX - 1,
+    });
+    assert_eq!(config.validate(), Ok(()));
+    config.start_after.as_mut().unwrap().after = u64::MAX;
+    let error = config.validate().unwrap_err();
+    assert!(error.contains("start_after.after"), "{error}");
 }

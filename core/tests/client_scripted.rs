@@ -413,10 +413,10 @@ async fn unknown_frame_types_are_ignored_and_undecodable_events_become_an_unread
     assert!(!log.iter().any(|l| l.starts_with("closed")), "{log:#?}");
 }
 
-/// A final refusal whose close frame never arrives (the connection just ends after the error
-/// frame) is as final as one with it: 4001 is not retried with the same token.
+/// A refusal whose close frame never arrives (the connection just ends after the error frame)
+/// is judged by its error frame: a 4001 is retried at the backoff, as with its close frame.
 #[tokio::test]
-async fn auth_failed_followed_by_eof_without_a_close_frame_is_terminal() {
+async fn auth_failed_followed_by_eof_without_a_close_frame_is_retried() {
     let (listener, mut client, log) = setup().await;
     let mut peer = accept(&listener).await;
     assert_eq!(hello(&mut peer).await, None);
@@ -430,23 +430,14 @@ async fn auth_failed_followed_by_eof_without_a_close_frame_is_terminal() {
     .await;
     drop(peer); // EOF, no close frame
 
-    // A retrying client would be back within the 10..50 ms backoff.
-    let again = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
-    assert!(again.is_err(), "the refused token was retried");
-    assert_eq!(next(&mut client).await, None, "stopped for good");
-    assert_eq!(
-        client.state(),
-        ClientState::Stopped {
-            reason: "auth_failed: bad signature (the token provider returned the refused token again)".into()
-        }
-    );
+    let mut peer = accept(&listener).await;
+    assert_eq!(hello(&mut peer).await, None, "retried, with the provider's token");
+    send(&mut peer, welcome("e1", 0, false)).await;
+    send(&mut peer, event(1)).await;
+    assert_eq!(seq_of(next(&mut client).await), 1);
     let log = log.0.lock().unwrap().clone();
-    assert_eq!(log.last().unwrap(), "closed None Network", "{log:#?}");
-    assert_eq!(
-        log.iter().filter(|l| l.starts_with("connecting")).count(),
-        1,
-        "{log:#?}"
-    );
+    assert!(log.contains(&"closed None Network".to_string()), "{log:#?}");
+    assert!(log.contains(&"connecting 2 None".to_string()), "{log:#?}");
 }
 
 /// A retryable error followed by EOF is still retried (here: `too_many_connections`).
@@ -602,27 +593,27 @@ async fn auth_failed_is_retried_when_the_token_provider_yields_a_different_token
     );
 }
 
-/// A provider that returns the refused token again has nothing better: the client stops for
-/// good, after asking once more (once the backoff has passed), and says why.
+/// A server that refuses a token for a while (its secret rolled back, an audience set before
+/// the token service followed) and then accepts it again: a client whose provider kept the
+/// same token gets through once the server is fixed. It used to stop for good on the second
+/// refusal, and a whole fleet stayed down until every application restarted.
 #[tokio::test]
-async fn auth_failed_with_the_same_token_again_stops_for_good() {
+async fn auth_failed_with_the_same_token_is_retried_until_the_server_accepts_it() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (mut client, calls, closes) = spawn_with_tokens(&listener, None, |_| "token".to_string());
+    for _ in 0..2 {
+        let mut peer = accept(&listener).await;
+        assert_eq!(hello_with_token(&mut peer).await.0, "token");
+        refuse(&mut peer, ErrorCode::AuthFailed, "bad signature").await;
+    }
     let mut peer = accept(&listener).await;
-    hello_with_token(&mut peer).await;
-    refuse(&mut peer, ErrorCode::AuthFailed, "bad signature").await;
-
-    assert_eq!(next(&mut client).await, None, "stopped for good");
-    assert_eq!(
-        client.state(),
-        ClientState::Stopped {
-            reason: "auth_failed: bad signature (the token provider returned the refused token again)".into()
-        }
-    );
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the provider was asked again");
-    let again = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
-    assert!(again.is_err(), "the refused token was sent again");
-    assert_eq!(closes.all().len(), 1);
+    assert_eq!(hello_with_token(&mut peer).await, ("token".to_string(), None));
+    send(&mut peer, welcome("e1", 0, false)).await;
+    send(&mut peer, event(1)).await;
+    assert_eq!(seq_of(next(&mut client).await), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "asked once per hello");
+    let refusals = vec![(Some(4001), CloseCause::Server, "auth_failed: bad signature".to_string()); 2];
+    assert_eq!(closes.all(), refusals, "each refusal reported");
 }
 
 /// A provider with a new (and still refused) token on every call is retried like any other
@@ -758,4 +749,101 @@ async fn a_server_that_repeats_a_violation_after_each_welcome_is_retried_with_gr
         took >= Duration::from_millis(least_ms),
         "{VIOLATIONS} retries took {took:?}, less than the backoff's {least_ms} ms: it was reset"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// When the backoff resets, and the spread after a server's shutdown
+
+/// A client of `listener` with the given backoff bounds, reset period and shutdown spread.
+fn spawn_with_backoff(
+    listener: &TcpListener,
+    seed: u64,
+    initial_ms: u64,
+    max_ms: u64,
+    reset_after_ms: u64,
+    spread_ms: u64,
+) -> Client {
+    let addr = listener.local_addr().unwrap();
+    let mut config = ClientConfig::new(format!("ws://{addr}/v1/ws"), seed);
+    config.backoff_initial_ms = initial_ms;
+    config.backoff_max_ms = max_ms;
+    config.backoff_reset_after_ms = reset_after_ms;
+    config.shutdown_reconnect_spread_ms = spread_ms;
+    Client::spawn(
+        config,
+        TcpConnector { addr: addr.to_string() },
+        || "token".to_string(),
+        NoObserver,
+    )
+}
+
+/// A peer that welcomes every connection and drops it at once (a server failing while it
+/// replays, a proxy cutting after the upgrade): those welcomes do not reset the backoff, so the
+/// retries slow down to the cap instead of coming every `backoff_initial_ms` forever. The
+/// delays are the seeded jitter's, so the wait without any reset is known exactly; with a reset
+/// at every welcome it would be far shorter.
+#[tokio::test]
+async fn welcomes_of_connections_that_end_at_once_do_not_reset_the_backoff() {
+    const CONNECTIONS: usize = 6;
+    let (initial_ms, max_ms) = (40, 320);
+    let delays = |seed: u64, reset: bool| {
+        let mut backoff = Backoff::new(initial_ms, max_ms, herald_core::rng::SeededRng::new(seed));
+        (1..CONNECTIONS)
+            .map(|_| {
+                if reset {
+                    backoff.reset();
+                }
+                backoff.next_delay_ms()
+            })
+            .sum::<u64>()
+    };
+    // A seed whose draws tell the two apart by a wide margin.
+    let seed = (1..)
+        .find(|seed| delays(*seed, false) > delays(*seed, true) + 400)
+        .unwrap();
+    let (growing_ms, reset_ms) = (delays(seed, false), delays(seed, true));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = spawn_with_backoff(&listener, seed, initial_ms, max_ms, 60_000, 0);
+    let mut first_welcome = None;
+    for _ in 0..CONNECTIONS {
+        let mut peer = accept(&listener).await;
+        hello(&mut peer).await;
+        send(&mut peer, welcome("e1", 0, false)).await;
+        first_welcome.get_or_insert_with(tokio::time::Instant::now);
+        drop(peer);
+    }
+    let waited = first_welcome.unwrap().elapsed();
+    assert!(
+        waited >= Duration::from_millis(growing_ms),
+        "{CONNECTIONS} connections within {waited:?}: the backoff was reset (growing delays sum to {growing_ms} ms, reset ones to {reset_ms} ms)"
+    );
+}
+
+/// Every client of a server that shuts down hears its 1001 at the same moment; the next
+/// attempt waits a seeded draw within `shutdown_reconnect_spread_ms`, not the (reset) backoff's
+/// first few milliseconds, so that a fleet's resumes are spread over the window.
+#[tokio::test]
+async fn a_server_shutdown_spreads_the_reconnect_over_the_spread_window() {
+    let (initial_ms, max_ms, spread_ms) = (5, 5_000, 2_000);
+    let first_draw =
+        |seed| Backoff::new(initial_ms, max_ms, herald_core::rng::SeededRng::new(seed)).spread_ms(spread_ms);
+    let seed = (1..)
+        .find(|seed| (600..=spread_ms).contains(&first_draw(*seed)))
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = spawn_with_backoff(&listener, seed, initial_ms, max_ms, 0, spread_ms);
+    let mut peer = accept(&listener).await;
+    hello(&mut peer).await;
+    send(&mut peer, welcome("e1", 0, false)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = tokio::time::Instant::now();
+    refuse(&mut peer, ErrorCode::ShuttingDown, "shutting down").await;
+    let mut peer = accept(&listener).await;
+    let waited = refused.elapsed();
+    assert!(
+        waited >= Duration::from_millis(first_draw(seed)),
+        "back after {waited:?}, before the drawn {} ms",
+        first_draw(seed)
+    );
+    assert_eq!(hello(&mut peer).await.map(|resume| resume.after), Some(0), "a resume");
 }

@@ -557,11 +557,14 @@ async fn close_sends_1000_stops_for_good_and_keeps_queued_items() {
     server.stop().await;
 }
 
+/// A token the server refuses is retried at the growing backoff (the server may be fixed, the
+/// token service catch up), here until `attempts_max`; every refusal reaches the observer.
 #[tokio::test]
-async fn auth_failure_is_terminal() {
+async fn auth_failure_is_retried_until_attempts_max() {
     let server = start(server_config(), 6).await;
     let recorder = Recorder::default();
-    let config = client_config(server.addr, 6);
+    let mut config = client_config(server.addr, 6);
+    config.attempts_max = Some(3);
     let connector = TcpConnector {
         addr: server.addr.to_string(),
     };
@@ -572,10 +575,12 @@ async fn auth_failure_is_terminal() {
     let ClientState::Stopped { reason } = client.state() else {
         panic!("expected Stopped, got {:?}", client.state());
     };
-    assert!(reason.starts_with("auth_failed"), "{reason}");
+    assert_eq!(reason, "gave up: 3 attempts without a welcome (attempts_max 3)");
     let closes = recorder.closes();
-    assert_eq!(closes.len(), 1, "no retry after 4001: {closes:?}");
-    assert_eq!((closes[0].0, closes[0].1), (Some(4001), CloseCause::Server));
+    assert_eq!(closes.len(), 3, "retried after 4001: {closes:?}");
+    for close in &closes {
+        assert_eq!((close.0, close.1), (Some(4001), CloseCause::Server));
+    }
     assert!(recorder.welcomes().is_empty());
     assert!(recorder.all().iter().any(|o| matches!(
         o,
@@ -724,5 +729,135 @@ async fn auth_failure_is_retried_once_the_token_provider_yields_a_different_toke
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     publish(&server, "alice", 1);
     assert_eq!(event_seqs(&recv_events(&mut client, 1).await), vec![1]);
+    server.stop().await;
+}
+
+/// An application restarted with its saved position (`start_after`) gets what was published
+/// while it was not running; one started without it starts live and does not.
+#[tokio::test]
+async fn a_client_started_after_a_saved_position_gets_what_was_published_meanwhile() {
+    let server = start(server_config(), 21).await;
+    let recorder = Recorder::default();
+    let mut first = spawn_client(client_config(server.addr, 21), "alice", &recorder);
+    let (epoch, _) = wait_connected(&first).await;
+    publish(&server, "alice", 1);
+    assert_eq!(event_seqs(&recv_events(&mut first, 1).await), vec![1]);
+    // The application saves (epoch, 1) and exits; events 2 and 3 are published meanwhile.
+    first.close();
+    drop(first);
+    publish(&server, "alice", 2);
+    publish(&server, "alice", 3);
+    let mut config = client_config(server.addr, 22);
+    config.start_after = Some(Resume {
+        epoch: epoch.clone(),
+        after: 1,
+    });
+    let mut restarted = spawn_client(config, "alice", &recorder);
+    assert_eq!(event_seqs(&recv_events(&mut restarted, 2).await), vec![2, 3]);
+    // Without a saved position a client starts live, at the head.
+    let mut live = spawn_client(client_config(server.addr, 23), "alice", &recorder);
+    assert_eq!(wait_connected(&live).await, (epoch, 3));
+    publish(&server, "alice", 4);
+    assert_eq!(event_seqs(&recv_events(&mut live, 1).await), vec![4]);
+    server.stop().await;
+}
+
+/// A TCP stream whose writes can be made to block for good, as they do into a partition.
+struct StallableStream {
+    stream: tokio::net::TcpStream,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for StallableStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallableStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.stalled.load(Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stalled.load(Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stalled.load(Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+struct StallableConnector {
+    addr: SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl herald_core::client::Connector for StallableConnector {
+    type Stream = StallableStream;
+
+    async fn connect(&self) -> std::io::Result<StallableStream> {
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        Ok(StallableStream {
+            stream,
+            stalled: self.stalled.clone(),
+        })
+    }
+}
+
+/// `close()` while a heartbeat ping is stuck in a write that a partition blocks: the client
+/// stops at once instead of waiting out `write_timeout_ms` (20 s here).
+#[tokio::test]
+async fn close_during_a_blocked_ping_write_stops_the_client_at_once() {
+    let server = start(server_config(), 24).await;
+    let mut config = client_config(server.addr, 24);
+    config.heartbeat_interval_ms = 100;
+    config.idle_timeout_ms = 30_000;
+    config.write_timeout_ms = 20_000;
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connector = StallableConnector {
+        addr: server.addr,
+        stalled: stalled.clone(),
+    };
+    let mut client = Client::spawn(config, connector, token_for("alice"), Recorder::default());
+    wait_connected(&client).await;
+    stalled.store(true, Ordering::SeqCst);
+    // The server is quiet (it pings every 10 s): the client's ping falls due and blocks.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let asked = tokio::time::Instant::now();
+    client.close();
+    let end = tokio::time::timeout(Duration::from_secs(3), client.recv())
+        .await
+        .expect("stopped long before write_timeout_ms");
+    assert_eq!(end, None);
+    assert!(asked.elapsed() < Duration::from_secs(2), "{:?}", asked.elapsed());
+    assert!(
+        matches!(client.state(), ClientState::Stopped { .. }),
+        "{:?}",
+        client.state()
+    );
     server.stop().await;
 }

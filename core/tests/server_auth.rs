@@ -265,3 +265,45 @@ async fn an_unwelcomed_socket_lingers_no_longer_than_the_hello_timeout() {
         closed.elapsed()
     );
 }
+
+/// A refused hello on a socket that stays readable: the server reads for the client's close
+/// reply, and a peer that never sends one (nor anything else) is held no longer than
+/// `hello_timeout_ms` either, not the whole `write_timeout_ms`.
+#[tokio::test]
+async fn a_refused_peer_that_never_replies_to_the_close_is_held_no_longer_than_the_hello_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.hello_timeout_ms = 200;
+    config.idle_timeout_ms = 10_000;
+    config.write_timeout_ms = 10_000;
+    let server = start(config, 14).await;
+    // A raw WebSocket, so that nothing answers the server's close frame.
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let upgrade = format!(
+        "GET /v1/ws HTTP/1.1\r\nhost: {}\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "the upgrade is answered");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let hello = br#"{"type":"hello","token":"not-a-jwt"}"#;
+    // A final text frame, masked with the all-zero key (the payload goes as it is).
+    let mut frame = vec![0x81, 0x80 | hello.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(hello);
+    stream.write_all(&frame).await.unwrap();
+    wait_for_metric(&server, "herald_disconnects_total{code=\"auth_failed\"}", 1).await;
+    let refused = tokio::time::Instant::now();
+    wait_for_metric(&server, "herald_connection_tasks", 0).await;
+    assert!(
+        refused.elapsed() < std::time::Duration::from_millis(2_000),
+        "held {:?}",
+        refused.elapsed()
+    );
+    drop(stream);
+}

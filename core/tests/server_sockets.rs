@@ -165,3 +165,41 @@ async fn sockets_beyond_sockets_max_are_closed_at_once_and_counted() {
     let (_bob, welcome) = connect_user(&server, "bob", None).await;
     assert_eq!(welcome.user, "bob");
 }
+
+/// A request head that never ends would have hyper grow its read buffer to its own default of
+/// about 400 KiB per socket, for as long as `http_request_timeout_ms`. The head is bounded by
+/// `HTTP_HEAD_BYTES_MAX`: the socket is answered 431 and closed as soon as that many bytes of
+/// head arrived, long before its deadline; a head just under the bound is served.
+#[tokio::test]
+async fn a_request_head_beyond_http_head_bytes_max_is_answered_431_and_closed() {
+    use herald_core::server::HTTP_HEAD_BYTES_MAX;
+    let mut config = test_config();
+    config.http_request_timeout_ms = 60_000;
+    let server = start(config, 42).await;
+    // Exactly the bound, and no end of head: every byte is read, so the close is a FIN, not a
+    // reset that could overtake the answer.
+    let mut head = b"GET /healthz HTTP/1.1\r\nhost: herald\r\nx-padding: ".to_vec();
+    head.resize(HTTP_HEAD_BYTES_MAX, b'a');
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&head).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the socket is closed long before http_request_timeout_ms")
+        .expect("an answer, then end of stream");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "answer: {answer}");
+    // A head of half the bound is an ordinary request.
+    let mut head = b"GET /healthz HTTP/1.1\r\nhost: herald\r\nx-padding: ".to_vec();
+    head.resize(HTTP_HEAD_BYTES_MAX / 2, b'a');
+    head.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&head).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "answer: {answer}");
+}

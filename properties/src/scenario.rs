@@ -107,6 +107,11 @@ pub struct Timeouts {
     /// Client reconnect backoff: first delay and cap (jitter is drawn from the seeded RNG).
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// The client's `backoff_reset_after_ms` (a welcomed connection resets the backoff once it
+    /// lasted this long) and `shutdown_reconnect_spread_ms` (the window its reconnect after a
+    /// server's 1001 is drawn in, at most `backoff_max_ms`).
+    pub backoff_reset_after_ms: u64,
+    pub shutdown_reconnect_spread_ms: u64,
     /// A publish through the HTTP API that has no answer by then is an error, not a hang.
     pub publish_timeout_ms: u64,
     /// The server's bound on a socket that still speaks HTTP (no request begun, or a begun
@@ -123,6 +128,8 @@ impl Default for Timeouts {
             write_timeout_ms: 2_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 2_000,
+            backoff_reset_after_ms: 1_000,
+            shutdown_reconnect_spread_ms: 1_000,
             publish_timeout_ms: 2_000,
             http_request_timeout_ms: 2_000,
         }

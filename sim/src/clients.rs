@@ -318,6 +318,8 @@ async fn normal_client(
     config.write_timeout_ms = timeouts.write_timeout_ms;
     config.backoff_initial_ms = timeouts.backoff_initial_ms;
     config.backoff_max_ms = timeouts.backoff_max_ms;
+    config.backoff_reset_after_ms = timeouts.backoff_reset_after_ms;
+    config.shutdown_reconnect_spread_ms = timeouts.shutdown_reconnect_spread_ms;
     config.items_max = CLIENT_ITEMS_MAX;
     config.frame_bytes_max = 4 * FRAME_BYTES_MAX + 64 * 1024;
     let token = Arc::new(HeldToken {

@@ -10,7 +10,7 @@ use crate::rng::SeededRng;
 /// Exponent cap: 2^32 times any sane initial delay already exceeds any sane maximum.
 const DOUBLINGS_MAX: u32 = 32;
 
-/// Backoff state of one client. Reset after every welcome.
+/// Backoff state of one client. Reset once a welcomed connection has lasted `backoff_reset_after_ms`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial_ms: u64,
@@ -60,7 +60,13 @@ impl Backoff {
         delay
     }
 
-    /// A connection was welcomed: the next failure starts again from `initial_ms`.
+    /// A uniform draw in `0..=spread_ms` (at most `max_ms`), counting no failure: the wait
+    /// after a server's shutdown, which every client of that server hears at the same moment.
+    pub fn spread_ms(&mut self, spread_ms: u64) -> u64 {
+        self.rng.below(spread_ms.min(self.max_ms).saturating_add(1))
+    }
+
+    /// A welcomed connection lasted: the next failure starts again from `initial_ms`.
     pub fn reset(&mut self) {
         self.failures = 0;
     }

@@ -3,6 +3,8 @@
 //! Every wait is a `select! { biased; ... }` over (1) the handle's commands, (2) the work, and
 //! (3) a deadline from tokio time, so that a partition (reads hang, writes block) always ends
 //! in a timeout, and `close()` / `drop_connection()` / dropping the handle always take effect.
+//! Two short waits watch no commands, and `write_timeout_ms` bounds each: the flush of the
+//! close reply after the server closed, and the clean close after `close()` itself.
 //! The one call no select can interrupt is the synchronous [`TokenProvider::token`], before
 //! each hello: it is the provider's contract to return at once (see the trait).
 //!
@@ -12,11 +14,19 @@
 //!
 //! Stopping for good, besides the application's `close()`: a final refusal by the server
 //! (4004; judged by the close code, or by the `error` frame when the connection ends without a
-//! usable close code), a 4001 `auth_failed` after which the token provider, asked again once
-//! the backoff has passed, still returns the refused token (a different one is tried: the
-//! server's secret may have been rotated ahead of the token service), `attempts_max`, and a
-//! server frame beyond `frame_bytes_max`, which no retry can get past (the resume would replay
-//! the same frame, forever).
+//! usable close code), `attempts_max`, and a server frame beyond `frame_bytes_max`, which no
+//! retry can get past (the resume would replay the same frame, forever). A 4001 `auth_failed`
+//! is retried like a failed attempt, at the growing backoff, with whatever token the provider
+//! returns next: the refusal may be the server's passing misconfiguration (a secret rotated
+//! ahead of the token service, or rolled back, an audience set too early), and a fleet that
+//! stopped on it would stay down after the server was fixed, until every application restarted.
+//!
+//! Backoff: a welcome resets the backoff only once its connection has lasted
+//! `backoff_reset_after_ms`, so a server (or proxy) that welcomes and then drops every
+//! connection is retried at the growing backoff, not every `backoff_initial_ms`. After the
+//! server's 1001 `shutting_down` (a deploy or restart, which every client hears at once) the
+//! next attempt waits a uniform draw within `shutdown_reconnect_spread_ms`, so that a fleet
+//! does not land on the next server within `backoff_initial_ms`.
 //!
 //! A server frame naming seq 2^64−1 ([`tracker::seq_out_of_range`]) is a server bug: no stream
 //! reaches that seq, and a position there could never be resumed (the server refuses such a
@@ -111,19 +121,16 @@ impl Drop for StopGuard {
 /// What happens after a connection ends.
 enum Next {
     Reconnect,
-    /// The server refused the token (`auth_failed`; the reason): after the backoff, reconnect
-    /// if the token provider now returns a different token, stop for good if not.
-    NewToken(String),
     Stop(String),
 }
 
 impl Next {
     /// After the server refused with `code` (the close code's error, or its `error` frame's).
+    /// `auth_failed` is not retryable with the same token, but the client retries it at the
+    /// backoff with the provider's next token (see the module doc).
     fn after_refusal(code: ErrorCode, reason: String) -> Next {
-        if code.is_retryable() {
+        if code.is_retryable() || code == ErrorCode::AuthFailed {
             Next::Reconnect
-        } else if code == ErrorCode::AuthFailed {
-            Next::NewToken(reason)
         } else {
             Next::Stop(reason)
         }
@@ -138,6 +145,8 @@ struct End {
     welcomed: bool,
     /// The server broke the protocol: even a welcomed connection does not reset the backoff.
     violation: bool,
+    /// The server said it is shutting down (1001, or its `shutting_down` error frame).
+    server_shutting_down: bool,
     next: Next,
     /// Items the tracker produced that the full queue has not taken yet, in order.
     pending: VecDeque<Item>,
@@ -151,6 +160,7 @@ impl End {
             reason,
             welcomed,
             violation: false,
+            server_shutting_down: false,
             next: Next::Reconnect,
             pending: VecDeque::new(),
         }
@@ -170,6 +180,9 @@ impl End {
     /// The server closes after every error; only the close frame was lost. A retryable error
     /// (or none) leaves the end as it is.
     fn after_error(mut self, last_error: Option<&(ErrorCode, String)>) -> End {
+        if let (Some((code, _)), CloseCause::Network) = (last_error, self.cause) {
+            self.server_shutting_down |= *code == ErrorCode::ShuttingDown;
+        }
         if let (Some((code, message)), Next::Reconnect, CloseCause::Network) = (last_error, &self.next, self.cause) {
             if !code.is_retryable() {
                 self.reason = format!("{} (after error {code}: {message})", self.reason);
@@ -192,6 +205,7 @@ impl End {
             reason: reason.clone(),
             welcomed,
             violation: false,
+            server_shutting_down: false,
             next: Next::Stop(reason),
             pending: VecDeque::new(),
         }
@@ -204,6 +218,7 @@ impl End {
             reason: "connection dropped by the application".into(),
             welcomed,
             violation: false,
+            server_shutting_down: false,
             next: Next::Reconnect,
             pending,
         }
@@ -221,6 +236,7 @@ impl End {
             reason: reason.into(),
             welcomed,
             violation: false,
+            server_shutting_down: false,
             next: Next::Stop(reason.into()),
             pending: VecDeque::new(),
         }
@@ -234,6 +250,7 @@ impl End {
             reason: reason.into(),
             welcomed,
             violation: false,
+            server_shutting_down: false,
             next: Next::Stop(reason.into()),
             pending: VecDeque::new(),
         }
@@ -262,6 +279,8 @@ pub(super) struct Task<C, T, O> {
     backoff: Backoff,
     ws_config: WebSocketConfig,
     ping_id: u64,
+    /// When the current connection was welcomed (`None` before its welcome).
+    welcomed_at: Option<Instant>,
 }
 
 impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
@@ -275,6 +294,12 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
         shared: Arc<Shared>,
     ) -> Self {
         let backoff = Backoff::from_config(&config);
+        let tracker = config.start_after.clone().map_or_else(StreamTracker::new, |start| {
+            StreamTracker::starting_after(tracker::Position {
+                epoch: start.epoch,
+                last_seq: start.after,
+            })
+        });
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .write_buffer_size(0)
@@ -292,10 +317,11 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
             },
             items,
             shared,
-            tracker: StreamTracker::new(),
+            tracker,
             backoff,
             ws_config,
             ping_id: 0,
+            welcomed_at: None,
         }
     }
 
@@ -316,21 +342,25 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
         // of them that count toward `attempts_max` (not the ones the application aborted).
         let mut attempt: u32 = 0;
         let mut failures: u32 = 0;
-        // The token for the next hello when it is already fetched: after an `auth_failed`, the
-        // one the provider returned instead of the refused token.
-        let mut fetched: Option<String> = None;
         loop {
             attempt = attempt.saturating_add(1);
             let resume = self.tracker.resume();
             self.shared.set(ClientState::Connecting);
             self.observer.connecting(attempt, resume.as_ref());
-            let token = fetched.take().unwrap_or_else(|| self.tokens.token());
+            let token = self.tokens.token();
+            self.welcomed_at = None;
             let end = self.connection(&token, resume).await;
             tracing::debug!(code = ?end.code, cause = ?end.cause, reason = %end.reason, "connection ended");
             self.observer.closed(end.code, end.cause, &end.reason);
             self.shared.set(ClientState::Connecting);
             if end.welcomed {
-                if !end.violation {
+                // Only a connection that lasted resets the backoff: one that ends soon after
+                // every welcome (a server failing while it replays, a proxy cutting after the
+                // upgrade) would otherwise be retried every `backoff_initial_ms`, forever.
+                let lasted = self
+                    .welcomed_at
+                    .is_some_and(|at| Instant::now().duration_since(at) >= ms(self.config.backoff_reset_after_ms));
+                if lasted && !end.violation {
                     self.backoff.reset();
                 }
                 attempt = 0;
@@ -343,17 +373,20 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     return reason;
                 }
             }
-            let refused = match end.next {
-                Next::Stop(reason) => return reason,
-                Next::Reconnect => None,
-                Next::NewToken(reason) => Some(reason),
-            };
+            if let Next::Stop(reason) = end.next {
+                return reason;
+            }
             if let Some(attempts_max) = self.config.attempts_max {
                 if failures >= attempts_max {
                     return format!("gave up: {failures} attempts without a welcome (attempts_max {attempts_max})");
                 }
             }
-            let wake = Instant::now() + ms(self.backoff.next_delay_ms());
+            let delay_ms = if end.server_shutting_down {
+                self.backoff.spread_ms(self.config.shutdown_reconnect_spread_ms)
+            } else {
+                self.backoff.next_delay_ms()
+            };
+            let wake = Instant::now() + ms(delay_ms);
             loop {
                 tokio::select! {
                     biased;
@@ -365,16 +398,6 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     },
                     _ = sleep_until(wake) => break,
                 }
-            }
-            if let Some(reason) = refused {
-                // The refusal is final for this token only: a provider that has caught up with
-                // a rotated secret (or minted a fresh token) gets its chance, at the backoff's
-                // rate and within `attempts_max`; one that insists on the refused token ends it.
-                let fresh = self.tokens.token();
-                if fresh == token {
-                    return format!("{reason} (the token provider returned the refused token again)");
-                }
-                fetched = Some(fresh);
             }
         }
     }
@@ -536,7 +559,17 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     self.ping_id += 1;
                     let ping = serde_json::to_string(&ClientFrame::Ping { id: self.ping_id }).expect("ping serializes");
                     let write = tokio::time::timeout(ms(self.config.write_timeout_ms), ws.send(Message::text(ping)));
-                    match write.await {
+                    // A ping write blocked by a partition must not hold up `close()` or a drop
+                    // of the handle for `write_timeout_ms`: no clean close is possible then.
+                    let written = tokio::select! {
+                        biased;
+                        command = self.commands.next() => match command {
+                            Command::Close { by_drop } => return End::closed_by_client(None, by_drop, true),
+                            Command::Drop => return End::dropped(true, VecDeque::new()),
+                        },
+                        written = write => written,
+                    };
+                    match written {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return End::network(format!("sending ping: {e}"), true),
                         Err(_) => {
@@ -627,6 +660,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     tracing::debug!(%epoch, head, switched, "welcomed");
                     let position = self.tracker.position().expect("welcomed implies a position");
                     self.shared.set_connected(position);
+                    self.welcomed_at = Some(Instant::now());
                     read_deadline = Instant::now() + idle;
                     next_ping = Instant::now() + heartbeat;
                 }
@@ -702,8 +736,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
     }
 }
 
-/// The server closed: terminal for 4004 `bad_frame`, for 4001 `auth_failed` unless the token
-/// provider yields a different token ([`Next::NewToken`]), reconnect otherwise. Judged by the
+/// The server closed: terminal for 4004 `bad_frame`, reconnect otherwise. Judged by the
 /// close code when it is a Herald code ([`ErrorCode::from_close_code`]: 4001 to
 /// 4010 or 1001); otherwise (no code, or another one such as 1000) by the preceding `error`
 /// frame, if any.
@@ -732,6 +765,7 @@ fn server_closed(
         reason,
         welcomed,
         violation: false,
+        server_shutting_down: error_code == Some(ErrorCode::ShuttingDown),
         pending: VecDeque::new(),
     }
 }

@@ -9,9 +9,10 @@
 //! only moves frames between the socket, the tracker and the bounded items queue.
 //!
 //! Lifetime: the task retries (capped backoff) until [`Client::close`] is called, the server
-//! refuses for good (4004 `bad_frame`, or 4001 `auth_failed` when the [`TokenProvider`], asked
-//! again once the backoff has passed, returns the refused token once more: by close code, or by
-//! its `error` frame when the connection then ends without a close frame), the server sends a
+//! refuses for good (4004 `bad_frame`: by close code, or by its `error` frame when the
+//! connection then ends without a close frame; a 4001 `auth_failed` is retried at the growing
+//! backoff with the [`TokenProvider`]'s next token, since the server may be fixed or the token
+//! service catch up), the server sends a
 //! frame larger than `frame_bytes_max` (a configuration error no retry can fix), the [`Client`]
 //! is dropped, or `attempts_max` attempts in a row found no welcome (no limit by default). Each
 //! single attempt, hello included, is bounded by `connect_timeout_ms` (the [`TokenProvider`]
@@ -61,6 +62,17 @@ pub struct ClientConfig {
     pub backoff_initial_ms: u64,
     /// Backoff ceiling cap; full jitter below it (see [`Backoff`]).
     pub backoff_max_ms: u64,
+    /// A welcomed connection resets the backoff only once it has lasted this long (0: at the
+    /// welcome). A server or proxy that welcomes and then drops every connection is thus
+    /// retried at the growing backoff, not every `backoff_initial_ms` forever.
+    pub backoff_reset_after_ms: u64,
+    /// After the server's 1001 `shutting_down` the next attempt waits a uniform draw in
+    /// `0..=shutdown_reconnect_spread_ms` (at most `backoff_max_ms`): every client of a server
+    /// that is deployed or restarted hears the 1001 at the same moment, and this spreads their
+    /// resumes over the window instead of landing them on the next server together. Nothing is
+    /// lost meanwhile (the resume catches up from retention); the cost is that much latency
+    /// after a deploy.
+    pub shutdown_reconnect_spread_ms: u64,
     /// Items queued for the application. When full, the client stops reading the socket: the
     /// server's queue then grows until it cuts the connection with 4003 `slow_consumer`, and
     /// the client resumes (and recovers from retention) once the application reads again.
@@ -86,11 +98,20 @@ pub struct ClientConfig {
     /// bounds the rate of attempts. A welcome resets the count; an attempt the application
     /// aborted with [`Client::drop_connection`] does not count.
     pub attempts_max: Option<u32>,
+    /// Where a new client starts. `None` (the default): live, at the head its first welcome
+    /// names; an event published before that welcome (while the server was unreachable, or
+    /// while the application was not running) is never delivered, and no gap says so. An
+    /// application that must not miss those saves its position ([`ClientState::Connected`], or
+    /// the epoch and seq of each [`Item`] it has handled) and passes it back here after a
+    /// restart: the first hello then resumes after it, and the server replays what it still
+    /// retains (a `retention` gap for what it does not; an `epoch` gap if its stream is gone).
+    pub start_after: Option<Resume>,
 }
 
 impl ClientConfig {
     /// Production defaults: 10 s connect, 15 s heartbeat, 45 s idle, 10 s writes, backoff from
-    /// 250 ms up to 30 s, 1024 queued items, 1 MiB frames, attempts without limit. The seed is
+    /// 250 ms up to 30 s (reset by a connection that lasted 10 s), reconnects after a server's
+    /// shutdown spread over 5 s, 1024 queued items, 1 MiB frames, attempts without limit. The seed is
     /// the caller's: a production client takes [`ClientConfig::with_os_seed`] instead.
     pub fn new(url: impl Into<String>, rng_seed: u64) -> ClientConfig {
         ClientConfig {
@@ -101,10 +122,13 @@ impl ClientConfig {
             write_timeout_ms: 10_000,
             backoff_initial_ms: 250,
             backoff_max_ms: 30_000,
+            backoff_reset_after_ms: 10_000,
+            shutdown_reconnect_spread_ms: 5_000,
             items_max: 1024,
             frame_bytes_max: 1024 * 1024,
             rng_seed,
             attempts_max: None,
+            start_after: None,
         }
     }
 
@@ -140,6 +164,8 @@ impl ClientConfig {
             ("write_timeout_ms", self.write_timeout_ms),
             ("backoff_initial_ms", self.backoff_initial_ms),
             ("backoff_max_ms", self.backoff_max_ms),
+            ("backoff_reset_after_ms", self.backoff_reset_after_ms),
+            ("shutdown_reconnect_spread_ms", self.shutdown_reconnect_spread_ms),
         ];
         check_durations_ms(&durations)?;
         if self.idle_timeout_ms <= self.heartbeat_interval_ms {
@@ -150,6 +176,12 @@ impl ClientConfig {
         }
         if self.backoff_max_ms < self.backoff_initial_ms {
             return Err("backoff_max_ms must be at least backoff_initial_ms".into());
+        }
+        if let Some(start) = &self.start_after {
+            // The server refuses `after` = 2^64−1 with 4004, which would stop the client.
+            if start.after > tracker::SEQ_MAX {
+                return Err(format!("start_after.after must be at most {}", tracker::SEQ_MAX));
+            }
         }
         if self.frame_bytes_max < FRAME_BYTES_MIN {
             return Err(format!("frame_bytes_max must be at least {FRAME_BYTES_MIN}"));
@@ -186,12 +218,12 @@ impl Connector for TcpConnector {
 }
 
 /// Supplies the JWT for each hello. Called once per attempt, so a provider that refreshes
-/// tokens is all it takes to survive 4002 `token_expired`. After a 4001 `auth_failed` it is
-/// called again once the backoff has passed: a different token is tried (the server's secret
-/// may have been rotated before the token service switched), the refused one again stops the
-/// client for good. A provider that returns a new token on every call (minted with a wrong
-/// secret, say) is thus retried like any other failure: at the capped backoff rate, and at most
-/// `attempts_max` times in a row.
+/// tokens is all it takes to survive 4002 `token_expired`. A 4001 `auth_failed` is retried like
+/// any failed attempt, at the growing backoff (and at most `attempts_max` times in a row, if
+/// set), with the provider's token of that moment: a provider that caught up with a rotated
+/// secret gets through, and so does an unchanged token once the server's misconfiguration
+/// (a secret rolled back, an audience set too early) is fixed. The observer sees each refusal
+/// (`closed` with 4001), for an application that wants to alert on it.
 ///
 /// `token()` must return at once, without I/O or waiting: it is a synchronous call on the
 /// client's task, so no timeout, `connect_timeout_ms` included, can bound it, neither
@@ -333,8 +365,8 @@ pub enum ClientState {
     /// delivered). While an epoch switch waits for the server's `epoch` gap, still the old
     /// stream.
     Connected { epoch: String, last_seq: u64 },
-    /// For good: closed by the application, a final refusal by the server (4004, or 4001 with
-    /// the token provider returning the refused token again), a server frame beyond
+    /// For good: closed by the application, a final refusal by the server (4004), a server
+    /// frame beyond
     /// `frame_bytes_max`, `attempts_max` reached, or the application gone.
     Stopped { reason: String },
 }

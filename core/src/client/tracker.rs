@@ -80,6 +80,15 @@ impl StreamTracker {
         StreamTracker::default()
     }
 
+    /// A client that resumes after `position` in its first hello: the application's saved
+    /// place from an earlier run ([`super::ClientConfig::start_after`]).
+    pub fn starting_after(position: Position) -> StreamTracker {
+        StreamTracker {
+            position: Some(position),
+            ..StreamTracker::default()
+        }
+    }
+
     /// The `resume` to send in the next hello: `None` until the first welcome, then always the
     /// current position, so nothing handed to the application is replayed and nothing after it
     /// is skipped.

@@ -15,6 +15,10 @@ pub fn retained_cost_bytes(frame_bytes: u64, idempotency_key: Option<&str>) -> u
     frame_bytes + RETAINED_EVENT_OVERHEAD_BYTES + 2 * idempotency_key.map_or(0, |key| key.len() as u64)
 }
 
+/// Slots a stream's deque keeps however few events it holds: below this, shrinking would cost
+/// a reallocation for a few hundred bytes.
+pub const EVENT_SLOTS_KEPT_MIN: usize = 16;
+
 /// One retained event, encoded once and shared by every connection of the user.
 pub(super) struct RetainedEvent {
     /// Global publish order across all users, for age and byte eviction.
@@ -112,6 +116,50 @@ impl UserStream {
         if let Some(key) = &event.idempotency_key {
             self.keys.remove(key);
         }
+        self.give_back_slots();
         Some(event)
+    }
+
+    /// Frees the deque's empty slots once at most a quarter of them hold events, down to twice
+    /// the events (amortised: it takes as many pops again before the next shrink). A deque
+    /// never shrinks by itself, so a stream that once held `retention_events_max` events and
+    /// now holds one would keep every slot (48 bytes each) while its user stays connected,
+    /// memory that `retention_bytes_max` does not count. With this, the empty slots stay below
+    /// three per retained event plus [`EVENT_SLOTS_KEPT_MIN`].
+    fn give_back_slots(&mut self) {
+        let capacity = self.events.capacity();
+        if capacity > EVENT_SLOTS_KEPT_MIN && self.events.len() <= capacity / 4 {
+            self.events.shrink_to((2 * self.events.len()).max(EVENT_SLOTS_KEPT_MIN));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the shrink, a stream that once held 1,000 events keeps 1,024 slots (48 KiB)
+    /// with one event left; with it, empty slots stay within a small multiple of the events.
+    #[test]
+    fn a_drained_stream_gives_its_slots_back() {
+        let mut stream = UserStream::new("e".into(), 0);
+        let frame: Arc<str> = Arc::from("{}");
+        for order in 0..1_000 {
+            stream.push(order, 0, frame.clone(), None);
+        }
+        assert!(stream.events.capacity() >= 1_000);
+        while stream.len() > 1 {
+            stream.pop_front();
+            let bound = 4 * stream.len().max(EVENT_SLOTS_KEPT_MIN) + 3;
+            assert!(
+                stream.events.capacity() <= bound,
+                "{} slots for {} events",
+                stream.events.capacity(),
+                stream.len()
+            );
+        }
+        assert!(stream.events.capacity() <= 4 * EVENT_SLOTS_KEPT_MIN);
+        assert_eq!(stream.first_seq(), 1_000, "shrinking keeps the events");
+        assert_eq!(stream.get(1_000).map(|event| event.order), Some(999));
     }
 }

@@ -275,8 +275,9 @@ async fn reject(shared: &Shared, mut socket: WebSocket, code: ErrorCode, message
     }
 }
 
-/// After our close frame, reads (and discards) until the client's close reply or the write
-/// timeout, so the error frame is not lost to a TCP reset caused by unread input.
+/// After our close frame, reads (and discards) until the client's close reply, the write
+/// timeout or `hold`, whichever comes first, so the error frame is not lost to a TCP reset
+/// caused by unread input.
 ///
 /// If the socket can no longer be read (an oversized frame broke the framing), the task keeps
 /// it open, unread, for `hold` — a lingering close: `idle_timeout_ms` once welcomed,
@@ -296,7 +297,7 @@ async fn linger(shared: &Shared, socket: &mut WebSocket, read_failed: bool, hold
         }
         return;
     }
-    let _ = timeout(write_timeout(shared), async {
+    let _ = timeout(write_timeout(shared).min(hold), async {
         while let Some(Ok(message)) = socket.recv().await {
             if matches!(message, Message::Close(_)) {
                 break;

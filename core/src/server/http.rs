@@ -205,8 +205,12 @@ async fn publish(
     }
 }
 
+/// Answers without the hub lock: a probe (or a flood of them: `/healthz` needs no credentials)
+/// must neither wait behind every publish and delivery nor make them wait. A server whose hub
+/// panicked answers 503 once any lock attempt has found the lock poisoned (the tick's does,
+/// within `tick_interval_ms`).
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.is_closed() {
+    if shared.is_closing() || shared.is_poisoned() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else {
         (StatusCode::OK, "ok").into_response()
@@ -354,6 +358,37 @@ mod tests {
             "sampled again after tick_interval_ms"
         );
         assert_eq!(metric(&third, "herald_retained_events"), 2);
+    }
+
+    /// A probe is answered while the hub lock is held elsewhere (a long publish, a flood):
+    /// it used to wait for the lock.
+    #[tokio::test]
+    async fn healthz_does_not_take_the_hub_lock() {
+        let config = ServerConfig::new(b"secret".to_vec(), "key".into());
+        let server = Server::new(config, TokioClock::shared(0), SeededRng::new(1)).expect("valid config");
+        let shared = server.shared.clone();
+        // Another thread holds the lock for a second.
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _held = shared.state.lock().expect("not poisoned");
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_secs(1));
+            })
+        };
+        is_locked.recv().unwrap();
+        let asked = std::time::Instant::now();
+        let answer = healthz(State(shared.clone())).await;
+        let waited = asked.elapsed();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert!(
+            waited < Duration::from_millis(500),
+            "waited {waited:?} for the hub lock"
+        );
+        holder.join().unwrap();
+        server.shutdown();
+        assert_eq!(healthz(State(shared)).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

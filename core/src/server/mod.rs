@@ -26,7 +26,7 @@ use futures_util::task::AtomicWaker;
 use rustc_hash::FxHashMap;
 use std::fmt;
 use std::future::poll_fn;
-use std::future::IntoFuture;
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -374,9 +374,14 @@ impl Shared {
         self.shutdown.send_replace(true);
     }
 
+    /// Whether a lock attempt has found the hub lock poisoned (the server then shuts down).
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
     /// `Err` once the hub lock was found poisoned: what `serve` and `maintenance` return.
     fn poisoned_error(&self) -> std::io::Result<()> {
-        if self.poisoned.load(Ordering::Acquire) {
+        if self.is_poisoned() {
             return Err(std::io::Error::other(
                 "the hub panicked (its lock is poisoned); the server stopped",
             ));
@@ -578,7 +583,9 @@ impl Server {
     /// `sockets_max`, has `http_request_timeout_ms` while it speaks HTTP, and gathers its writes
     /// until a flush. For an application that serves [`Server::router`] inside its own axum
     /// app (with [`Server::maintenance`] alongside): without it, sockets that never finish a
-    /// request would stay open for good.
+    /// request would stay open for good. `axum::serve` leaves hyper's read buffer at hyper's
+    /// default (about 400 KiB per socket for a request head that never ends); [`Server::serve`]
+    /// bounds it by [`HTTP_HEAD_BYTES_MAX`].
     pub fn guard_listener<L: Listener>(&self, listener: L) -> SocketListener<L> {
         SocketListener::new(listener, self.shared.clone())
     }
@@ -645,9 +652,7 @@ impl Server {
         // Every socket takes a slot under `sockets_max`, has a request deadline while it speaks
         // HTTP, and gathers its writes until the writer flushes (one syscall per batch).
         let listener = self.guard_listener(listener);
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(signal)
-            .into_future();
+        let server = serve_http(listener, self.router(), signal);
         tokio::pin!(server);
         let drain = Duration::from_millis(shared.config.write_timeout_ms);
         let result = tokio::select! {
@@ -669,6 +674,71 @@ impl Server {
         drop(guard);
         result.and_then(|()| shared.poisoned_error())
     }
+}
+
+/// Largest buffer hyper may grow while it reads one request's head (request line and
+/// headers): a longer head is answered `431 Request Header Fields Too Large` and the socket
+/// closed. hyper's own default, about 400 KiB, let a socket without credentials hold that much
+/// memory for up to `http_request_timeout_ms` by sending a head that never ends; herald's
+/// requests have a head of a few hundred bytes. Bodies are not bound by it (hyper streams
+/// them; the publish handler bounds its own).
+pub const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Serves `router` over HTTP/1.1 (with upgrades, for WebSocket) on every socket `listener`
+/// accepts, until `signal`; then stops accepting, lets each connection finish the request in
+/// flight, and returns once every connection has ended. What `axum::serve` does, with hyper's
+/// read buffer bounded by [`HTTP_HEAD_BYTES_MAX`] (axum offers no setting for it).
+async fn serve_http<L>(mut listener: L, router: axum::Router, signal: impl Future<Output = ()>) -> std::io::Result<()>
+where
+    L: Listener,
+    L::Addr: fmt::Debug,
+{
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    // Each connection task holds a receiver; `closed()` resolves once all are dropped. A
+    // sender dropped (`stop`) tells the connections to finish gracefully.
+    let (connections, connections_alive) = watch::channel(());
+    let (stop, stopped) = watch::channel(false);
+    tokio::pin!(signal);
+    loop {
+        let (io, addr) = tokio::select! {
+            biased;
+            () = &mut signal => break,
+            accepted = listener.accept() => accepted,
+        };
+        tracing::trace!(?addr, "accepted");
+        let service = TowerToHyperService::new(router.clone());
+        let alive = connections_alive.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _alive = alive;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.max_buf_size(HTTP_HEAD_BYTES_MAX);
+            let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+            tokio::pin!(connection);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::trace!("connection ended: {error:#}");
+                        }
+                        break;
+                    }
+                    _ = stopped.wait_for(|stopped| *stopped), if !stopping => {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(connections_alive);
+    let _ = stop.send(true);
+    connections.closed().await;
+    Ok(())
 }
 
 /// Owned by the `serve` future: however that future ends (returned or dropped), the server is

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &[u8] = b"test-jwt-secret";
-pub const API_KEY: &str = "test-api-key";
+pub const API_KEY: &str = "test-api-key-0123456789";
 /// The wall-clock base of every test server's clock (a whole second, so expiry is exact).
 pub const UNIX_MS_BASE: u64 = 1_700_000_000_000;
 /// Bound on every wait in the tests.
