@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md on this machine and writes the raw output under
-# bench/results/. Long: 25-60 minutes, by machine. Pass --quick for a ~3-minute smoke pass.
+# bench/results/. Long: 40-80 minutes, by machine. Pass --quick for a ~3-minute smoke pass.
 # Never run in CI (CI only compiles the benches: `cargo build --workspace --all-targets`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
