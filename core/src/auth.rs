@@ -116,7 +116,8 @@ pub struct Claims {
     #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
     /// Not before, Unix seconds (RFC 7519 §4.1.5), if the token has one: a token is refused
-    /// while `now < nbf` (an identity provider may issue tokens ahead of their validity).
+    /// while `now + NBF_LEEWAY_SECS < nbf` (an identity provider may issue tokens ahead of
+    /// their validity).
     #[serde(
         default,
         deserialize_with = "optional_numeric_date",
@@ -125,14 +126,21 @@ pub struct Claims {
     pub nbf: Option<u64>,
 }
 
+/// How early a token is accepted before its `nbf`: an identity provider sets `nbf` to the
+/// moment it signs, and a server clock a little behind the provider's would otherwise refuse
+/// every fresh token (the usual allowance for clock skew; RFC 7519 §4.1.5 permits "some small
+/// leeway"). `exp` has none: a token never lives longer than it says.
+pub const NBF_LEEWAY_SECS: u64 = 60;
+
 /// [`numeric_date`] for a claim a token may leave out.
 fn optional_numeric_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     numeric_date(deserializer).map(Some)
 }
 
 /// An RFC 7519 NumericDate: a JSON number of seconds, which may have a fraction (Python's
-/// `time.time() + 3600`). Floored, so a token never lives longer than it says; negative or
-/// beyond `u64` is refused.
+/// `time.time() + 3600`). Floored, so a token never lives longer than its `exp` says (an
+/// `nbf` floored is early by less than a second, well within [`NBF_LEEWAY_SECS`]); negative
+/// or beyond `u64` is refused.
 fn numeric_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     struct NumericDate;
     impl serde::de::Visitor<'_> for NumericDate {
@@ -239,7 +247,10 @@ impl TokenVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
-        if let Some(nbf) = claims.nbf.filter(|nbf| now_unix_secs < *nbf) {
+        if let Some(nbf) = claims
+            .nbf
+            .filter(|nbf| now_unix_secs.saturating_add(NBF_LEEWAY_SECS) < *nbf)
+        {
             return Err(AuthError::Invalid(format!(
                 "token not valid before {nbf} (now {now_unix_secs})"
             )));
@@ -344,7 +355,8 @@ mod tests {
         }
     }
 
-    /// A token issued ahead of its validity is refused until `nbf`, then accepted.
+    /// A token issued ahead of its validity is refused until `nbf` (less the leeway), then
+    /// accepted.
     #[test]
     fn a_token_is_refused_before_its_nbf() {
         install_hmac_provider(); // before the direct `jsonwebtoken::encode` call below
@@ -352,12 +364,18 @@ mod tests {
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s")).unwrap();
         let verifier = TokenVerifier::new(b"s");
-        let early = verifier.verify(&token, 1_999);
+        let early = verifier.verify(&token, 2_000 - NBF_LEEWAY_SECS - 1);
         assert!(
             matches!(&early, Err(AuthError::Invalid(reason)) if reason.contains("not valid before 2000")),
             "{early:?}"
         );
-        assert_eq!(verifier.verify(&token, 2_000).map(|claims| claims.nbf), Ok(Some(2_000)));
+        assert_eq!(
+            verifier
+                .verify(&token, 2_000 - NBF_LEEWAY_SECS)
+                .map(|claims| claims.nbf),
+            Ok(Some(2_000)),
+            "within the leeway"
+        );
         let bad_nbf = serde_json::json!({ "sub": "alice", "exp": 5_000, "nbf": "soon" });
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

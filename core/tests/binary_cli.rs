@@ -134,12 +134,12 @@ fn serve_refuses_weak_or_shared_secrets() {
     assert_refused(
         &serve,
         &[("HERALD_JWT_SECRET", "change-me-jwt-secret")],
-        &["HERALD_JWT_SECRET has 20 bytes", "openssl rand -hex 32"],
+        &["HERALD_JWT_SECRET (--jwt-secret) has 20 bytes", "openssl rand -hex 32"],
     );
     assert_refused(
         &serve,
         &[("HERALD_API_KEY", "change-me")],
-        &["HERALD_API_KEY has 9 bytes"],
+        &["HERALD_API_KEY (--api-key) has 9 bytes"],
     );
     assert_refused(&serve, &[("HERALD_API_KEY", JWT_SECRET)], &["must differ"]);
 }

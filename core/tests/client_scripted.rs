@@ -825,8 +825,12 @@ async fn welcomes_of_connections_that_end_at_once_do_not_reset_the_backoff() {
 #[tokio::test]
 async fn a_server_shutdown_spreads_the_reconnect_over_the_spread_window() {
     let (initial_ms, max_ms, spread_ms) = (5, 5_000, 2_000);
-    let first_draw =
-        |seed| Backoff::new(initial_ms, max_ms, herald_core::rng::SeededRng::new(seed)).spread_ms(spread_ms);
+    // The delay is the larger of the (reset) backoff's draw and the spread's, in that order.
+    let first_draw = |seed| {
+        let mut backoff = Backoff::new(initial_ms, max_ms, herald_core::rng::SeededRng::new(seed));
+        let backoff_ms = backoff.next_delay_ms();
+        backoff_ms.max(backoff.spread_ms(spread_ms))
+    };
     let seed = (1..)
         .find(|seed| (600..=spread_ms).contains(&first_draw(*seed)))
         .unwrap();
@@ -846,4 +850,33 @@ async fn a_server_shutdown_spreads_the_reconnect_over_the_spread_window() {
         first_draw(seed)
     );
     assert_eq!(hello(&mut peer).await.map(|resume| resume.after), Some(0), "a resume");
+}
+
+/// Hellos refused with 1001 (a draining server still reachable through a proxy) are failed
+/// attempts: the backoff grows, whatever the spread (here 0, which used to mean no delay at
+/// all: connect, hello, 1001, again).
+#[tokio::test]
+async fn hellos_refused_with_1001_back_off() {
+    const ATTEMPTS: usize = 6;
+    let (initial_ms, max_ms) = (40, 320);
+    let growing = |seed: u64| {
+        let mut backoff = Backoff::new(initial_ms, max_ms, herald_core::rng::SeededRng::new(seed));
+        (1..ATTEMPTS).map(|_| backoff.next_delay_ms()).sum::<u64>()
+    };
+    let seed = (1..).find(|seed| growing(*seed) > 400).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = spawn_with_backoff(&listener, seed, initial_ms, max_ms, 0, 0);
+    let mut first_refusal = None;
+    for _ in 0..ATTEMPTS {
+        let mut peer = accept(&listener).await;
+        hello(&mut peer).await;
+        first_refusal.get_or_insert_with(tokio::time::Instant::now);
+        refuse(&mut peer, ErrorCode::ShuttingDown, "shutting down").await;
+    }
+    let waited = first_refusal.unwrap().elapsed();
+    assert!(
+        waited >= Duration::from_millis(growing(seed)),
+        "{ATTEMPTS} refused hellos within {waited:?}: no backoff (it sums to {} ms)",
+        growing(seed)
+    );
 }

@@ -169,7 +169,7 @@ async fn sockets_beyond_sockets_max_are_closed_at_once_and_counted() {
 /// A request head that never ends would have hyper grow its read buffer to its own default of
 /// about 400 KiB per socket, for as long as `http_request_timeout_ms`. The head is bounded by
 /// `HTTP_HEAD_BYTES_MAX`: the socket is answered 431 and closed as soon as that many bytes of
-/// head arrived, long before its deadline; a head just under the bound is served.
+/// head arrived, long before its deadline; a head of half the bound is served.
 #[tokio::test]
 async fn a_request_head_beyond_http_head_bytes_max_is_answered_431_and_closed() {
     use herald_core::server::HTTP_HEAD_BYTES_MAX;

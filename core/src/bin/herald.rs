@@ -555,8 +555,8 @@ fn expiry_after(ttl_secs: u64) -> Result<u64, String> {
         .ok_or_else(|| format!("a ttl of {ttl_secs} s overflows the token expiry"))
 }
 
-/// Shortest JWT secret `serve` accepts: RFC 7518 §3.2 requires an HS256 key of at least 256
-/// bits. Every user holds a signed token, so a short or guessable secret can be searched
+/// Shortest JWT secret `serve` accepts, in bytes of the secret as given (its HMAC key): RFC
+/// 7518 §3.2 requires an HS256 key of at least 256 bits. Every user holds a signed token, so a short or guessable secret can be searched
 /// offline, and whoever finds it can mint a token for any user and read their events.
 const JWT_SECRET_BYTES_MIN: usize = 32;
 /// Shortest API key `serve` accepts. Guesses are online, but a 401 is not rate limited, and
@@ -568,20 +568,23 @@ const API_KEY_BYTES_MIN: usize = 16;
 fn check_secrets(jwt_secret: &str, api_key: &str) -> Result<(), String> {
     if jwt_secret.len() < JWT_SECRET_BYTES_MIN {
         return Err(format!(
-            "HERALD_JWT_SECRET has {} bytes; at least {JWT_SECRET_BYTES_MIN} are required (RFC 7518 §3.2): \
+            "HERALD_JWT_SECRET (--jwt-secret) has {} bytes; at least {JWT_SECRET_BYTES_MIN} are required (RFC 7518 §3.2): \
              generate one with `openssl rand -hex 32`",
             jwt_secret.len()
         ));
     }
     if api_key.len() < API_KEY_BYTES_MIN {
         return Err(format!(
-            "HERALD_API_KEY has {} bytes; at least {API_KEY_BYTES_MIN} are required: \
+            "HERALD_API_KEY (--api-key) has {} bytes; at least {API_KEY_BYTES_MIN} are required: \
              generate one with `openssl rand -hex 16`",
             api_key.len()
         ));
     }
     if jwt_secret == api_key {
-        return Err("HERALD_JWT_SECRET and HERALD_API_KEY must differ: a publisher could mint tokens".into());
+        return Err(
+            "HERALD_JWT_SECRET and HERALD_API_KEY (--jwt-secret, --api-key) must differ: a publisher could mint tokens"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -615,9 +618,15 @@ mod tests {
         let key = "k".repeat(super::API_KEY_BYTES_MIN);
         assert_eq!(super::check_secrets(&jwt, &key), Ok(()));
         let short_jwt = super::check_secrets("change-me-jwt-secret", &key).unwrap_err();
-        assert!(short_jwt.contains("HERALD_JWT_SECRET has 20 bytes"), "{short_jwt}");
+        assert!(
+            short_jwt.contains("HERALD_JWT_SECRET (--jwt-secret) has 20 bytes"),
+            "{short_jwt}"
+        );
         let short_key = super::check_secrets(&jwt, "change-me").unwrap_err();
-        assert!(short_key.contains("HERALD_API_KEY has 9 bytes"), "{short_key}");
+        assert!(
+            short_key.contains("HERALD_API_KEY (--api-key) has 9 bytes"),
+            "{short_key}"
+        );
         let shared = super::check_secrets(&jwt, &jwt).unwrap_err();
         assert!(shared.contains("must differ"), "{shared}");
     }

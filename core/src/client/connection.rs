@@ -24,9 +24,10 @@
 //! Backoff: a welcome resets the backoff only once its connection has lasted
 //! `backoff_reset_after_ms`, so a server (or proxy) that welcomes and then drops every
 //! connection is retried at the growing backoff, not every `backoff_initial_ms`. After the
-//! server's 1001 `shutting_down` (a deploy or restart, which every client hears at once) the
-//! next attempt waits a uniform draw within `shutdown_reconnect_spread_ms`, so that a fleet
-//! does not land on the next server within `backoff_initial_ms`.
+//! server's 1001 `shutting_down` on a welcomed connection (a deploy or restart, which every
+//! client hears at once) the next attempt waits the larger of the backoff's delay and a
+//! uniform draw within `shutdown_reconnect_spread_ms`, so that a fleet does not land on the
+//! next server within `backoff_initial_ms`; a hello refused with 1001 is a failed attempt.
 //!
 //! A server frame naming seq 2^64−1 ([`tracker::seq_out_of_range`]) is a server bug: no stream
 //! reaches that seq, and a position there could never be resumed (the server refuses such a
@@ -176,7 +177,8 @@ impl End {
     }
 
     /// The connection ended without a close frame (or a usable close code) after the server
-    /// sent `error`: a final refusal (4001, 4004) is acted on as its close would have been.
+    /// sent `error`: a refusal (4001, 4004; 1001 for the reconnect spread) is acted on as its
+    /// close would have been.
     /// The server closes after every error; only the close frame was lost. A retryable error
     /// (or none) leaves the end as it is.
     fn after_error(mut self, last_error: Option<&(ErrorCode, String)>) -> End {
@@ -381,11 +383,12 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     return format!("gave up: {failures} attempts without a welcome (attempts_max {attempts_max})");
                 }
             }
-            let delay_ms = if end.server_shutting_down {
-                self.backoff.spread_ms(self.config.shutdown_reconnect_spread_ms)
-            } else {
-                self.backoff.next_delay_ms()
-            };
+            let mut delay_ms = self.backoff.next_delay_ms();
+            if end.server_shutting_down && end.welcomed {
+                // Not for a hello refused with 1001 (a draining server still reachable through
+                // a proxy): that is a failed attempt, and the backoff alone grows its delays.
+                delay_ms = delay_ms.max(self.backoff.spread_ms(self.config.shutdown_reconnect_spread_ms));
+            }
             let wake = Instant::now() + ms(delay_ms);
             loop {
                 tokio::select! {
@@ -560,7 +563,9 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                     let ping = serde_json::to_string(&ClientFrame::Ping { id: self.ping_id }).expect("ping serializes");
                     let write = tokio::time::timeout(ms(self.config.write_timeout_ms), ws.send(Message::text(ping)));
                     // A ping write blocked by a partition must not hold up `close()` or a drop
-                    // of the handle for `write_timeout_ms`: no clean close is possible then.
+                    // of the handle for `write_timeout_ms`. The close is then not clean (no
+                    // 1000 frame follows a half-written ping), also when the write was merely
+                    // slow: the server counts a lost connection, and nothing is lost.
                     let written = tokio::select! {
                         biased;
                         command = self.commands.next() => match command {

@@ -66,16 +66,20 @@ pub struct ClientConfig {
     /// welcome). A server or proxy that welcomes and then drops every connection is thus
     /// retried at the growing backoff, not every `backoff_initial_ms` forever.
     pub backoff_reset_after_ms: u64,
-    /// After the server's 1001 `shutting_down` the next attempt waits a uniform draw in
-    /// `0..=shutdown_reconnect_spread_ms` (at most `backoff_max_ms`): every client of a server
+    /// After the server's 1001 `shutting_down` on a welcomed connection the next attempt waits
+    /// at least a uniform draw in `0..=shutdown_reconnect_spread_ms` (at most `backoff_max_ms`;
+    /// the backoff's own delay if that is longer; 0 leaves the backoff alone): every client of a server
     /// that is deployed or restarted hears the 1001 at the same moment, and this spreads their
     /// resumes over the window instead of landing them on the next server together. Nothing is
     /// lost meanwhile (the resume catches up from retention); the cost is that much latency
     /// after a deploy.
     pub shutdown_reconnect_spread_ms: u64,
     /// Items queued for the application. When full, the client stops reading the socket: the
-    /// server's queue then grows until it cuts the connection with 4003 `slow_consumer`, and
-    /// the client resumes (and recovers from retention) once the application reads again.
+    /// server's queue then grows until it cuts the connection with 4003 `slow_consumer` (on a
+    /// quiet stream, its idle timeout, since pongs go unread too), and the client resumes (and
+    /// recovers from retention) once the application reads again. The bound is in items, not
+    /// bytes: each holds its parsed `data`, which can take several times its size in the frame,
+    /// so size it with the server's `event_bytes_max` in mind.
     pub items_max: usize,
     /// Largest incoming WebSocket message and frame. Must be at least the server's
     /// `event_bytes_max` (which bounds a whole encoded event frame, envelope included; 64 KiB by
@@ -101,9 +105,12 @@ pub struct ClientConfig {
     /// Where a new client starts. `None` (the default): live, at the head its first welcome
     /// names; an event published before that welcome (while the server was unreachable, or
     /// while the application was not running) is never delivered, and no gap says so. An
-    /// application that must not miss those saves its position ([`ClientState::Connected`], or
-    /// the epoch and seq of each [`Item`] it has handled) and passes it back here after a
-    /// restart: the first hello then resumes after it, and the server replays what it still
+    /// application that must not miss those saves the position of what it has *handled*, and
+    /// passes it back here after a restart: the epoch and seq of each [`Item::Event`] once
+    /// handled, the epoch and `to` of a `retention` or `unreadable` gap; an `epoch` gap changes
+    /// nothing to save until the new epoch's first event. Not [`ClientState::Connected`]: that
+    /// position counts the items queued for the application too, which a crash loses. The first
+    /// hello then resumes after the saved position, and the server replays what it still
     /// retains (a `retention` gap for what it does not; an `epoch` gap if its stream is gone).
     pub start_after: Option<Resume>,
 }
@@ -202,6 +209,10 @@ pub trait Connector: Send + Sync + 'static {
 }
 
 /// Plain tokio TCP to `addr` (`host:port`), with Nagle off: frames are small and latency counts.
+/// A name that resolves to several addresses is tried address by address within one
+/// `connect_timeout_ms` (tokio's `connect`), so a first address that is blackholed rather than
+/// refused takes the whole attempt; a dual-stack deployment with such an address wants a
+/// [`Connector`] that races them.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
     pub addr: String,
@@ -459,7 +470,9 @@ impl Client {
         self.items.recv().await
     }
 
-    /// Items already queued, without waiting.
+    /// Items already queued, without waiting. `None` both when nothing is queued yet and when
+    /// the client has stopped for good: a polling application tells them apart with
+    /// [`Client::state`].
     pub fn try_recv(&mut self) -> Option<Item> {
         self.items.try_recv().ok()
     }

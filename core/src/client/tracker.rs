@@ -89,9 +89,9 @@ impl StreamTracker {
         }
     }
 
-    /// The `resume` to send in the next hello: `None` until the first welcome, then always the
-    /// current position, so nothing handed to the application is replayed and nothing after it
-    /// is skipped.
+    /// The `resume` to send in the next hello: `None` until the first welcome (unless the
+    /// client started after a saved position), then always the current position, so nothing
+    /// handed to the application is replayed and nothing after it is skipped.
     pub fn resume(&self) -> Option<Resume> {
         self.position.as_ref().map(|p| Resume {
             epoch: p.epoch.clone(),

@@ -239,8 +239,12 @@ pub struct Hub {
     rng: SeededRng,
     /// Looked up on every publish and every batch a connection takes, so hashed. The hasher is
     /// Fx: fixed (no random keys, so the hub stays deterministic) and a few instructions per
-    /// key. It is not collision-resistant, which is acceptable because no key is chosen by an
-    /// anonymous party: user ids come from the publisher (API key) or a verified token.
+    /// key. It is not collision-resistant: no key is chosen by an anonymous party (user ids
+    /// come from the publisher, holding the API key, or a verified token), but a deployment
+    /// whose user ids are chosen by its end users (handles, emails) lets them pick ids that
+    /// collide, and mass-registered colliding ids would slow lookups under the hub lock. A
+    /// hasher keyed from the hub's `SeededRng` (deterministic in the simulation, random in
+    /// production) would close that; not done yet.
     /// Nothing iterates these maps in an order that reaches behaviour (only sums, maxima, and
     /// wakes, which `take_wakes` sorts).
     users: FxHashMap<Arc<str>, UserStream>,

@@ -513,7 +513,10 @@ impl fmt::Debug for Server {
 
 impl Server {
     /// Builds a server with a fresh hub (new epochs for every user stream). `rng` seeds epoch
-    /// and connection ids; `clock` is the only source of time.
+    /// and connection ids; `clock` is the only source of time. Each server life needs its own
+    /// seed ([`crate::rng::os_seed`] in production, as the binary does): a life that drew the
+    /// previous life's epochs would take its clients' resumes for its own stream, replaying the
+    /// wrong events, or refuse them with 4004 as beyond `head`, which stops a client for good.
     pub fn new(config: ServerConfig, clock: Arc<dyn Clock>, rng: SeededRng) -> Result<Server, String> {
         config.validate()?;
         let hub = Hub::new(config.hub.clone(), rng)?;
