@@ -777,6 +777,29 @@ fn spawn_with_backoff(
     )
 }
 
+/// Backoff bounds of the two tests below: small enough to be quick, far enough apart that
+/// growing delays and reset ones differ by hundreds of milliseconds.
+const BACKOFF_INITIAL_MS: u64 = 40;
+const BACKOFF_MAX_MS: u64 = 320;
+
+/// The sum of the first `delays` delays a client seeded `seed` draws with the bounds above:
+/// growing, or with a reset before each (a reset at every welcome).
+fn backoff_delays_sum_ms(seed: u64, delays: usize, reset: bool) -> u64 {
+    let mut backoff = Backoff::new(
+        BACKOFF_INITIAL_MS,
+        BACKOFF_MAX_MS,
+        herald_core::rng::SeededRng::new(seed),
+    );
+    (0..delays)
+        .map(|_| {
+            if reset {
+                backoff.reset();
+            }
+            backoff.next_delay_ms()
+        })
+        .sum()
+}
+
 /// A peer that welcomes every connection and drops it at once (a server failing while it
 /// replays, a proxy cutting after the upgrade): those welcomes do not reset the backoff, so the
 /// retries slow down to the cap instead of coming every `backoff_initial_ms` forever. The
@@ -785,18 +808,8 @@ fn spawn_with_backoff(
 #[tokio::test]
 async fn welcomes_of_connections_that_end_at_once_do_not_reset_the_backoff() {
     const CONNECTIONS: usize = 6;
-    let (initial_ms, max_ms) = (40, 320);
-    let delays = |seed: u64, reset: bool| {
-        let mut backoff = Backoff::new(initial_ms, max_ms, herald_core::rng::SeededRng::new(seed));
-        (1..CONNECTIONS)
-            .map(|_| {
-                if reset {
-                    backoff.reset();
-                }
-                backoff.next_delay_ms()
-            })
-            .sum::<u64>()
-    };
+    let (initial_ms, max_ms) = (BACKOFF_INITIAL_MS, BACKOFF_MAX_MS);
+    let delays = |seed, reset| backoff_delays_sum_ms(seed, CONNECTIONS - 1, reset);
     // A seed whose draws tell the two apart by a wide margin.
     let seed = (1..)
         .find(|seed| delays(*seed, false) > delays(*seed, true) + 400)
@@ -858,11 +871,8 @@ async fn a_server_shutdown_spreads_the_reconnect_over_the_spread_window() {
 #[tokio::test]
 async fn hellos_refused_with_1001_back_off() {
     const ATTEMPTS: usize = 6;
-    let (initial_ms, max_ms) = (40, 320);
-    let growing = |seed: u64| {
-        let mut backoff = Backoff::new(initial_ms, max_ms, herald_core::rng::SeededRng::new(seed));
-        (1..ATTEMPTS).map(|_| backoff.next_delay_ms()).sum::<u64>()
-    };
+    let (initial_ms, max_ms) = (BACKOFF_INITIAL_MS, BACKOFF_MAX_MS);
+    let growing = |seed| backoff_delays_sum_ms(seed, ATTEMPTS - 1, false);
     let seed = (1..).find(|seed| growing(*seed) > 400).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let _client = spawn_with_backoff(&listener, seed, initial_ms, max_ms, 0, 0);

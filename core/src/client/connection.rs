@@ -202,27 +202,27 @@ impl End {
              the server's event_bytes_max (a retry would read the same frame again)"
         );
         End {
-            code: None,
-            cause: CloseCause::Network,
-            reason: reason.clone(),
-            welcomed,
-            violation: false,
-            server_shutting_down: false,
-            next: Next::Stop(reason),
-            pending: VecDeque::new(),
+            next: Next::Stop(reason.clone()),
+            ..End::network(reason, welcomed)
         }
     }
 
     fn dropped(welcomed: bool, pending: VecDeque<Item>) -> End {
         End {
-            code: None,
             cause: CloseCause::Dropped,
-            reason: "connection dropped by the application".into(),
-            welcomed,
-            violation: false,
-            server_shutting_down: false,
-            next: Next::Reconnect,
             pending,
+            ..End::network("connection dropped by the application".into(), welcomed)
+        }
+    }
+
+    /// The client ends for good on its own side (`reason`), with close code `code` if it sent
+    /// one.
+    fn stopped_by_client(code: Option<u16>, reason: &str, welcomed: bool) -> End {
+        End {
+            code,
+            cause: CloseCause::Client,
+            next: Next::Stop(reason.into()),
+            ..End::network(reason.into(), welcomed)
         }
     }
 
@@ -232,30 +232,11 @@ impl End {
         } else {
             "closed by the application"
         };
-        End {
-            code,
-            cause: CloseCause::Client,
-            reason: reason.into(),
-            welcomed,
-            violation: false,
-            server_shutting_down: false,
-            next: Next::Stop(reason.into()),
-            pending: VecDeque::new(),
-        }
+        End::stopped_by_client(code, reason, welcomed)
     }
 
     fn application_gone(welcomed: bool) -> End {
-        let reason = "the application dropped the item receiver";
-        End {
-            code: None,
-            cause: CloseCause::Client,
-            reason: reason.into(),
-            welcomed,
-            violation: false,
-            server_shutting_down: false,
-            next: Next::Stop(reason.into()),
-            pending: VecDeque::new(),
-        }
+        End::stopped_by_client(None, "the application dropped the item receiver", welcomed)
     }
 }
 
@@ -296,12 +277,10 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
         shared: Arc<Shared>,
     ) -> Self {
         let backoff = Backoff::from_config(&config);
-        let tracker = config.start_after.clone().map_or_else(StreamTracker::new, |start| {
-            StreamTracker::starting_after(tracker::Position {
-                epoch: start.epoch,
-                last_seq: start.after,
-            })
-        });
+        let tracker = config
+            .start_after
+            .clone()
+            .map_or_else(StreamTracker::new, StreamTracker::starting_after);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .write_buffer_size(0)
@@ -361,7 +340,7 @@ impl<C: Connector, T: TokenProvider, O: ClientObserver> Task<C, T, O> {
                 // upgrade) would otherwise be retried every `backoff_initial_ms`, forever.
                 let lasted = self
                     .welcomed_at
-                    .is_some_and(|at| Instant::now().duration_since(at) >= ms(self.config.backoff_reset_after_ms));
+                    .is_some_and(|at| at.elapsed() >= ms(self.config.backoff_reset_after_ms));
                 if lasted && !end.violation {
                     self.backoff.reset();
                 }

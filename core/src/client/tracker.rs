@@ -82,9 +82,12 @@ impl StreamTracker {
 
     /// A client that resumes after `position` in its first hello: the application's saved
     /// place from an earlier run ([`super::ClientConfig::start_after`]).
-    pub fn starting_after(position: Position) -> StreamTracker {
+    pub fn starting_after(start: Resume) -> StreamTracker {
         StreamTracker {
-            position: Some(position),
+            position: Some(Position {
+                epoch: start.epoch,
+                last_seq: start.after,
+            }),
             ..StreamTracker::default()
         }
     }
