@@ -83,6 +83,14 @@ impl HubConfig {
         // The largest event, with the longest key, must fit alone: eviction never empties the
         // stream a publish was pushed to.
         let largest_cost = super::retained_cost_bytes(self.event_bytes_max, Some(&"k".repeat(ID_BYTES_MAX)));
+        // The hub adds an event's cost to `retained_bytes` before it evicts down to the limit,
+        // so the limit plus one largest event must fit in 64 bits.
+        if largest_cost == u64::MAX || self.retention_bytes_max.checked_add(largest_cost).is_none() {
+            return Err(format!(
+                "event_bytes_max {} and retention_bytes_max {} are too large: one largest event with its bookkeeping, added to retention_bytes_max, must fit in 64 bits",
+                self.event_bytes_max, self.retention_bytes_max
+            ));
+        }
         if largest_cost > self.retention_bytes_max {
             return Err(format!(
                 "retention_bytes_max must hold at least one largest event: event_bytes_max + {} bytes of bookkeeping and key = {largest_cost}",
@@ -90,7 +98,7 @@ impl HubConfig {
             ));
         }
         if self.control_queue_max < 4 {
-            return Err("control_queue_max must be at least 4 (welcome, two gaps, error)".into());
+            return Err("control_queue_max must be at least 4 (welcome, an epoch gap, error, and a pong)".into());
         }
         Ok(())
     }

@@ -173,7 +173,8 @@ pub struct Gauges {
     pub connections: u64,
     pub retained_events: u64,
     pub retained_bytes: u64,
-    /// The deepest send queue (cursor lag, in events) of any connection.
+    /// The deepest send queue (cursor lag, in events) of any connection that is not closing (a
+    /// closing connection sends nothing more, and its lag no longer grows a queue).
     pub send_queue_depth_max: u64,
     /// The most connections any one user holds.
     pub connections_per_user_max: u64,
@@ -264,8 +265,9 @@ pub struct Hub {
     retained_events: u64,
     wakes: Vec<ConnectionId>,
     /// Every event frame is encoded here, then copied once into its shared `Arc<str>`: no
-    /// allocation or regrowth per publish. Freed after an oversized event, so its capacity stays
-    /// within `event_bytes_max` plus the reservation of one frame's envelope.
+    /// allocation or regrowth per publish. Freed after an event over `event_bytes_max`; `String`
+    /// grows by doubling, so what it keeps is bounded by twice `event_bytes_max` plus one
+    /// frame's envelope.
     frame_scratch: String,
     shutting_down: bool,
     last_now_ms: u64,
@@ -607,7 +609,8 @@ impl Hub {
         self.shutting_down
     }
 
-    /// Evicts events older than `retention_age_ms`. Call it periodically; publish also does.
+    /// Evicts events at least `retention_age_ms` old. Call it periodically; publish and connect
+    /// also do.
     pub fn tick(&mut self, now_ms: u64) {
         self.advance(now_ms);
     }
@@ -878,12 +881,48 @@ fn encode(frame: &ServerFrame) -> Arc<str> {
     Arc::from(frame.to_text())
 }
 
-/// Whether two event frames carry the same seq, run, kind and data as JSON values (objects
-/// compare without regard to key order). Only called when their bytes differ.
+/// Whether two event frames carry the same seq, run, kind and data. Only called when their
+/// bytes differ. Objects compare without regard to key order or spacing and strings by their
+/// decoded text (a publisher that re-serialises its retry still gets its duplicate), but numbers
+/// by their text: decoded, they are lossy (without serde_json's `arbitrary_precision`, two
+/// integers beyond `u64` or two decimals past `f64`'s precision decode equal), and a conflicting
+/// retry taken for a duplicate would lose its event behind a 200. A number spelled another way
+/// (`1` and `1.0`) is a conflict: a 409 the publisher sees, never an event lost.
 fn same_event(a: &str, b: &str) -> bool {
-    match (ServerFrame::from_text(a), ServerFrame::from_text(b)) {
-        (Ok(a @ ServerFrame::Event { .. }), Ok(b @ ServerFrame::Event { .. })) => a == b,
-        _ => false,
+    same_json(a, b)
+}
+
+/// `a` and `b` are JSON texts the hub encoded (valid, nested at most `DATA_DEPTH_MAX` deep in an
+/// event's envelope, so the recursion is bounded); see [`same_event`] for what counts as same.
+fn same_json(a: &str, b: &str) -> bool {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let (a, b) = (a.trim(), b.trim());
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(b'{'), Some(b'{')) => {
+            type Members<'a> = BTreeMap<String, &'a RawValue>;
+            match (serde_json::from_str::<Members>(a), serde_json::from_str::<Members>(b)) {
+                (Ok(a), Ok(b)) => {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(&b)
+                            .all(|((key_a, a), (key_b, b))| key_a == key_b && same_json(a.get(), b.get()))
+                }
+                _ => false,
+            }
+        }
+        (Some(b'['), Some(b'[')) => {
+            match (serde_json::from_str::<Vec<&RawValue>>(a), serde_json::from_str::<Vec<&RawValue>>(b)) {
+                (Ok(a), Ok(b)) => a.len() == b.len() && a.iter().zip(&b).all(|(a, b)| same_json(a.get(), b.get())),
+                _ => false,
+            }
+        }
+        (Some(b'"'), Some(b'"')) => match (serde_json::from_str::<String>(a), serde_json::from_str::<String>(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+        // Numbers, `true`, `false`, `null`: by their text.
+        _ => a == b,
     }
 }
 

@@ -12,7 +12,11 @@ pub const RETAINED_EVENT_OVERHEAD_BYTES: u64 = 160;
 /// The bytes `retention_bytes_max` counts for one event: its frame, the bookkeeping, and its
 /// idempotency key twice (kept with the event and in the key map).
 pub fn retained_cost_bytes(frame_bytes: u64, idempotency_key: Option<&str>) -> u64 {
-    frame_bytes + RETAINED_EVENT_OVERHEAD_BYTES + 2 * idempotency_key.map_or(0, |key| key.len() as u64)
+    // Saturating: `HubConfig::validate` computes this for `event_bytes_max`, which an operator
+    // may set near u64::MAX to mean "no limit", and must see the overflow, not a wrapped sum.
+    frame_bytes
+        .saturating_add(RETAINED_EVENT_OVERHEAD_BYTES)
+        .saturating_add(2 * idempotency_key.map_or(0, |key| key.len() as u64))
 }
 
 /// Slots a stream's deque keeps however few events it holds: below this, shrinking would cost

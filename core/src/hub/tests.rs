@@ -554,6 +554,89 @@ fn retention_bytes_max_must_hold_one_largest_event_with_the_longest_key() {
 }
 
 #[test]
+fn limits_whose_sum_overflows_64_bits_are_refused() {
+    // "No limit" spelled as u64::MAX used to wrap the largest event's cost to a few hundred
+    // bytes and pass; the first large publish then evicted everything and panicked the hub.
+    for (event_bytes_max, retention_bytes_max) in [
+        (u64::MAX, 256 << 20),
+        (u64::MAX - 415, 256 << 20),
+        (u64::MAX, u64::MAX),
+        (1_000, u64::MAX),
+    ] {
+        let refused = HubConfig {
+            event_bytes_max,
+            retention_bytes_max,
+            ..config()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(refused.contains("must fit in 64 bits"), "{refused}");
+    }
+    assert!(HubConfig {
+        event_bytes_max: 1_000,
+        retention_bytes_max: u64::MAX / 2,
+        ..config()
+    }
+    .validate()
+    .is_ok());
+}
+
+#[test]
+fn a_retry_whose_numbers_differ_beyond_f64_is_a_conflict_not_a_duplicate() {
+    let mut hub = hub(config());
+    let raw = |text: &str| RawValue::from_string(text.to_string()).unwrap();
+    let original = raw(r#"{"n":12345678901234567890123,"x":0.10000000000000001,"s":"é"}"#);
+    let request = PublishRequest {
+        run: "r",
+        kind: EventKind::AgentStarted,
+        data: &original,
+        idempotency_key: Some("k1"),
+    };
+    assert_eq!(hub.publish(0, "alice", request).unwrap().seq, 1);
+    // Each decodes to the same `serde_json::Value` as the original, yet says something else.
+    for other in [
+        r#"{"n":12345678901234567890124,"x":0.10000000000000001,"s":"é"}"#,
+        r#"{"n":12345678901234567890123,"x":0.1,"s":"é"}"#,
+    ] {
+        let other = raw(other);
+        assert_eq!(
+            hub.publish(1, "alice", PublishRequest { data: &other, ..request }),
+            Err(PublishError::IdempotencyConflict { seq: 1 })
+        );
+    }
+    // Spacing, key order and escapes still do not matter; the numbers' text is the same.
+    let respelled = raw(r#"{ "s" : "\u00e9", "x":0.10000000000000001 , "n" : 12345678901234567890123 }"#);
+    let duplicate = hub
+        .publish(1, "alice", PublishRequest { data: &respelled, ..request })
+        .unwrap();
+    assert_eq!((duplicate.seq, duplicate.duplicate), (1, true));
+    // Nested arrays and objects are compared member by member.
+    let nested = raw(r#"{"a":[1,{"b":[true,null,"c"]}]}"#);
+    let nested_request = PublishRequest {
+        data: &nested,
+        idempotency_key: Some("k2"),
+        ..request
+    };
+    assert_eq!(hub.publish(2, "alice", nested_request).unwrap().seq, 2);
+    for (other, same) in [
+        (r#"{"a":[1,{"b":[true,null,"c"]}]}"#, true),
+        (r#"{"a": [ 1, { "b": [ true, null, "\u0063" ] } ] }"#, true),
+        (r#"{"a":[1,{"b":[true,null,"c"],"d":1}]}"#, false),
+        (r#"{"a":[1,{"b":[true,null]}]}"#, false),
+        (r#"{"a":[1.0,{"b":[true,null,"c"]}]}"#, false),
+        (r#"{"a":[1,{"b":[false,null,"c"]}]}"#, false),
+    ] {
+        let other = raw(other);
+        let result = hub.publish(3, "alice", PublishRequest { data: &other, ..nested_request });
+        if same {
+            assert_eq!(result.map(|p| (p.seq, p.duplicate)), Ok((2, true)));
+        } else {
+            assert_eq!(result, Err(PublishError::IdempotencyConflict { seq: 2 }));
+        }
+    }
+}
+
+#[test]
 fn idempotency_key_returns_the_original_seq() {
     let mut hub = hub(config());
     let data = data("a1");
