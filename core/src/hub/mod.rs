@@ -912,7 +912,10 @@ fn same_json(a: &str, b: &str) -> bool {
             }
         }
         (Some(b'['), Some(b'[')) => {
-            match (serde_json::from_str::<Vec<&RawValue>>(a), serde_json::from_str::<Vec<&RawValue>>(b)) {
+            match (
+                serde_json::from_str::<Vec<&RawValue>>(a),
+                serde_json::from_str::<Vec<&RawValue>>(b),
+            ) {
                 (Ok(a), Ok(b)) => a.len() == b.len() && a.iter().zip(&b).all(|(a, b)| same_json(a.get(), b.get())),
                 _ => false,
             }

@@ -600,14 +600,28 @@ fn a_retry_whose_numbers_differ_beyond_f64_is_a_conflict_not_a_duplicate() {
     ] {
         let other = raw(other);
         assert_eq!(
-            hub.publish(1, "alice", PublishRequest { data: &other, ..request }),
+            hub.publish(
+                1,
+                "alice",
+                PublishRequest {
+                    data: &other,
+                    ..request
+                }
+            ),
             Err(PublishError::IdempotencyConflict { seq: 1 })
         );
     }
     // Spacing, key order and escapes still do not matter; the numbers' text is the same.
     let respelled = raw(r#"{ "s" : "\u00e9", "x":0.10000000000000001 , "n" : 12345678901234567890123 }"#);
     let duplicate = hub
-        .publish(1, "alice", PublishRequest { data: &respelled, ..request })
+        .publish(
+            1,
+            "alice",
+            PublishRequest {
+                data: &respelled,
+                ..request
+            },
+        )
         .unwrap();
     assert_eq!((duplicate.seq, duplicate.duplicate), (1, true));
     // Nested arrays and objects are compared member by member.
@@ -627,7 +641,14 @@ fn a_retry_whose_numbers_differ_beyond_f64_is_a_conflict_not_a_duplicate() {
         (r#"{"a":[1,{"b":[false,null,"c"]}]}"#, false),
     ] {
         let other = raw(other);
-        let result = hub.publish(3, "alice", PublishRequest { data: &other, ..nested_request });
+        let result = hub.publish(
+            3,
+            "alice",
+            PublishRequest {
+                data: &other,
+                ..nested_request
+            },
+        );
         if same {
             assert_eq!(result.map(|p| (p.seq, p.duplicate)), Ok((2, true)));
         } else {
