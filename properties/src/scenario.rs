@@ -346,7 +346,10 @@ pub enum Step {
         min_ms: u64,
         max_ms: u64,
     },
-    /// turmoil's message loss rate on every link, in parts per thousand (0 heals).
+    /// turmoil's message loss rate on every client host's link, in parts per thousand (0 heals).
+    /// The publisher's link has none: its HTTP publishes are made ambiguous by latency spikes
+    /// and crashes instead. A link partitioned one way gets no loss while it is (see the world's
+    /// `LinkFaults`).
     SetLossRate {
         per_mille: u32,
     },

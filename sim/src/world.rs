@@ -283,6 +283,8 @@ fn run_world(scenario: &Scenario, seed: u64, server: Rc<dyn ServerUnderTest>) ->
         lives_started: 1,
         pending_op: None,
         runtime_alive: true,
+        links: vec![LinkFaults::default(); scenario.config.client_hosts.max(1) as usize],
+        loss_rate: 0.0,
     };
     driver.run(&mut sim, tick_ms);
     recorder.into_history()
@@ -308,6 +310,29 @@ struct Driver<'s> {
     /// Whether the server host's runtime exists (false after a crash): a graceful shutdown
     /// leaves it alive, with tasks that a later start must drop.
     runtime_alive: bool,
+    /// The network faults each client host's link to the server is under, as the scenario's
+    /// steps opened them (see [`LinkFaults`]).
+    links: Vec<LinkFaults>,
+    /// turmoil's loss rate (probability per message) the last `SetLossRate` asked for.
+    loss_rate: f64,
+}
+
+/// The faults one client host's link is under, each open from its step until the step that ends
+/// it: a partition (either direction) until `Repair`, a hold until `Release`, as the checkers'
+/// index reads them. turmoil keeps one state per link direction, and its calls overwrite each
+/// other (`release` ends a partition, `hold` turns one into a hold, `repair` ends a hold, and a
+/// random loss partition of a link with one healthy direction is later released whole, one-way
+/// partition and all), so after every network step the world applies the combination anew
+/// ([`Driver::apply_link`]) instead of passing the step's one call through: a fault a scenario
+/// says is open is open, and the checkers excuse only what really happened.
+#[derive(Clone, Copy, Debug, Default)]
+struct LinkFaults {
+    /// Messages from the client host to the server are dropped.
+    to_server_cut: bool,
+    /// Messages from the server to the client host are dropped.
+    from_server_cut: bool,
+    /// Messages are held (delayed, not lost) until released.
+    held: bool,
 }
 
 impl Driver<'_> {
@@ -501,26 +526,39 @@ impl Driver<'_> {
                     },
                 );
             }
-            Step::Partition { host } => sim.partition(client_host_name(*host).as_str(), SERVER_HOST),
-            Step::PartitionOneWay { host, direction } => {
-                let client = client_host_name(*host);
-                match direction {
-                    herald_properties::scenario::Direction::ToServer => {
-                        sim.partition_oneway(client.as_str(), SERVER_HOST)
-                    }
-                    herald_properties::scenario::Direction::FromServer => {
-                        sim.partition_oneway(SERVER_HOST, client.as_str())
-                    }
-                }
+            Step::Partition { host } => {
+                let link = &mut self.links[*host as usize];
+                link.to_server_cut = true;
+                link.from_server_cut = true;
+                self.apply_link(sim, *host);
             }
-            Step::Repair { host } => sim.repair(client_host_name(*host).as_str(), SERVER_HOST),
-            Step::Hold { host } => sim.hold(client_host_name(*host).as_str(), SERVER_HOST),
-            Step::Release { host } => sim.release(client_host_name(*host).as_str(), SERVER_HOST),
+            Step::PartitionOneWay { host, direction } => {
+                let link = &mut self.links[*host as usize];
+                match direction {
+                    herald_properties::scenario::Direction::ToServer => link.to_server_cut = true,
+                    herald_properties::scenario::Direction::FromServer => link.from_server_cut = true,
+                }
+                self.apply_link(sim, *host);
+            }
+            Step::Repair { host } => {
+                let link = &mut self.links[*host as usize];
+                link.to_server_cut = false;
+                link.from_server_cut = false;
+                self.apply_link(sim, *host);
+            }
+            Step::Hold { host } => {
+                self.links[*host as usize].held = true;
+                self.apply_link(sim, *host);
+            }
+            Step::Release { host } => {
+                self.links[*host as usize].held = false;
+                self.apply_link(sim, *host);
+            }
             Step::SetLatency { min_ms, max_ms } => set_latency(sim, config.client_hosts, *min_ms, *max_ms),
             Step::SetLossRate { per_mille } => {
-                let rate = f64::from((*per_mille).min(1000)) / 1000.0;
+                self.loss_rate = f64::from((*per_mille).min(1000)) / 1000.0;
                 for host in 0..config.client_hosts.max(1) {
-                    sim.set_link_fail_rate(client_host_name(host).as_str(), SERVER_HOST, rate);
+                    self.apply_link(sim, host);
                 }
             }
             Step::RestartServer => self.server_op(sim, now_ms, ServerOp::Restart),
@@ -562,6 +600,37 @@ impl Driver<'_> {
                 );
             }
         }
+    }
+
+    /// Puts one client host's link into the state its open faults combine to (see
+    /// [`LinkFaults`]). A partition in both directions drops everything (held messages too, as a
+    /// partition after a hold always did); a one-way partition drops one direction and holds or
+    /// delivers the other; a hold alone holds both; no fault releases whatever was held. A link
+    /// cut one way gets no random loss: turmoil's loss would partition its healthy direction and
+    /// later release the link whole, ending the one-way partition with it.
+    fn apply_link(&self, sim: &mut turmoil::Sim<'_>, host: u32) {
+        let link = self.links[host as usize];
+        let client = client_host_name(host);
+        let client = client.as_str();
+        let cut_one_way = link.to_server_cut != link.from_server_cut;
+        if link.to_server_cut && link.from_server_cut {
+            sim.partition(client, SERVER_HOST);
+        } else {
+            // From a known base: both directions held, or both healthy with what was held
+            // delivered; then the one cut direction, if any.
+            if link.held {
+                sim.hold(client, SERVER_HOST);
+            } else {
+                sim.release(client, SERVER_HOST);
+            }
+            if link.to_server_cut {
+                sim.partition_oneway(client, SERVER_HOST);
+            } else if link.from_server_cut {
+                sim.partition_oneway(SERVER_HOST, client);
+            }
+        }
+        let loss_rate = if cut_one_way { 0.0 } else { self.loss_rate };
+        sim.set_link_fail_rate(client, SERVER_HOST, loss_rate);
     }
 
     /// Why a step cannot apply (names something that does not exist or is gone).
@@ -616,8 +685,16 @@ impl Driver<'_> {
                 match attack {
                     Attack::ForgedToken { user }
                     | Attack::ExpiredToken { user }
-                    | Attack::ResumeAfterLastSeq { user }
-                    | Attack::Flood { user, .. } => user_ok(user),
+                    | Attack::ResumeAfterLastSeq { user } => user_ok(user),
+                    Attack::Flood { user, connections } => {
+                        user_ok(user)?;
+                        // Each hostile step owns 100 client ids; a flood is one to 99 sockets.
+                        if (1..100).contains(connections) {
+                            Ok(())
+                        } else {
+                            Err(format!("a flood opens 1 to 99 connections, not {connections}"))
+                        }
+                    }
                     Attack::ResumeAsOther { user, victim } => {
                         user_ok(user)?;
                         user_ok(victim)
@@ -638,11 +715,10 @@ impl Driver<'_> {
     /// a server that is down: from here on the world is quiet.
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
         let config = &self.scenario.config;
+        self.loss_rate = 0.0;
         for host in 0..config.client_hosts.max(1) {
-            let name = client_host_name(host);
-            sim.repair(name.as_str(), SERVER_HOST);
-            sim.release(name.as_str(), SERVER_HOST);
-            sim.set_link_fail_rate(name.as_str(), SERVER_HOST, 0.0);
+            self.links[host as usize] = LinkFaults::default();
+            self.apply_link(sim, host);
         }
         sim.repair("publisher", SERVER_HOST);
         sim.release("publisher", SERVER_HOST);
