@@ -353,7 +353,10 @@ async fn normal_client(
                 Some(PerClient::Kill) => library.drop_connection(),
                 Some(PerClient::Pause(duration_ms)) => {
                     ctx.recorder.record(Observation::Paused { client, duration_ms });
-                    paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(duration_ms));
+                    // A pause within a pause ends when the later of the two does, as the
+                    // checkers' index reads each pause as its own window.
+                    let until = tokio::time::Instant::now() + Duration::from_millis(duration_ms);
+                    paused_until = Some(paused_until.map_or(until, |paused| paused.max(until)));
                 }
             },
             _ = tokio::time::sleep_until(resume_at), if paused => paused_until = None,

@@ -6,6 +6,7 @@
 //! and publishes one event: the fault still open must keep it from the client until that fault
 //! ends too. Before the world applied the faults' combination, each of these clients had the
 //! event (or a reconnect) within a few hundred ms, on a link the checkers still held to be cut.
+//! The same holds for a client's pauses: a short pause within a long one does not end it.
 
 use herald_properties::checkers::check_all;
 use herald_properties::history::{History, Observation};
@@ -135,5 +136,34 @@ fn a_flood_beyond_its_client_ids_is_skipped_not_cut_short() {
             .iter()
             .any(|e| matches!(&e.what, Observation::StepSkipped { index: 0, .. })),
         "a flood of 150 is skipped, not applied as 99"
+    );
+}
+
+#[test]
+fn a_short_pause_within_a_long_one_does_not_end_it() {
+    let history = world(vec![
+        (
+            1_000,
+            Step::Pause {
+                client: 0,
+                duration_ms: 7_000,
+            },
+        ),
+        (
+            1_200,
+            Step::Pause {
+                client: 0,
+                duration_ms: 100,
+            },
+        ),
+    ]);
+    let delivered = history
+        .entries
+        .iter()
+        .find(|e| matches!(&e.what, Observation::Delivered { client: 0, .. }))
+        .map(|e| e.at_ms);
+    assert!(
+        delivered.is_some_and(|at| at >= END_MS),
+        "the event published at 1,500 ms was read at {delivered:?}, within the 7 s pause that began at 1,000 ms"
     );
 }
