@@ -709,17 +709,21 @@ fn resume_into_new_stream(b: &mut HistoryBuilder, at: u64, from: (&str, u64), in
 
 #[test]
 fn no_silent_loss_fires_when_only_another_epochs_gap_follows_a_loss() {
-    // Seq 1 of E0 is lost in silence (seq 2 delivered). The epoch gap of E0 covers only from 3,
-    // and the later epoch gap is for E1: the client was in E0, so it cannot stand for seq 1.
+    // Seq 1 of E0 is lost in silence: after the first restart the client is welcomed into E1
+    // without the epoch gap of E0 (its tracker switches at E1's first event), and the later
+    // epoch gap is for E1: the client was in E0, so it cannot stand for seq 1. (Had the client
+    // been handed a later seq of E0 instead, the seq-hole rule would fire first.)
     let (scenario, mut b) = lone_with_two_restarts();
     b.at(100);
     let lost = b.publish_ok("u0", "E0", 1);
-    b.publish_ok("u0", "E0", 2);
-    b.deliver(0, "E0", 2);
     restart(&mut b, 200, 1, 1, true);
-    resume_into_new_stream(&mut b, 300, ("E0", 2), "E1");
+    b.at(300);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E1", 0, false);
+    b.publish_ok("u0", "E1", 1);
+    b.deliver(0, "E1", 1);
     restart(&mut b, 400, 2, 2, true);
-    resume_into_new_stream(&mut b, 500, ("E1", 0), "E2");
+    resume_into_new_stream(&mut b, 500, ("E1", 1), "E2");
     let history = finish_lone(&mut b, 1000, 1);
     let v = assert_violates(
         &scenario,
@@ -1836,16 +1840,25 @@ fn never_delivered_on_a_late_closing_connection(
         b.welcome(0, "E0", 0, true);
     }
     let close_at = publish_at + 2_000;
-    if let Some(at) = stopped_at.filter(|&at| at < publish_at) {
+    // The application's close: the scenario's Close step, then the client stops for good.
+    let close = |scenario: &mut Scenario, b: &mut HistoryBuilder, at: u64| {
+        let step = Step::Close { client: 0 };
+        scenario.steps.push(herald_properties::scenario::TimedStep {
+            at_ms: at,
+            step: step.clone(),
+        });
         b.at(at);
+        b.step(scenario.steps.len() - 1, step);
         b.stopped(0);
+    };
+    if let Some(at) = stopped_at.filter(|&at| at < publish_at) {
+        close(&mut scenario, &mut b, at);
     }
     b.at(publish_at);
     b.publish_ok("u0", "E0", 1);
     if let Some(at) = stopped_at.filter(|&at| at >= publish_at) {
         assert!(at <= close_at);
-        b.at(at);
-        b.stopped(0);
+        close(&mut scenario, &mut b, at);
     }
     b.at(close_at);
     if stopped_at.is_some() {
@@ -2342,4 +2355,270 @@ fn liveness_near_miss_the_heal_restores_a_latency_above_the_last_steps() {
     let (scenario, history) = delivered_after_a_heal_that_restored_latency(1, 5, 10_000, 11_181);
     let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::PerformanceLoad);
     assert!(v.explanation.contains("prompt-delivery deadline t=11.180s"), "{v}");
+}
+
+// ---------------------------------------------------------------- liveness: a client that stops on its own
+
+/// u0's seq 1 is delivered to client 0 at 100 ms; at 200 ms its connection ends (`code`, by
+/// `by`) and the client stops for good; seq 2 is published at 300 ms and never delivered. With
+/// `close_step`, the scenario closed client 0 at 200 ms (step 2) just before it stopped.
+fn stopped_client(code: Option<u16>, by: ClosedBy, close_step: bool) -> (Scenario, History) {
+    let (mut scenario, mut b) = base();
+    b.at(100);
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    b.at(200);
+    if close_step {
+        let step = Step::Close { client: 0 };
+        scenario.steps.push(herald_properties::scenario::TimedStep {
+            at_ms: 200,
+            step: step.clone(),
+        });
+        b.step(2, step);
+    }
+    b.closed(0, code, by);
+    b.stopped(0);
+    b.at(300);
+    b.publish_ok("u0", "E0", 2);
+    let history = finish_with_connections(&mut b, 1000, 1);
+    (scenario, history)
+}
+
+#[test]
+fn liveness_fires_when_a_normal_client_stops_for_good_on_its_own() {
+    // An epoch-blind server answered the resume with 4004: the client library stopped for good,
+    // and nothing the client missed afterwards was ever judged.
+    let (scenario, history) = stopped_client(Some(4004), ClosedBy::Server, false);
+    let v = assert_violates(&scenario, &history, Invariant::Liveness, Category::ReconnectionRecovery);
+    assert_eq!(v.severity, herald_properties::checkers::Severity::Critical);
+    assert!(
+        v.explanation.contains("client 0 (user u0) stopped for good")
+            && v.explanation.contains("4004")
+            && v.explanation.contains("no Close step"),
+        "{v}"
+    );
+    // Its losses count again: seq 2 was never handed over (a resume had to replay it).
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::ReconnectionRecovery,
+    );
+}
+
+#[test]
+fn liveness_near_miss_a_client_the_scenario_closed() {
+    // The same stop right after a Close step: the application closed it, nothing more is owed.
+    let (scenario, history) = stopped_client(Some(1000), ClosedBy::Client, true);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- no silent loss: unreadable frames
+
+use herald_properties::history::DeliveredItem;
+
+/// Client 0 is killed at 500 ms, u0's seq 1 is published at 600 ms, and the resume at 700 ms is
+/// recovered; at 710 ms `frame` arrives and the client hands over an `unreadable` gap for seq 1.
+fn unreadable_after_resume(frame: impl Fn(&str) -> FrameSeen) -> (Scenario, History) {
+    let (scenario, mut b) = base();
+    b.at(500);
+    b.closed(0, None, ClosedBy::Killed);
+    b.at(600);
+    let id = b.publish_ok("u0", "E0", 1);
+    b.at(700);
+    b.connect(0, Some(("E0", 0)), "E0", 1, true);
+    b.at(710);
+    b.frame(0, frame(&id));
+    b.delivered(
+        0,
+        DeliveredItem::Gap {
+            epoch: "E0".into(),
+            from: 1,
+            to: Some(1),
+            reason: "unreadable".into(),
+        },
+    );
+    let history = finish(&mut b, 1000);
+    (scenario, history)
+}
+
+#[test]
+fn no_silent_loss_fires_when_the_server_garbles_a_users_own_frame() {
+    // u0's own event, cut short: no other user's data in it, yet the application got a gap
+    // where the server owed it the event.
+    let (scenario, history) = unreadable_after_resume(|id| {
+        let text = event_frame_text(1, id, "u0", 10);
+        FrameSeen::unparsed(&text[..text.len() - 3])
+    });
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert!(
+        v.explanation.contains("could not read") && v.explanation.contains("client 0"),
+        "{v}"
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_a_frame_of_a_type_the_client_does_not_know() {
+    // A newer server's frame type: the client skips it (PROTOCOL.md, client rule 6), and the
+    // event is replayed right after.
+    let (scenario, mut b) = base();
+    b.at(100);
+    b.frame(
+        0,
+        FrameSeen::unparsed(r#"{"type":"notice","text":"maintenance at noon"}"#),
+    );
+    b.publish_ok("u0", "E0", 1);
+    b.deliver(0, "E0", 1);
+    let history = finish(&mut b, 1000);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- no silent loss: seq holes
+
+#[test]
+fn no_silent_loss_fires_on_a_skipped_seq_whose_publish_was_ambiguous() {
+    // Seq 2 exists, so seq 1 does: the client's application went from 0 to 2 without a gap.
+    let (scenario, mut b) = base();
+    b.at(100);
+    let e = b.publish_called("u0", http(true, 0), 100);
+    b.failed(&e, "connection_lost");
+    b.at(200);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 2);
+    let history = finish(&mut b, 1000);
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert!(
+        v.explanation.contains("seq 1") && v.explanation.contains("skipped"),
+        "{v}"
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_contiguous_seqs_across_gaps_and_epochs() {
+    // The ambiguous publish did land at seq 1 and is delivered; then a retention gap 3..4,
+    // seq 5, a restart and an epoch gap, the new epoch from seq 1; and a second tab that starts
+    // live at head 5.
+    let (mut scenario, mut b) = base_with(vec![connect(2, 0)]);
+    scenario.config.limits.retention_events_max = 1;
+    b.at(100);
+    let e = b.publish_called("u0", http(true, 0), 100);
+    b.failed(&e, "connection_lost");
+    b.deliver_event_with_id(0, "E0", 1, &e);
+    b.publish_ok("u0", "E0", 2);
+    b.deliver(0, "E0", 2);
+    b.closed(0, None, ClosedBy::Network);
+    for seq in 3..=5 {
+        b.publish_ok("u0", "E0", seq);
+    }
+    b.at(200);
+    b.connecting(0, Some(("E0", 2)));
+    b.welcome(0, "E0", 5, false);
+    b.gap(0, "E0", 3, Some(4), "retention");
+    b.deliver(0, "E0", 5);
+    b.connect(2, None, "E0", 5, false);
+    b.at(300);
+    scenario.steps.push(herald_properties::scenario::TimedStep {
+        at_ms: 300,
+        step: Step::RestartServer,
+    });
+    b.step(3, Step::RestartServer);
+    b.closed(0, Some(1001), ClosedBy::Server);
+    b.closed(2, Some(1001), ClosedBy::Server);
+    b.server_stopped(0, "restart");
+    b.server_started(1);
+    b.at(400);
+    b.publish_ok("u0", "E5", 1);
+    b.publish_ok("u0", "E5", 2);
+    b.connecting(0, Some(("E0", 5)));
+    b.welcome(0, "E5", 2, false);
+    b.gap(0, "E0", 6, None, "epoch");
+    b.gap(0, "E5", 1, Some(1), "retention");
+    b.deliver(0, "E5", 2);
+    b.connecting(2, Some(("E0", 5)));
+    b.welcome(2, "E5", 2, false);
+    b.gap(2, "E0", 6, None, "epoch");
+    b.gap(2, "E5", 1, Some(1), "retention");
+    b.deliver(2, "E5", 2);
+    let history = finish_with_connections(&mut b, 1000, 3);
+    assert_clean(&scenario, &history);
+}
+
+// ---------------------------------------------------------------- no silent loss: payload integrity
+
+/// u0's seq 1 is published at 100 ms and client 0 gets an event frame at seq 1 with `event_id`,
+/// `payload_user` and `kind` (the publish's kind is `agent_started`), and hands it over.
+fn delivered_with(
+    event_id: impl Fn(&str) -> Option<String>,
+    payload_user: Option<&str>,
+    kind: &str,
+) -> (Scenario, History) {
+    let (scenario, mut b) = base();
+    b.at(100);
+    let id = b.publish_ok("u0", "E0", 1);
+    b.at(120);
+    b.frame(
+        0,
+        FrameSeen::Event {
+            seq: 1,
+            run: "r0".into(),
+            kind: kind.into(),
+            event_id: event_id(&id),
+            payload_user: payload_user.map(str::to_string),
+        },
+    );
+    b.delivered(
+        0,
+        DeliveredItem::Event {
+            epoch: "E0".into(),
+            seq: 1,
+            run: "r0".into(),
+            kind: kind.into(),
+            event_id: event_id(&id),
+        },
+    );
+    let history = finish(&mut b, 1000);
+    (scenario, history)
+}
+
+#[test]
+fn no_silent_loss_fires_on_an_event_without_its_id_or_user() {
+    let (scenario, history) = delivered_with(|_| None, None, "agent_started");
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert!(v.explanation.contains("no event id"), "{v}");
+}
+
+#[test]
+fn no_silent_loss_fires_on_an_event_of_another_kind_than_published() {
+    let (scenario, history) = delivered_with(|id| Some(id.to_string()), Some("u0"), "agent_error");
+    let v = assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentLoss,
+        Category::NotificationDelivery,
+    );
+    assert!(
+        v.explanation.contains("agent_error") && v.explanation.contains("agent_started"),
+        "{v}"
+    );
+}
+
+#[test]
+fn no_silent_loss_near_miss_an_event_as_published() {
+    let (scenario, history) = delivered_with(|id| Some(id.to_string()), Some("u0"), "agent_started");
+    assert_clean(&scenario, &history);
 }

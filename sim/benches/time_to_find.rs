@@ -62,6 +62,8 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "delayed_live_flush" => Invariant::Liveness,
         "keeps_closed_sockets" => Invariant::BoundedResources,
         "forgets_quiet_streams" => Invariant::HonestGaps,
+        "epoch_blind_resume" => Invariant::Liveness,
+        "fan_out_cancelled_with_the_request" => Invariant::NoSilentLoss,
         _ => return None,
     })
 }

@@ -392,3 +392,43 @@ fn liveness_bites_live_events_delivered_seconds_late_on_a_clean_link() {
         found.shrunk_violation
     );
 }
+
+#[test]
+fn liveness_bites_an_epoch_blind_resume_check_that_stops_clients_for_good() {
+    // After a restart the resume is refused with 4004: the client library stops for good, on
+    // its own. Only the rule that a normal client never stops unless the scenario closed it
+    // sees it (a stopped client used to count as closed, and its losses as nobody's).
+    let found = bites(
+        "epoch_blind_resume",
+        bugs::epoch_blind_resume,
+        Invariant::Liveness,
+        tiny(),
+        30,
+    );
+    assert!(
+        found.shrunk_violation.explanation.contains("stopped for good")
+            && found.shrunk_violation.explanation.contains("4004"),
+        "{}",
+        found.shrunk_violation
+    );
+}
+
+#[test]
+fn no_silent_loss_bites_a_fan_out_cancelled_with_its_publish_request() {
+    // The lost events' publishes timed out: no answer names their positions, so only the
+    // contiguity rule (seqs grow by exactly 1) sees the hole the application was handed.
+    let found = bites(
+        "fan_out_cancelled_with_the_request",
+        bugs::fan_out_cancelled_with_the_request,
+        Invariant::NoSilentLoss,
+        small(),
+        30,
+    );
+    assert!(
+        found.violation.explanation.contains("skipped without a gap")
+            && found.shrunk_violation.explanation.contains("skipped without a gap"),
+        "{}\n{}",
+        found.violation,
+        found.shrunk_violation
+    );
+}

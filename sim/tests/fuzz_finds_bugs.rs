@@ -134,6 +134,26 @@ fn fuzz_finds_an_at_least_once_bridge() {
     );
 }
 
+#[test]
+fn fuzz_finds_an_epoch_blind_resume() {
+    campaign_finds(
+        "epoch_blind_resume",
+        bugs::epoch_blind_resume,
+        Invariant::Liveness,
+        Size::Tiny,
+    );
+}
+
+#[test]
+fn fuzz_finds_a_fan_out_cancelled_with_its_publish_request() {
+    campaign_finds(
+        "fan_out_cancelled_with_the_request",
+        bugs::fan_out_cancelled_with_the_request,
+        Invariant::NoSilentLoss,
+        Size::Small,
+    );
+}
+
 /// A failure that needs one message lost under random loss still shrinks small. A case of a
 /// small campaign (the first lossy one that fails, 4000008 since HTTP answers after an idle
 /// read stopped waiting for the next read; 4000024 before): `no_request_deadline` keeps a

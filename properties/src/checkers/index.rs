@@ -57,6 +57,9 @@ pub(super) struct Call<'a> {
 pub(super) struct Event<'a> {
     pub event_id: &'a str,
     pub user: &'a str,
+    /// The run and kind its first call published (every attempt carries the same).
+    pub run: &'a str,
+    pub kind: &'a str,
     pub calls: Vec<usize>,
     /// Stream positions this event certainly occupies (one per epoch it was created in).
     pub instances: Vec<usize>,
@@ -117,7 +120,11 @@ pub(super) struct Client<'a> {
     /// Entry index of the `StepApplied` that opened a normal client.
     pub connect_applied: Option<usize>,
     pub token_ttl_ms: u64,
+    /// Entry index of the client's first `ClientStopped` (it stopped for good).
     pub stopped: Option<usize>,
+    /// Entry index of the first `StepApplied` of a `Close` step for this client: a stop after
+    /// it is the one the scenario asked for ([`Client::stopped_on_its_own`]).
+    pub close_step: Option<usize>,
     pub conns: Vec<Conn<'a>>,
     pub delivered: Vec<usize>,
     /// Intervals (ms) during which the application did not read.
@@ -125,9 +132,21 @@ pub(super) struct Client<'a> {
 }
 
 impl Client<'_> {
-    /// A normal client that was opened and never closed for good: it must catch up by `End`.
+    /// A normal client that was opened and that the scenario never closed: it must catch up by
+    /// `End`. A client that stopped for good on its own (see [`Client::stopped_on_its_own`]) is
+    /// still live: everything it missed afterwards is missed, and judged so.
     pub fn is_live(&self) -> bool {
-        !self.hostile && self.connect_applied.is_some() && self.stopped.is_none()
+        !self.hostile && self.connect_applied.is_some() && self.stopped.is_none_or(|_| self.stopped_on_its_own())
+    }
+
+    /// The entry at which a normal client stopped for good although no `Close` step had been
+    /// applied to it before: the client library gave up by itself (a 4004 refusal, a frame
+    /// beyond its `frame_bytes_max`), which a correct server never makes a simulated client do.
+    pub fn stopped_on_its_own(&self) -> bool {
+        !self.hostile
+            && self
+                .stopped
+                .is_some_and(|stop| self.close_step.is_none_or(|close| close > stop))
     }
 
     pub fn first_welcome(&self) -> Option<&Welcome<'_>> {
@@ -294,6 +313,8 @@ impl<'a> Index<'a> {
                     publish,
                     event_id,
                     user,
+                    run,
+                    kind,
                     via,
                     idempotency_key,
                     payload_bytes,
@@ -319,6 +340,8 @@ impl<'a> Index<'a> {
                         index.events.push(Event {
                             event_id,
                             user,
+                            run,
+                            kind,
                             calls: Vec::new(),
                             instances: Vec::new(),
                             first_call_idx: idx,
@@ -556,6 +579,11 @@ impl<'a> Index<'a> {
                 c.connect_applied.get_or_insert(idx);
                 c.token_ttl_ms = ttl;
             }
+            Step::Close { client } => {
+                if let Some(c) = self.clients.get_mut(client) {
+                    c.close_step.get_or_insert(idx);
+                }
+            }
             Step::Partition { host } | Step::PartitionOneWay { host, .. } => {
                 open_faults.entry((Some(*host), FaultKind::Partition)).or_insert(at);
             }
@@ -609,6 +637,7 @@ impl<'a> Index<'a> {
             connect_applied: None,
             token_ttl_ms: ttl,
             stopped: None,
+            close_step: None,
             conns: Vec::new(),
             delivered: Vec::new(),
             pauses: Vec::new(),

@@ -12,6 +12,16 @@
 //! - every publish attempt returns within `publish_timeout_ms + 1000` of its call (a missing
 //!   return counts once `End` is past that deadline).
 //!
+//! - no normal client stops for good unless the scenario closed it (a `Close` step applied
+//!   before its `ClientStopped`). The client library gives up by itself only on a final refusal
+//!   (4004 `bad_frame`, by close code or error frame), on a server frame beyond its
+//!   `frame_bytes_max`, or after `attempts_max` attempts without a welcome; a simulated client
+//!   resumes only from positions the server sent it, its `frame_bytes_max` is far above any
+//!   frame a correct server sends, and `attempts_max` is unset. So a stop on its own is the
+//!   server's doing (an epoch-blind `after > head` check refusing every resume after a restart,
+//!   say), and it is decided at once, heal or not. Such a client stays live for the other rules
+//!   (`Client::is_live`): what it misses afterwards is missed.
+//!
 //! Before the heal a partition may legitimately keep a client away, so nothing of the above is
 //! demanded then. But a link that is *not* disturbed owes prompt delivery at any time:
 //! - prompt delivery: when a normal client holds a welcomed connection into epoch E, and a
@@ -33,10 +43,13 @@
 use super::index::{liveness_bound_ms, Client, Conn, Index};
 use super::no_silent_loss::{created_from, expected, Coverage};
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::FrameSeen;
+use crate::history::{FrameSeen, Observation};
 use rustc_hash::FxHashMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
+    if let Some(v) = stopped_on_its_own(index) {
+        return Err(v);
+    }
     if let Some(v) = publish_hangs(index) {
         return Err(v);
     }
@@ -173,6 +186,62 @@ fn reconnects(
     None
 }
 
+/// A normal client that stopped for good with no `Close` step applied to it before (see the
+/// module docs), explained by the end of its last connection before the stop.
+fn stopped_on_its_own(index: &Index<'_>) -> Option<Violation> {
+    for client in index.clients.values().filter(|c| c.stopped_on_its_own()) {
+        let Some(stop) = client.stopped else {
+            continue;
+        };
+        let last = client.conns.iter().rev().find(|c| c.connecting_idx < stop);
+        let mut evidence = vec![];
+        let mut why = "it had no connection attempt before".to_string();
+        if let Some(conn) = last {
+            evidence.push(conn.connecting_idx);
+            let error = conn.frames.iter().rev().find_map(|&f| match index.frame(f) {
+                Some(FrameSeen::Error { code, message }) => Some((f, code, message)),
+                _ => None,
+            });
+            let closed = conn.closed.filter(|&c| c < stop);
+            why = match closed.map(|c| &index.entries[c].what) {
+                Some(Observation::Closed { code, by, reason, .. }) => format!(
+                    "its last connection {} (opened at {}) ended at {} with close code {}, by {by:?}, reason {reason:?}",
+                    Index::conn_label(conn),
+                    t(conn.at),
+                    t(index.at(closed.unwrap_or(stop))),
+                    code.map_or_else(|| "none".to_string(), |c| c.to_string()),
+                ),
+                _ => format!(
+                    "its last connection {} (opened at {}) had not ended",
+                    Index::conn_label(conn),
+                    t(conn.at)
+                ),
+            };
+            if let Some((f, code, message)) = error {
+                why.push_str(&format!(
+                    " after an error frame {code} ({message:?}) at {}",
+                    t(index.at(f))
+                ));
+                evidence.push(f);
+            }
+            evidence.extend(closed);
+        }
+        evidence.push(stop);
+        return Some(violation(
+            Invariant::Liveness,
+            Severity::Critical,
+            Category::ReconnectionRecovery,
+            format!(
+                "{} stopped for good at {} although no Close step had closed it: {why}. The client library gives up only on a final refusal (4004 bad_frame) or a frame beyond its frame_bytes_max, and a correct server gives a simulated client neither, so it will never get another notification",
+                client.describe(),
+                t(index.at(stop)),
+            ),
+            evidence,
+        ));
+    }
+    None
+}
+
 fn publish_hangs(index: &Index<'_>) -> Option<Violation> {
     let limit = index.scenario.config.timeouts.publish_timeout_ms + 1000;
     let horizon = index.end.map(|(_, at)| at).or(index.entries.last().map(|e| e.at_ms))?;
@@ -268,13 +337,13 @@ impl<'a> ConnFrames<'a> {
         self.positions[n.saturating_sub(1)].1
     }
 
-    /// The first frame carrying `seq` (with `event_id`, when the frame names one) or a gap
-    /// covering it.
+    /// The first frame carrying `seq` with `event_id` (a frame that names no id, or another,
+    /// is not the event: see `no_silent_loss`'s payload rule) or a gap covering it.
     fn covering(&self, seq: u64, event_id: &str) -> Option<usize> {
         let event = self
             .events
             .get(&seq)
-            .filter(|(_, id)| id.is_none_or(|id| id == event_id))
+            .filter(|(_, id)| *id == Some(event_id))
             .map(|&(f, _)| f);
         let gap = self
             .gaps

@@ -9,8 +9,11 @@
 //!   reported to c). Its first publish call is not enough to tell: a keyed retry may create it
 //!   in a later server life, long after a first attempt that failed before W0.
 //!
-//! Covered means: delivered as an `Event` with that `(epoch, seq)` (and the same event id), or
-//! inside a delivered `Gap` of that epoch (`from <= seq <= to`, or `to = null`), or — for an
+//! Covered means: delivered as an `Event` with that `(epoch, seq)`, the same event id and the
+//! run and kind it was published with (an event that names no id, or another, is not it), or
+//! inside a delivered `retention` or `epoch` `Gap` of that epoch (`from <= seq <= to`, or
+//! `to = null`; an `unreadable` gap is the client's own, made of a frame the server garbled,
+//! and covers nothing), or — for an
 //! event of an epoch E the client never *entered* — by an `epoch` gap of another epoch
 //! delivered after the event was created. A user has one live stream per server life, so an
 //! `epoch` gap says "every stream you were reading is gone": a stream created and lost entirely
@@ -51,20 +54,51 @@
 //!
 //! Without this rule an event put in a phantom stream nobody reads is excused by the next
 //! restart's `epoch` gap.
+//!
+//! Rules decided at once, for every normal client, whatever the publish outcomes:
+//! - payload integrity: every simulated publish puts its event id and its user in its data
+//!   (`sim/src/publisher.rs`), so an event frame, or an event handed to the application, that
+//!   names no event id (or, on the wire, no user), an id no publish ever named, or a run or kind
+//!   other than its publish's, is an event the server altered: the published one was lost on the
+//!   way (another user's id or name is `isolation`'s);
+//! - unreadable frames: a correct server sends a normal client only frames the protocol
+//!   defines, so a frame the client could not read (not JSON, a binary frame, a known type that
+//!   does not decode) is a violation; the client hands its application an `unreadable` gap
+//!   where the server owed it an event. A frame of a type the client does not know is not: a
+//!   newer server's frame, skipped by design (PROTOCOL.md, client rule 6);
+//! - no seq hole: seqs grow by exactly 1 per event within an epoch, so an event at seq n means
+//!   seqs 1..n all exist, published with a known outcome or not (a publish that failed
+//!   ambiguously, or never returned, has no position the rules above could expect). Per epoch,
+//!   the client's position starts where its tracker's does (`core/src/client/tracker.rs`): at
+//!   the first welcome's head when its first hello carried no resume (it starts live), at the
+//!   resume's `after` when it did (a saved position), and at 0 in any other epoch (one it
+//!   switches into is read from seq 1, after the `epoch` gap of the old one, whether that
+//!   stream ended in a restart or was a quiet stream forgotten); a resume in the same epoch keeps
+//!   it. Each item handed over moves it: an event to its seq, a `retention` or `unreadable` gap
+//!   to its `to`, an `epoch` gap (or an `unreadable` one without `to`) to the end of the epoch.
+//!   An event, or a gap, that starts past position + 1 skipped the seqs in between in silence.
 
 use super::index::{liveness_bound_ms, Client, Index};
 use super::liveness::prompt_bound_ms;
 use super::{t, violation, Category, Invariant, Severity, Violation};
-use crate::history::DeliveredItem;
+use crate::history::{DeliveredItem, FrameSeen, UNPARSED_TEXT_BYTES_MAX};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
+
+/// The server frame types of protocol v1 (PROTOCOL.md, "Frames"): a frame of any other type is
+/// a newer server's, which a client skips.
+const SERVER_FRAME_TYPES: [&str; 5] = ["welcome", "event", "gap", "pong", "error"];
 
 /// A delivered gap: (entry, epoch, from, to, reason).
 type DeliveredGap<'a> = (usize, &'a str, u64, Option<u64>, &'a str);
 
+/// A delivered event as coverage sees it: (entry, event id, run, kind).
+type DeliveredEvent<'a> = (usize, &'a str, &'a str, &'a str);
+
 /// What one client's application was handed, indexed for coverage questions.
 pub(super) struct Coverage<'a> {
-    events: FxHashMap<(&'a str, u64), (usize, Option<&'a str>)>,
+    /// Events handed over with an event id, by `(epoch, seq)` (the first).
+    events: FxHashMap<(&'a str, u64), DeliveredEvent<'a>>,
     gaps: Vec<DeliveredGap<'a>>,
     /// The epochs the client entered (see the module docs); only looked up, never iterated.
     entered: FxHashSet<&'a str>,
@@ -93,13 +127,19 @@ impl<'a> Coverage<'a> {
         for &idx in &client.delivered {
             match index.delivered_item(idx) {
                 Some(DeliveredItem::Event {
-                    epoch, seq, event_id, ..
+                    epoch,
+                    seq,
+                    event_id,
+                    run,
+                    kind,
                 }) => {
                     coverage.entered.insert(epoch);
-                    coverage
-                        .events
-                        .entry((epoch.as_str(), *seq))
-                        .or_insert((idx, event_id.as_deref()));
+                    if let Some(id) = event_id {
+                        coverage
+                            .events
+                            .entry((epoch.as_str(), *seq))
+                            .or_insert((idx, id, run, kind));
+                    }
                 }
                 Some(DeliveredItem::Gap {
                     epoch,
@@ -125,15 +165,16 @@ impl<'a> Coverage<'a> {
         let inst = &index.instances[instance];
         let event = &index.events[inst.event];
         let mut best: Option<usize> = None;
-        if let Some(&(idx, id)) = self.events.get(&(inst.epoch, inst.seq)) {
-            if id.is_none_or(|id| id == event.event_id) {
+        if let Some(&(idx, id, run, kind)) = self.events.get(&(inst.epoch, inst.seq)) {
+            if id == event.event_id && run == event.run && kind == event.kind {
                 best = Some(idx);
             }
         }
         let never_entered = !self.entered.contains(inst.epoch);
         let (created_idx, created_at) = created_from(index, instance);
         for &(idx, epoch, from, to, reason) in &self.gaps {
-            let same_epoch = epoch == inst.epoch && from <= inst.seq && to.is_none_or(|to| inst.seq <= to);
+            let same_epoch =
+                reason != "unreadable" && epoch == inst.epoch && from <= inst.seq && to.is_none_or(|to| inst.seq <= to);
             // A stream can only be reported lost after the event in it was created.
             let lost_stream = never_entered && reason == "epoch" && idx > created_idx && index.at(idx) >= created_at;
             if (same_epoch || lost_stream) && best.is_none_or(|b| idx < b) {
@@ -195,6 +236,15 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         return Err(v);
     }
     if let Some(v) = second_stream(index) {
+        return Err(v);
+    }
+    if let Some(v) = altered_payload(index) {
+        return Err(v);
+    }
+    if let Some(v) = unreadable_frame(index) {
+        return Err(v);
+    }
+    if let Some(v) = seq_hole(index) {
         return Err(v);
     }
     let Some((end_idx, end_at)) = index.end else {
@@ -436,4 +486,234 @@ fn held_stream(
                 })
             })
         })
+}
+
+fn lost(explanation: String, evidence: Vec<usize>) -> Violation {
+    violation(
+        Invariant::NoSilentLoss,
+        Severity::Critical,
+        Category::NotificationDelivery,
+        explanation,
+        evidence,
+    )
+}
+
+/// An event frame or handed-over event of a normal client that is not what was published (see
+/// the module docs): no id (or, on the wire, no user), an id nobody published, or another run
+/// or kind.
+fn altered_payload(index: &Index<'_>) -> Option<Violation> {
+    for client in index.clients.values().filter(|c| !c.hostile) {
+        for conn in &client.conns {
+            for &f in &conn.frames {
+                let Some(FrameSeen::Event {
+                    seq,
+                    run,
+                    kind,
+                    event_id,
+                    payload_user,
+                }) = index.frame(f)
+                else {
+                    continue;
+                };
+                let what = || {
+                    format!(
+                        "event frame seq {seq} received on connection {} of {} at {}",
+                        Index::conn_label(conn),
+                        client.describe(),
+                        t(index.at(f))
+                    )
+                };
+                if payload_user.is_none() {
+                    return Some(lost(
+                        format!(
+                            "{} names no user in its data ({}): every simulated publish puts its user there, so the server altered the event",
+                            what(),
+                            event_id.as_deref().map_or_else(|| "and no event id".to_string(), |id| format!("event id {id}"))
+                        ),
+                        vec![f],
+                    ));
+                }
+                if let Some(v) = not_as_published(index, event_id.as_deref(), run, kind, f, what) {
+                    return Some(v);
+                }
+            }
+        }
+        for &d in &client.delivered {
+            let Some(DeliveredItem::Event {
+                epoch,
+                seq,
+                run,
+                kind,
+                event_id,
+            }) = index.delivered_item(d)
+            else {
+                continue;
+            };
+            let what = || {
+                format!(
+                    "the event epoch {epoch} seq {seq} handed to the application of {} at {}",
+                    client.describe(),
+                    t(index.at(d))
+                )
+            };
+            if let Some(v) = not_as_published(index, event_id.as_deref(), run, kind, d, what) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+/// An event (frame or item, entry `idx`, described by `what`) whose id is missing or unknown, or
+/// whose run or kind differ from its publish's.
+fn not_as_published(
+    index: &Index<'_>,
+    event_id: Option<&str>,
+    run: &str,
+    kind: &str,
+    idx: usize,
+    what: impl Fn() -> String,
+) -> Option<Violation> {
+    let Some(id) = event_id else {
+        return Some(lost(
+            format!(
+                "{} carries no event id in its data: every simulated publish puts its id there, so the server altered the event and the one published was lost",
+                what()
+            ),
+            vec![idx],
+        ));
+    };
+    let Some(event) = index.event(id) else {
+        return Some(lost(
+            format!(
+                "{} carries event id {id}, which no publish ever named: the server made it up or altered it",
+                what()
+            ),
+            vec![idx],
+        ));
+    };
+    if event.run != run || event.kind != kind {
+        return Some(lost(
+            format!(
+                "{} carries event {id} as run {run} kind {kind}, but it was published at {} as run {} kind {}: the server altered the event",
+                what(),
+                t(event.first_call_at),
+                event.run,
+                event.kind
+            ),
+            vec![event.first_call_idx, idx],
+        ));
+    }
+    None
+}
+
+/// Whether an unparsed frame's text is a frame of a type the protocol does not define (a newer
+/// server's, which the client skips by design): the whole text, when the history kept it all,
+/// parses as an object whose `type` is unknown; a text cut at [`UNPARSED_TEXT_BYTES_MAX`] is
+/// judged by the type its start names.
+fn unknown_frame_type(text: &str) -> bool {
+    let known = |name: &str| SERVER_FRAME_TYPES.contains(&name);
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => value
+            .get("type")
+            .and_then(|t| t.as_str())
+            .is_some_and(|name| !known(name)),
+        Err(_) if text.len() + 4 > UNPARSED_TEXT_BYTES_MAX => text
+            .strip_prefix(r#"{"type":""#)
+            .and_then(|rest| rest.split_once('"'))
+            .is_some_and(|(name, _)| !known(name)),
+        Err(_) => false,
+    }
+}
+
+/// A frame a normal client could not read (see the module docs).
+fn unreadable_frame(index: &Index<'_>) -> Option<Violation> {
+    for client in index.clients.values().filter(|c| !c.hostile) {
+        for conn in &client.conns {
+            for &f in &conn.frames {
+                let Some(FrameSeen::Unparsed { text, .. }) = index.frame(f) else {
+                    continue;
+                };
+                if unknown_frame_type(text) {
+                    continue;
+                }
+                return Some(lost(
+                    format!(
+                        "{} received a frame it could not read on connection {} at {} ({text:?}): a correct server sends only frames the protocol defines, and the client hands its application an unreadable gap where an event was owed",
+                        client.describe(),
+                        Index::conn_label(conn),
+                        t(index.at(f))
+                    ),
+                    vec![f],
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// A seq a normal client's application skipped without a gap (see the module docs).
+fn seq_hole(index: &Index<'_>) -> Option<Violation> {
+    for client in index.clients.values().filter(|c| !c.hostile) {
+        // epoch → (position, entry that set it)
+        let mut position: FxHashMap<&str, (u64, usize)> = FxHashMap::default();
+        let start = client.conns.first().and_then(|first| match first.resume {
+            Some(resume) => Some((resume.epoch.as_str(), resume.after, first.connecting_idx)),
+            None => client.first_welcome().map(|w| (w.epoch, w.head, w.idx)),
+        });
+        if let Some((epoch, at, idx)) = start {
+            position.insert(epoch, (at, idx));
+        }
+        for &d in &client.delivered {
+            let (epoch, from, end, what) = match index.delivered_item(d) {
+                Some(DeliveredItem::Event {
+                    epoch, seq, event_id, ..
+                }) => (
+                    epoch.as_str(),
+                    *seq,
+                    *seq,
+                    format!("event seq {seq} ({})", event_id.as_deref().unwrap_or("no event id")),
+                ),
+                Some(DeliveredItem::Gap {
+                    epoch,
+                    from,
+                    to,
+                    reason,
+                }) => {
+                    let end = match (reason.as_str(), to) {
+                        ("epoch", _) | (_, None) => u64::MAX,
+                        (_, Some(to)) => *to,
+                    };
+                    let to = to.map_or_else(String::new, |to| to.to_string());
+                    (epoch.as_str(), *from, end, format!("a {reason} gap {from}..{to}"))
+                }
+                None => continue,
+            };
+            let (pos, set_at) = position.get(epoch).copied().unwrap_or((0, d));
+            if pos != u64::MAX && from > pos.saturating_add(1) {
+                let skipped = if from - 1 == pos + 1 {
+                    format!("seq {}", pos + 1)
+                } else {
+                    format!("seqs {}..{}", pos + 1, from - 1)
+                };
+                let since = if set_at == d {
+                    "it had nothing of that epoch yet, so the stream was read from seq 1".to_string()
+                } else {
+                    format!("its position in that epoch was seq {pos} since {}", t(index.at(set_at)))
+                };
+                return Some(lost(
+                    format!(
+                        "{} was handed {what} of epoch {epoch} at {}, but {since}: {skipped} skipped without a gap (seqs grow by exactly 1, so they exist, whether or not their publish was answered)",
+                        client.describe(),
+                        t(index.at(d)),
+                    ),
+                    if set_at == d { vec![d] } else { vec![set_at, d] },
+                ));
+            }
+            if end > pos || !position.contains_key(epoch) {
+                position.insert(epoch, (end.max(pos), d));
+            }
+        }
+    }
+    None
 }
