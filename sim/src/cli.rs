@@ -1,13 +1,24 @@
 //! The `run` command: one scenario, one seed, a one-screen summary and the history digest.
+//!
+//! A run is judged as a fuzz campaign judges a case ([`crate::campaign::case::run_and_judge`]):
+//! an invariant violation, a host failure in the history, or a panic of the world or a checker
+//! fails it (exit 1). It runs on a thread of its own within the replay's wall-time budget
+//! ([`crate::campaign::seeds::seed_replay_wall_budget`]): a world that still spins then ends as
+//! `verdict: HANG` (exit 1) instead of running forever with no output.
 
-use crate::world::{run_with, WorldOptions};
-use herald_properties::checkers::check_all;
+use crate::campaign::case::{run_and_judge, FailureKey};
+use crate::campaign::seeds::{
+    run_within_wall_budget, seed_replay_wall_budget, ReplayInterrupted, SEED_REPLAY_BUDGET_ENV,
+};
+use crate::server_under_test::{RealServer, ServerUnderTest};
 use herald_properties::generators::{GeneratorSettings, Size};
 use herald_properties::history::{History, Observation};
 use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{Expect, SeedFile};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -118,8 +129,8 @@ fn run_input(args: &RunArgs) -> Result<(Scenario, u64), String> {
             };
             if !file.expectations.is_empty() || file.expect != Expect::Pass {
                 eprintln!(
-                    "note: `run` checks the invariants only; the file's expectations and `expect` verdict \
-                     are judged by `herald-sim replay {}`",
+                    "note: `run` judges the invariants and crashes only; the file's expectations and `expect` \
+                     verdict are judged by `herald-sim replay {}`",
                     path.display()
                 );
             }
@@ -132,7 +143,20 @@ fn run_input(args: &RunArgs) -> Result<(Scenario, u64), String> {
     Ok((scenario, seed))
 }
 
+/// `herald-sim run` against the real server, within the replay budget.
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let budget = seed_replay_wall_budget()?;
+    run_on(args, || Rc::new(RealServer) as Rc<dyn ServerUnderTest>, budget)
+}
+
+/// `run` against a server from `make_server` (built on the run's thread), within `budget` of
+/// wall time: exit 0 when nothing failed, 1 on any failure the campaign would count (an
+/// invariant, a host failure, a panic) or a hang.
+pub fn run_on(
+    args: RunArgs,
+    make_server: impl FnOnce() -> Rc<dyn ServerUnderTest> + Send + 'static,
+    budget: Duration,
+) -> Result<ExitCode, String> {
     let (scenario, seed) = run_input(&args)?;
     println!(
         "SEED={} steps={} users={} client_hosts={}",
@@ -145,56 +169,97 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         let text = serde_json::to_string_pretty(&scenario).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
+    let reproduce = match &args.scenario {
+        Some(path) => format!(
+            "cargo run --release -p herald-sim -- run --seed {seed} --scenario {}{}",
+            path.display(),
+            if args.whole_quiet_period {
+                " --whole-quiet-period"
+            } else {
+                ""
+            }
+        ),
+        None => crate::campaign::run_command(
+            seed,
+            Size::from(args.size).as_str(),
+            args.swarm,
+            args.whole_quiet_period,
+        ),
+    };
     let started = std::time::Instant::now();
-    let output = run_with(
-        &scenario,
-        seed,
-        WorldOptions {
-            trace: args.trace,
-            ..WorldOptions::default()
-        },
-    );
+    let (for_run, trace) = (scenario.clone(), args.trace);
+    let ran = run_within_wall_budget(format!("run-{seed}"), budget, move || {
+        run_and_judge(&for_run, seed, make_server(), trace)
+    });
+    let judged = match ran {
+        Ok(judged) => judged,
+        Err(ReplayInterrupted::CannotSpawn(error)) => return Err(format!("cannot start the run: {error}")),
+        Err(ReplayInterrupted::Hang) => {
+            println!(
+                "verdict: HANG: the run exceeded the wall-time budget of {} s and was abandoned: its world still \
+                 spins (or this machine is slower than the budget allows for: raise it with {SEED_REPLAY_BUDGET_ENV})",
+                budget_text(budget)
+            );
+            println!("reproduce with: {reproduce}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(ReplayInterrupted::Panic(message)) => {
+            println!("FAILED: the run panicked outside its world: {message}");
+            println!("reproduce with: {reproduce}");
+            return Ok(ExitCode::from(1));
+        }
+    };
     let wall = started.elapsed();
-    let history = output.history;
-    print_summary(&history, wall);
-    let violations = check_all(&scenario, &history);
-    for violation in &violations {
-        println!(
-            "VIOLATION {:?} [{:?}/{:?}]: {}",
-            violation.invariant, violation.category, violation.severity, violation.explanation
-        );
+    if let Some(output) = &judged.output {
+        print_summary(&output.history, wall);
     }
-    if violations.is_empty() {
+    for failure in &judged.failures {
+        match failure.key {
+            FailureKey::Invariant(invariant) => println!(
+                "VIOLATION {:?} [{:?}/{:?}]: {}",
+                invariant, failure.category, failure.severity, failure.explanation
+            ),
+            FailureKey::Crash(kind) => println!(
+                "CRASH {} [{} / {}]: {}",
+                kind.as_str(),
+                failure.severity.as_str(),
+                failure.category.as_str(),
+                failure.explanation
+            ),
+        }
+    }
+    if judged.failures.is_empty() {
         println!("all invariants hold");
     } else {
-        let size = Size::from(args.size).as_str();
-        let reproduce = match &args.scenario {
-            Some(path) => format!(
-                "cargo run --release -p herald-sim -- run --seed {seed} --scenario {}{}",
-                path.display(),
-                if args.whole_quiet_period {
-                    " --whole-quiet-period"
-                } else {
-                    ""
-                }
-            ),
-            None => crate::campaign::run_command(seed, size, args.swarm, args.whole_quiet_period),
-        };
+        println!("FAILED: {}", judged.outcome().trim_start_matches("failed "));
         println!("reproduce with: {reproduce}");
     }
-    if let Some(path) = &args.history {
-        let text = serde_json::to_string_pretty(&history).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Some(output) = &judged.output {
+        if let Some(path) = &args.history {
+            let text = serde_json::to_string_pretty(&output.history).map_err(|e| e.to_string())?;
+            std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        if args.trace {
+            println!("--- trace ---\n{}", output.trace);
+        }
+        println!("history-digest: {}", output.history.digest());
+    } else {
+        println!("history-digest: none (the world panicked)");
     }
-    if args.trace {
-        println!("--- trace ---\n{}", output.trace);
-    }
-    println!("history-digest: {}", history.digest());
-    Ok(if violations.is_empty() {
+    Ok(if judged.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A wall-time budget in seconds, as the HANG verdicts print it (`60`, or `0.25`).
+pub fn budget_text(budget: Duration) -> String {
+    if budget.subsec_nanos() == 0 {
+        budget.as_secs().to_string()
+    } else {
+        format!("{}", budget.as_secs_f64())
+    }
 }
 
 /// Counts of what happened, on one screen.

@@ -1,7 +1,7 @@
 //! `herald-sim`: run, fuzz, replay and shrink simulations of the real Herald core.
 //!
-//! Exit codes: 0 nothing failed, 1 an invariant (or catalogue expectation) failed, 2 usage or
-//! I/O error.
+//! Exit codes: 0 nothing failed, 1 something failed (an invariant, a crash, a hang past the
+//! wall-time budget, or a catalogue expectation), 2 usage or I/O error.
 
 /// mimalloc: the worlds allocate and free many small buffers per tick; measured on a medium
 /// scenario it takes 8 % fewer instructions than the system allocator (bench/HISTORY.md,
@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate (or load) one scenario, run it, check every invariant and print a summary.
+    /// Generate (or load) one scenario, run it, judge it as fuzz judges a case (invariants, host
+    /// failures, panics; HANG past the replay budget) and print a summary.
     Run(cli::RunArgs),
     /// Fuzz: run generated scenarios, shrink and save failures, report coverage.
     Fuzz(commands::FuzzArgs),

@@ -178,6 +178,8 @@ fn a_run_over_the_wall_budget_is_reported_as_a_hang_and_saved() {
         "the campaign returned while the hung worker still blocks"
     );
     assert_eq!(report.failures_by_key.get("hang"), Some(&1), "{:#?}", report.failures);
+    // The hung case counts as run and failed, once (never more failed than run).
+    assert_eq!((report.cases_run, report.cases_failed), (1, 1), "{report:#?}");
     let group = &report.failures[0];
     assert_eq!(group.case_seeds, vec![500]);
     let file = load_seed_file(std::path::Path::new(group.seed_file.as_ref().unwrap())).unwrap();

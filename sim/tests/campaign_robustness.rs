@@ -6,8 +6,10 @@
 use herald_properties::generators::{GeneratorSettings, Size};
 use herald_properties::scenario::{Scenario, ScenarioConfig, Step, TimedStep};
 use herald_properties::seed_file::{CrashKind, RecordedCrash};
-use herald_sim::campaign::seeds::{bare_seed_file, load_seed_file, repository_seeds_dir, seed_files_in};
-use herald_sim::campaign::{fuzz, generated_scenario, FuzzOptions, IO_ERRORS_LISTED_MAX};
+use herald_sim::campaign::seeds::{
+    bare_seed_file, check_writable, load_seed_file, repository_seeds_dir, seed_files_in,
+};
+use herald_sim::campaign::{fuzz, generated_scenario, FuzzOptions, Shard, IO_ERRORS_LISTED_MAX};
 use herald_sim::server_under_test::{LiveServer, RealServer, ServerLife, ServerUnderTest};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -439,12 +441,24 @@ fn a_saved_seed_records_whole_quiet_period_and_regenerates_its_scenario() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Finding 8: git ignores what a campaign leaves in `seeds/` when it is killed: markers and
-/// temporary files (`.<name>.<pid>-<n>.tmp`).
+/// Finding 8: git ignores what a campaign leaves in `seeds/` when it is killed: markers
+/// (`.in-progress-s<shard>-<nonce>-<worker>.json`), temporary files (`.<name>.<nonce>-<n>.tmp`)
+/// and write probes, named as they are now and as older builds named them (by process id).
 #[test]
 fn git_ignores_markers_and_temporary_files_in_seeds() {
     let seeds = repository_seeds_dir();
-    for name in [".in-progress-1234-0.json", ".liveness-09b4dbe7.json.1234-0.tmp"] {
+    let nonce = herald_sim::campaign::seeds::process_nonce();
+    let marker = herald_sim::campaign::seeds::in_progress_path(Path::new(""), 3, 0);
+    let marker = marker.to_string_lossy().into_owned();
+    let temp = format!(".liveness-09b4dbe7.json.{nonce}-0.tmp");
+    let probe = format!(".write-check-{nonce}-1.tmp");
+    for name in [
+        marker.as_str(),
+        temp.as_str(),
+        probe.as_str(),
+        ".in-progress-1234-0.json",
+        ".liveness-09b4dbe7.json.1234-0.tmp",
+    ] {
         let checked = Command::new("git")
             .arg("-C")
             .arg(&seeds)
@@ -458,4 +472,131 @@ fn git_ignores_markers_and_temporary_files_in_seeds() {
             Err(error) => eprintln!("git not available ({error}): {name} not checked"),
         }
     }
+}
+
+/// `run` judges a run as the campaign does: a host failure in its history (here the world's
+/// simulated time limit, reached by an idle world whose quiet period outlasts it) fails the run
+/// (exit 1) even though every invariant holds.
+#[test]
+fn run_fails_on_a_host_failure_as_the_campaign_does() {
+    let dir = temp_dir("run-host-failure");
+    let scenario = Scenario {
+        config: ScenarioConfig {
+            users: 1,
+            client_hosts: 1,
+            tick_ms: 100,
+            quiet_period_ms: 900_000,
+            ..ScenarioConfig::default()
+        },
+        steps: Vec::new(),
+    };
+    let path = dir.join("limit.json");
+    std::fs::write(&path, serde_json::to_string(&scenario).unwrap()).unwrap();
+    let output = herald_sim(&["run", "--scenario", path.to_str().unwrap()], &[]);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("host_failure"), "{out}");
+    assert!(out.contains("simulated time limit reached"), "{out}");
+    assert!(!out.contains("all invariants hold"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `shrink` and `run` of a world that outlives the replay budget end at it, say HANG and exit 1
+/// (as `replay` does), instead of running on with no output.
+#[test]
+fn shrink_and_run_of_a_hang_seed_end_at_the_wall_budget() {
+    let dir = temp_dir("hang-shrink");
+    let mut file = bare_seed_file("hang-slow".into(), 3, slow_scenario());
+    file.crash = Some(RecordedCrash {
+        kind: CrashKind::Hang,
+        message: "a world run exceeded the wall-time budget".into(),
+        history_digest: None,
+        steps_before_shrink: 8,
+        steps_after_shrink: 8,
+    });
+    let path = dir.join("hang-slow.json");
+    std::fs::write(&path, file.to_json()).unwrap();
+    let path = path.to_str().unwrap();
+    for args in [vec!["shrink", path], vec!["run", "--scenario", path]] {
+        let started = Instant::now();
+        let output = herald_sim(&args, &[("HERALD_SEED_REPLAY_BUDGET_SECS", "1")]);
+        let out = text(&output);
+        assert!(
+            started.elapsed() < Duration::from_secs(1 + FAIL_FAST_SECS_MAX),
+            "{args:?} took {:?}: {out}",
+            started.elapsed()
+        );
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {out}");
+        assert!(out.contains("HANG"), "{args:?}: {out}");
+        assert!(out.contains("wall-time budget of 1 s"), "{args:?}: {out}");
+    }
+    assert!(!dir.join("hang-slow.shrunk.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Takes a while to start each world (its thread sleeps), so a campaign's in-progress marker
+/// stays on disk long enough to be seen.
+struct SlowStart;
+
+impl ServerUnderTest for SlowStart {
+    fn start(&self, life: ServerLife) -> Result<LiveServer, String> {
+        std::thread::sleep(Duration::from_millis(1_500));
+        RealServer.start(life)
+    }
+}
+
+/// Two shards with the same process id (here: one process; in CI, two containers that both run
+/// as pid 1) share a seeds directory: each keeps its own in-progress marker.
+#[test]
+fn shards_with_one_process_id_keep_their_markers_apart() {
+    let dir = temp_dir("same-pid");
+    let markers = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".in-progress-"))
+            .collect()
+    };
+    let seen = std::thread::scope(|scope| {
+        for index in 0..2 {
+            let options = FuzzOptions {
+                shard: Shard { index, count: 2 },
+                case_wall_budget: Duration::from_secs(30),
+                ..tiny(1, Some(&dir))
+            };
+            scope.spawn(move || fuzz(&options, &|| Rc::new(SlowStart) as Rc<dyn ServerUnderTest>));
+        }
+        std::thread::sleep(Duration::from_millis(750));
+        markers(&dir)
+    });
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|name| !name.contains(&format!("-{}-", std::process::id()))),
+        "markers are not named by the process id: {seen:?}"
+    );
+    assert_eq!(markers(&dir), Vec::<String>::new(), "markers are removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Campaigns starting together in one directory (and one process id) check it with probes of
+/// their own: none removes another's.
+#[test]
+fn concurrent_checks_of_one_seeds_directory_never_collide() {
+    let dir = temp_dir("probes");
+    let errors: Vec<String> = std::thread::scope(|scope| {
+        let checks: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| (0..200).filter_map(|_| check_writable(&dir).err()).collect::<Vec<_>>()))
+            .collect();
+        checks.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "probes are removed");
+    let _ = std::fs::remove_dir_all(&dir);
 }

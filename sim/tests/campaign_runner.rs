@@ -8,15 +8,23 @@ use fixtures::bugs;
 use herald_properties::checkers::Invariant;
 use herald_properties::expectations::Expectation;
 use herald_properties::generators::{generate, GeneratorSettings, Size};
+use herald_properties::scenario::{Kind, Scenario, ScenarioConfig, Step, TimedStep, Via};
 use herald_properties::seed_file::{CrashKind, Expect, SeedFile};
 use herald_sim::campaign::case::run_and_judge;
-use herald_sim::campaign::commands::{shrink_seed_file, ShrinkOutcome};
-use herald_sim::campaign::seeds::{bare_seed_file, replay, seed_files_in, verdict};
+use herald_sim::campaign::commands::{
+    shrink_seed_file, shrink_seed_file_within_wall_budget, ShrinkOutcome, RUN_CANDIDATE, RUN_FIRST,
+};
+use herald_sim::campaign::seeds::{bare_seed_file, replay, seed_files_in, verdict, ReplayInterrupted};
 use herald_sim::campaign::{fuzz, CampaignReport, FailureKey, FuzzOptions};
+use herald_sim::cli::{run_on, RunArgs, SizeArg};
 use herald_sim::server_under_test::{LiveServer, RealServer, ServerLife, ServerUnderTest};
 use std::cell::Cell;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("herald-sim-runner-{name}-{}", std::process::id()));
@@ -371,4 +379,338 @@ fn shrink_writes_nothing_for_a_failure_that_does_not_recur() {
         }
         _ => panic!("a failure that does not recur must be reported as such"),
     }
+}
+
+/// Delegates to `inner`, except that world run number `block_at` (counting first lives over
+/// every server of its maker, in `runs`) first blocks its thread for `BLOCK`, as a world spinning
+/// inside one turmoil step would.
+struct BlocksOnRun {
+    inner: Rc<dyn ServerUnderTest>,
+    runs: Arc<AtomicU32>,
+    block_at: u32,
+}
+
+/// How long [`BlocksOnRun`] blocks: well over the campaign's hang budget in these tests.
+const BLOCK: Duration = Duration::from_millis(3_000);
+
+impl ServerUnderTest for BlocksOnRun {
+    fn start(&self, life: ServerLife) -> Result<LiveServer, String> {
+        if life.life == 0 && self.runs.fetch_add(1, Ordering::SeqCst) + 1 == self.block_at {
+            std::thread::sleep(BLOCK);
+        }
+        self.inner.start(life)
+    }
+}
+
+/// The first tiny case seed on which `gap_on_every_resume` fails honest_gaps.
+fn first_gap_case() -> u64 {
+    let settings = GeneratorSettings {
+        size: Size::Tiny,
+        swarm: false,
+    };
+    (0..40)
+        .find(|&seed| {
+            run_and_judge(&generate(settings, seed), seed, bugs::gap_on_every_resume(), false)
+                .fails_with(FailureKey::Invariant(Invariant::HonestGaps))
+        })
+        .expect("gap_on_every_resume fails honest_gaps within 40 tiny cases")
+}
+
+/// A case fails an invariant; then its reproduction (run 2) or its first shrink candidate (run
+/// 3) outlives the hang budget. The invariant's failure is still reported, grouped and saved
+/// (unshrunk, saying why), the hang seed holds the scenario that hung (a shrink candidate has no
+/// generator block: `run --seed` would regenerate the case instead), the case counts once, and
+/// the abandoned worker runs no further world once its blocked run returns.
+#[test]
+fn a_failure_whose_follow_up_run_hangs_is_still_saved() {
+    let seed = first_gap_case();
+    let gaps = FailureKey::Invariant(Invariant::HonestGaps);
+    for block_at in [2, 3] {
+        let dir = temp_dir(&format!("follow-up-hang-{block_at}"));
+        let options = FuzzOptions {
+            seed_start: seed,
+            shrink: true,
+            shrink_attempts: 20,
+            case_wall_budget: Duration::from_millis(1_000),
+            jobs: 1,
+            ..tiny(1, &dir)
+        };
+        let runs = Arc::new(AtomicU32::new(0));
+        let make = {
+            let runs = runs.clone();
+            move || {
+                Rc::new(BlocksOnRun {
+                    inner: bugs::gap_on_every_resume(),
+                    runs: runs.clone(),
+                    block_at,
+                }) as Rc<dyn ServerUnderTest>
+            }
+        };
+        let report = fuzz(&options, &make);
+        let context = format!("block_at {block_at}: {:#?}", report.failures);
+        assert_eq!((report.cases_run, report.cases_failed), (1, 1), "{context}");
+        assert!(report.failed());
+
+        let group = report
+            .failures
+            .iter()
+            .find(|g| g.key == gaps)
+            .unwrap_or_else(|| panic!("no group for honest_gaps: {context}"));
+        let path = group.seed_file.as_deref().unwrap_or_else(|| panic!("{context}"));
+        let file = SeedFile::from_json(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(file.scenario, options.scenario(seed), "saved unshrunk: {context}");
+        assert_eq!(file.failure.as_ref().map(|f| f.invariant), Some(Invariant::HonestGaps));
+        assert!(file.generator.is_some(), "{context}");
+        assert!(file.description.contains("Not shrunk: "), "{}", file.description);
+        assert!(group.explanation.contains("not shrunk"), "{}", group.explanation);
+
+        let hang = report
+            .failures
+            .iter()
+            .find(|g| g.key == FailureKey::Crash(CrashKind::Hang))
+            .unwrap_or_else(|| panic!("no hang group: {context}"));
+        let hang_file =
+            SeedFile::from_json(&std::fs::read_to_string(hang.seed_file.as_deref().unwrap()).unwrap()).unwrap();
+        assert_eq!(hang_file.crash.as_ref().map(|c| c.kind), Some(CrashKind::Hang));
+        if block_at == 2 {
+            // The reproduction runs the case itself: its generator block regenerates it.
+            assert_eq!(hang_file.scenario, options.scenario(seed), "{context}");
+            assert!(hang_file.generator.is_some(), "{context}");
+        } else {
+            assert_ne!(
+                hang_file.scenario,
+                options.scenario(seed),
+                "a candidate hung: {context}"
+            );
+            assert_eq!(hang_file.generator, None, "{context}");
+        }
+
+        // Once the blocked run returns, the abandoned worker stops: no further candidate runs.
+        std::thread::sleep(BLOCK + Duration::from_millis(1_000));
+        assert_eq!(runs.load(Ordering::SeqCst), block_at, "{context}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Panics as it starts, at one of two places chosen by the life's seeded RNG: a function of the
+/// world seed alone, so every scenario run under one seed crashes the same way.
+struct PanicsTwoWays;
+
+impl ServerUnderTest for PanicsTwoWays {
+    fn start(&self, mut life: ServerLife) -> Result<LiveServer, String> {
+        if life.rng.next_u64().is_multiple_of(2) {
+            panic!("fixture: crash one");
+        }
+        panic!("fixture: crash two");
+    }
+}
+
+/// Two different crashes that shrink to the same shape are two bugs: two groups, two files.
+#[test]
+fn different_crashes_with_one_shape_are_grouped_and_saved_apart() {
+    let dir = temp_dir("two-crashes");
+    let options = FuzzOptions {
+        shrink: true,
+        shrink_attempts: 30,
+        shrinks_per_key: 8,
+        jobs: 1,
+        ..tiny(8, &dir)
+    };
+    let report = fuzz(&options, &|| Rc::new(PanicsTwoWays) as Rc<dyn ServerUnderTest>);
+    assert_eq!(report.cases_failed, 8);
+    let saved: Vec<SeedFile> = seed_files_in(&dir)
+        .unwrap()
+        .iter()
+        .map(|p| SeedFile::from_json(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    for crash in ["fixture: crash one", "fixture: crash two"] {
+        assert!(
+            saved.iter().any(|f| f.crash.as_ref().unwrap().message.contains(crash)),
+            "nothing saved for {crash:?}: {:#?}",
+            report.failures
+        );
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|g| g.seed_file.is_some() && g.explanation.contains(crash)),
+            "no group for {crash:?}: {:#?}",
+            report.failures
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Panics when a server life after the first starts (a restart), and in the bridge on any
+/// in-process publish: two host failures from two places.
+struct PanicsOnRestartOrPublish;
+
+struct PanickingPublisher;
+
+impl herald_sim::server_under_test::Publish for PanickingPublisher {
+    fn publish(
+        &self,
+        _user: &str,
+        _run: &str,
+        _kind: herald_core::protocol::EventKind,
+        _data: &serde_json::Value,
+        _idempotency_key: Option<&str>,
+    ) -> Result<herald_core::hub::Published, herald_core::hub::PublishError> {
+        panic!("fixture: crash in publish");
+    }
+}
+
+impl ServerUnderTest for PanicsOnRestartOrPublish {
+    fn start(&self, life: ServerLife) -> Result<LiveServer, String> {
+        if life.life > 0 {
+            panic!("fixture: crash at restart");
+        }
+        let live = RealServer.start(life)?;
+        Ok(LiveServer {
+            publisher: Arc::new(PanickingPublisher),
+            ..live
+        })
+    }
+}
+
+/// Shrinking a crash keeps its fingerprint: the restart crash does not drift to the publish one
+/// (dropping the restart leaves a scenario that crashes too, but elsewhere).
+#[test]
+fn shrinking_a_crash_keeps_its_fingerprint() {
+    let at = |at_ms, step| TimedStep { at_ms, step };
+    let scenario = Scenario {
+        config: ScenarioConfig {
+            users: 1,
+            client_hosts: 1,
+            quiet_period_ms: 2_000,
+            ..ScenarioConfig::default()
+        },
+        steps: vec![
+            at(100, Step::RestartServer),
+            at(
+                200,
+                Step::Publish {
+                    user: 0,
+                    run: 0,
+                    kind: Kind::AgentStarted,
+                    payload_bytes: 10,
+                    via: Via::Notifier,
+                },
+            ),
+        ],
+    };
+    let file = bare_seed_file("two-crashes".into(), 3, scenario);
+    let server: Rc<dyn ServerUnderTest> = Rc::new(PanicsOnRestartOrPublish);
+    let judged = run_and_judge(&file.scenario, file.seed, server.clone(), false);
+    let first = judged.primary().expect("the restart crashes").explanation.clone();
+    assert!(first.contains("fixture: crash at restart"), "{first}");
+    let ShrinkOutcome::Shrunk { failure, file, .. } = shrink_seed_file(&file, &server, 60, &mut |_| {}) else {
+        panic!("the crash reproduces");
+    };
+    assert!(
+        failure.explanation.contains("fixture: crash at restart"),
+        "drifted to another crash: {} ({:?})",
+        failure.explanation,
+        file.scenario.steps
+    );
+}
+
+fn run_args(seed: u64) -> RunArgs {
+    RunArgs {
+        seed: Some(seed),
+        scenario: None,
+        size: SizeArg::Tiny,
+        swarm: false,
+        whole_quiet_period: false,
+        trace: false,
+        history: None,
+        save_scenario: None,
+    }
+}
+
+/// `run` judges as the campaign does: a run whose history holds a host failure (and no invariant
+/// violation) fails, exit 1; a passing one exits 0.
+#[test]
+fn run_fails_on_a_host_failure() {
+    let budget = Duration::from_secs(60);
+    let code = run_on(
+        run_args(500),
+        || Rc::new(PanicsAtStart) as Rc<dyn ServerUnderTest>,
+        budget,
+    )
+    .unwrap();
+    assert_eq!(code, ExitCode::from(1));
+    let code = run_on(run_args(500), || Rc::new(RealServer) as Rc<dyn ServerUnderTest>, budget).unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+}
+
+/// `run` and `shrink` of a world that spins inside one turmoil step end at their wall budget.
+#[test]
+fn run_and_shrink_of_a_spinning_world_end_at_the_wall_budget() {
+    let budget = Duration::from_millis(300);
+    let (make, _release) = fixtures::spinning::spinning_servers();
+    let make: Arc<dyn Fn() -> Rc<dyn ServerUnderTest> + Send + Sync> = Arc::new(make);
+
+    let started = Instant::now();
+    let for_run = make.clone();
+    let code = run_on(run_args(500), move || for_run(), budget).unwrap();
+    assert_eq!(code, ExitCode::from(1));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    let file = bare_seed_file("spins".into(), 500, tiny_scenario(500));
+    let started = Instant::now();
+    match shrink_seed_file_within_wall_budget(&file, make, 20, budget, &mut |_| {}) {
+        ShrinkOutcome::Interrupted {
+            run,
+            runs,
+            why,
+            scenario,
+        } => {
+            assert_eq!((run, runs, why), (RUN_FIRST, 1, ReplayInterrupted::Hang));
+            assert_eq!(*scenario, file.scenario);
+        }
+        _ => panic!("a spinning world must end the shrink as a hang"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+/// A shrink candidate that outlives the budget ends the shrink too, naming the candidate.
+#[test]
+fn a_shrink_candidate_that_hangs_ends_the_shrink() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let make: Arc<dyn Fn() -> Rc<dyn ServerUnderTest> + Send + Sync> = {
+        let runs = runs.clone();
+        Arc::new(move || {
+            Rc::new(BlocksOnRun {
+                inner: Rc::new(PanicsAtStart),
+                runs: runs.clone(),
+                block_at: 2,
+            }) as Rc<dyn ServerUnderTest>
+        })
+    };
+    let file = bare_seed_file("blocks".into(), 500, tiny_scenario(500));
+    let started = Instant::now();
+    match shrink_seed_file_within_wall_budget(&file, make, 20, Duration::from_millis(1_000), &mut |_| {}) {
+        ShrinkOutcome::Interrupted {
+            run,
+            runs,
+            why,
+            scenario,
+        } => {
+            assert_eq!((run, runs, why), (RUN_CANDIDATE, 2, ReplayInterrupted::Hang));
+            assert_ne!(*scenario, file.scenario);
+        }
+        _ => panic!("a candidate that hangs must end the shrink"),
+    }
+    assert!(started.elapsed() < BLOCK, "{:?}", started.elapsed());
+}
+
+fn tiny_scenario(seed: u64) -> Scenario {
+    generate(
+        GeneratorSettings {
+            size: Size::Tiny,
+            swarm: false,
+        },
+        seed,
+    )
 }

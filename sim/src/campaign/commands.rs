@@ -3,24 +3,27 @@
 //! A fuzz campaign stopped by an I/O error exits 2 even when it found failures before: its
 //! summary and report still list them, and say it stopped early.
 
-use super::case::{run_and_judge, CaseFailure, FailureKey};
+use super::case::{run_and_judge, CaseFailure, FailureKey, Judged};
 use super::seeds::{
-    bare_seed_file, check_writable, git_revision, load_seed_file, replay, replay_within_wall_budget, seed_name,
-    seed_replay_wall_budget, verdict, write_atomically, Replay, ReplayInterrupted, SEED_REPLAY_BUDGET_ENV,
+    bare_seed_file, check_writable, git_revision, load_seed_file, replay, replay_within_wall_budget,
+    run_within_wall_budget, seed_name, seed_replay_wall_budget, verdict, write_atomically, Replay, ReplayInterrupted,
+    SEED_REPLAY_BUDGET_ENV,
 };
-use super::shrinking::{shrink_failure, Shrunk};
+use super::shrinking::{shrink_while, Shrunk};
 use super::{parse_duration, CampaignReport, FuzzOptions, Limit, ProgressMode, Shard};
-use crate::cli::{load_scenario_file, ScenarioFile, SizeArg};
+use crate::cli::{budget_text, load_scenario_file, ScenarioFile, SizeArg};
 use crate::server_under_test::{RealServer, ServerUnderTest};
 use crate::timeline::{render, TimelineOptions};
 use crate::world::{run_with, WorldOptions};
 use herald_properties::generators::GeneratorSettings;
 use herald_properties::history::History;
+use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{CrashKind, Expect, RecordedCrash, RecordedFailure, SeedFile};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -373,6 +376,10 @@ pub struct ShrinkArgs {
 }
 
 /// `herald-sim shrink`: shrink a failing scenario (hand-written, or an older seed) further.
+///
+/// Each world run has the wall-time budget `replay` gives one ([`seed_replay_wall_budget`]): a
+/// run that outlives it (the file's first run, a candidate, or the shrunk scenario's re-run)
+/// ends the command as `verdict: HANG` (exit 1), with nothing written.
 pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
     // A seed file shrinks under its own world seed (as `run --scenario` runs it).
     let base = match load_scenario_file(&args.file)? {
@@ -388,8 +395,9 @@ pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
         }
         ScenarioFile::Bare(scenario) => bare_seed_file("scenario".into(), args.seed.unwrap_or(0), *scenario),
     };
-    let server: Rc<dyn ServerUnderTest> = Rc::new(RealServer);
-    let outcome = shrink_seed_file(&base, &server, args.attempts, &mut |failure| {
+    let budget = seed_replay_wall_budget()?;
+    let make_server = Arc::new(|| Rc::new(RealServer) as Rc<dyn ServerUnderTest>);
+    let outcome = shrink_seed_file_within_wall_budget(&base, make_server, args.attempts, budget, &mut |failure| {
         println!(
             "{} fails {} with {} steps; shrinking (up to {} runs)...",
             args.file.display(),
@@ -418,6 +426,33 @@ pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
                  own); nothing written",
                 shrunk.steps_after, base.seed
             );
+            return Ok(ExitCode::from(1));
+        }
+        ShrinkOutcome::Interrupted {
+            run,
+            scenario,
+            runs,
+            why,
+        } => {
+            let what = format!(
+                "{run} ({} steps, world seed {}, after {runs} world run(s))",
+                scenario.steps.len(),
+                base.seed
+            );
+            match why {
+                ReplayInterrupted::CannotSpawn(error) => return Err(format!("cannot start a world run: {error}")),
+                ReplayInterrupted::Hang => println!(
+                    "verdict: HANG ({}): {what} exceeded the wall-time budget of {} s and was abandoned: its world \
+                     still spins (or this machine is slower than the budget allows for: raise it with \
+                     {SEED_REPLAY_BUDGET_ENV}); nothing written",
+                    args.file.display(),
+                    budget_text(budget)
+                ),
+                ReplayInterrupted::Panic(message) => println!(
+                    "verdict: FAILED ({}): {what} panicked outside its world: {message}; nothing written",
+                    args.file.display()
+                ),
+            }
             return Ok(ExitCode::from(1));
         }
         ShrinkOutcome::Shrunk {
@@ -469,10 +504,27 @@ pub enum ShrinkOutcome {
         failure: CaseFailure,
         notes: Vec<String>,
     },
+    /// A world run gave no result ([`shrink_seed_file_within_wall_budget`] only): it outlived the
+    /// wall-time budget (`why` is [`ReplayInterrupted::Hang`]), or its thread panicked outside
+    /// the world or could not start. `run` says which run ([`RUN_FIRST`], [`RUN_CANDIDATE`],
+    /// [`RUN_SHRUNK`]), `scenario` what it ran, `runs` the world runs started so far.
+    Interrupted {
+        run: &'static str,
+        scenario: Box<Scenario>,
+        runs: usize,
+        why: ReplayInterrupted,
+    },
 }
 
+/// The runs of a shrink, as [`ShrinkOutcome::Interrupted`] names them.
+pub const RUN_FIRST: &str = "the file's first run";
+pub const RUN_CANDIDATE: &str = "a shrink candidate";
+pub const RUN_SHRUNK: &str = "the re-run of the shrunk scenario";
+
 /// Shrinks `base` against `server`: toward the invariant its `expect` names when that fails,
-/// else its first failure. `on_start` gets that failure before shrinking begins.
+/// else its first failure (a crash keeps its fingerprint: see [`CaseFailure::same_as`]).
+/// `on_start` gets that failure before shrinking begins. Every world runs on the calling thread,
+/// with no wall-time budget; [`shrink_seed_file_within_wall_budget`] has one.
 ///
 /// The shrunk file drops `base`'s expectations, which name steps by index (and clients) of the
 /// unshrunk scenario, and its `expect` follows the shrunk run: `fail` only when `base` expected
@@ -483,7 +535,48 @@ pub fn shrink_seed_file(
     attempts: usize,
     on_start: &mut dyn FnMut(&CaseFailure),
 ) -> ShrinkOutcome {
-    let judged = run_and_judge(&base.scenario, base.seed, server.clone(), false);
+    shrink_seed_file_with(base, attempts, on_start, &mut |scenario| {
+        Ok(run_and_judge(scenario, base.seed, server.clone(), false))
+    })
+}
+
+/// [`shrink_seed_file`], each world run on a thread of its own against a server from
+/// `make_server`, within `budget` of wall time (as `replay` runs one): a run that outlives it
+/// ends the shrink as [`ShrinkOutcome::Interrupted`], its thread abandoned, still running.
+pub fn shrink_seed_file_within_wall_budget(
+    base: &SeedFile,
+    make_server: Arc<dyn Fn() -> Rc<dyn ServerUnderTest> + Send + Sync>,
+    attempts: usize,
+    budget: Duration,
+    on_start: &mut dyn FnMut(&CaseFailure),
+) -> ShrinkOutcome {
+    shrink_seed_file_with(base, attempts, on_start, &mut |scenario| {
+        let (scenario, seed, make_server) = (scenario.clone(), base.seed, make_server.clone());
+        run_within_wall_budget(format!("shrink-{}", base.name), budget, move || {
+            run_and_judge(&scenario, seed, make_server(), false)
+        })
+    })
+}
+
+/// The shrink of [`shrink_seed_file`], with `run_world` running (and judging) each world under
+/// `base`'s world seed.
+fn shrink_seed_file_with(
+    base: &SeedFile,
+    attempts: usize,
+    on_start: &mut dyn FnMut(&CaseFailure),
+    run_world: &mut dyn FnMut(&Scenario) -> Result<Judged, ReplayInterrupted>,
+) -> ShrinkOutcome {
+    let mut runs = 0;
+    let mut interrupted = None;
+    let mut run = |scenario: &Scenario, which: &'static str| {
+        runs += 1;
+        run_world(scenario).map_err(|why| {
+            interrupted = Some((which, scenario.clone(), why));
+        })
+    };
+    let Ok(judged) = run(&base.scenario, RUN_FIRST) else {
+        return interrupted_outcome(interrupted, runs);
+    };
     let expected = match base.expect {
         Expect::Fail { invariant } => Some(FailureKey::Invariant(invariant)),
         Expect::Pass => None,
@@ -493,17 +586,27 @@ pub fn shrink_seed_file(
         return ShrinkOutcome::Passes;
     };
     on_start(&target);
-    let shrunk = shrink_failure(
-        &base.scenario,
-        base.seed,
-        target.key,
-        server,
-        attempts,
-        None,
-        &mut |_| true,
-    );
-    let rerun = run_and_judge(&shrunk.scenario, base.seed, server.clone(), false);
-    let Some(failure) = rerun.failure(target.key).cloned() else {
+    let mut stopped = false;
+    let shrunk = shrink_while(&base.scenario, attempts, None, &mut |_| true, &mut |candidate| {
+        // Once a run was interrupted, every later candidate is rejected without running.
+        if stopped {
+            return false;
+        }
+        match run(candidate, RUN_CANDIDATE) {
+            Ok(judged) => judged.same_failure(&target).is_some(),
+            Err(()) => {
+                stopped = true;
+                false
+            }
+        }
+    });
+    if stopped {
+        return interrupted_outcome(interrupted, runs);
+    }
+    let Ok(rerun) = run(&shrunk.scenario, RUN_SHRUNK) else {
+        return interrupted_outcome(interrupted, runs);
+    };
+    let Some(failure) = rerun.same_failure(&target).cloned() else {
         return ShrinkOutcome::NotReproduced {
             key: target.key,
             shrunk,
@@ -570,6 +673,17 @@ pub fn shrink_seed_file(
         shrunk,
         failure,
         notes,
+    }
+}
+
+/// The [`ShrinkOutcome::Interrupted`] of the run `run_world` could not finish.
+fn interrupted_outcome(interrupted: Option<(&'static str, Scenario, ReplayInterrupted)>, runs: usize) -> ShrinkOutcome {
+    let (run, scenario, why) = interrupted.expect("an interrupted run was recorded");
+    ShrinkOutcome::Interrupted {
+        run,
+        scenario: Box::new(scenario),
+        runs,
+        why,
     }
 }
 

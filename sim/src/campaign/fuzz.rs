@@ -3,9 +3,15 @@
 //!
 //! Hangs: a world that spins inside one turmoil step cannot be interrupted. The watchdog reports
 //! such a run as a `hang` failure (seed file included) and abandons the worker: workers are
-//! detached threads, so [`fuzz`] returns its report even while one is stuck. Everything a worker
-//! touches after start-up is owned or shared through `Arc`. A hang seed is saved at once, not
-//! shrunk or re-run (see `seeds` for what replaying one means).
+//! detached threads, so [`fuzz`] returns its report even while one is stuck, and an abandoned
+//! worker whose run does return starts no further world. Everything a worker touches after
+//! start-up is owned or shared through `Arc`. A hang seed holds the scenario that hung, saved at
+//! once, not shrunk or re-run (see `seeds` for what replaying one means).
+//!
+//! A hang of a follow-up run (the reproduction of a failing case, a shrink candidate, or the
+//! re-run of its shrunk scenario) loses nothing: the watchdog also records and saves the failure
+//! being followed up, unshrunk and saying why. The case was counted (run and failed) with that
+//! failure; the hang is listed as a group of its own but not counted as a second failed case.
 //!
 //! I/O errors: the seeds directory is checked before the first case, and the first seed file or
 //! marker that cannot be written stops the campaign (cases in flight finish; what failed so far
@@ -14,11 +20,14 @@
 use super::case::{run_and_judge, CaseFailure, FailureKey, Judged};
 use super::dedup::shape;
 use super::progress::{Reporter, Snapshot};
-use super::report::{Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings, NOT_REPRODUCED, NOT_SHRUNK};
+use super::report::{
+    Aggregate, CampaignReport, CoverageRow, FailureGroup, ReportSettings, CASE_SEEDS_LISTED_MAX, NOT_REPRODUCED,
+    NOT_SHRUNK,
+};
 use super::seeds::{
     bare_seed_file, check_writable, git_revision, in_progress_path, seed_name, write_atomically, write_seed_file,
 };
-use super::shrinking::shrink_failure;
+use super::shrinking::shrink_failure_like;
 use super::{case_seed, FuzzOptions, Limit, SHRINK_GRACE};
 use crate::server_under_test::ServerUnderTest;
 use herald_properties::coverage::{paths_reached, Path as CoveragePath};
@@ -45,9 +54,30 @@ struct Slot {
     case_seed: u64,
     /// The scenario of the current run (a shrink candidate differs from the case's).
     scenario: Option<Scenario>,
-    /// Set by the watchdog: the worker must not report anything any more.
+    /// Which run of the case it is (`RUN_*`).
+    run: &'static str,
+    /// The failure the worker is reproducing, shrinking and saving, while it does: if one of
+    /// those follow-up runs hangs, the watchdog records and saves it.
+    pending: Option<Pending>,
+    /// Set by the watchdog: the worker must not report anything, nor run any world, any more.
     abandoned: bool,
 }
+
+/// A failing case being followed up (see [`Slot::pending`]).
+struct Pending {
+    /// The case's own (generated) scenario.
+    scenario: Scenario,
+    primary: CaseFailure,
+    also: Vec<FailureKey>,
+    /// The digest of the case's first run.
+    digest: Option<String>,
+}
+
+/// The runs of one case, as a hang report names them.
+const RUN_CASE: &str = "the case's run";
+const RUN_REPRODUCTION: &str = "the reproduction";
+const RUN_CANDIDATE: &str = "a shrink candidate";
+const RUN_SHRUNK: &str = "the re-run of the shrunk scenario";
 
 struct Shared {
     options: FuzzOptions,
@@ -251,26 +281,43 @@ fn finish_worker(shared: &Shared, worker: usize) {
     }
 }
 
-/// Marks the start / end of one world run for the watchdog; `false` when abandoned.
-fn set_busy(shared: &Shared, worker: usize, busy: Option<(u64, &Scenario)>) -> bool {
+/// Writes the in-progress marker and marks the start of one world run (`run`, one of `RUN_*`)
+/// for the watchdog; `false`, with nothing written, once the worker is abandoned. Under the
+/// slot's lock, so an abandoned worker never writes a marker after the watchdog removed it.
+fn begin_run(
+    shared: &Shared,
+    worker: usize,
+    marker: Option<&std::path::Path>,
+    seed: u64,
+    scenario: &Scenario,
+    run: &'static str,
+) -> bool {
     let mut slot = lock(&shared.slots[worker]);
-    match busy {
-        Some((seed, scenario)) => {
-            slot.busy_since = Some(Instant::now());
-            slot.case_seed = seed;
-            slot.scenario = Some(scenario.clone());
-        }
-        None => {
-            slot.busy_since = None;
-            slot.scenario = None;
-        }
+    if slot.abandoned {
+        return false;
     }
+    persist_marker(shared, marker, seed, scenario);
+    slot.busy_since = Some(Instant::now());
+    slot.case_seed = seed;
+    slot.scenario = Some(scenario.clone());
+    slot.run = run;
+    true
+}
+
+/// Marks the end of a world run; `false` when the watchdog abandoned the worker meanwhile.
+fn end_run(shared: &Shared, worker: usize) -> bool {
+    let mut slot = lock(&shared.slots[worker]);
+    slot.busy_since = None;
+    slot.scenario = None;
     !slot.abandoned
 }
 
 fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>) {
     let options = &shared.options;
-    let marker = options.seeds_dir.as_ref().map(|dir| in_progress_path(dir, worker));
+    let marker = options
+        .seeds_dir
+        .as_ref()
+        .map(|dir| in_progress_path(dir, options.shard.index, worker));
     loop {
         if shared.stop.load(Ordering::SeqCst) || shared.deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -285,30 +332,28 @@ fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>)
         let scenario = match catch_unwind(|| options.scenario(seed)) {
             Ok(scenario) => scenario,
             Err(payload) => {
+                let message = super::case::panic_message(payload.as_ref());
                 let failure = CaseFailure::crash(
                     CrashKind::Panic,
-                    format!(
-                        "the generator panicked: {}",
-                        super::case::panic_message(payload.as_ref())
-                    ),
+                    format!("the generator panicked: {message}"),
                     Vec::new(),
-                );
+                )
+                .fingerprinted("generator", &message);
                 // A failed case like any other (the campaign fails, `stop_after_failures`
                 // counts it), announced with the command that regenerates it.
                 count_case(shared, Duration::ZERO, 0, &BTreeMap::new(), Some(&failure));
-                announce(shared, seed, &failure, None);
+                announce(shared, seed, &failure, None, true);
                 record_unshrunk(shared, seed, 0, &failure, Vec::new());
                 continue;
             }
         };
-        persist_marker(shared, marker.as_deref(), seed, &scenario);
-        if !set_busy(shared, worker, Some((seed, &scenario))) {
+        if !begin_run(shared, worker, marker.as_deref(), seed, &scenario, RUN_CASE) {
             return;
         }
         let started = Instant::now();
         let judged = run_and_judge(&scenario, seed, server.clone(), false);
         let world_wall = started.elapsed();
-        if !set_busy(shared, worker, None) {
+        if !end_run(shared, worker) {
             return;
         }
         let reached = judged.history().map(paths_reached).unwrap_or_default();
@@ -317,16 +362,13 @@ fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>)
         count_case(shared, world_wall, simulated_ms, &reached, primary.as_ref());
         if let Some(primary) = primary {
             let also: Vec<FailureKey> = judged.failures.iter().skip(1).map(|f| f.key).collect();
-            if !handle_failure(
-                shared,
-                worker,
-                server,
-                marker.as_deref(),
-                seed,
-                &scenario,
-                &primary,
+            let case = Pending {
+                scenario,
+                primary,
                 also,
-            ) {
+                digest: judged.history().map(|h| h.digest()),
+            };
+            if !handle_failure(shared, worker, server, marker.as_deref(), seed, case) {
                 return;
             }
         }
@@ -398,60 +440,92 @@ fn record_unshrunk(shared: &Shared, seed: u64, steps: usize, failure: &CaseFailu
     lock(&shared.aggregate).add_to_group(group, seed);
 }
 
-/// Re-runs `scenario` under the case's world seed, marked busy for the watchdog. `None` when
-/// abandoned.
+/// Re-runs `scenario` under the case's world seed (`run`, one of `RUN_*`), marked busy for the
+/// watchdog. `None` when abandoned.
 fn rerun(
     shared: &Shared,
     worker: usize,
     server: &Rc<dyn ServerUnderTest>,
-    seed: u64,
-    scenario: &Scenario,
+    marker: Option<&std::path::Path>,
+    (seed, scenario): (u64, &Scenario),
+    run: &'static str,
 ) -> Option<Judged> {
-    if !set_busy(shared, worker, Some((seed, scenario))) {
+    if !begin_run(shared, worker, marker, seed, scenario, run) {
         return None;
     }
     let judged = run_and_judge(scenario, seed, server.clone(), false);
-    set_busy(shared, worker, None).then_some(judged)
+    end_run(shared, worker).then_some(judged)
 }
 
 /// Reproduces, shrinks (within budget), saves and groups one failing case. `false` when
 /// abandoned.
 ///
 /// The key's budget (`shrinks_per_key`) is spent only on failures that reproduced: the case is
-/// re-run with the same world seed first, and one that does not fail the same way again is
-/// reported as a determinism bug without touching the budget. Otherwise a few flaky failures
-/// of a key would use up its budget and a later, genuinely reproducible failure of that key
-/// would be left without a seed file. The budget still bounds the shrinking time, since only
-/// reproduced failures are shrunk; a flood of non-reproducible failures needs no cap of its
-/// own, as each costs one extra world run (no shrink), at most doubling the time of the cases
-/// that produced them. Once the budget is spent, failures of the key are recorded without any
-/// re-run, as before.
-#[allow(clippy::too_many_arguments)]
+/// re-run with the same world seed first, and one that does not fail the same way again (the
+/// same key and fingerprint) is reported as a determinism bug without touching the budget.
+/// Otherwise a few flaky failures of a key would use up its budget and a later, genuinely
+/// reproducible failure of that key would be left without a seed file. The budget still bounds
+/// the shrinking time, since only reproduced failures are shrunk; a flood of non-reproducible
+/// failures needs no cap of its own, as each costs one extra world run (no shrink), at most
+/// doubling the time of the cases that produced them. Once the budget is spent, failures of the
+/// key are counted and grouped (their case seeds listed) without any re-run, shrink or seed
+/// file: a broken server fails every case, and following each up would stall the campaign.
+///
+/// While it follows the case up, the worker's slot holds it ([`Slot::pending`]): if one of
+/// those runs hangs, the watchdog saves the failure instead ([`report_hang`]).
 fn handle_failure(
     shared: &Shared,
     worker: usize,
     server: &Rc<dyn ServerUnderTest>,
     marker: Option<&std::path::Path>,
     seed: u64,
-    scenario: &Scenario,
-    primary: &CaseFailure,
-    also: Vec<FailureKey>,
+    case: Pending,
 ) -> bool {
-    let options = &shared.options;
+    let key = case.primary.key;
     let budget_left = |aggregate: &Aggregate| {
-        aggregate.shrinks_started.get(&primary.key).copied().unwrap_or(0) < options.shrinks_per_key
+        aggregate.shrinks_started.get(&key).copied().unwrap_or(0) < shared.options.shrinks_per_key
     };
     // Once an I/O error stopped the campaign, nothing found can be saved: counted and listed
     // with its `run` command, but not re-run or shrunk, so the campaign ends promptly.
     if !budget_left(&lock(&shared.aggregate)) || shared.io_failed.load(Ordering::SeqCst) {
-        record_unshrunk(shared, seed, scenario.steps.len(), primary, also);
+        record_unshrunk(shared, seed, case.scenario.steps.len(), &case.primary, case.also);
         return true;
     }
+    let (scenario, primary, also) = (case.scenario.clone(), case.primary.clone(), case.also.clone());
+    lock(&shared.slots[worker]).pending = Some(case);
+    let handled = follow_up(
+        shared,
+        worker,
+        server,
+        marker,
+        (seed, &scenario),
+        &primary,
+        also,
+        &budget_left,
+    );
+    // Already taken by the watchdog if it abandoned the worker.
+    lock(&shared.slots[worker]).pending = None;
+    handled
+}
+
+/// The part of [`handle_failure`] that runs worlds: reproduce, shrink, save, group.
+#[allow(clippy::too_many_arguments)]
+fn follow_up(
+    shared: &Shared,
+    worker: usize,
+    server: &Rc<dyn ServerUnderTest>,
+    marker: Option<&std::path::Path>,
+    (seed, scenario): (u64, &Scenario),
+    primary: &CaseFailure,
+    also: Vec<FailureKey>,
+    budget_left: &dyn Fn(&Aggregate) -> bool,
+) -> bool {
+    let options = &shared.options;
     // Reproduce before spending the budget. Without shrinking, this run is also the final one.
-    let Some(reproduction) = rerun(shared, worker, server, seed, scenario) else {
+    let Some(reproduction) = rerun(shared, worker, server, marker, (seed, scenario), RUN_REPRODUCTION) else {
         return false;
     };
-    let Some(mut failure) = reproduction.failure(primary.key).cloned() else {
+    let Some(mut failure) = reproduction.same_failure(primary).cloned() else {
         record_not_reproduced(shared, seed, scenario, primary, &reproduction, also);
         return true;
     };
@@ -476,23 +550,27 @@ fn handle_failure(
     if options.shrink {
         let deadline = shared.deadline.map(|d| d + SHRINK_GRACE);
         let mut abandoned = false;
-        // Once an I/O error has stopped the campaign nothing found can be saved: the remaining
-        // candidates (up to `shrink_attempts`) are rejected without running.
+        // Once an I/O error has stopped the campaign nothing found can be saved, and once the
+        // watchdog has abandoned the worker nothing may run: the remaining candidates (up to
+        // `shrink_attempts`) are rejected without running.
         let mut before_run = |candidate: &Scenario| {
-            persist_marker(shared, marker, seed, candidate);
-            abandoned |= !set_busy(shared, worker, Some((seed, candidate)));
-            !shared.io_failed.load(Ordering::SeqCst)
+            if abandoned || shared.io_failed.load(Ordering::SeqCst) {
+                return false;
+            }
+            abandoned = !begin_run(shared, worker, marker, seed, candidate, RUN_CANDIDATE);
+            // Writing this candidate's marker may have been the first I/O error.
+            !abandoned && !shared.io_failed.load(Ordering::SeqCst)
         };
-        let shrunk = shrink_failure(
+        let shrunk = shrink_failure_like(
             scenario,
             seed,
-            primary.key,
+            &failure,
             server,
             options.shrink_attempts,
             deadline,
             &mut before_run,
         );
-        if abandoned || !set_busy(shared, worker, None) {
+        if abandoned || !end_run(shared, worker) {
             return false;
         }
         if shrunk.scenario == *scenario {
@@ -500,10 +578,10 @@ fn handle_failure(
             steps_after = Some(shrunk.steps_after);
         } else {
             // Rerun the shrunk scenario once for its history digest and its own explanation.
-            let Some(shrunk_run) = rerun(shared, worker, server, seed, &shrunk.scenario) else {
+            let Some(shrunk_run) = rerun(shared, worker, server, marker, (seed, &shrunk.scenario), RUN_SHRUNK) else {
                 return false;
             };
-            match shrunk_run.failure(primary.key) {
+            match shrunk_run.same_failure(&failure) {
                 Some(shrunk_failure) => {
                     failure = shrunk_failure.clone();
                     steps_after = Some(shrunk.steps_after);
@@ -519,57 +597,32 @@ fn handle_failure(
         }
     }
     let digest = judged.history().map(|h| h.digest());
-    let name = seed_name(primary.key, &final_scenario);
-    let mut file = bare_seed_file(name, seed, final_scenario.clone());
-    file.family = Some(failure.category);
-    file.severity = Some(failure.severity);
-    file.description = format!(
-        "Found by `herald-sim fuzz` (case seed {seed}, size {}, swarm {}{}): {}",
-        options.size.as_str(),
-        options.swarm,
-        if options.whole_quiet_period {
-            ", whole quiet period"
-        } else {
-            ""
-        },
-        failure.explanation
+    let file = failure_file(
+        shared,
+        seed,
+        (scenario, &final_scenario),
+        &failure,
+        digest.clone(),
+        None,
     );
-    file.generator = Some(generator_info(options, seed));
-    file.git_revision = shared.git_revision.clone();
-    match failure.key {
-        FailureKey::Invariant(invariant) => {
-            file.failure = Some(RecordedFailure {
-                invariant,
-                explanation: failure.explanation.clone(),
-                history_digest: digest.clone().unwrap_or_default(),
-                steps_before_shrink: scenario.steps.len(),
-                steps_after_shrink: final_scenario.steps.len(),
-            })
-        }
-        FailureKey::Crash(kind) => {
-            file.crash = Some(RecordedCrash {
-                kind,
-                message: failure.explanation.clone(),
-                history_digest: digest.clone(),
-                steps_before_shrink: scenario.steps.len(),
-                steps_after_shrink: final_scenario.steps.len(),
-            })
-        }
-    }
     let group_shape = if steps_after.is_some() {
         shape(&final_scenario)
     } else {
         NOT_SHRUNK.into()
     };
-    // A second failure with the same key and shrunk shape is the same bug: counted, not saved.
-    // Unshrunk failures cannot be told apart, so each within the key's budget is saved.
-    let known = steps_after.is_some()
-        && lock(&shared.aggregate)
-            .groups
-            .contains_key(&(failure.key, group_shape.clone()));
+    let group = FailureGroup {
+        steps_after_shrink: steps_after,
+        history_digest: digest,
+        ..FailureGroup::new(&failure, group_shape, also.clone(), scenario.steps.len())
+    };
+    // A second failure with the same key, fingerprint and shrunk shape is the same bug: counted,
+    // not saved. Checked and reserved under one lock, so two workers that shrink one bug at the
+    // same time do not both save it. Unshrunk failures cannot be told apart, so each within the
+    // key's budget is saved.
+    let known = steps_after.is_some() && !lock(&shared.aggregate).reserve_group(&group);
     let seed_file = if known { None } else { save(shared, &file) };
     if !known {
-        announce(shared, seed, &failure, seed_file.as_deref());
+        announce(shared, seed, &failure, seed_file.as_deref(), true);
     }
     if let Some((steps, rerun_gave)) = shrunk_not_reproduced {
         record_shrunk_not_reproduced(
@@ -579,17 +632,62 @@ fn handle_failure(
             (scenario.steps.len(), steps),
             &rerun_gave,
             seed_file.as_deref(),
-            also.clone(),
+            also,
         );
     }
-    let group = FailureGroup {
-        seed_file,
-        steps_after_shrink: steps_after,
-        history_digest: digest,
-        ..FailureGroup::new(&failure, group_shape, also, scenario.steps.len())
-    };
-    lock(&shared.aggregate).add_to_group(group, seed);
+    lock(&shared.aggregate).add_to_group(FailureGroup { seed_file, ..group }, seed);
     true
+}
+
+/// The seed file of a failing case: `scenario` is the case's, `final_scenario` what is saved
+/// (shrunk, or the case's own); `note`, if any, is added to its description.
+fn failure_file(
+    shared: &Shared,
+    seed: u64,
+    (scenario, final_scenario): (&Scenario, &Scenario),
+    failure: &CaseFailure,
+    digest: Option<String>,
+    note: Option<&str>,
+) -> SeedFile {
+    let options = &shared.options;
+    let mut file = bare_seed_file(seed_name(failure.key, final_scenario), seed, final_scenario.clone());
+    file.family = Some(failure.category);
+    file.severity = Some(failure.severity);
+    file.description = format!(
+        "Found by `herald-sim fuzz` (case seed {seed}, size {}, swarm {}{}): {}{}",
+        options.size.as_str(),
+        options.swarm,
+        if options.whole_quiet_period {
+            ", whole quiet period"
+        } else {
+            ""
+        },
+        failure.explanation,
+        note.map(|n| format!(". {n}")).unwrap_or_default()
+    );
+    file.generator = Some(generator_info(options, seed));
+    file.git_revision = shared.git_revision.clone();
+    match failure.key {
+        FailureKey::Invariant(invariant) => {
+            file.failure = Some(RecordedFailure {
+                invariant,
+                explanation: failure.explanation.clone(),
+                history_digest: digest.unwrap_or_default(),
+                steps_before_shrink: scenario.steps.len(),
+                steps_after_shrink: final_scenario.steps.len(),
+            })
+        }
+        FailureKey::Crash(kind) => {
+            file.crash = Some(RecordedCrash {
+                kind,
+                message: failure.explanation.clone(),
+                history_digest: digest,
+                steps_before_shrink: scenario.steps.len(),
+                steps_after_shrink: final_scenario.steps.len(),
+            })
+        }
+    }
+    file
 }
 
 /// A case whose failure reproduced, but whose shrunk scenario, which failed it while shrinking,
@@ -678,19 +776,38 @@ fn save(shared: &Shared, file: &SeedFile) -> Option<String> {
     }
 }
 
-fn announce(shared: &Shared, seed: u64, failure: &CaseFailure, seed_file: Option<&str>) {
+/// Prints a failure and how to reproduce it: `replay` of its seed file, or `run` of its case
+/// seed when none was saved and `run` regenerates the scenario (`regenerates`: false for a
+/// shrink candidate).
+fn announce(shared: &Shared, seed: u64, failure: &CaseFailure, seed_file: Option<&str>, regenerates: bool) {
     let o = &shared.options;
     let reproduce = match seed_file {
-        Some(path) => format!("cargo run --release -p herald-sim -- replay {path}"),
-        None => super::run_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period),
+        Some(path) => format!("reproduce with: cargo run --release -p herald-sim -- replay {path}"),
+        None if regenerates => format!(
+            "reproduce with: {}",
+            super::run_command(seed, o.size.as_str(), o.swarm, o.whole_quiet_period)
+        ),
+        None => format!(
+            "not saved, and `run --seed {seed}` regenerates the case, not this scenario (derived from it while \
+             shrinking)"
+        ),
     };
     shared.reporter.println(&format!(
-        "FAILURE {} [{} / {}] case seed {seed}: {}\n  reproduce with: {reproduce}",
+        "FAILURE {} [{} / {}] case seed {seed}: {}\n  {reproduce}",
         failure.key,
         failure.severity.as_str(),
         failure.category.as_str(),
         failure.explanation
     ));
+}
+
+/// A run the watchdog abandoned: what its worker's slot held.
+struct Hung {
+    worker: usize,
+    seed: u64,
+    scenario: Option<Scenario>,
+    run: &'static str,
+    pending: Option<Pending>,
 }
 
 /// Reports and abandons every worker whose current world run exceeded the wall budget.
@@ -703,66 +820,132 @@ fn watch_for_hangs(shared: &Shared) {
                 Some(since) if !slot.abandoned && since.elapsed() > budget => {
                     slot.abandoned = true;
                     shared.finished_workers.fetch_add(1, Ordering::SeqCst);
-                    Some((slot.case_seed, slot.scenario.take()))
+                    Some(Hung {
+                        worker,
+                        seed: slot.case_seed,
+                        scenario: slot.scenario.take(),
+                        run: slot.run,
+                        pending: slot.pending.take(),
+                    })
                 }
                 _ => None,
             }
         };
-        let Some((seed, scenario)) = hung else { continue };
-        let failure = CaseFailure::crash(
-            CrashKind::Hang,
-            format!(
-                "a world run exceeded the wall-time budget of {:.0}s (case seed {seed}); worker {worker} abandoned",
-                budget.as_secs_f64()
-            ),
-            Vec::new(),
-        );
-        let mut seed_file = None;
-        if let Some(scenario) = scenario {
-            let mut file = bare_seed_file(seed_name(failure.key, &scenario), seed, scenario.clone());
-            file.family = Some(failure.category);
-            file.severity = Some(failure.severity);
-            file.description = format!(
-                "{}. A hang seed: the scenario that was running, saved at once (not shrunk, not re-run). \
-                 Replaying it fails as `hang` while it still outlives the replay budget; once it ends, it \
-                 is judged like any seed (fixed, or the campaign's machine was overloaded).",
-                failure.explanation
-            );
-            file.generator = Some(generator_info(&shared.options, seed));
-            file.git_revision = shared.git_revision.clone();
-            file.crash = Some(RecordedCrash {
-                kind: CrashKind::Hang,
-                message: failure.explanation.clone(),
-                history_digest: None,
-                steps_before_shrink: scenario.steps.len(),
-                steps_after_shrink: scenario.steps.len(),
-            });
-            seed_file = save(shared, &file);
-            if seed_file.is_some() {
-                if let Some(dir) = &shared.options.seeds_dir {
-                    let _ = std::fs::remove_file(in_progress_path(dir, worker));
-                }
-            }
-        }
-        announce(shared, seed, &failure, seed_file.as_deref());
-        let mut aggregate = lock(&shared.aggregate);
-        aggregate.count_failure(&failure, shared.started.elapsed().as_millis() as u64);
-        aggregate.add_to_group(
-            FailureGroup {
-                seed_file,
-                ..FailureGroup::new(&failure, NOT_SHRUNK.into(), Vec::new(), 0)
-            },
-            seed,
-        );
-        drop(aggregate);
-        if shared
-            .options
-            .stop_after_failures
-            .is_some_and(|n| lock(&shared.aggregate).cases_failed >= n as u64)
-        {
-            shared.stop.store(true, Ordering::SeqCst);
+        if let Some(hung) = hung {
+            report_hang(shared, hung);
         }
     }
+}
+
+/// Saves the scenario that hung as a hang seed, and counts and groups the hang. The hang of a
+/// case's own run is that case's failure (counted as run and failed); the hang of a follow-up
+/// run is grouped only, and the failure it followed up is saved unshrunk
+/// ([`save_after_follow_up_hang`]), since the worker that would have saved it is gone.
+fn report_hang(shared: &Shared, hung: Hung) {
+    let Hung {
+        worker,
+        seed,
+        scenario,
+        run,
+        pending,
+    } = hung;
+    let budget = shared.options.case_wall_budget.as_secs_f64();
+    let explanation = match &pending {
+        None => format!(
+            "a world run exceeded the wall-time budget of {budget:.0}s (case seed {seed}); worker {worker} abandoned"
+        ),
+        Some(case) => format!(
+            "{run} of case seed {seed} (which had failed {}) exceeded the wall-time budget of {budget:.0}s; worker \
+             {worker} abandoned",
+            case.primary.label()
+        ),
+    };
+    let failure = CaseFailure::crash(CrashKind::Hang, explanation, Vec::new());
+    // The generator block regenerates the case's own scenario (its first run, its reproduction),
+    // never a scenario derived from it while shrinking: such a seed gets none, so that nobody is
+    // told to `run --seed` it.
+    let regenerates = match (&scenario, &pending) {
+        (Some(scenario), Some(case)) => *scenario == case.scenario,
+        _ => true,
+    };
+    let steps = scenario.as_ref().map_or(0, |s| s.steps.len());
+    let mut seed_file = None;
+    if let Some(scenario) = scenario {
+        let mut file = bare_seed_file(seed_name(failure.key, &scenario), seed, scenario);
+        file.family = Some(failure.category);
+        file.severity = Some(failure.severity);
+        file.description = format!(
+            "{}. A hang seed: the scenario that was running, saved at once (not shrunk, not re-run){}. \
+             Replaying it fails as `hang` while it still outlives the replay budget; once it ends, it \
+             is judged like any seed (fixed, or the campaign's machine was overloaded).",
+            failure.explanation,
+            if regenerates {
+                ""
+            } else {
+                "; derived from the case while shrinking, so it has no generator block (`run --seed` \
+                 regenerates the case, not this scenario)"
+            }
+        );
+        file.generator = regenerates.then(|| generator_info(&shared.options, seed));
+        file.git_revision = shared.git_revision.clone();
+        file.crash = Some(RecordedCrash {
+            kind: CrashKind::Hang,
+            message: failure.explanation.clone(),
+            history_digest: None,
+            steps_before_shrink: steps,
+            steps_after_shrink: steps,
+        });
+        seed_file = save(shared, &file);
+        if seed_file.is_some() {
+            if let Some(dir) = &shared.options.seeds_dir {
+                let _ = std::fs::remove_file(in_progress_path(dir, shared.options.shard.index, worker));
+            }
+        }
+    }
+    announce(shared, seed, &failure, seed_file.as_deref(), regenerates);
+    if pending.is_none() {
+        // The case's own run: it counts as run, and failed.
+        count_case(shared, Duration::ZERO, 0, &BTreeMap::new(), Some(&failure));
+    }
+    let group = FailureGroup {
+        seed_file: seed_file.clone(),
+        regenerates,
+        ..FailureGroup::new(&failure, NOT_SHRUNK.into(), Vec::new(), steps)
+    };
+    lock(&shared.aggregate).add_to_group(group, seed);
+    if let Some(case) = pending {
+        save_after_follow_up_hang(shared, seed, case, run, seed_file.as_deref());
+    }
+}
+
+/// Saves and groups the failure of a case whose follow-up `run` hung, unshrunk, saying so. (The
+/// case was counted when its first run failed.)
+fn save_after_follow_up_hang(shared: &Shared, seed: u64, case: Pending, run: &str, hang_file: Option<&str>) {
+    let why = format!(
+        "not shrunk: {run} of the case exceeded the hang budget{}",
+        hang_file.map(|f| format!(" (saved as {f})")).unwrap_or_default()
+    );
+    let note = format!("N{}", &why[1..]);
+    let file = failure_file(
+        shared,
+        seed,
+        (&case.scenario, &case.scenario),
+        &case.primary,
+        case.digest.clone(),
+        Some(&note),
+    );
+    let seed_file = save(shared, &file);
+    let failure = CaseFailure {
+        explanation: format!("{} ({why})", case.primary.explanation),
+        ..case.primary
+    };
+    announce(shared, seed, &failure, seed_file.as_deref(), true);
+    let group = FailureGroup {
+        seed_file,
+        history_digest: case.digest,
+        ..FailureGroup::new(&failure, NOT_SHRUNK.into(), case.also, case.scenario.steps.len())
+    };
+    lock(&shared.aggregate).add_to_group(group, seed);
 }
 
 fn build_report(shared: &Shared) -> CampaignReport {
@@ -781,11 +964,13 @@ fn build_report(shared: &Shared) -> CampaignReport {
         })
         .collect();
     let not_reached = coverage.iter().filter(|r| r.cases == 0).map(|r| r.path).collect();
-    let mut failures: Vec<FailureGroup> = aggregate.groups.values().cloned().collect();
+    // A group reserved by a worker that was abandoned before it counted anything is left out.
+    let mut failures: Vec<FailureGroup> = aggregate.groups.values().filter(|g| g.count > 0).cloned().collect();
     failures.sort_by(|a, b| {
         b.count
             .cmp(&a.count)
             .then(a.key.cmp(&b.key))
+            .then(a.fingerprint.cmp(&b.fingerprint))
             .then(a.shape.cmp(&b.shape))
     });
     CampaignReport {
@@ -815,6 +1000,7 @@ fn build_report(shared: &Shared) -> CampaignReport {
         coverage,
         not_reached,
         failures,
+        case_seeds_listed_max: CASE_SEEDS_LISTED_MAX,
         not_reproduced: aggregate
             .groups
             .values()

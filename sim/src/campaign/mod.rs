@@ -35,11 +35,12 @@ use std::time::Duration;
 
 /// Predicate calls the shrinker may spend on one failure (each is one world run).
 pub const SHRINK_ATTEMPTS_DEFAULT: usize = 300;
-/// Failures saved (and shrunk, unless shrinking is off) per failure key (invariant or crash
-/// kind) per campaign, except that a shrunk failure with the shape of an earlier one of its key
-/// is the same bug and not saved again; later failures of the same key are counted and their
-/// case seeds listed, but not shrunk or saved (a broken server fails every case, and shrinking
-/// each would stall the campaign).
+/// Failures re-run, saved (and shrunk, unless shrinking is off) per failure key (invariant or
+/// crash kind) per campaign, except that a shrunk failure with the shape (and, for a crash, the
+/// fingerprint) of an earlier one of its key is the same bug and not saved again; later failures
+/// of the same key are counted and grouped (their first case seeds listed), but neither re-run,
+/// shrunk nor saved (a broken server fails every case, and following each up would stall the
+/// campaign).
 pub const SHRINKS_PER_KEY_DEFAULT: usize = 3;
 /// Wall time one world run may take before it is reported as a hang.
 pub const CASE_WALL_BUDGET_DEFAULT: Duration = Duration::from_secs(60);

@@ -10,7 +10,9 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-/// Case seeds listed per failure group (the count says how many there were).
+/// Case seeds listed per failure group, in the summary and the JSON report alike (a broken server
+/// fails every case of an hour-long campaign); the group's count says how many there were, and
+/// the report states the cap as `case_seeds_listed_max`.
 pub const CASE_SEEDS_LISTED_MAX: usize = 10;
 /// The shape of a failure group whose failure did not reproduce on re-run.
 pub const NOT_REPRODUCED: &str = "not reproduced";
@@ -43,17 +45,22 @@ pub struct CoverageRow {
     pub occurrences: u64,
 }
 
-/// Failures with the same key and the same shrunk shape: one bug, counted.
+/// Failures with the same key, the same fingerprint (crashes) and the same shrunk shape: one
+/// bug, counted.
 #[derive(Serialize, Debug, Clone)]
 pub struct FailureGroup {
     pub key: FailureKey,
+    /// What tells this crash from another of its kind ([`CaseFailure::fingerprint`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     pub severity: Severity,
     pub category: Category,
     /// Step types of the shrunk scenario, [`NOT_SHRUNK`] (shrinking off, or this key's shrink
     /// budget was spent on earlier failures) or [`NOT_REPRODUCED`].
     pub shape: String,
     pub count: u64,
-    /// The first case seeds (rerun one alone with `herald-sim run --seed S --size SIZE`).
+    /// The first [`CASE_SEEDS_LISTED_MAX`] case seeds (rerun one alone with `herald-sim run
+    /// --seed S --size SIZE`, unless `regenerates` is false).
     pub case_seeds: Vec<u64>,
     pub explanation: String,
     /// Other keys that failed in the first case of the group.
@@ -66,6 +73,9 @@ pub struct FailureGroup {
     /// simulation is not deterministic there. Nothing is saved for it, since a seed file would
     /// replay to a pass and guard nothing.
     pub not_reproduced: bool,
+    /// Whether `herald-sim run --seed <case seed>` regenerates the group's scenario: false for the
+    /// hang of a scenario derived from the case while shrinking, which only its seed file holds.
+    pub regenerates: bool,
     pub steps_before_shrink: usize,
     pub steps_after_shrink: Option<usize>,
     pub history_digest: Option<String>,
@@ -95,6 +105,9 @@ pub struct CampaignReport {
     pub not_reached: Vec<CoveragePath>,
     /// Deduplicated failures, most frequent first.
     pub failures: Vec<FailureGroup>,
+    /// The most case seeds a group lists ([`CASE_SEEDS_LISTED_MAX`]); its `count` says how many
+    /// cases it had.
+    pub case_seeds_listed_max: usize,
     /// Failing cases whose failure did not recur on re-run (see [`FailureGroup::not_reproduced`]).
     pub not_reproduced: u64,
     /// Seed files or markers that could not be written.
@@ -186,13 +199,22 @@ impl CampaignReport {
                 group.category.as_str(),
                 group.shape
             )?;
+            if let Some(fingerprint) = &group.fingerprint {
+                writeln!(out, "     fingerprint: {fingerprint}")?;
+            }
             writeln!(out, "     {}", group.explanation)?;
             if !group.also_failed.is_empty() {
                 let also: Vec<&str> = group.also_failed.iter().map(|k| k.as_str()).collect();
                 writeln!(out, "     also failed: {}", also.join(", "))?;
             }
             let seeds: Vec<String> = group.case_seeds.iter().map(u64::to_string).collect();
-            writeln!(out, "     case seeds: {}", seeds.join(" "))?;
+            let unlisted = group.count.saturating_sub(group.case_seeds.len() as u64);
+            let more = if unlisted > 0 {
+                format!(" (the first {} of {})", group.case_seeds.len(), group.count)
+            } else {
+                String::new()
+            };
+            writeln!(out, "     case seeds: {}{more}", seeds.join(" "))?;
             let first_seed = group.case_seeds.first().copied().unwrap_or(0);
             if group.not_reproduced {
                 writeln!(
@@ -212,10 +234,15 @@ impl CampaignReport {
                     out,
                     "     {steps}; reproduce with: cargo run --release -p herald-sim -- replay {file}"
                 )?,
-                None => writeln!(
+                None if group.regenerates => writeln!(
                     out,
                     "     reproduce with: {}",
                     super::run_command(first_seed, &s.size, s.swarm, s.whole_quiet_period)
+                )?,
+                None => writeln!(
+                    out,
+                    "     not saved; `run --seed {first_seed}` regenerates the case, not this scenario (derived \
+                     from it while shrinking)"
                 )?,
             }
             for file in &group.more_seed_files {
@@ -265,7 +292,8 @@ pub(crate) struct Aggregate {
     pub by_key: BTreeMap<String, u64>,
     pub by_category: BTreeMap<String, u64>,
     pub by_severity: BTreeMap<String, u64>,
-    pub groups: BTreeMap<(FailureKey, String), FailureGroup>,
+    /// By key, fingerprint and shape.
+    pub groups: BTreeMap<(FailureKey, Option<String>, String), FailureGroup>,
     /// Shrinks started per key (bounded by `shrinks_per_key`).
     pub shrinks_started: BTreeMap<FailureKey, usize>,
     pub io_errors: Vec<String>,
@@ -282,9 +310,11 @@ impl FailureGroup {
     ) -> FailureGroup {
         FailureGroup {
             key: failure.key,
+            fingerprint: failure.fingerprint.clone(),
             severity: failure.severity,
             category: failure.category,
             not_reproduced: shape == NOT_REPRODUCED,
+            regenerates: true,
             shape,
             count: 0,
             case_seeds: Vec::new(),
@@ -329,9 +359,26 @@ impl Aggregate {
             .or_default() += 1;
     }
 
+    /// Reserves the group of `group` (its key, fingerprint and shape) unless it exists: `false`
+    /// when it did, i.e. the failure is a bug already found. A reserved group counts nothing
+    /// until [`Aggregate::add_to_group`] adds the failure (with the seed file saved meanwhile).
+    pub fn reserve_group(&mut self, group: &FailureGroup) -> bool {
+        match self.groups.entry(group_key(group)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(vacant) => {
+                vacant.insert(FailureGroup {
+                    count: 0,
+                    case_seeds: Vec::new(),
+                    ..group.clone()
+                });
+                true
+            }
+        }
+    }
+
     /// Adds a failure to its group (creating it from `group` if new), keeping its seed file.
     pub fn add_to_group(&mut self, group: FailureGroup, case_seed: u64) {
-        let entry = match self.groups.entry((group.key, group.shape.clone())) {
+        let entry = match self.groups.entry(group_key(&group)) {
             Entry::Vacant(vacant) => vacant.insert(FailureGroup {
                 count: 0,
                 case_seeds: Vec::new(),
@@ -352,5 +399,49 @@ impl Aggregate {
         if entry.case_seeds.len() < CASE_SEEDS_LISTED_MAX {
             entry.case_seeds.push(case_seed);
         }
+    }
+}
+
+/// What [`Aggregate::groups`] is keyed by.
+fn group_key(group: &FailureGroup) -> (FailureKey, Option<String>, String) {
+    (group.key, group.fingerprint.clone(), group.shape.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_properties::seed_file::CrashKind;
+
+    fn group(fingerprint: &str, shape: &str) -> FailureGroup {
+        let failure =
+            CaseFailure::crash(CrashKind::Panic, "boom".into(), Vec::new()).fingerprinted("world", fingerprint);
+        FailureGroup::new(&failure, shape.into(), Vec::new(), 4)
+    }
+
+    /// The check for a known bug and the claim of a new one are one step: of two workers that
+    /// found one bug at once, only the first saves it; another crash, or another shape, is new.
+    #[test]
+    fn a_group_is_reserved_once_and_counted_when_added() {
+        let mut aggregate = Aggregate::default();
+        assert!(aggregate.reserve_group(&group("a", "connect")));
+        assert!(!aggregate.reserve_group(&group("a", "connect")), "already reserved");
+        assert!(aggregate.reserve_group(&group("b", "connect")), "another crash");
+        assert!(aggregate.reserve_group(&group("a", "connect,burst")), "another shape");
+        assert!(
+            aggregate.groups.values().all(|g| g.count == 0),
+            "reserving counts nothing"
+        );
+
+        let saved = FailureGroup {
+            seed_file: Some("seeds/panic-1.json".into()),
+            ..group("a", "connect")
+        };
+        aggregate.add_to_group(saved, 7);
+        aggregate.add_to_group(group("a", "connect"), 8);
+        let entry = &aggregate.groups[&group_key(&group("a", "connect"))];
+        assert_eq!(entry.count, 2);
+        assert_eq!(entry.case_seeds, vec![7, 8]);
+        assert_eq!(entry.seed_file.as_deref(), Some("seeds/panic-1.json"));
+        assert!(entry.more_seed_files.is_empty());
     }
 }

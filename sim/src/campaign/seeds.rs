@@ -9,14 +9,19 @@
 //! within the same budget ([`replay_within_wall_budget`]), so replaying a hang seed ends too.
 //!
 //! A hang seed (`crash.kind: hang`) is the scenario a campaign worker was running when that run
-//! outlived the campaign's `--hang-budget`: the watchdog saves it at once, unshrunk and never
-//! re-run (a re-run could take another budget's worth, or spin a second thread forever), with
-//! no digest and `expect: pass`. So a replay that still outlives the replay budget fails as a
-//! `hang`, and one that ends judges the scenario like any other: the hang is fixed, or the
-//! campaign's machine was merely overloaded (raise `--hang-budget` there).
+//! outlived the campaign's `--hang-budget` (a case, or a follow-up run of a failing case: its
+//! reproduction, a shrink candidate, its shrunk scenario): the watchdog saves it at once,
+//! unshrunk and never re-run (a re-run could take another budget's worth, or spin a second
+//! thread forever), with no digest and `expect: pass`, and with no `generator` block when the
+//! scenario was derived while shrinking (the generator regenerates the case, not it). So a
+//! replay that still outlives the replay budget fails as a `hang`, and one that ends judges the
+//! scenario like any other: the hang is fixed, or the campaign's machine was merely overloaded
+//! (raise `--hang-budget` there).
 //!
-//! Several campaigns may share one seeds directory (two shards in one checkout): the files a
-//! process writes as it goes (temporary files, in-progress markers) carry its process id, and a
+//! Several campaigns may share one seeds directory (two shards in one checkout, or shards in
+//! containers sharing a bind-mounted directory, where each may well run as pid 1): the files a
+//! process writes as it goes (temporary files, the write probe, in-progress markers) carry a
+//! random nonce drawn once per process ([`process_nonce`]), markers the shard index too, and a
 //! seed file is never overwritten by another scenario or world seed.
 
 use super::case::{panic_message, run_and_judge, CaseFailure, FailureKey, Judged};
@@ -26,11 +31,13 @@ use herald_properties::expectations::check_expectations;
 use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{CrashKind, Expect, SeedFile, SEED_FORMAT_VERSION};
 use sha2::{Digest, Sha256};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
 /// Wall time, in seconds, one seed file's replay may take under `cargo test` (and `herald-sim
@@ -102,19 +109,32 @@ pub fn write_seed_file(dir: &Path, file: &SeedFile) -> Result<PathBuf, String> {
     ))
 }
 
-/// Distinguishes the temporary files of one process's concurrent writes.
+/// Distinguishes the temporary files (and write probes) of one process's concurrent writes.
 static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
 
-/// A temporary file next to `path` that no other write uses: `.<file name>.<pid>-<n>.tmp`.
+/// Sixteen hex digits drawn once per process from OS entropy (through the keys of std's
+/// `RandomState`, which the OS seeds), naming the files a campaign writes as it goes. A process
+/// id is no such name: shards in containers sharing a bind-mounted seeds directory often all
+/// run as pid 1. Campaign bookkeeping only: nothing a world runs or records reads it.
+pub fn process_nonce() -> &'static str {
+    static NONCE: OnceLock<String> = OnceLock::new();
+    NONCE.get_or_init(|| {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        format!("{:016x}", hasher.finish())
+    })
+}
+
+/// A temporary file next to `path` that no other write uses: `.<file name>.<nonce>-<n>.tmp`.
 /// A name derived from `path` alone was shared by every process writing that path (two fuzz
 /// shards in one seeds directory), each renaming the other's file away. Dot-prefixed, so a
-/// leftover (the process was killed) is never listed as a seed file.
+/// leftover (the process was killed) is never listed as a seed file; `.tmp`, so git ignores it.
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{}-{n}.tmp", process_nonce()))
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a seed file.
@@ -160,17 +180,22 @@ pub fn write_new_atomically(path: &Path, text: &str) -> Result<bool, String> {
 pub fn check_writable(dir: &Path) -> Result<(), String> {
     let fail = |error: String| format!("the seeds directory {} is not writable: {error}", dir.display());
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
-    let probe = dir.join(format!(".write-check-{}.tmp", std::process::id()));
+    // A name of its own per check: campaigns starting together in one directory (threads of one
+    // process, or containers with one pid) never remove each other's probe.
+    let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
+    let probe = dir.join(format!(".write-check-{}-{n}.tmp", process_nonce()));
     write_atomically(&probe, "{}\n").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(|e| fail(format!("cannot remove {}: {e}", probe.display())))
 }
 
-/// `<dir>/.in-progress-<pid>-<worker>.json`: the scenario a worker of this process is running
-/// right now, as a seed file (replayable with `herald-sim replay`). Written before each run and
-/// removed after, like shuttle's `SHUTTLE_ALWAYS_PERSIST_SEED`, so a hang or a killed job stays
-/// reproducible. The process id keeps two campaigns sharing `dir` off each other's markers.
-pub fn in_progress_path(dir: &Path, worker: usize) -> PathBuf {
-    dir.join(format!(".in-progress-{}-{worker}.json", std::process::id()))
+/// `<dir>/.in-progress-s<shard>-<nonce>-<worker>.json`: the scenario a worker of shard `shard`
+/// (its index) of this process is running right now, as a seed file (replayable with
+/// `herald-sim replay`). Written before each run and removed after, like shuttle's
+/// `SHUTTLE_ALWAYS_PERSIST_SEED`, so a hang or a killed job stays reproducible. The shard index
+/// and the [`process_nonce`] keep campaigns sharing `dir` off each other's markers, also
+/// shards in containers that all run as pid 1 (and two shards of one process).
+pub fn in_progress_path(dir: &Path, shard: u64, worker: usize) -> PathBuf {
+    dir.join(format!(".in-progress-s{shard}-{}-{worker}.json", process_nonce()))
 }
 
 /// Appended to the revision of a work tree with uncommitted changes to tracked files: the
@@ -583,7 +608,13 @@ mod tests {
             vec![std::ffi::OsString::from(".in-progress-x.json")],
             "no temporary file left"
         );
-        assert!(in_progress_path(&dir, 3).ends_with(format!(".in-progress-{}-3.json", std::process::id())));
+        let marker = in_progress_path(&dir, 5, 3);
+        assert!(
+            marker.ends_with(format!(".in-progress-s5-{}-3.json", process_nonce())),
+            "{marker:?}"
+        );
+        assert_eq!(process_nonce().len(), 16);
+        assert_eq!(process_nonce(), process_nonce(), "drawn once per process");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
