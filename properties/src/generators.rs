@@ -579,6 +579,8 @@ fn build_step(
             let attack = match p[1] % 9 {
                 0 => Attack::ForgedToken { user },
                 1 => Attack::ExpiredToken { user },
+                // Half the garbage tokens are well signed, with a `sub` that is no user id.
+                2 if p[3] % 2 == 1 => Attack::InvalidSubject,
                 2 => Attack::GarbageToken,
                 3 if users > 1 && !p[3].is_multiple_of(4) => Attack::ResumeAsOther {
                     user,

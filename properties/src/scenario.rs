@@ -227,6 +227,10 @@ pub enum Attack {
     ExpiredToken { user: u32 },
     /// A string that is not a JWT at all → 4001.
     GarbageToken,
+    /// A correctly signed, unexpired token whose `sub` is not a valid user id (a `/` and more
+    /// than the 128-byte id limit) → 4001: a token service's bug must not open a stream that no
+    /// publish could name, or that aliases another user's.
+    InvalidSubject,
     /// A valid token for `user` that resumes with `victim`'s epoch and a seq in the victim's
     /// stream: must get only `user`'s own events (or 4004 if the seq is beyond `user`'s head).
     ResumeAsOther { user: u32, victim: u32 },
@@ -257,10 +261,11 @@ pub enum Attack {
 impl Attack {
     /// One of each attack (with representative fields), in declaration order; a test in this
     /// module fails to compile when a variant is added without being listed here.
-    pub const ALL: [Attack; 12] = [
+    pub const ALL: [Attack; 13] = [
         Attack::ForgedToken { user: 0 },
         Attack::ExpiredToken { user: 0 },
         Attack::GarbageToken,
+        Attack::InvalidSubject,
         Attack::ResumeAsOther { user: 0, victim: 1 },
         Attack::ResumeAfterLastSeq { user: 0 },
         Attack::FrameBeforeHello,
@@ -445,15 +450,16 @@ mod tests {
                 Attack::ForgedToken { .. } => 0,
                 Attack::ExpiredToken { .. } => 1,
                 Attack::GarbageToken => 2,
-                Attack::ResumeAsOther { .. } => 3,
-                Attack::ResumeAfterLastSeq { .. } => 4,
-                Attack::FrameBeforeHello => 5,
-                Attack::MalformedFrame => 6,
-                Attack::OversizedFrame { .. } => 7,
-                Attack::SilentHello => 8,
-                Attack::SilentSocket => 9,
-                Attack::SlowRequest => 10,
-                Attack::Flood { .. } => 11,
+                Attack::InvalidSubject => 3,
+                Attack::ResumeAsOther { .. } => 4,
+                Attack::ResumeAfterLastSeq { .. } => 5,
+                Attack::FrameBeforeHello => 6,
+                Attack::MalformedFrame => 7,
+                Attack::OversizedFrame { .. } => 8,
+                Attack::SilentHello => 9,
+                Attack::SilentSocket => 10,
+                Attack::SlowRequest => 11,
+                Attack::Flood { .. } => 12,
             }
         }
         for (i, attack) in Attack::ALL.iter().enumerate() {

@@ -394,6 +394,13 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
                 }),
             )
         }
+        Attack::InvalidSubject => (
+            "?".to_string(),
+            Some(ClientFrame::Hello {
+                token: token_for(&format!("../{}", "u".repeat(140)), ttl_ms, JWT_SECRET),
+                resume: None,
+            }),
+        ),
         Attack::GarbageToken => (
             "?".to_string(),
             Some(ClientFrame::Hello {

@@ -77,7 +77,7 @@ fn hostile_conn(
     let who = format!("{} of step {step} ({attack:?})", client.describe());
     let invalid_token = matches!(
         attack,
-        Attack::ForgedToken { .. } | Attack::ExpiredToken { .. } | Attack::GarbageToken
+        Attack::ForgedToken { .. } | Attack::ExpiredToken { .. } | Attack::GarbageToken | Attack::InvalidSubject
     );
     if invalid_token {
         if let Some(w) = &conn.welcome {
@@ -93,7 +93,7 @@ fn hostile_conn(
         }
     }
     let expected: &[u16] = match attack {
-        Attack::ForgedToken { .. } | Attack::GarbageToken => &[4001],
+        Attack::ForgedToken { .. } | Attack::GarbageToken | Attack::InvalidSubject => &[4001],
         Attack::ExpiredToken { .. } => &[4002],
         Attack::FrameBeforeHello | Attack::MalformedFrame | Attack::ResumeAfterLastSeq { .. } => &[4004],
         Attack::OversizedFrame { .. } => &[4004, 1009],

@@ -37,7 +37,10 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             client.attack,
             Some((
                 _,
-                Attack::ForgedToken { .. } | Attack::ExpiredToken { .. } | Attack::GarbageToken
+                Attack::ForgedToken { .. }
+                    | Attack::ExpiredToken { .. }
+                    | Attack::GarbageToken
+                    | Attack::InvalidSubject
             ))
         );
         for conn in &client.conns {
