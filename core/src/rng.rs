@@ -7,7 +7,7 @@
 
 /// 64 bits from the OS to seed a [`SeededRng`] in production, different on every call (std's
 /// `RandomState`: keys drawn from the OS once per thread, then stepped for each new state).
-/// Never called in the simulation. Not for secrets (64 bits, and successive calls are related):
+/// Never called in the simulation (the campaign runner uses it only to name its files). Not for secrets (64 bits, and successive calls are related):
 /// `herald serve --dev` reads /dev/urandom for its secrets, and fails without it.
 pub fn os_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};

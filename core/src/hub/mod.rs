@@ -326,7 +326,7 @@ impl Hub {
                     let frame = &mut self.frame_scratch;
                     frame.clear();
                     crate::protocol::encode_event_frame_into(frame, seq, request.run, request.kind, request.data);
-                    let same = *original.frame == **frame || same_event(&original.frame, frame);
+                    let same = *original.frame == **frame || same_json(&original.frame, frame);
                     if frame.len() as u64 > self.config.event_bytes_max {
                         self.frame_scratch = String::new();
                     }
@@ -881,19 +881,14 @@ fn encode(frame: &ServerFrame) -> Arc<str> {
     Arc::from(frame.to_text())
 }
 
-/// Whether two event frames carry the same seq, run, kind and data. Only called when their
-/// bytes differ. Objects compare without regard to key order or spacing and strings by their
+/// Whether two event frames the hub encoded carry the same seq, run, kind and data. Only called
+/// when their bytes differ. Frames are valid JSON nested at most `DATA_DEPTH_MAX` deep in their
+/// envelope, so the recursion is bounded. Objects compare without regard to key order or spacing and strings by their
 /// decoded text (a publisher that re-serialises its retry still gets its duplicate), but numbers
 /// by their text: decoded, they are lossy (without serde_json's `arbitrary_precision`, two
 /// integers beyond `u64` or two decimals past `f64`'s precision decode equal), and a conflicting
 /// retry taken for a duplicate would lose its event behind a 200. A number spelled another way
 /// (`1` and `1.0`) is a conflict: a 409 the publisher sees, never an event lost.
-fn same_event(a: &str, b: &str) -> bool {
-    same_json(a, b)
-}
-
-/// `a` and `b` are JSON texts the hub encoded (valid, nested at most `DATA_DEPTH_MAX` deep in an
-/// event's envelope, so the recursion is bounded); see [`same_event`] for what counts as same.
 fn same_json(a: &str, b: &str) -> bool {
     use serde_json::value::RawValue;
     use std::collections::BTreeMap;

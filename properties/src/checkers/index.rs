@@ -30,6 +30,15 @@ const FRAME_OVERHEAD_BYTES: u64 = 300;
 /// gives no error), the server needs as long to drop its side, then a reconnect waits up to
 /// `backoff_max` (plus jitter, bounded by another `backoff_max`), and a handshake racing a
 /// restarting server can burn a `hello_timeout` twice; 1000 ms covers latency and ticks.
+/// The last seq a delivered gap accounts for in its epoch: its `to`, or the rest of the epoch
+/// for an epoch gap (the stream is gone) and for a gap with no end.
+pub(super) fn gap_end(reason: &str, to: Option<u64>) -> u64 {
+    match (reason, to) {
+        ("epoch", _) | (_, None) => u64::MAX,
+        (_, Some(to)) => to,
+    }
+}
+
 pub fn liveness_bound_ms(timeouts: &Timeouts) -> u64 {
     2 * timeouts.idle_timeout_ms + 2 * timeouts.backoff_max_ms + 2 * timeouts.hello_timeout_ms + 1000
 }

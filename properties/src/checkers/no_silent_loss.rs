@@ -78,7 +78,7 @@
 //!   to its `to`, an `epoch` gap (or an `unreadable` one without `to`) to the end of the epoch.
 //!   An event, or a gap, that starts past position + 1 skipped the seqs in between in silence.
 
-use super::index::{liveness_bound_ms, Client, Index};
+use super::index::{gap_end, liveness_bound_ms, Client, Index};
 use super::liveness::prompt_bound_ms;
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{DeliveredItem, FrameSeen, UNPARSED_TEXT_BYTES_MAX};
@@ -680,10 +680,7 @@ fn seq_hole(index: &Index<'_>) -> Option<Violation> {
                     to,
                     reason,
                 }) => {
-                    let end = match (reason.as_str(), to) {
-                        ("epoch", _) | (_, None) => u64::MAX,
-                        (_, Some(to)) => *to,
-                    };
+                    let end = gap_end(reason, *to);
                     let to = to.map_or_else(String::new, |to| to.to_string());
                     (epoch.as_str(), *from, end, format!("a {reason} gap {from}..{to}"))
                 }

@@ -11,7 +11,7 @@
 //! - per user, per epoch: if publish A returned success before publish B was called, then
 //!   seqA < seqB (the stream order is the order publishers observed).
 
-use super::index::Index;
+use super::index::{gap_end, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{DeliveredItem, FrameSeen};
 use rustc_hash::FxHashMap;
@@ -77,11 +77,7 @@ fn delivered_order(index: &Index<'_>) -> Option<Violation> {
                     reason,
                     ..
                 }) => {
-                    let end = if reason == "epoch" {
-                        u64::MAX
-                    } else {
-                        to.unwrap_or(u64::MAX)
-                    };
+                    let end = gap_end(reason, *to);
                     if let Some(&(pos, at_idx)) = position.get(epoch.as_str()) {
                         if *from <= pos && pos != u64::MAX && reason != "epoch" {
                             return Some(misorder(

@@ -31,8 +31,6 @@ use herald_properties::expectations::check_expectations;
 use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{CrashKind, Expect, SeedFile, SEED_FORMAT_VERSION};
 use sha2::{Digest, Sha256};
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -112,17 +110,13 @@ pub fn write_seed_file(dir: &Path, file: &SeedFile) -> Result<PathBuf, String> {
 /// Distinguishes the temporary files (and write probes) of one process's concurrent writes.
 static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
 
-/// Sixteen hex digits drawn once per process from OS entropy (through the keys of std's
-/// `RandomState`, which the OS seeds), naming the files a campaign writes as it goes. A process
+/// Sixteen hex digits drawn once per process from OS entropy ([`herald_core::rng::os_seed`]),
+/// naming the files a campaign writes as it goes. A process
 /// id is no such name: shards in containers sharing a bind-mounted seeds directory often all
 /// run as pid 1. Campaign bookkeeping only: nothing a world runs or records reads it.
 pub fn process_nonce() -> &'static str {
     static NONCE: OnceLock<String> = OnceLock::new();
-    NONCE.get_or_init(|| {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        format!("{:016x}", hasher.finish())
-    })
+    NONCE.get_or_init(|| format!("{:016x}", herald_core::rng::os_seed()))
 }
 
 /// A temporary file next to `path` that no other write uses: `.<file name>.<nonce>-<n>.tmp`.
