@@ -48,10 +48,13 @@ pub enum Path {
     ServerRestart,
     /// A client cut off by a partition reconnected after the repair and resumed.
     PartitionHealCatchUp,
+    /// A normal client was refused with 4009 `too_many_connections`: the server held
+    /// `connections_max` connections (generated tabs never exceed the per-user limit).
+    TooManyConnectionsRefused,
 }
 
 impl Path {
-    pub const ALL: [Path; 14] = [
+    pub const ALL: [Path; 15] = [
         Path::ResumeRecovered,
         Path::ResumeRetentionGap,
         Path::EpochGap,
@@ -66,6 +69,7 @@ impl Path {
         Path::RetentionEvictionLiveGap,
         Path::ServerRestart,
         Path::PartitionHealCatchUp,
+        Path::TooManyConnectionsRefused,
     ];
 
     /// The serde name, used in reports.
@@ -85,6 +89,7 @@ impl Path {
             Path::RetentionEvictionLiveGap => "retention_eviction_live_gap",
             Path::ServerRestart => "server_restart",
             Path::PartitionHealCatchUp => "partition_heal_catch_up",
+            Path::TooManyConnectionsRefused => "too_many_connections_refused",
         }
     }
 }
@@ -228,6 +233,7 @@ pub fn paths_reached(history: &History) -> BTreeMap<Path, u64> {
                     Some(4003) => hit(Path::SlowConsumerClose),
                     Some(4002) => hit(Path::TokenExpiry),
                     Some(4010) => hit(Path::HeartbeatDetectedPartition),
+                    Some(4009) => hit(Path::TooManyConnectionsRefused),
                     _ => {}
                 }
                 if *by == ClosedBy::Network && (reason.contains("idle_timeout") || reason.contains("heartbeat")) {
@@ -387,7 +393,9 @@ mod tests {
                 "nothing received for idle_timeout_ms 3000",
                 false,
             ),
+            closed(3, Some(4009), ClosedBy::Server, "too_many_connections", false),
             closed(100_000, Some(4002), ClosedBy::Server, "token_expired", true),
+            closed(100_004, Some(4009), ClosedBy::Server, "too_many_connections", true),
             closed(100_001, None, ClosedBy::Client, "hostile client finished", true),
             closed(100_002, None, ClosedBy::Network, SOCKET_ENDED_BY_SERVER, true),
             closed(100_003, None, ClosedBy::Network, "stream ended", true),
@@ -401,8 +409,13 @@ mod tests {
         );
         assert_eq!(counts[&Path::HeartbeatDetectedPartition], 1);
         assert_eq!(
-            counts[&Path::HostileRejected],
+            counts[&Path::TooManyConnectionsRefused],
             1,
+            "a refused flood connection is not a normal client refused"
+        );
+        assert_eq!(
+            counts[&Path::HostileRejected],
+            2,
             "a hostile client that left on its own was not rejected"
         );
         assert_eq!(

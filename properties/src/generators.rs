@@ -116,6 +116,10 @@ struct Mix {
     small_bytes: bool,
     short_age: bool,
     short_tokens: bool,
+    /// `connections_max` below the number of initial tabs, so normal clients meet 4009
+    /// `too_many_connections` from the server-wide limit (not only from a flood's per-user one)
+    /// and must get in once others leave.
+    tight_connections: bool,
 }
 
 fn mix_strategy(swarm: bool) -> impl Strategy<Value = Mix> {
@@ -136,6 +140,7 @@ fn mix_strategy(swarm: bool) -> impl Strategy<Value = Mix> {
                 small_bytes: dice[2] == 0,
                 short_age: dice[3] == 0,
                 short_tokens: dice[4] < 2,
+                tight_connections: dice[5] == 0,
             };
             for (slot, family) in StepFamily::ALL.into_iter().enumerate() {
                 mix.weights[slot] = match family {
@@ -280,6 +285,13 @@ fn build(
                 4 * 1024 * 1024
             },
             retention_age_ms: if mix.short_age { age_ms } else { 120_000 },
+            // 50-100 % of the initial tabs (the age knob doubles as the dice: it is drawn either
+            // way, so the scenarios without this limit stay exactly what they were).
+            connections_max: if mix.tight_connections {
+                (clients.len() as u64 * (50 + age_ms % 51) / 100).max(1)
+            } else {
+                Limits::default().connections_max
+            },
             ..Limits::default()
         },
         ..ScenarioConfig::default()

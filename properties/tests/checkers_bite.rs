@@ -1012,6 +1012,71 @@ fn liveness_near_miss_a_client_refused_by_a_configured_limit_is_told_so() {
     assert_clean(&scenario, &history);
 }
 
+/// A lone client's connection dies at 500 ms and seq 1 is published at 2 s; every reconnect up to 17.6 s is refused with 4009, and the client is
+/// welcomed (recovering seq 1) at 18.5 s: later than heal (1 s) + B (15 s). With `server_full`
+/// the limit is 1 and a gauge sample each second shows the user at it (the server still held a
+/// connection of it), so the refusals were plausible; without, the limit is the default 8 and
+/// nothing explains a 4009.
+fn welcomed_after_refusals(server_full: bool) -> (Scenario, History) {
+    let (mut scenario, mut b) = lone();
+    if server_full {
+        scenario.config.limits.connections_per_user_max = 1;
+    }
+    b.at(500);
+    b.closed(0, None, ClosedBy::Network);
+    for k in 0..18u64 {
+        if k == 1 {
+            b.at(1000);
+            b.heal();
+        }
+        if k == 2 {
+            b.at(2000);
+            b.publish_ok("u0", "E0", 1);
+        }
+        b.at(600 + k * 1000);
+        if server_full {
+            b.gauges(GaugeSample {
+                users: 1,
+                connections: 1,
+                connections_per_user_max: 1,
+                ..GaugeSample::default()
+            });
+        }
+        b.connecting(0, Some(("E0", 0)));
+        b.closed(0, Some(4009), ClosedBy::Server);
+    }
+    b.at(18_500);
+    b.connecting(0, Some(("E0", 0)));
+    b.welcome(0, "E0", 1, true);
+    b.deliver(0, "E0", 1);
+    b.at(40_000);
+    b.gauges(GaugeSample {
+        users: 1,
+        connections: 1,
+        connections_per_user_max: 1,
+        ..GaugeSample::default()
+    });
+    b.at(41_000);
+    b.end();
+    (scenario, b.build())
+}
+
+#[test]
+fn liveness_fires_on_a_late_welcome_after_refusals_no_limit_explains() {
+    let (scenario, history) = welcomed_after_refusals(false);
+    let violation = assert_violates(&scenario, &history, Invariant::Liveness, Category::ReconnectionRecovery);
+    assert!(violation.explanation.contains("t=18.500s"), "{violation}");
+}
+
+#[test]
+fn liveness_near_miss_a_full_server_kept_the_client_out_until_its_last_refusal() {
+    // Found by fuzzing with a low connections_max: the bound runs from the last plausible 4009,
+    // for the welcome and for the event the welcome brings.
+    let (scenario, history) = welcomed_after_refusals(true);
+    check(Invariant::Liveness, &scenario, &history).expect("the client came back within B of its last refusal");
+    assert_clean(&scenario, &history);
+}
+
 #[test]
 fn liveness_fires_when_a_publish_hangs() {
     let (scenario, mut b) = base();

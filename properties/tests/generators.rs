@@ -3,7 +3,7 @@
 
 use herald_properties::checkers::liveness_bound_ms;
 use herald_properties::generators::{generate, validate, GeneratorSettings, Size};
-use herald_properties::scenario::{Attack, Scenario, Step, StepFamily, Via};
+use herald_properties::scenario::{Attack, Limits, Scenario, Step, StepFamily, Via};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An attack's name as scenarios spell it (its serde tag).
@@ -123,10 +123,24 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
     let mut families = BTreeSet::new();
     let mut attacks = BTreeSet::new();
     let mut small_limits = 0;
+    let mut tight_connections = 0;
     for seed in 0..200 {
         let scenario = generate(settings(Size::Small, false), seed);
         if scenario.config.limits.retention_events_max < 50 || scenario.config.limits.send_queue_max < 50 {
             small_limits += 1;
+        }
+        let tabs = scenario
+            .steps
+            .iter()
+            .filter(|s| matches!(s.step, Step::Connect { .. }))
+            .count() as u64;
+        let limit = scenario.config.limits.connections_max;
+        if limit < Limits::default().connections_max {
+            tight_connections += 1;
+            assert!(
+                limit >= 1 && limit <= tabs,
+                "seed {seed}: connections_max {limit} is at most the {tabs} tabs"
+            );
         }
         for step in &scenario.steps {
             families.insert(step.step.family());
@@ -142,6 +156,10 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
     assert!(
         small_limits > 20,
         "small limits are generated sometimes: {small_limits}"
+    );
+    assert!(
+        (10..=50).contains(&tight_connections),
+        "about one scenario in eight has connections_max below its tabs: {tight_connections}"
     );
 
     // Swarm: some scenarios leave optional families out entirely.

@@ -752,6 +752,27 @@ impl<'a> Index<'a> {
             })
     }
 
+    /// The latest close, before entry `before`, of an attempt of `client` that the server
+    /// refused with 4009 without a welcome while a limit may really have been reached (see
+    /// [`Index::limit_plausible`]). A server full of connections keeps a client out legitimately
+    /// and says so; the liveness bound runs again from its last such refusal.
+    pub fn last_limit_refusal_before(&self, client: &Client<'_>, before: usize) -> Option<u64> {
+        client
+            .conns
+            .iter()
+            .filter(|conn| conn.welcome.is_none())
+            .filter_map(|conn| {
+                conn.closed
+                    .filter(|&closed| closed < before)
+                    .map(|closed| (conn, closed))
+            })
+            .filter(|&(conn, closed)| {
+                self.close_code(closed) == Some(4009) && self.limit_plausible(client, conn, closed)
+            })
+            .map(|(_, closed)| self.at(closed))
+            .max()
+    }
+
     /// How long after a client saw a connection end (or began one) the server may still hold
     /// it: a dead client is noticed by `idle_timeout_ms`, a stuck write by `write_timeout_ms`, a
     /// silent hello by `hello_timeout_ms`; plus latency both ways, ticks and a second.

@@ -5,7 +5,10 @@
 //! - every live client that was not connected at T is welcomed by T + B; every close after T is
 //!   followed by a welcome within B of it (and of T); at `End` the client is connected, unless
 //!   its last close came less than B before `End` (undecidable). A client paused by the
-//!   application is given the pause on top;
+//!   application is given the pause on top. A client the server refused with 4009 on the way
+//!   while a limit may really have been reached (`Index::last_limit_refusal_before`) is owed
+//!   its welcome, and its events, within B of the last such refusal instead: a full server
+//!   keeps it out legitimately and says so;
 //! - every expected event (as in no-silent-loss) is covered by max(T, its creation) + B, when
 //!   that deadline falls before `End` (its creation as no-silent-loss bounds it: a keyed retry
 //!   may create it long after the first call);
@@ -79,11 +82,14 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             let inst = &index.instances[instance];
             let event = &index.events[inst.event];
             let created_at = created_from(index, instance).1;
-            let deadline = heal_at.max(created_at) + bound + pause_allowance(client, heal_at);
+            let covered_by = coverage.covered_by(index, instance);
+            let refused_at = index.last_limit_refusal_before(client, covered_by.unwrap_or(end_idx));
+            let deadline =
+                heal_at.max(created_at).max(refused_at.unwrap_or(0)) + bound + pause_allowance(client, heal_at);
             if deadline >= end_at {
                 continue;
             }
-            let covered_at = coverage.covered_by(index, instance).map(|i| index.at(i));
+            let covered_at = covered_by.map(|i| index.at(i));
             if covered_at.is_none_or(|at| at > deadline) {
                 let when = covered_at.map_or_else(|| "never".to_string(), |at| format!("only at {}", t(at)));
                 return Err(violation(
@@ -130,13 +136,15 @@ fn reconnects(
 ) -> Option<Violation> {
     let bound = bound + pause_allowance(client, heal_at);
     let stuck = |since: u64, since_idx: usize, what: String| -> Option<Violation> {
-        let deadline = since.max(heal_at) + bound;
         // The first welcome whose entry comes after `since_idx`.
         let next = client
             .conns
             .iter()
             .filter_map(|c| c.welcome.as_ref())
             .find(|w| w.idx > since_idx);
+        // Refused for a limit on the way: the bound runs from the last refusal.
+        let refused_at = index.last_limit_refusal_before(client, next.map_or(end_idx, |w| w.idx));
+        let deadline = since.max(heal_at).max(refused_at.unwrap_or(0)) + bound;
         let late = match next {
             Some(w) => w.at > deadline,
             None => deadline < end_at,
