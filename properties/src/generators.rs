@@ -591,9 +591,13 @@ fn build_step(
             let attack = match p[1] % 9 {
                 0 => Attack::ForgedToken { user },
                 1 => Attack::ExpiredToken { user },
-                // Half the garbage tokens are well signed, with a `sub` that is no user id.
-                2 if p[3] % 2 == 1 => Attack::InvalidSubject,
-                2 => Attack::GarbageToken,
+                // Half the garbage tokens are well signed: a quarter with a `sub` that is no
+                // user id, a quarter for another service's audience.
+                2 => match p[3] % 4 {
+                    1 => Attack::InvalidSubject,
+                    3 => Attack::WrongAudience { user },
+                    _ => Attack::GarbageToken,
+                },
                 3 if users > 1 && !p[3].is_multiple_of(4) => Attack::ResumeAsOther {
                     user,
                     victim: (user + 1 + p[3] % (users - 1)) % users,
@@ -769,7 +773,8 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
                 let ok = match attack {
                     Attack::ForgedToken { user }
                     | Attack::ExpiredToken { user }
-                    | Attack::ResumeAfterLastSeq { user } => user_ok(*user),
+                    | Attack::ResumeAfterLastSeq { user }
+                    | Attack::WrongAudience { user } => user_ok(*user),
                     Attack::ResumeAsOther { user, victim } => user_ok(*user) && user_ok(*victim) && user != victim,
                     Attack::Flood { user, connections } => user_ok(*user) && (1..100).contains(connections),
                     _ => true,

@@ -231,6 +231,10 @@ pub enum Attack {
     /// than the 128-byte id limit) → 4001: a token service's bug must not open a stream that no
     /// publish could name, or that aliases another user's.
     InvalidSubject,
+    /// A correctly signed, unexpired token for `user` minted for another service (its `aud`
+    /// is not the server's `token_audience`) → 4001: a secret shared with other services must
+    /// not let their tokens open a Herald stream.
+    WrongAudience { user: u32 },
     /// A valid token for `user` that resumes with `victim`'s epoch and a seq in the victim's
     /// stream: must get only `user`'s own events (or 4004 if the seq is beyond `user`'s head).
     ResumeAsOther { user: u32, victim: u32 },
@@ -261,11 +265,12 @@ pub enum Attack {
 impl Attack {
     /// One of each attack (with representative fields), in declaration order; a test in this
     /// module fails to compile when a variant is added without being listed here.
-    pub const ALL: [Attack; 13] = [
+    pub const ALL: [Attack; 14] = [
         Attack::ForgedToken { user: 0 },
         Attack::ExpiredToken { user: 0 },
         Attack::GarbageToken,
         Attack::InvalidSubject,
+        Attack::WrongAudience { user: 0 },
         Attack::ResumeAsOther { user: 0, victim: 1 },
         Attack::ResumeAfterLastSeq { user: 0 },
         Attack::FrameBeforeHello,
@@ -451,15 +456,16 @@ mod tests {
                 Attack::ExpiredToken { .. } => 1,
                 Attack::GarbageToken => 2,
                 Attack::InvalidSubject => 3,
-                Attack::ResumeAsOther { .. } => 4,
-                Attack::ResumeAfterLastSeq { .. } => 5,
-                Attack::FrameBeforeHello => 6,
-                Attack::MalformedFrame => 7,
-                Attack::OversizedFrame { .. } => 8,
-                Attack::SilentHello => 9,
-                Attack::SilentSocket => 10,
-                Attack::SlowRequest => 11,
-                Attack::Flood { .. } => 12,
+                Attack::WrongAudience { .. } => 4,
+                Attack::ResumeAsOther { .. } => 5,
+                Attack::ResumeAfterLastSeq { .. } => 6,
+                Attack::FrameBeforeHello => 7,
+                Attack::MalformedFrame => 8,
+                Attack::OversizedFrame { .. } => 9,
+                Attack::SilentHello => 10,
+                Attack::SilentSocket => 11,
+                Attack::SlowRequest => 12,
+                Attack::Flood { .. } => 13,
             }
         }
         for (i, attack) in Attack::ALL.iter().enumerate() {

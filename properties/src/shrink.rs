@@ -337,6 +337,7 @@ fn map_users(scenario: &mut Scenario, f: impl Fn(u32) -> u32) {
                 Attack::ForgedToken { user }
                 | Attack::ExpiredToken { user }
                 | Attack::ResumeAfterLastSeq { user }
+                | Attack::WrongAudience { user }
                 | Attack::Flood { user, .. } => *user = f(*user),
                 Attack::ResumeAsOther { user, victim } => {
                     *user = f(*user);

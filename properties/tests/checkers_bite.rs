@@ -2067,11 +2067,12 @@ fn invalid_token_history(attack: Attack, welcomed: bool, code: u16) -> (Scenario
     (scenario, history)
 }
 
-const INVALID_TOKENS: [(Attack, u16); 4] = [
+const INVALID_TOKENS: [(Attack, u16); 5] = [
     (Attack::ForgedToken { user: 1 }, 4001),
     (Attack::ExpiredToken { user: 1 }, 4002),
     (Attack::GarbageToken, 4001),
     (Attack::InvalidSubject, 4001),
+    (Attack::WrongAudience { user: 1 }, 4001),
 ];
 
 #[test]

@@ -54,6 +54,7 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "unbounded_queue" => Invariant::BoundedResources,
         "no_request_deadline" => Invariant::BoundedResources,
         "ignores_expiry" => Invariant::Auth,
+        "ignores_audience" => Invariant::Auth,
         "at_least_once_bridge" => Invariant::NoDuplicates,
         "drops_stream_on_last_tab" => Invariant::HonestGaps,
         "inflated_first_head" => Invariant::NoSilentLoss,

@@ -5,9 +5,9 @@
 use crate::clock::{sim_now_ms, SIM_UNIX_EPOCH_MS};
 use crate::net::{server_ws_url, TurmoilConnector};
 use crate::recorder::Recorder;
-use crate::world::{user_name, FRAME_BYTES_MAX, JWT_SECRET};
+use crate::world::{user_name, FRAME_BYTES_MAX, JWT_SECRET, TOKEN_AUDIENCE};
 use futures_util::{SinkExt, StreamExt};
-use herald_core::auth::mint_token;
+use herald_core::auth::mint_token_for_audience;
 use herald_core::client::{
     ClientConfig, ClientObserver, CloseCause, Connector, FrameReceived as ClientFrameReceived, Item,
 };
@@ -131,9 +131,14 @@ fn token_exp_secs(ttl_ms: u64) -> u64 {
     (SIM_UNIX_EPOCH_MS + sim_now_ms() + ttl_ms) / 1000
 }
 
-/// Mints a token for `user` valid for `ttl_ms` from now.
+/// Mints a token for `user` valid for `ttl_ms` from now, for the simulated servers' audience.
 fn token_for(user: &str, ttl_ms: u64, secret: &[u8]) -> String {
     mint_token(secret, user, token_exp_secs(ttl_ms))
+}
+
+/// Mints a token for the simulated servers' audience ([`TOKEN_AUDIENCE`]).
+fn mint_token(secret: &[u8], user: &str, exp_secs: u64) -> String {
+    mint_token_for_audience(secret, user, exp_secs, Some(TOKEN_AUDIENCE))
 }
 
 /// The token a normal client holds, renewed the way an application's token provider would:
@@ -401,6 +406,11 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
                 resume: None,
             }),
         ),
+        Attack::WrongAudience { user } => {
+            let user = user_name(*user);
+            let token = mint_token_for_audience(JWT_SECRET, &user, token_exp_secs(ttl_ms), Some("chat-frontend"));
+            (user, Some(ClientFrame::Hello { token, resume: None }))
+        }
         Attack::GarbageToken => (
             "?".to_string(),
             Some(ClientFrame::Hello {

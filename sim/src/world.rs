@@ -30,6 +30,10 @@ use tokio::sync::mpsc;
 
 /// The HS256 secret of every simulated server; hostile clients forge with another one.
 pub const JWT_SECRET: &[u8] = b"herald-sim-jwt-secret";
+/// The `aud` every simulated server demands (`ServerConfig::token_audience`) and every
+/// simulated token names, so a token minted for another service (`Attack::WrongAudience`)
+/// is refused as production would refuse it.
+pub const TOKEN_AUDIENCE: &str = "herald-sim";
 /// The API key the publisher host sends.
 pub const API_KEY: &str = "herald-sim-api-key";
 /// Largest frame a simulated server accepts from a client.
@@ -685,7 +689,8 @@ impl Driver<'_> {
                 match attack {
                     Attack::ForgedToken { user }
                     | Attack::ExpiredToken { user }
-                    | Attack::ResumeAfterLastSeq { user } => user_ok(user),
+                    | Attack::ResumeAfterLastSeq { user }
+                    | Attack::WrongAudience { user } => user_ok(user),
                     Attack::Flood { user, connections } => {
                         user_ok(user)?;
                         // Each hostile step owns 100 client ids; a flood is one to 99 sockets.
@@ -879,6 +884,7 @@ pub fn server_config(scenario: &Scenario) -> ServerConfig {
     config.write_timeout_ms = timeouts.write_timeout_ms;
     config.http_request_timeout_ms = timeouts.http_request_timeout_ms;
     config.frame_bytes_max = FRAME_BYTES_MAX;
+    config.token_audience = Some(TOKEN_AUDIENCE.to_string());
     config.tick_interval_ms = 250;
     config
 }

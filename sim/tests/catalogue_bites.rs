@@ -187,6 +187,17 @@ fn expired_token_rejected_with_4002_catches_a_server_ignoring_expiry() {
 }
 
 #[test]
+fn wrong_audience_rejected_with_4001_catches_a_server_ignoring_the_audience() {
+    catches(
+        Category::CrossUserSecurity,
+        "wrong_audience_rejected_with_4001",
+        "ignores_audience",
+        bugs::ignores_audience,
+        Caught::Invariant(Invariant::Auth),
+    );
+}
+
+#[test]
 fn sustained_load_retention_bounded_catches_ignored_hub_limits() {
     catches(
         Category::PerformanceLoad,

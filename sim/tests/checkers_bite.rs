@@ -14,6 +14,7 @@ use fixtures::bugs;
 use fixtures::hunt::{hunt, real_violations, run_on, Found, MakeServer};
 use herald_properties::checkers::{check, check_all, Invariant};
 use herald_properties::generators::{generate, GeneratorSettings, Size};
+use herald_properties::scenario::{Attack, Step};
 use herald_properties::seed_file::RecordedFailure;
 use herald_sim::campaign::seeds::{
     bare_seed_file, load_seed_file, replay, replay_dir, repository_seeds_dir, seed_name, seed_replay_wall_budget,
@@ -234,6 +235,28 @@ fn bounded_resources_bites_a_server_that_keeps_closed_sockets() {
 #[test]
 fn auth_bites_a_server_that_ignores_token_expiry() {
     bites("ignores_expiry", bugs::ignores_expiry, Invariant::Auth, small(), 20);
+}
+
+#[test]
+fn auth_bites_a_server_that_ignores_the_token_audience() {
+    let found = bites(
+        "ignores_audience",
+        bugs::ignores_audience,
+        Invariant::Auth,
+        small(),
+        200,
+    );
+    assert!(
+        found.shrunk.steps.iter().any(|s| matches!(
+            s.step,
+            Step::Hostile {
+                attack: Attack::WrongAudience { .. },
+                ..
+            }
+        )),
+        "only a token for another audience shows the bug: {:?}",
+        found.shrunk.steps
+    );
 }
 
 #[test]

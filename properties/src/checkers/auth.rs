@@ -2,8 +2,10 @@
 //! documented close code; an expired token does not keep a connection open.
 //!
 //! Rules:
-//! - hostile connections with a forged, expired or garbage token are never welcomed;
-//! - each hostile connection ends with its documented close code: forged/garbage → 4001,
+//! - hostile connections with a forged, expired, garbage, invalid-subject or wrong-audience
+//!   token are never welcomed;
+//! - each hostile connection ends with its documented close code: forged, garbage, invalid
+//!   subject, wrong audience → 4001,
 //!   expired → 4002, frame before hello / malformed → 4004, oversized → 4004 or 1009, silent
 //!   hello → 4008 (sockets that never complete HTTP are judged by bounded resources); flood
 //!   connections that are not welcomed → 4009, and one flood never gets more than
@@ -77,7 +79,11 @@ fn hostile_conn(
     let who = format!("{} of step {step} ({attack:?})", client.describe());
     let invalid_token = matches!(
         attack,
-        Attack::ForgedToken { .. } | Attack::ExpiredToken { .. } | Attack::GarbageToken | Attack::InvalidSubject
+        Attack::ForgedToken { .. }
+            | Attack::ExpiredToken { .. }
+            | Attack::GarbageToken
+            | Attack::InvalidSubject
+            | Attack::WrongAudience { .. }
     );
     if invalid_token {
         if let Some(w) = &conn.welcome {
@@ -93,7 +99,9 @@ fn hostile_conn(
         }
     }
     let expected: &[u16] = match attack {
-        Attack::ForgedToken { .. } | Attack::GarbageToken | Attack::InvalidSubject => &[4001],
+        Attack::ForgedToken { .. } | Attack::GarbageToken | Attack::InvalidSubject | Attack::WrongAudience { .. } => {
+            &[4001]
+        }
         Attack::ExpiredToken { .. } => &[4002],
         Attack::FrameBeforeHello | Attack::MalformedFrame | Attack::ResumeAfterLastSeq { .. } => &[4004],
         Attack::OversizedFrame { .. } => &[4004, 1009],

@@ -41,6 +41,7 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
                     | Attack::ExpiredToken { .. }
                     | Attack::GarbageToken
                     | Attack::InvalidSubject
+                    | Attack::WrongAudience { .. }
             ))
         );
         for conn in &client.conns {
