@@ -116,9 +116,10 @@ struct Mix {
     small_bytes: bool,
     short_age: bool,
     short_tokens: bool,
-    /// `connections_max` below the number of initial tabs, so normal clients meet 4009
-    /// `too_many_connections` from the server-wide limit (not only from a flood's per-user one)
-    /// and must get in once others leave.
+    /// `connections_max` (or, in half of these scenarios, `sockets_max`) below the number of
+    /// initial tabs, so normal clients meet 4009 `too_many_connections` from the server-wide
+    /// limit (not only from a flood's per-user one), or a socket closed as soon as it is
+    /// accepted, and must get in once others leave.
     tight_connections: bool,
 }
 
@@ -270,6 +271,7 @@ fn build(
 ) -> Scenario {
     let shape = settings.size.shape();
     let (queue_max, retention_max, bytes_kib, age_ms, latency_min, latency_max) = knobs;
+    let tight_max = (clients.len() as u64 * (50 + age_ms % 51) / 100).max(1);
     let mut config = ScenarioConfig {
         users: shape.users,
         client_hosts: hosts,
@@ -287,10 +289,16 @@ fn build(
             retention_age_ms: if mix.short_age { age_ms } else { 120_000 },
             // 50-100 % of the initial tabs (the age knob doubles as the dice: it is drawn either
             // way, so the scenarios without this limit stay exactly what they were).
-            connections_max: if mix.tight_connections {
-                (clients.len() as u64 * (50 + age_ms % 51) / 100).max(1)
+            connections_max: if mix.tight_connections && (age_ms / 51).is_multiple_of(2) {
+                tight_max
             } else {
                 Limits::default().connections_max
+            },
+            // Sockets: the same share, and one for the publisher's connection.
+            sockets_max: if mix.tight_connections && !(age_ms / 51).is_multiple_of(2) {
+                tight_max + 1
+            } else {
+                Limits::default().sockets_max
             },
             ..Limits::default()
         },
@@ -694,6 +702,7 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
         limits.users_max,
         limits.send_queue_max,
         limits.event_bytes_max,
+        limits.sockets_max,
     ]
     .contains(&0)
         || limits.control_queue_max < 4

@@ -65,7 +65,7 @@ impl Default for ScenarioConfig {
 }
 
 /// The hub's limits, mirrored field by field from `herald_core::hub::HubConfig` (this crate is
-/// pure and does not depend on the core). Small values provoke eviction and slow consumers.
+/// pure and does not depend on the core), and the server's `sockets_max`. Small values provoke eviction and slow consumers.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -78,6 +78,11 @@ pub struct Limits {
     pub send_queue_max: u64,
     pub control_queue_max: u64,
     pub event_bytes_max: u64,
+    /// Not the hub's: the server's `ServerConfig::sockets_max`, accepted sockets in any phase
+    /// (WebSocket, HTTP publish, never finished). One more is closed as soon as it is accepted,
+    /// with no close code: a client sees its WebSocket handshake fail, the publisher its
+    /// connection lost.
+    pub sockets_max: u64,
 }
 
 impl Default for Limits {
@@ -92,6 +97,7 @@ impl Default for Limits {
             send_queue_max: 100,
             control_queue_max: 16,
             event_bytes_max: 16 * 1024,
+            sockets_max: 10_000,
         }
     }
 }

@@ -1016,10 +1016,13 @@ fn liveness_near_miss_a_client_refused_by_a_configured_limit_is_told_so() {
 /// welcomed (recovering seq 1) at 18.5 s: later than heal (1 s) + B (15 s). With `server_full`
 /// the limit is 1 and a gauge sample each second shows the user at it (the server still held a
 /// connection of it), so the refusals were plausible; without, the limit is the default 8 and
-/// nothing explains a 4009.
-fn welcomed_after_refusals(server_full: bool) -> (Scenario, History) {
+/// nothing explains a 4009. With `by_socket` the limit is `sockets_max` instead, and each
+/// refusal is a socket ended before the WebSocket handshake completed.
+fn welcomed_after_refusals(server_full: bool, by_socket: bool) -> (Scenario, History) {
     let (mut scenario, mut b) = lone();
-    if server_full {
+    if server_full && by_socket {
+        scenario.config.limits.sockets_max = 1;
+    } else if server_full {
         scenario.config.limits.connections_per_user_max = 1;
     }
     b.at(500);
@@ -1039,11 +1042,21 @@ fn welcomed_after_refusals(server_full: bool) -> (Scenario, History) {
                 users: 1,
                 connections: 1,
                 connections_per_user_max: 1,
+                server_sockets: 1,
                 ..GaugeSample::default()
             });
         }
         b.connecting(0, Some(("E0", 0)));
-        b.closed(0, Some(4009), ClosedBy::Server);
+        if by_socket {
+            b.closed_because(
+                0,
+                None,
+                ClosedBy::Network,
+                "websocket handshake: IO error: Connection reset by peer",
+            );
+        } else {
+            b.closed(0, Some(4009), ClosedBy::Server);
+        }
     }
     b.at(18_500);
     b.connecting(0, Some(("E0", 0)));
@@ -1063,18 +1076,23 @@ fn welcomed_after_refusals(server_full: bool) -> (Scenario, History) {
 
 #[test]
 fn liveness_fires_on_a_late_welcome_after_refusals_no_limit_explains() {
-    let (scenario, history) = welcomed_after_refusals(false);
-    let violation = assert_violates(&scenario, &history, Invariant::Liveness, Category::ReconnectionRecovery);
-    assert!(violation.explanation.contains("t=18.500s"), "{violation}");
+    for by_socket in [false, true] {
+        let (scenario, history) = welcomed_after_refusals(false, by_socket);
+        let violation = assert_violates(&scenario, &history, Invariant::Liveness, Category::ReconnectionRecovery);
+        assert!(violation.explanation.contains("t=18.500s"), "{violation}");
+    }
 }
 
 #[test]
 fn liveness_near_miss_a_full_server_kept_the_client_out_until_its_last_refusal() {
-    // Found by fuzzing with a low connections_max: the bound runs from the last plausible 4009,
-    // for the welcome and for the event the welcome brings.
-    let (scenario, history) = welcomed_after_refusals(true);
-    check(Invariant::Liveness, &scenario, &history).expect("the client came back within B of its last refusal");
-    assert_clean(&scenario, &history);
+    // Found by fuzzing with a low connections_max (then sockets_max): the bound runs from the
+    // last plausible refusal, for the welcome and for the event the welcome brings.
+    for by_socket in [false, true] {
+        let (scenario, history) = welcomed_after_refusals(true, by_socket);
+        check(Invariant::Liveness, &scenario, &history)
+            .unwrap_or_else(|v| panic!("by_socket {by_socket}: came back within B of its last refusal, but {v}"));
+        assert_clean(&scenario, &history);
+    }
 }
 
 #[test]
@@ -1140,6 +1158,50 @@ fn no_silent_failure_fires_when_a_publish_never_returns() {
 }
 
 #[test]
+fn no_silent_failure_near_miss_a_publish_called_just_before_the_end() {
+    // Found by fuzzing with a low sockets_max: a publisher refused again and again still
+    // retries when the quiet period ends. Its answer is not yet due, so nothing is decided.
+    let (scenario, mut b) = base();
+    let history = {
+        b.at(1000);
+        b.heal();
+        b.at(24_000);
+        b.gauges(GaugeSample {
+            users: 2,
+            connections: 2,
+            ..GaugeSample::default()
+        });
+        b.at(25_980);
+        b.publish_called("u0", Via::Notifier, 10);
+        b.at(26_000);
+        b.end();
+        b.build()
+    };
+    check(Invariant::NoSilentFailure, &scenario, &history).expect("the answer is not yet due");
+    // The same call 3 s earlier: its answer was due before the end.
+    let (scenario, mut b) = base();
+    b.at(1000);
+    b.heal();
+    b.at(22_980);
+    b.publish_called("u0", Via::Notifier, 10);
+    b.at(24_000);
+    b.gauges(GaugeSample {
+        users: 2,
+        connections: 2,
+        ..GaugeSample::default()
+    });
+    b.at(26_000);
+    b.end();
+    let history = b.build();
+    assert_violates(
+        &scenario,
+        &history,
+        Invariant::NoSilentFailure,
+        Category::BridgeInitialization,
+    );
+}
+
+#[test]
 fn no_silent_failure_near_miss_an_unanswered_publish_may_still_arrive() {
     // No answer in time, or the connection died after the request went out: the server may
     // have applied it either way.
@@ -1175,6 +1237,33 @@ fn bounded_resources_fires_on_a_gauge_over_its_limit() {
         Invariant::BoundedResources,
         Category::PerformanceLoad,
     );
+}
+
+#[test]
+fn bounded_resources_fires_on_more_sockets_than_sockets_max() {
+    for (server_sockets, over) in [(3, false), (4, true)] {
+        let (mut scenario, mut b) = base();
+        scenario.config.limits.sockets_max = 3;
+        b.at(500);
+        b.gauges(GaugeSample {
+            users: 2,
+            connections: 2,
+            server_sockets,
+            ..GaugeSample::default()
+        });
+        let history = finish(&mut b, 1000);
+        if over {
+            let v = assert_violates(
+                &scenario,
+                &history,
+                Invariant::BoundedResources,
+                Category::PerformanceLoad,
+            );
+            assert!(v.explanation.contains("sockets_max = 3"), "{v}");
+        } else {
+            check(Invariant::BoundedResources, &scenario, &history).expect("at the limit is within it");
+        }
+    }
 }
 
 #[test]
@@ -2065,6 +2154,37 @@ fn invalid_token_history(attack: Attack, welcomed: bool, code: u16) -> (Scenario
     b.closed(hostile, Some(code), ClosedBy::Server);
     let history = finish(&mut b, 1000);
     (scenario, history)
+}
+
+#[test]
+fn auth_near_miss_a_hostile_socket_ended_at_once_while_sockets_max_were_open() {
+    // Two normal clients hold sockets. With sockets_max 2 the server may have closed the
+    // hostile socket as soon as it accepted it (no close code, the handshake fails); with 3
+    // nothing explains it, and a garbage token must get 4001.
+    for (sockets_max, server_full) in [(2, true), (3, false)] {
+        let (mut scenario, mut b) = base_with(vec![Step::Hostile {
+            host: 0,
+            attack: Attack::GarbageToken,
+        }]);
+        scenario.config.limits.sockets_max = sockets_max;
+        let hostile = HOSTILE + 2 * 100;
+        b.hostile_client(hostile, "u1");
+        b.at(100);
+        b.connecting(hostile, None);
+        b.at(150);
+        b.closed_because(
+            hostile,
+            None,
+            ClosedBy::Network,
+            "handshake failed: IO error: Connection reset by peer",
+        );
+        let history = finish(&mut b, 1000);
+        if server_full {
+            check(Invariant::Auth, &scenario, &history).expect("refused for sockets_max");
+        } else {
+            assert_violates(&scenario, &history, Invariant::Auth, Category::CrossUserSecurity);
+        }
+    }
 }
 
 const INVALID_TOKENS: [(Attack, u16); 5] = [

@@ -124,6 +124,7 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
     let mut attacks = BTreeSet::new();
     let mut small_limits = 0;
     let mut tight_connections = 0;
+    let mut tight_sockets = 0;
     for seed in 0..200 {
         let scenario = generate(settings(Size::Small, false), seed);
         if scenario.config.limits.retention_events_max < 50 || scenario.config.limits.send_queue_max < 50 {
@@ -134,12 +135,27 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
             .iter()
             .filter(|s| matches!(s.step, Step::Connect { .. }))
             .count() as u64;
-        let limit = scenario.config.limits.connections_max;
-        if limit < Limits::default().connections_max {
+        let limits = &scenario.config.limits;
+        let tight_connections_max = limits.connections_max < Limits::default().connections_max;
+        let tight_sockets_max = limits.sockets_max < Limits::default().sockets_max;
+        assert!(
+            !(tight_connections_max && tight_sockets_max),
+            "seed {seed}: one limit is tight at a time"
+        );
+        if tight_connections_max {
             tight_connections += 1;
+            let limit = limits.connections_max;
             assert!(
                 limit >= 1 && limit <= tabs,
                 "seed {seed}: connections_max {limit} is at most the {tabs} tabs"
+            );
+        }
+        if tight_sockets_max {
+            tight_sockets += 1;
+            let limit = limits.sockets_max;
+            assert!(
+                limit >= 2 && limit <= tabs + 1,
+                "seed {seed}: sockets_max {limit} is at most the {tabs} tabs and the publisher"
             );
         }
         for step in &scenario.steps {
@@ -158,8 +174,9 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
         "small limits are generated sometimes: {small_limits}"
     );
     assert!(
-        (10..=50).contains(&tight_connections),
-        "about one scenario in eight has connections_max below its tabs: {tight_connections}"
+        (5..=25).contains(&tight_connections) && (5..=25).contains(&tight_sockets),
+        "about one scenario in sixteen has connections_max below its tabs ({tight_connections}), \
+         as many sockets_max ({tight_sockets})"
     );
 
     // Swarm: some scenarios leave optional families out entirely.

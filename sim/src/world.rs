@@ -885,6 +885,7 @@ pub fn server_config(scenario: &Scenario) -> ServerConfig {
     config.http_request_timeout_ms = timeouts.http_request_timeout_ms;
     config.frame_bytes_max = FRAME_BYTES_MAX;
     config.token_audience = Some(TOKEN_AUDIENCE.to_string());
+    config.sockets_max = limits.sockets_max;
     config.tick_interval_ms = 250;
     config
 }

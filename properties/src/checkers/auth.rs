@@ -123,7 +123,10 @@ fn hostile_conn(
             if code.is_some_and(|c| expected.contains(&c)) {
                 return None;
             }
-            if slow_hello_timeout(index, conn, closed) || answer_outran_patience(index, conn, closed) {
+            if slow_hello_timeout(index, conn, closed)
+                || answer_outran_patience(index, conn, closed)
+                || index.socket_refused(conn, closed)
+            {
                 return None;
             }
             Some(denied(
@@ -220,6 +223,7 @@ fn floods(index: &Index<'_>) -> Option<Violation> {
                 if code != Some(4009)
                     && !slow_hello_timeout(index, conn, closed)
                     && !answer_outran_patience(index, conn, closed)
+                    && !index.socket_refused(conn, closed)
                 {
                     return Some(denied(
                         format!(

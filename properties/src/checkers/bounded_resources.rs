@@ -5,7 +5,9 @@
 //! - every `Gauges` sample: `retained_bytes <= retention_bytes_max`, `send_queue_depth_max <=
 //!   send_queue_max`, `connections_per_user_max <= connections_per_user_max`, `connections <=
 //!   connections_max`, `users <= users_max` (the hub enforces these before returning from a
-//!   publish or connect, and samples are taken between hub calls);
+//!   publish or connect, and samples are taken between hub calls); and `server_sockets <=
+//!   sockets_max`, counted by the simulated network (the server closes one more socket in the
+//!   same poll that accepts it);
 //! - drop-back, on the last sample before `End`, only when it was taken at least B (the
 //!   liveness bound) after the heal so that every client had time to catch up, or the world
 //!   settled (it ends early only on a sample that shows the drop-back, so there the rule
@@ -33,7 +35,7 @@
 //!   server was not up throughout, or the host's links were disturbed, or the latency could
 //!   outlast the client's connect timeout.
 
-use super::index::{liveness_bound_ms, retention_expiry_ms, Client, Conn, Index};
+use super::index::{is_http, liveness_bound_ms, retention_expiry_ms, Client, Conn, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{ClosedBy, GaugeSample, Observation};
 use crate::scenario::{hostile_connect_timeout_ms, Attack, HTTP_RETRY_PAUSE_MS};
@@ -81,6 +83,8 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
             ),
             ("connections", g.connections, "connections_max", limits.connections_max),
             ("users", g.users, "users_max", limits.users_max),
+            // Counted by the network: the server closes a socket beyond it as it accepts it.
+            ("server_sockets", g.server_sockets, "sockets_max", limits.sockets_max),
         ];
         for (gauge, value, limit_name, limit) in checks {
             if value > limit {
@@ -210,12 +214,6 @@ fn sockets_left_open(index: &Index<'_>, last: usize, heal_idx: usize, what: &str
     })
 }
 
-/// Whether a call went over HTTP: the world names them `http`, or `http+key` with an
-/// idempotency key, and each holds a socket either way.
-fn is_http(via: &str) -> bool {
-    via == "http" || via.starts_with("http+")
-}
-
 /// The rule for hostile sockets that never complete an HTTP request (see the module docs).
 fn stalled_socket(
     index: &Index<'_>,
@@ -259,6 +257,8 @@ fn stalled_socket(
             (2 * latency + slack_ms < hostile_connect_timeout_ms(&config.timeouts))
                 .then(|| format!("could not connect ({reason}) on a fast link"))
         }
+        // Closed at once: the server may have held `sockets_max` sockets.
+        (ClosedBy::Network, None) if at < earliest && index.socket_refused(conn, closed) => None,
         (ClosedBy::Network, None) if at < earliest => Some(format!(
             "was closed at {}, {} ms after connecting: sooner than http_request_timeout_ms {timeout_ms}",
             t(at),

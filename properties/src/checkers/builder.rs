@@ -222,6 +222,11 @@ impl HistoryBuilder {
     }
 
     pub fn closed(&mut self, client: u32, code: Option<u16>, by: ClosedBy) -> usize {
+        self.closed_because(client, code, by, "")
+    }
+
+    /// [`HistoryBuilder::closed`] with the reason the client saw.
+    pub fn closed_because(&mut self, client: u32, code: Option<u16>, by: ClosedBy, reason: &str) -> usize {
         let user = self.user_of(client);
         let hostile = self.hostile(client);
         self.client_connection.remove(&client);
@@ -230,7 +235,7 @@ impl HistoryBuilder {
             user,
             code,
             by,
-            reason: String::new(),
+            reason: reason.to_string(),
             hostile,
         })
     }

@@ -6,8 +6,11 @@
 
 use crate::history::{
     is_ambiguous_failure, ClosedBy, DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent,
+    SOCKET_ENDED_BY_SERVER,
 };
-use crate::scenario::{hostile_connect_timeout_ms, Attack, Scenario, ScenarioConfig, Step, Timeouts, Via};
+use crate::scenario::{
+    hostile_connect_timeout_ms, Attack, Limits, Scenario, ScenarioConfig, Step, Timeouts, Via, HTTP_RETRY_PAUSE_MS,
+};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +51,12 @@ pub fn liveness_bound_ms(timeouts: &Timeouts) -> u64 {
 /// plus `publish_timeout_ms` for a call whose event was created late in its attempt.
 pub fn retention_expiry_ms(config: &ScenarioConfig) -> u64 {
     config.limits.retention_age_ms + 2 * config.gauge_interval_ms + config.timeouts.publish_timeout_ms
+}
+
+/// Whether a call went over HTTP: the world names them `http`, or `http+key` with an
+/// idempotency key, and each holds a socket either way.
+pub(super) fn is_http(via: &str) -> bool {
+    via == "http" || via.starts_with("http+")
 }
 
 /// One publish attempt (a `PublishCalled` and, if it came, its `PublishReturned`).
@@ -746,29 +755,85 @@ impl<'a> Index<'a> {
                 None => return false,
             }
         }
+        conn.closed
+            .is_some_and(|closed| self.refused_for_a_limit(client, conn, closed))
+    }
+
+    /// Whether the attempt `conn` of `client`, closed at entry `closed` without a welcome, was
+    /// refused by a limit that may really have been reached: a 4009 (see
+    /// [`Index::limit_plausible`]), or a socket ended before its WebSocket handshake completed
+    /// while the server may have held `sockets_max` sockets (see [`Index::socket_refused`]).
+    pub fn refused_for_a_limit(&self, client: &Client<'_>, conn: &Conn<'_>, closed: usize) -> bool {
         conn.welcome.is_none()
-            && conn.closed.is_some_and(|closed| {
-                self.close_code(closed) == Some(4009) && self.limit_plausible(client, conn, closed)
-            })
+            && ((self.close_code(closed) == Some(4009) && self.limit_plausible(client, conn, closed))
+                || self.socket_refused(conn, closed))
+    }
+
+    /// Whether the server may have closed the socket of attempt `conn` (ended at entry
+    /// `closed`) as soon as it accepted it, because it held `sockets_max` sockets: the socket
+    /// ended without a close code, before a WebSocket handshake completed (or, for a hostile
+    /// socket that never speaks HTTP, sooner than the server's request deadline), and the
+    /// server may have held that many then. Over-approximates what it held at some instant
+    /// between the attempt and its end: every other attempt of any client begun by then and not
+    /// ended, or ended less than [`Index::linger_ms`] before; every HTTP publish call begun by
+    /// then and not answered, or answered that recently (the publisher keeps its connection
+    /// between calls); or a gauge sample near it counting `sockets_max` sockets.
+    pub fn socket_refused(&self, conn: &Conn<'_>, closed: usize) -> bool {
+        let limits = &self.scenario.config.limits;
+        let ended_early = matches!(
+            &self.entries[closed].what,
+            Observation::Closed { code: None, by: ClosedBy::Network, reason, .. }
+                if reason.starts_with("websocket handshake")
+                    || reason.starts_with("handshake failed")
+                    || reason == SOCKET_ENDED_BY_SERVER
+        );
+        if conn.welcome.is_some() || !ended_early || limits.sockets_max >= Limits::default().sockets_max {
+            return false;
+        }
+        let from = conn.at;
+        let to = self.at(closed);
+        let linger = self.linger_ms();
+        let held_then = |ended: Option<u64>| ended.is_none_or(|at| at + linger >= from);
+        let conns = self
+            .clients
+            .values()
+            .flat_map(|c| c.conns.iter())
+            .filter(|other| other.connecting_idx != conn.connecting_idx && other.at <= to)
+            .filter(|other| held_then(other.closed.map(|i| self.at(i))))
+            .count() as u64;
+        let pause_ms = HTTP_RETRY_PAUSE_MS * u64::from(self.http_retries_max);
+        let publishes = self
+            .calls
+            .iter()
+            .filter(|call| is_http(call.via) && call.at <= to)
+            .filter(|call| held_then(call.returned.map(|i| self.at(i) + pause_ms)))
+            .count() as u64;
+        if conns + publishes >= limits.sockets_max {
+            return true;
+        }
+        let window = 2 * self.scenario.config.gauge_interval_ms + linger;
+        self.gauges.iter().any(|&g| {
+            let at = self.at(g);
+            at + window >= from
+                && at <= to + window
+                && matches!(&self.entries[g].what, Observation::Gauges(sample) if sample.server_sockets >= limits.sockets_max)
+        })
     }
 
     /// The latest close, before entry `before`, of an attempt of `client` that the server
-    /// refused with 4009 without a welcome while a limit may really have been reached (see
-    /// [`Index::limit_plausible`]). A server full of connections keeps a client out legitimately
-    /// and says so; the liveness bound runs again from its last such refusal.
+    /// refused for a limit that may really have been reached (see
+    /// [`Index::refused_for_a_limit`]). A full server keeps a client out legitimately; the
+    /// liveness bound runs again from its last such refusal.
     pub fn last_limit_refusal_before(&self, client: &Client<'_>, before: usize) -> Option<u64> {
         client
             .conns
             .iter()
-            .filter(|conn| conn.welcome.is_none())
             .filter_map(|conn| {
                 conn.closed
                     .filter(|&closed| closed < before)
                     .map(|closed| (conn, closed))
             })
-            .filter(|&(conn, closed)| {
-                self.close_code(closed) == Some(4009) && self.limit_plausible(client, conn, closed)
-            })
+            .filter(|&(conn, closed)| self.refused_for_a_limit(client, conn, closed))
             .map(|(_, closed)| self.at(closed))
             .max()
     }

@@ -3,7 +3,9 @@
 //!
 //! Rules:
 //! - every `PublishCalled` has its `PublishReturned` before `End` (a publish that never resolves
-//!   leaves an agent believing its notification went out);
+//!   leaves an agent believing its notification went out), unless it was called less than
+//!   `publish_timeout_ms` + 1000 before `End`: its answer may still be due (the world ends at the
+//!   quiet period's end even while a publisher refused again and again is still retrying);
 //! - an event whose every attempt failed with a non-ambiguous code (anything but `timeout` and
 //!   `connection_lost`, which mean "no answer": the event may exist) must never appear in any
 //!   frame or delivered item: the publisher was told "not published" and the user saw it
@@ -21,7 +23,12 @@ use rustc_hash::FxHashMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     if let Some((end_idx, end_at)) = index.end {
-        if let Some(call) = index.calls.iter().find(|c| c.returned.is_none()) {
+        let answer_due_ms = index.scenario.config.timeouts.publish_timeout_ms + 1000;
+        if let Some(call) = index
+            .calls
+            .iter()
+            .find(|c| c.returned.is_none() && c.at + answer_due_ms <= end_at)
+        {
             return Err(violation(
                 Invariant::NoSilentFailure,
                 Severity::Critical,
