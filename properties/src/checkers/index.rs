@@ -5,8 +5,8 @@
 //! re-deriving them with slightly different assumptions.
 
 use crate::history::{
-    is_ambiguous_failure, ClosedBy, DeliveredItem, Entry, FrameSeen, History, Observation, PublishOutcome, ResumeSent,
-    SOCKET_ENDED_BY_SERVER,
+    is_ambiguous_failure, ClosedBy, DeliveredItem, Entry, FrameSeen, GaugeSample, History, Observation, PublishOutcome,
+    ResumeSent, SOCKET_ENDED_BY_SERVER,
 };
 use crate::scenario::{
     hostile_connect_timeout_ms, Attack, Limits, Scenario, ScenarioConfig, Step, Timeouts, Via, HTTP_RETRY_PAUSE_MS,
@@ -811,12 +811,18 @@ impl<'a> Index<'a> {
         if conns + publishes >= limits.sockets_max {
             return true;
         }
-        let window = 2 * self.scenario.config.gauge_interval_ms + linger;
+        self.gauge_near(from, to, |sample| sample.server_sockets >= limits.sockets_max)
+    }
+
+    /// Whether a gauge sample within two gauge intervals (plus [`Index::linger_ms`]) of
+    /// `[from, to]` satisfies `at_limit`.
+    fn gauge_near(&self, from: u64, to: u64, at_limit: impl Fn(&GaugeSample) -> bool) -> bool {
+        let window = 2 * self.scenario.config.gauge_interval_ms + self.linger_ms();
         self.gauges.iter().any(|&g| {
             let at = self.at(g);
             at + window >= from
                 && at <= to + window
-                && matches!(&self.entries[g].what, Observation::Gauges(sample) if sample.server_sockets >= limits.sockets_max)
+                && matches!(&self.entries[g].what, Observation::Gauges(sample) if at_limit(sample))
         })
     }
 
@@ -903,15 +909,10 @@ impl<'a> Index<'a> {
         {
             return true;
         }
-        let window = 2 * self.scenario.config.gauge_interval_ms + linger;
-        self.gauges.iter().any(|&g| {
-            let at = self.at(g);
-            at + window >= from
-                && at <= to + window
-                && matches!(&self.entries[g].what, Observation::Gauges(sample)
-                    if sample.connections_per_user_max >= limits.connections_per_user_max
-                        || sample.connections >= limits.connections_max
-                        || sample.users >= limits.users_max)
+        self.gauge_near(from, to, |sample| {
+            sample.connections_per_user_max >= limits.connections_per_user_max
+                || sample.connections >= limits.connections_max
+                || sample.users >= limits.users_max
         })
     }
 
