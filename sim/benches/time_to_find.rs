@@ -53,6 +53,7 @@ fn expected_invariant(name: &str) -> Option<Invariant> {
         "stuck_resume" => Invariant::Liveness,
         "unbounded_queue" => Invariant::BoundedResources,
         "no_request_deadline" => Invariant::BoundedResources,
+        "ignores_sockets_max" => Invariant::BoundedResources,
         "ignores_expiry" => Invariant::Auth,
         "ignores_audience" => Invariant::Auth,
         "at_least_once_bridge" => Invariant::NoDuplicates,

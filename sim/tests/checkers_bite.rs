@@ -216,6 +216,25 @@ fn bounded_resources_bites_a_server_without_an_http_request_deadline() {
 }
 
 #[test]
+fn bounded_resources_bites_a_server_that_ignores_sockets_max() {
+    // Only a world whose sockets_max is below its clients shows it, and only the network's
+    // count of the server's sockets: the hub's gauges stay within their limits.
+    let found = bites(
+        "ignores_sockets_max",
+        bugs::ignores_sockets_max,
+        Invariant::BoundedResources,
+        small(),
+        200,
+    );
+    assert!(
+        found.shrunk_violation.explanation.contains("server_sockets")
+            && found.shrunk_violation.explanation.contains("sockets_max"),
+        "{}",
+        found.shrunk_violation
+    );
+}
+
+#[test]
 fn bounded_resources_bites_a_server_that_keeps_closed_sockets() {
     // The hub's gauges stay clean: only the sockets counted by the network show the leak.
     let found = bites(
