@@ -116,10 +116,11 @@ struct Mix {
     small_bytes: bool,
     short_age: bool,
     short_tokens: bool,
-    /// `connections_max` (or, in half of these scenarios, `sockets_max`) below the number of
-    /// initial tabs, so normal clients meet 4009 `too_many_connections` from the server-wide
-    /// limit (not only from a flood's per-user one), or a socket closed as soon as it is
-    /// accepted, and must get in once others leave.
+    /// One server-wide limit below what the scenario asks of it: `connections_max` or
+    /// `sockets_max` below the initial tabs, or `users_max` below the users. Normal clients
+    /// meet 4009 `too_many_connections` from a server-wide limit (not only from a flood's
+    /// per-user one), or a socket closed as soon as it is accepted, and must get in once others
+    /// leave; publishes to a user beyond `users_max` fail with `users_full`.
     tight_connections: bool,
 }
 
@@ -271,7 +272,10 @@ fn build(
 ) -> Scenario {
     let shape = settings.size.shape();
     let (queue_max, retention_max, bytes_kib, age_ms, latency_min, latency_max) = knobs;
-    let tight_max = (clients.len() as u64 * (50 + age_ms % 51) / 100).max(1);
+    // 50-100 % of what the scenario asks (the age knob doubles as the dice: it is drawn either
+    // way, so the scenarios without a tight limit stay exactly what they were).
+    let share = |of: u64| (of * (50 + age_ms % 51) / 100).max(1);
+    let tight = |which: u64| mix.tight_connections && (age_ms / 51) % 3 == which;
     let mut config = ScenarioConfig {
         users: shape.users,
         client_hosts: hosts,
@@ -287,18 +291,21 @@ fn build(
                 4 * 1024 * 1024
             },
             retention_age_ms: if mix.short_age { age_ms } else { 120_000 },
-            // 50-100 % of the initial tabs (the age knob doubles as the dice: it is drawn either
-            // way, so the scenarios without this limit stay exactly what they were).
-            connections_max: if mix.tight_connections && (age_ms / 51).is_multiple_of(2) {
-                tight_max
+            connections_max: if tight(0) {
+                share(clients.len() as u64)
             } else {
                 Limits::default().connections_max
             },
-            // Sockets: the same share, and one for the publisher's connection.
-            sockets_max: if mix.tight_connections && !(age_ms / 51).is_multiple_of(2) {
-                tight_max + 1
+            // Sockets: the same share of the tabs, and one for the publisher's connection.
+            sockets_max: if tight(1) {
+                share(clients.len() as u64) + 1
             } else {
                 Limits::default().sockets_max
+            },
+            users_max: if tight(2) {
+                share(u64::from(shape.users))
+            } else {
+                Limits::default().users_max
             },
             ..Limits::default()
         },

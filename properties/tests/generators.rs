@@ -125,6 +125,7 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
     let mut small_limits = 0;
     let mut tight_connections = 0;
     let mut tight_sockets = 0;
+    let mut tight_users = 0;
     for seed in 0..200 {
         let scenario = generate(settings(Size::Small, false), seed);
         if scenario.config.limits.retention_events_max < 50 || scenario.config.limits.send_queue_max < 50 {
@@ -138,10 +139,20 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
         let limits = &scenario.config.limits;
         let tight_connections_max = limits.connections_max < Limits::default().connections_max;
         let tight_sockets_max = limits.sockets_max < Limits::default().sockets_max;
+        let tight_users_max = limits.users_max < Limits::default().users_max;
         assert!(
-            !(tight_connections_max && tight_sockets_max),
+            u8::from(tight_connections_max) + u8::from(tight_sockets_max) + u8::from(tight_users_max) <= 1,
             "seed {seed}: one limit is tight at a time"
         );
+        if tight_users_max {
+            tight_users += 1;
+            let limit = limits.users_max;
+            assert!(
+                limit >= 1 && limit <= u64::from(scenario.config.users),
+                "seed {seed}: users_max {limit} is at most the {} users",
+                scenario.config.users
+            );
+        }
         if tight_connections_max {
             tight_connections += 1;
             let limit = limits.connections_max;
@@ -174,9 +185,11 @@ fn generation_covers_every_family_and_attack_and_swarm_varies_the_mix() {
         "small limits are generated sometimes: {small_limits}"
     );
     assert!(
-        (5..=25).contains(&tight_connections) && (5..=25).contains(&tight_sockets),
-        "about one scenario in sixteen has connections_max below its tabs ({tight_connections}), \
-         as many sockets_max ({tight_sockets})"
+        [tight_connections, tight_sockets, tight_users]
+            .iter()
+            .all(|n| (3..=20).contains(n)),
+        "about one scenario in twenty-four has connections_max below its tabs ({tight_connections}), \
+         as many sockets_max ({tight_sockets}), as many users_max below its users ({tight_users})"
     );
 
     // Swarm: some scenarios leave optional families out entirely.
