@@ -786,15 +786,12 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
                 if !host_ok(*host) {
                     return bad("host out of range");
                 }
-                let ok = match attack {
-                    Attack::ForgedToken { user }
-                    | Attack::ExpiredToken { user }
-                    | Attack::ResumeAfterLastSeq { user }
-                    | Attack::WrongAudience { user } => user_ok(*user),
-                    Attack::ResumeAsOther { user, victim } => user_ok(*user) && user_ok(*victim) && user != victim,
-                    Attack::Flood { user, connections } => user_ok(*user) && (1..100).contains(connections),
-                    _ => true,
-                };
+                let ok = attack.users().into_iter().all(user_ok)
+                    && match attack {
+                        Attack::ResumeAsOther { user, victim } => user != victim,
+                        Attack::Flood { connections, .. } => (1..100).contains(connections),
+                        _ => true,
+                    };
                 if !ok {
                     return bad("attack parameters out of range");
                 }

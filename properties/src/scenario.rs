@@ -269,6 +269,45 @@ pub enum Attack {
 }
 
 impl Attack {
+    /// The users the attack names (its token's, and a victim's), for validation and for the
+    /// shrinker's renaming. No wildcard: a new variant must say whether it names one.
+    pub fn users_mut(&mut self) -> Vec<&mut u32> {
+        match self {
+            Attack::ForgedToken { user }
+            | Attack::ExpiredToken { user }
+            | Attack::WrongAudience { user }
+            | Attack::ResumeAfterLastSeq { user }
+            | Attack::Flood { user, .. } => vec![user],
+            Attack::ResumeAsOther { user, victim } => vec![user, victim],
+            Attack::GarbageToken
+            | Attack::InvalidSubject
+            | Attack::FrameBeforeHello
+            | Attack::MalformedFrame
+            | Attack::OversizedFrame { .. }
+            | Attack::SilentHello
+            | Attack::SilentSocket
+            | Attack::SlowRequest => Vec::new(),
+        }
+    }
+
+    /// Whether the attack's hello carries a token no server may accept (forged, expired,
+    /// garbage, a `sub` that is no user id, another service's audience).
+    pub fn is_invalid_token(&self) -> bool {
+        matches!(
+            self,
+            Attack::ForgedToken { .. }
+                | Attack::ExpiredToken { .. }
+                | Attack::GarbageToken
+                | Attack::InvalidSubject
+                | Attack::WrongAudience { .. }
+        )
+    }
+
+    /// [`Attack::users_mut`], read only.
+    pub fn users(&self) -> Vec<u32> {
+        self.clone().users_mut().into_iter().map(|user| *user).collect()
+    }
+
     /// One of each attack (with representative fields), in declaration order; a test in this
     /// module fails to compile when a variant is added without being listed here.
     pub const ALL: [Attack; 14] = [

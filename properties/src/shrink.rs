@@ -333,18 +333,11 @@ fn map_users(scenario: &mut Scenario, f: impl Fn(u32) -> u32) {
     for step in &mut scenario.steps {
         match &mut step.step {
             Step::Connect { user, .. } | Step::Publish { user, .. } | Step::Burst { user, .. } => *user = f(*user),
-            Step::Hostile { attack, .. } => match attack {
-                Attack::ForgedToken { user }
-                | Attack::ExpiredToken { user }
-                | Attack::ResumeAfterLastSeq { user }
-                | Attack::WrongAudience { user }
-                | Attack::Flood { user, .. } => *user = f(*user),
-                Attack::ResumeAsOther { user, victim } => {
+            Step::Hostile { attack, .. } => {
+                for user in attack.users_mut() {
                     *user = f(*user);
-                    *victim = f(*victim);
                 }
-                _ => {}
-            },
+            }
             _ => {}
         }
     }

@@ -5,7 +5,7 @@
 use crate::clock::{sim_now_ms, SIM_UNIX_EPOCH_MS};
 use crate::net::{server_ws_url, TurmoilConnector};
 use crate::recorder::Recorder;
-use crate::world::{user_name, FRAME_BYTES_MAX, JWT_SECRET, TOKEN_AUDIENCE};
+use crate::world::{mint_sim_token, user_name, FRAME_BYTES_MAX, JWT_SECRET};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::auth::mint_token_for_audience;
 use herald_core::client::{
@@ -133,12 +133,7 @@ fn token_exp_secs(ttl_ms: u64) -> u64 {
 
 /// Mints a token for `user` valid for `ttl_ms` from now, for the simulated servers' audience.
 fn token_for(user: &str, ttl_ms: u64, secret: &[u8]) -> String {
-    mint_token(secret, user, token_exp_secs(ttl_ms))
-}
-
-/// Mints a token for the simulated servers' audience ([`TOKEN_AUDIENCE`]).
-fn mint_token(secret: &[u8], user: &str, exp_secs: u64) -> String {
-    mint_token_for_audience(secret, user, exp_secs, Some(TOKEN_AUDIENCE))
+    mint_sim_token(secret, user, token_exp_secs(ttl_ms))
 }
 
 /// The token a normal client holds, renewed the way an application's token provider would:
@@ -161,7 +156,7 @@ impl HeldToken {
             Some((exp_secs, token)) if exp_secs * 1000 >= now_ms + self.ttl_ms / 2 => (*exp_secs, token.clone()),
             _ => {
                 let exp_secs = token_exp_secs(self.ttl_ms);
-                let token = mint_token(JWT_SECRET, &self.user, exp_secs);
+                let token = mint_sim_token(JWT_SECRET, &self.user, exp_secs);
                 *held = Some((exp_secs, token.clone()));
                 (exp_secs, token)
             }
@@ -394,7 +389,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
             (
                 user.clone(),
                 Some(ClientFrame::Hello {
-                    token: mint_token(JWT_SECRET, &user, exp_secs),
+                    token: mint_sim_token(JWT_SECRET, &user, exp_secs),
                     resume: None,
                 }),
             )

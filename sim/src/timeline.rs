@@ -410,7 +410,9 @@ pub fn step_text(step: &Step) -> String {
                 Attack::ForgedToken { user } => format!("forged token for {}", user_name(*user)),
                 Attack::ExpiredToken { user } => format!("expired token for {}", user_name(*user)),
                 Attack::GarbageToken => "garbage token".into(),
-                Attack::WrongAudience { user } => format!("token for u{user} minted for another service (wrong aud)"),
+                Attack::WrongAudience { user } => {
+                    format!("token for {} minted for another service (wrong aud)", user_name(*user))
+                }
                 Attack::InvalidSubject => "signed token whose sub is not a user id".into(),
                 Attack::ResumeAsOther { user, victim } => format!(
                     "{} resumes with {}'s stream position",

@@ -304,11 +304,9 @@ fn slow_scenario() -> Scenario {
     }
 }
 
-/// Finding 4: `replay` of a hang seed whose world outlives the replay budget ends, says HANG and
-/// exits 1, instead of running on with no output.
-#[test]
-fn the_replay_of_a_hang_seed_ends_at_its_wall_budget_as_a_hang() {
-    let dir = temp_dir("hang-replay");
+/// Writes `hang-slow.json` into `dir`: a hang seed of [`slow_scenario`], whose world outlives
+/// any short replay budget.
+fn write_hang_seed(dir: &std::path::Path) -> std::path::PathBuf {
     let mut file = bare_seed_file("hang-slow".into(), 3, slow_scenario());
     file.crash = Some(RecordedCrash {
         kind: CrashKind::Hang,
@@ -319,6 +317,15 @@ fn the_replay_of_a_hang_seed_ends_at_its_wall_budget_as_a_hang() {
     });
     let path = dir.join("hang-slow.json");
     std::fs::write(&path, file.to_json()).unwrap();
+    path
+}
+
+/// Finding 4: `replay` of a hang seed whose world outlives the replay budget ends, says HANG and
+/// exits 1, instead of running on with no output.
+#[test]
+fn the_replay_of_a_hang_seed_ends_at_its_wall_budget_as_a_hang() {
+    let dir = temp_dir("hang-replay");
+    let path = write_hang_seed(&dir);
     let started = Instant::now();
     let output = herald_sim(
         &["replay", path.to_str().unwrap(), "--quiet"],
@@ -506,16 +513,7 @@ fn run_fails_on_a_host_failure_as_the_campaign_does() {
 #[test]
 fn shrink_and_run_of_a_hang_seed_end_at_the_wall_budget() {
     let dir = temp_dir("hang-shrink");
-    let mut file = bare_seed_file("hang-slow".into(), 3, slow_scenario());
-    file.crash = Some(RecordedCrash {
-        kind: CrashKind::Hang,
-        message: "a world run exceeded the wall-time budget".into(),
-        history_digest: None,
-        steps_before_shrink: 8,
-        steps_after_shrink: 8,
-    });
-    let path = dir.join("hang-slow.json");
-    std::fs::write(&path, file.to_json()).unwrap();
+    let path = write_hang_seed(&dir);
     let path = path.to_str().unwrap();
     for args in [vec!["shrink", path], vec!["run", "--scenario", path]] {
         let started = Instant::now();

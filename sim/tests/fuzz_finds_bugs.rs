@@ -13,7 +13,7 @@ use herald_properties::generators::Size;
 use herald_properties::scenario::Step;
 use herald_sim::campaign::case::run_and_judge;
 use herald_sim::campaign::seeds::{load_seed_file, replay, replay_dir, seed_replay_wall_budget, verdict};
-use herald_sim::campaign::shrinking::shrink_failure;
+use herald_sim::campaign::shrinking::shrink_failure_like;
 use herald_sim::campaign::{fuzz, FailureKey, FuzzOptions, SHRINK_ATTEMPTS_DEFAULT};
 use std::path::PathBuf;
 
@@ -167,10 +167,10 @@ fn a_failure_that_needs_one_lost_message_still_shrinks_small() {
     let scenario = FuzzOptions::cases(1).scenario(seed);
     let key = FailureKey::Invariant(Invariant::BoundedResources);
     let server = bugs::no_request_deadline();
-    assert!(
-        run_and_judge(&scenario, seed, server.clone(), false).fails_with(key),
-        "case {seed} no longer fails: pick another lossy case"
-    );
+    let judged = run_and_judge(&scenario, seed, server.clone(), false);
+    let Some(failure) = judged.failure(key) else {
+        panic!("case {seed} no longer fails: pick another lossy case");
+    };
     assert!(
         scenario
             .steps
@@ -178,10 +178,10 @@ fn a_failure_that_needs_one_lost_message_still_shrinks_small() {
             .any(|t| matches!(t.step, Step::SetLossRate { per_mille } if per_mille > 0)),
         "case {seed} has no lossy window"
     );
-    let shrunk = shrink_failure(
+    let shrunk = shrink_failure_like(
         &scenario,
         seed,
-        key,
+        failure,
         &server,
         SHRINK_ATTEMPTS_DEFAULT,
         None,

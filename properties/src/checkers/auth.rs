@@ -77,15 +77,7 @@ fn hostile_conn(
     conn: &Conn<'_>,
 ) -> Option<Violation> {
     let who = format!("{} of step {step} ({attack:?})", client.describe());
-    let invalid_token = matches!(
-        attack,
-        Attack::ForgedToken { .. }
-            | Attack::ExpiredToken { .. }
-            | Attack::GarbageToken
-            | Attack::InvalidSubject
-            | Attack::WrongAudience { .. }
-    );
-    if invalid_token {
+    if attack.is_invalid_token() {
         if let Some(w) = &conn.welcome {
             return Some(denied(
                 format!(
@@ -123,10 +115,7 @@ fn hostile_conn(
             if code.is_some_and(|c| expected.contains(&c)) {
                 return None;
             }
-            if slow_hello_timeout(index, conn, closed)
-                || answer_outran_patience(index, conn, closed)
-                || index.socket_refused(conn, closed)
-            {
+            if close_excused(index, conn, closed) {
                 return None;
             }
             Some(denied(
@@ -153,6 +142,15 @@ fn hostile_conn(
             })
         }
     }
+}
+
+/// Whether a hostile connection's unexpected end has a reason a correct server may have given
+/// it: a slow hello timeout, an answer that outran the client's patience, or a socket closed
+/// at `sockets_max`.
+fn close_excused(index: &Index<'_>, conn: &Conn<'_>, closed: usize) -> bool {
+    slow_hello_timeout(index, conn, closed)
+        || answer_outran_patience(index, conn, closed)
+        || index.socket_refused(conn, closed)
 }
 
 /// A slow link (a latency spike) can keep the attack's first frame, or a flood connection's
@@ -220,11 +218,7 @@ fn floods(index: &Index<'_>) -> Option<Violation> {
             }
             if let Some(closed) = conn.closed {
                 let code = index.close_code(closed);
-                if code != Some(4009)
-                    && !slow_hello_timeout(index, conn, closed)
-                    && !answer_outran_patience(index, conn, closed)
-                    && !index.socket_refused(conn, closed)
-                {
+                if code != Some(4009) && !close_excused(index, conn, closed) {
                     return Some(denied(
                         format!(
                             "flood connection {} of step {step} was refused at {} with code {code:?}, expected 4009 too_many_connections",

@@ -25,14 +25,6 @@ pub(super) const HOSTILE_CLIENT_BASE: u32 = 1_000_000;
 /// all. Certainly-retained estimates then only use half of the limit, which keeps them certain.
 const FRAME_OVERHEAD_BYTES: u64 = 300;
 
-/// The liveness bound B, in simulated ms: how long after the network heals (or after a publish,
-/// whichever is later) a live client may take to be connected and caught up.
-///
-/// B = 2·idle_timeout + 2·backoff_max + 2·hello_timeout + 1000, because in the worst case a
-/// client first needs up to `idle_timeout` to notice its old connection is dead (a partition
-/// gives no error), the server needs as long to drop its side, then a reconnect waits up to
-/// `backoff_max` (plus jitter, bounded by another `backoff_max`), and a handshake racing a
-/// restarting server can burn a `hello_timeout` twice; 1000 ms covers latency and ticks.
 /// The last seq a delivered gap accounts for in its epoch: its `to`, or the rest of the epoch
 /// for an epoch gap (the stream is gone) and for a gap with no end.
 pub(super) fn gap_end(reason: &str, to: Option<u64>) -> u64 {
@@ -42,6 +34,14 @@ pub(super) fn gap_end(reason: &str, to: Option<u64>) -> u64 {
     }
 }
 
+/// The liveness bound B, in simulated ms: how long after the network heals (or after a publish,
+/// whichever is later) a live client may take to be connected and caught up.
+///
+/// B = 2·idle_timeout + 2·backoff_max + 2·hello_timeout + 1000, because in the worst case a
+/// client first needs up to `idle_timeout` to notice its old connection is dead (a partition
+/// gives no error), the server needs as long to drop its side, then a reconnect waits up to
+/// `backoff_max` (plus jitter, bounded by another `backoff_max`), and a handshake racing a
+/// restarting server can burn a `hello_timeout` twice; 1000 ms covers latency and ticks.
 pub fn liveness_bound_ms(timeouts: &Timeouts) -> u64 {
     2 * timeouts.idle_timeout_ms + 2 * timeouts.backoff_max_ms + 2 * timeouts.hello_timeout_ms + 1000
 }
@@ -57,6 +57,20 @@ pub fn retention_expiry_ms(config: &ScenarioConfig) -> u64 {
 /// idempotency key, and each holds a socket either way.
 pub(super) fn is_http(via: &str) -> bool {
     via == "http" || via.starts_with("http+")
+}
+
+/// A client's refusals for a limit, from [`Index::limit_refusals`]: (close entry, ms).
+pub(super) struct LimitRefusals(Vec<(usize, u64)>);
+
+impl LimitRefusals {
+    /// The time of the latest refusal whose close comes before entry `before`.
+    pub fn last_before(&self, before: usize) -> Option<u64> {
+        self.0
+            .iter()
+            .filter(|&&(closed, _)| closed < before)
+            .map(|&(_, at)| at)
+            .max()
+    }
 }
 
 /// One publish attempt (a `PublishCalled` and, if it came, its `PublishReturned`).
@@ -826,22 +840,20 @@ impl<'a> Index<'a> {
         })
     }
 
-    /// The latest close, before entry `before`, of an attempt of `client` that the server
-    /// refused for a limit that may really have been reached (see
-    /// [`Index::refused_for_a_limit`]). A full server keeps a client out legitimately; the
-    /// liveness bound runs again from its last such refusal.
-    pub fn last_limit_refusal_before(&self, client: &Client<'_>, before: usize) -> Option<u64> {
-        client
-            .conns
-            .iter()
-            .filter_map(|conn| {
-                conn.closed
-                    .filter(|&closed| closed < before)
-                    .map(|closed| (conn, closed))
-            })
-            .filter(|&(conn, closed)| self.refused_for_a_limit(client, conn, closed))
-            .map(|(_, closed)| self.at(closed))
-            .max()
+    /// The closes (entry, ms) of the attempts of `client` that the server refused for a limit
+    /// that may really have been reached (see [`Index::refused_for_a_limit`]). A full server
+    /// keeps a client out legitimately; the liveness bound runs again from its last such
+    /// refusal. Computed once per client: each refusal's plausibility scans the whole history.
+    pub fn limit_refusals(&self, client: &Client<'_>) -> LimitRefusals {
+        LimitRefusals(
+            client
+                .conns
+                .iter()
+                .filter_map(|conn| conn.closed.map(|closed| (conn, closed)))
+                .filter(|&(conn, closed)| self.refused_for_a_limit(client, conn, closed))
+                .map(|(_, closed)| (closed, self.at(closed)))
+                .collect(),
+        )
     }
 
     /// How long after a client saw a connection end (or began one) the server may still hold

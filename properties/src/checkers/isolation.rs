@@ -22,7 +22,6 @@
 use super::index::{Client, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{DeliveredItem, FrameSeen, Markers, Observation};
-use crate::scenario::Attack;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     let mut found: Option<Violation> = None;
@@ -33,17 +32,7 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         }
     };
     for client in index.clients.values() {
-        let invalid_token = matches!(
-            client.attack,
-            Some((
-                _,
-                Attack::ForgedToken { .. }
-                    | Attack::ExpiredToken { .. }
-                    | Attack::GarbageToken
-                    | Attack::InvalidSubject
-                    | Attack::WrongAudience { .. }
-            ))
-        );
+        let invalid_token = client.attack.is_some_and(|(_, attack)| attack.is_invalid_token());
         for conn in &client.conns {
             let label = Index::conn_label(conn);
             for &idx in &conn.frames {

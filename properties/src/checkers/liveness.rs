@@ -6,7 +6,7 @@
 //!   followed by a welcome within B of it (and of T); at `End` the client is connected, unless
 //!   its last close came less than B before `End` (undecidable). A client paused by the
 //!   application is given the pause on top. A client the server refused with 4009 on the way
-//!   while a limit may really have been reached (`Index::last_limit_refusal_before`) is owed
+//!   while a limit may really have been reached (`Index::limit_refusals`) is owed
 //!   its welcome, and its events, within B of the last such refusal instead: a full server
 //!   keeps it out legitimately and says so;
 //! - every expected event (as in no-silent-loss) is covered by max(T, its creation) + B, when
@@ -78,12 +78,13 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         .filter(|c| c.is_live() && !index.refused_by_limit(c))
     {
         let coverage = Coverage::new(index, client);
+        let refusals = index.limit_refusals(client);
         for instance in expected(index, client) {
             let inst = &index.instances[instance];
             let event = &index.events[inst.event];
             let created_at = created_from(index, instance).1;
             let covered_by = coverage.covered_by(index, instance);
-            let refused_at = index.last_limit_refusal_before(client, covered_by.unwrap_or(end_idx));
+            let refused_at = refusals.last_before(covered_by.unwrap_or(end_idx));
             let deadline =
                 heal_at.max(created_at).max(refused_at.unwrap_or(0)) + bound + pause_allowance(client, heal_at);
             if deadline >= end_at {
@@ -135,6 +136,7 @@ fn reconnects(
     bound: u64,
 ) -> Option<Violation> {
     let bound = bound + pause_allowance(client, heal_at);
+    let refusals = index.limit_refusals(client);
     let stuck = |since: u64, since_idx: usize, what: String| -> Option<Violation> {
         // The first welcome whose entry comes after `since_idx`.
         let next = client
@@ -143,7 +145,7 @@ fn reconnects(
             .filter_map(|c| c.welcome.as_ref())
             .find(|w| w.idx > since_idx);
         // Refused for a limit on the way: the bound runs from the last refusal.
-        let refused_at = index.last_limit_refusal_before(client, next.map_or(end_idx, |w| w.idx));
+        let refused_at = refusals.last_before(next.map_or(end_idx, |w| w.idx));
         let deadline = since.max(heal_at).max(refused_at.unwrap_or(0)) + bound;
         let late = match next {
             Some(w) => w.at > deadline,

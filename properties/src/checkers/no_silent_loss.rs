@@ -341,10 +341,7 @@ fn inflated_head(index: &Index<'_>) -> Option<Violation> {
             if let Some(instance) = later {
                 let inst = &index.instances[instance];
                 let event = &index.events[inst.event];
-                return Some(violation(
-                    Invariant::NoSilentLoss,
-                    Severity::Critical,
-                    Category::NotificationDelivery,
+                return Some(lost(
                     format!(
                         "{} was welcomed on connection {} at {} with epoch {} head {}, but seq {} of that epoch ({}) was first published only at {}, after the welcome: the client starts past an event that did not exist yet and never hands it over",
                         client.describe(),
@@ -388,10 +385,7 @@ fn second_stream(index: &Index<'_>) -> Option<Violation> {
                 continue;
             };
             let event = &index.events[inst.event];
-            return Some(violation(
-                Invariant::NoSilentLoss,
-                Severity::Critical,
-                Category::NotificationDelivery,
+            return Some(lost(
                 format!(
                     "publish of {} for user {user} called at {} was answered at {} with epoch {} seq {}, but {why}: a user has one stream per server life, so the event went to a stream its clients do not read",
                     event.event_id,

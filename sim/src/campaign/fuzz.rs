@@ -76,8 +76,7 @@ struct Pending {
 /// The runs of one case, as a hang report names them.
 const RUN_CASE: &str = "the case's run";
 const RUN_REPRODUCTION: &str = "the reproduction";
-const RUN_CANDIDATE: &str = "a shrink candidate";
-const RUN_SHRUNK: &str = "the re-run of the shrunk scenario";
+use super::commands::{RUN_CANDIDATE, RUN_SHRUNK};
 
 struct Shared {
     options: FuzzOptions,

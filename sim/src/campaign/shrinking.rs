@@ -4,7 +4,7 @@
 //! Deterministic: the shrinker tries candidates in a fixed order and each run is a pure function
 //! of (scenario, seed).
 
-use super::case::{run_and_judge, CaseFailure, FailureKey};
+use super::case::{run_and_judge, CaseFailure};
 use crate::server_under_test::ServerUnderTest;
 use herald_properties::scenario::Scenario;
 use herald_properties::shrink::shrink;
@@ -18,22 +18,6 @@ pub struct Shrunk {
     pub steps_after: usize,
     /// Predicate calls (world runs) spent.
     pub attempts: usize,
-}
-
-/// Shrinks `scenario` while a failure with `key` (any fingerprint) still fails under `seed`: for
-/// an invariant, which has no fingerprint, the same as [`shrink_failure_like`].
-pub fn shrink_failure(
-    scenario: &Scenario,
-    seed: u64,
-    key: FailureKey,
-    server: &Rc<dyn ServerUnderTest>,
-    max_attempts: usize,
-    deadline: Option<Instant>,
-    before_run: &mut dyn FnMut(&Scenario) -> bool,
-) -> Shrunk {
-    shrink_while(scenario, max_attempts, deadline, before_run, &mut |candidate| {
-        run_and_judge(candidate, seed, server.clone(), false).fails_with(key)
-    })
 }
 
 /// Shrinks `scenario` while the same failure as `target` (its key and fingerprint) still fails
