@@ -15,7 +15,7 @@ use herald_properties::generators::{GeneratorSettings, Size};
 use herald_properties::history::{History, Observation};
 use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{Expect, SeedFile};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
@@ -195,11 +195,7 @@ pub fn run_on(
         Ok(judged) => judged,
         Err(ReplayInterrupted::CannotSpawn(error)) => return Err(format!("cannot start the run: {error}")),
         Err(ReplayInterrupted::Hang) => {
-            println!(
-                "verdict: HANG: the run exceeded the wall-time budget of {} s and was abandoned: its world still \
-                 spins (or this machine is slower than the budget allows for: raise it with {SEED_REPLAY_BUDGET_ENV})",
-                budget_text(budget)
-            );
+            println!("{}", hang_verdict(None, "the run", budget));
             println!("reproduce with: {reproduce}");
             return Ok(ExitCode::from(1));
         }
@@ -251,6 +247,17 @@ pub fn run_on(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The `verdict: HANG` line of `run`, `replay` and `shrink`: `run` (of `file`, if any) outlived
+/// `budget` and was abandoned. Built in one place so the three commands cannot drift apart.
+pub fn hang_verdict(file: Option<&Path>, run: &str, budget: Duration) -> String {
+    let file = file.map(|f| format!(" ({})", f.display())).unwrap_or_default();
+    format!(
+        "verdict: HANG{file}: {run} exceeded the wall-time budget of {} s and was abandoned: its world still \
+         spins (or this machine is slower than the budget allows for: raise it with {SEED_REPLAY_BUDGET_ENV})",
+        budget_text(budget)
+    )
 }
 
 /// A wall-time budget in seconds, as the HANG verdicts print it (`60`, or `0.25`).

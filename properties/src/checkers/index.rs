@@ -168,17 +168,17 @@ impl Client<'_> {
     /// `End`. A client that stopped for good on its own (see [`Client::stopped_on_its_own`]) is
     /// still live: everything it missed afterwards is missed, and judged so.
     pub fn is_live(&self) -> bool {
-        !self.hostile && self.connect_applied.is_some() && self.stopped.is_none_or(|_| self.stopped_on_its_own())
+        !self.hostile
+            && self.connect_applied.is_some()
+            && self.stopped.is_none_or(|_| self.stopped_on_its_own().is_some())
     }
 
     /// The entry at which a normal client stopped for good although no `Close` step had been
     /// applied to it before: the client library gave up by itself (a 4004 refusal, a frame
     /// beyond its `frame_bytes_max`), which a correct server never makes a simulated client do.
-    pub fn stopped_on_its_own(&self) -> bool {
-        !self.hostile
-            && self
-                .stopped
-                .is_some_and(|stop| self.close_step.is_none_or(|close| close > stop))
+    pub fn stopped_on_its_own(&self) -> Option<usize> {
+        self.stopped
+            .filter(|&stop| !self.hostile && self.close_step.is_none_or(|close| close > stop))
     }
 
     pub fn first_welcome(&self) -> Option<&Welcome<'_>> {
@@ -806,21 +806,14 @@ impl<'a> Index<'a> {
         }
         let from = conn.at;
         let to = self.at(closed);
+        let conns = self.other_attempts(conn, from, to).filter(|&(_, _, held)| held).count() as u64;
         let linger = self.linger_ms();
-        let held_then = |ended: Option<u64>| ended.is_none_or(|at| at + linger >= from);
-        let conns = self
-            .clients
-            .values()
-            .flat_map(|c| c.conns.iter())
-            .filter(|other| other.connecting_idx != conn.connecting_idx && other.at <= to)
-            .filter(|other| held_then(other.closed.map(|i| self.at(i))))
-            .count() as u64;
         let pause_ms = HTTP_RETRY_PAUSE_MS * u64::from(self.http_retries_max);
         let publishes = self
             .calls
             .iter()
             .filter(|call| is_http(call.via) && call.at <= to)
-            .filter(|call| held_then(call.returned.map(|i| self.at(i) + pause_ms)))
+            .filter(|call| call.returned.is_none_or(|i| self.at(i) + pause_ms + linger >= from))
             .count() as u64;
         if conns + publishes >= limits.sockets_max {
             return true;
@@ -869,6 +862,26 @@ impl<'a> Index<'a> {
             + 1000
     }
 
+    /// The connection attempts of every client (hostile ones included) other than `attempt`,
+    /// begun by `to`, each with its client and whether the server may still have held it at
+    /// `from`: not ended, or ended less than [`Index::linger_ms`] before (the server notices a
+    /// vanished peer only by its timeouts). [`Index::socket_refused`] and
+    /// [`Index::limit_plausible`] count what the server held from these.
+    fn other_attempts<'s>(
+        &'s self,
+        attempt: &Conn<'_>,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = (&'s Client<'a>, &'s Conn<'a>, bool)> + 's {
+        let attempt = attempt.connecting_idx;
+        let linger = self.linger_ms();
+        self.clients
+            .values()
+            .flat_map(|c| c.conns.iter().map(move |conn| (c, conn)))
+            .filter(move |(_, conn)| conn.connecting_idx != attempt && conn.at <= to)
+            .map(move |(c, conn)| (c, conn, conn.closed.is_none_or(|i| self.at(i) + linger >= from)))
+    }
+
     /// Whether a limit may have been reached when the hub refused `refused` (closed at entry
     /// `closed_idx`): over-approximates what the hub held at some instant between the attempt
     /// and its close.
@@ -882,33 +895,26 @@ impl<'a> Index<'a> {
         let limits = &self.scenario.config.limits;
         let from = refused.at;
         let to = self.at(closed_idx);
-        let linger = self.linger_ms();
         let mut user_conns = 0u64;
         let mut all_conns = 0u64;
         let mut users: FxHashSet<&str> = FxHashSet::default();
-        for c in self.clients.values() {
-            for conn in &c.conns {
-                if conn.connecting_idx == refused.connecting_idx || conn.at > to {
-                    continue;
-                }
-                users.insert(c.user.as_str());
-                let refused_by_server = conn.welcome.is_none()
-                    && conn.closed.is_some_and(|cl| {
-                        self.close_code(cl).is_some()
-                            && matches!(
-                                &self.entries[cl].what,
-                                Observation::Closed {
-                                    by: ClosedBy::Server,
-                                    ..
-                                }
-                            )
-                    });
-                let open = conn.closed.is_none_or(|cl| self.at(cl) + linger >= from);
-                if open && !refused_by_server {
-                    all_conns += 1;
-                    if c.user == client.user {
-                        user_conns += 1;
-                    }
+        for (c, conn, held) in self.other_attempts(refused, from, to) {
+            users.insert(c.user.as_str());
+            let refused_by_server = conn.welcome.is_none()
+                && conn.closed.is_some_and(|cl| {
+                    self.close_code(cl).is_some()
+                        && matches!(
+                            &self.entries[cl].what,
+                            Observation::Closed {
+                                by: ClosedBy::Server,
+                                ..
+                            }
+                        )
+                });
+            if held && !refused_by_server {
+                all_conns += 1;
+                if c.user == client.user {
+                    user_conns += 1;
                 }
             }
         }
@@ -1035,6 +1041,17 @@ impl<'a> Index<'a> {
             Observation::Delivered { item, .. } => Some(item),
             _ => None,
         }
+    }
+
+    /// What `client`'s application was handed, in order: each `Delivered` entry with its item
+    /// (`Client::delivered` holds only `Delivered` entries, so every one yields its item).
+    /// Order, no-silent-loss and its seq-hole rule walk this per client, each keeping its own
+    /// per-epoch position (they differ on where a position starts and what may move it).
+    pub fn delivered<'s>(&'s self, client: &'s Client<'_>) -> impl Iterator<Item = (usize, &'a DeliveredItem)> + 's {
+        client
+            .delivered
+            .iter()
+            .filter_map(|&idx| self.delivered_item(idx).map(|item| (idx, item)))
     }
 
     /// The frame at entry `idx`, if it is one.

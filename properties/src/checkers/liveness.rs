@@ -199,57 +199,57 @@ fn reconnects(
 /// A normal client that stopped for good with no `Close` step applied to it before (see the
 /// module docs), explained by the end of its last connection before the stop.
 fn stopped_on_its_own(index: &Index<'_>) -> Option<Violation> {
-    for client in index.clients.values().filter(|c| c.stopped_on_its_own()) {
-        let Some(stop) = client.stopped else {
-            continue;
-        };
-        let last = client.conns.iter().rev().find(|c| c.connecting_idx < stop);
-        let mut evidence = vec![];
-        let mut why = "it had no connection attempt before".to_string();
-        if let Some(conn) = last {
-            evidence.push(conn.connecting_idx);
-            let error = conn.frames.iter().rev().find_map(|&f| match index.frame(f) {
-                Some(FrameSeen::Error { code, message }) => Some((f, code, message)),
-                _ => None,
-            });
-            let closed = conn.closed.filter(|&c| c < stop);
-            why = match closed.map(|c| &index.entries[c].what) {
-                Some(Observation::Closed { code, by, reason, .. }) => format!(
-                    "its last connection {} (opened at {}) ended at {} with close code {}, by {by:?}, reason {reason:?}",
-                    Index::conn_label(conn),
-                    t(conn.at),
-                    t(index.at(closed.unwrap_or(stop))),
-                    code.map_or_else(|| "none".to_string(), |c| c.to_string()),
-                ),
-                _ => format!(
-                    "its last connection {} (opened at {}) had not ended",
-                    Index::conn_label(conn),
-                    t(conn.at)
-                ),
-            };
-            if let Some((f, code, message)) = error {
-                why.push_str(&format!(
-                    " after an error frame {code} ({message:?}) at {}",
-                    t(index.at(f))
-                ));
-                evidence.push(f);
-            }
-            evidence.extend(closed);
-        }
-        evidence.push(stop);
-        return Some(violation(
-            Invariant::Liveness,
-            Severity::Critical,
-            Category::ReconnectionRecovery,
-            format!(
-                "{} stopped for good at {} although no Close step had closed it: {why}. The client library gives up only on a final refusal (4004 bad_frame) or a frame beyond its frame_bytes_max, and a correct server gives a simulated client neither, so it will never get another notification",
-                client.describe(),
-                t(index.at(stop)),
+    // The first such client, with the stop `Client::stopped_on_its_own` found.
+    let (client, stop) = index
+        .clients
+        .values()
+        .find_map(|c| Some((c, c.stopped_on_its_own()?)))?;
+    let last = client.conns.iter().rev().find(|c| c.connecting_idx < stop);
+    let mut evidence = vec![];
+    let mut why = "it had no connection attempt before".to_string();
+    if let Some(conn) = last {
+        evidence.push(conn.connecting_idx);
+        let error = conn.frames.iter().rev().find_map(|&f| match index.frame(f) {
+            Some(FrameSeen::Error { code, message }) => Some((f, code, message)),
+            _ => None,
+        });
+        let closed = conn.closed.filter(|&c| c < stop);
+        // The index records only `Closed` entries as closes: `_` is a connection still open.
+        why = match closed.map(|c| (c, &index.entries[c].what)) {
+            Some((c, Observation::Closed { code, by, reason, .. })) => format!(
+                "its last connection {} (opened at {}) ended at {} with close code {}, by {by:?}, reason {reason:?}",
+                Index::conn_label(conn),
+                t(conn.at),
+                t(index.at(c)),
+                code.map_or_else(|| "none".to_string(), |c| c.to_string()),
             ),
-            evidence,
-        ));
+            _ => format!(
+                "its last connection {} (opened at {}) had not ended",
+                Index::conn_label(conn),
+                t(conn.at)
+            ),
+        };
+        if let Some((f, code, message)) = error {
+            why.push_str(&format!(
+                " after an error frame {code} ({message:?}) at {}",
+                t(index.at(f))
+            ));
+            evidence.push(f);
+        }
+        evidence.extend(closed);
     }
-    None
+    evidence.push(stop);
+    Some(violation(
+        Invariant::Liveness,
+        Severity::Critical,
+        Category::ReconnectionRecovery,
+        format!(
+            "{} stopped for good at {} although no Close step had closed it: {why}. The client library gives up only on a final refusal (4004 bad_frame) or a frame beyond its frame_bytes_max, and a correct server gives a simulated client neither, so it will never get another notification",
+            client.describe(),
+            t(index.at(stop)),
+        ),
+        evidence,
+    ))
 }
 
 fn publish_hangs(index: &Index<'_>) -> Option<Violation> {

@@ -124,15 +124,15 @@ impl<'a> Coverage<'a> {
                 .max_by_key(|(w, _)| *w)
                 .map(|(_, e)| *e)
         };
-        for &idx in &client.delivered {
-            match index.delivered_item(idx) {
-                Some(DeliveredItem::Event {
+        for (idx, item) in index.delivered(client) {
+            match item {
+                DeliveredItem::Event {
                     epoch,
                     seq,
                     event_id,
                     run,
                     kind,
-                }) => {
+                } => {
                     coverage.entered.insert(epoch);
                     if let Some(id) = event_id {
                         coverage
@@ -141,20 +141,19 @@ impl<'a> Coverage<'a> {
                             .or_insert((idx, id, run, kind));
                     }
                 }
-                Some(DeliveredItem::Gap {
+                DeliveredItem::Gap {
                     epoch,
                     from,
                     to,
                     reason,
                     ..
-                }) => {
+                } => {
                     coverage.entered.insert(epoch);
                     if reason == "epoch" {
                         coverage.entered.extend(new_stream_at(idx));
                     }
                     coverage.gaps.push((idx, epoch, *from, *to, reason));
                 }
-                None => {}
             }
         }
         coverage
@@ -658,27 +657,26 @@ fn seq_hole(index: &Index<'_>) -> Option<Violation> {
         if let Some((epoch, at, idx)) = start {
             position.insert(epoch, (at, idx));
         }
-        for &d in &client.delivered {
-            let (epoch, from, end, what) = match index.delivered_item(d) {
-                Some(DeliveredItem::Event {
+        for (d, item) in index.delivered(client) {
+            let (epoch, from, end, what) = match item {
+                DeliveredItem::Event {
                     epoch, seq, event_id, ..
-                }) => (
+                } => (
                     epoch.as_str(),
                     *seq,
                     *seq,
                     format!("event seq {seq} ({})", event_id.as_deref().unwrap_or("no event id")),
                 ),
-                Some(DeliveredItem::Gap {
+                DeliveredItem::Gap {
                     epoch,
                     from,
                     to,
                     reason,
-                }) => {
+                } => {
                     let end = gap_end(reason, *to);
                     let to = to.map_or_else(String::new, |to| to.to_string());
                     (epoch.as_str(), *from, end, format!("a {reason} gap {from}..{to}"))
                 }
-                None => continue,
             };
             let (pos, set_at) = position.get(epoch).copied().unwrap_or((0, d));
             if pos != u64::MAX && from > pos.saturating_add(1) {

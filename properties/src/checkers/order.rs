@@ -41,11 +41,11 @@ fn delivered_order(index: &Index<'_>) -> Option<Violation> {
     for client in index.clients.values() {
         // epoch → (position, entry that set it)
         let mut position: FxHashMap<&str, (u64, usize)> = FxHashMap::default();
-        for &idx in &client.delivered {
-            match index.delivered_item(idx) {
-                Some(DeliveredItem::Event {
+        for (idx, item) in index.delivered(client) {
+            match item {
+                DeliveredItem::Event {
                     epoch, seq, event_id, ..
-                }) => {
+                } => {
                     if let Some(&(pos, at_idx)) = position.get(epoch.as_str()) {
                         if *seq < pos || (*seq == pos && index.delivered_item(at_idx).is_some_and(is_gap)) {
                             let before = if pos == u64::MAX {
@@ -70,13 +70,13 @@ fn delivered_order(index: &Index<'_>) -> Option<Violation> {
                         *entry = (*seq, idx);
                     }
                 }
-                Some(DeliveredItem::Gap {
+                DeliveredItem::Gap {
                     epoch,
                     from,
                     to,
                     reason,
                     ..
-                }) => {
+                } => {
                     let end = gap_end(reason, *to);
                     if let Some(&(pos, at_idx)) = position.get(epoch.as_str()) {
                         if *from <= pos && pos != u64::MAX && reason != "epoch" {
@@ -97,7 +97,6 @@ fn delivered_order(index: &Index<'_>) -> Option<Violation> {
                         *entry = (end, idx);
                     }
                 }
-                None => {}
             }
         }
     }

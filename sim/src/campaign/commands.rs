@@ -11,7 +11,7 @@ use super::seeds::{
 };
 use super::shrinking::{shrink_while, Shrunk};
 use super::{parse_duration, CampaignReport, FuzzOptions, Limit, ProgressMode, Shard};
-use crate::cli::{budget_text, load_scenario_file, ScenarioFile, SizeArg};
+use crate::cli::{hang_verdict, load_scenario_file, ScenarioFile, SizeArg};
 use crate::server_under_test::{RealServer, ServerUnderTest};
 use crate::timeline::{render, TimelineOptions};
 use crate::world::{run_with, WorldOptions};
@@ -211,13 +211,7 @@ pub fn replay_command(args: ReplayArgs) -> Result<ExitCode, String> {
                 println!("recorded crash: {}: {}", crash.kind.as_str(), crash.message);
             }
             match interrupted {
-                ReplayInterrupted::Hang => println!(
-                    "verdict: HANG ({}): the replay exceeded the wall-time budget of {} s and was abandoned: \
-                     its world still spins (or this machine is slower than the budget allows for: raise it \
-                     with {SEED_REPLAY_BUDGET_ENV})",
-                    args.file.display(),
-                    budget.as_secs()
-                ),
+                ReplayInterrupted::Hang => println!("{}", hang_verdict(Some(&args.file), "the replay", budget)),
                 other => println!(
                     "verdict: FAILED ({}): {}",
                     args.file.display(),
@@ -441,13 +435,9 @@ pub fn shrink_command(args: ShrinkArgs) -> Result<ExitCode, String> {
             );
             match why {
                 ReplayInterrupted::CannotSpawn(error) => return Err(format!("cannot start a world run: {error}")),
-                ReplayInterrupted::Hang => println!(
-                    "verdict: HANG ({}): {what} exceeded the wall-time budget of {} s and was abandoned: its world \
-                     still spins (or this machine is slower than the budget allows for: raise it with \
-                     {SEED_REPLAY_BUDGET_ENV}); nothing written",
-                    args.file.display(),
-                    budget_text(budget)
-                ),
+                ReplayInterrupted::Hang => {
+                    println!("{}; nothing written", hang_verdict(Some(&args.file), &what, budget))
+                }
                 ReplayInterrupted::Panic(message) => println!(
                     "verdict: FAILED ({}): {what} panicked outside its world: {message}; nothing written",
                     args.file.display()

@@ -31,6 +31,7 @@ use super::shrinking::shrink_failure_like;
 use super::{case_seed, FuzzOptions, Limit, SHRINK_GRACE};
 use crate::server_under_test::ServerUnderTest;
 use herald_properties::coverage::{paths_reached, Path as CoveragePath};
+use herald_properties::history::History;
 use herald_properties::scenario::Scenario;
 use herald_properties::seed_file::{CrashKind, GeneratorInfo, RecordedCrash, RecordedFailure, SeedFile};
 use std::collections::BTreeMap;
@@ -69,8 +70,11 @@ struct Pending {
     scenario: Scenario,
     primary: CaseFailure,
     also: Vec<FailureKey>,
-    /// The digest of the case's first run.
-    digest: Option<String>,
+    /// The history of the case's first run (`None` if its world panicked). Hashed only if a
+    /// follow-up run hangs and the failure is saved unshrunk ([`save_after_follow_up_hang`]):
+    /// otherwise what is saved records the digest of a later run ([`follow_up`]), or none, so
+    /// hashing every failing case's first run up front would be wasted.
+    history: Option<History>,
 }
 
 /// The runs of one case, as a hang report names them.
@@ -365,7 +369,7 @@ fn worker_loop(worker: usize, shared: &Shared, server: &Rc<dyn ServerUnderTest>)
                 scenario,
                 primary,
                 also,
-                digest: judged.history().map(|h| h.digest()),
+                history: judged.output.map(|output| output.history),
             };
             if !handle_failure(shared, worker, server, marker.as_deref(), seed, case) {
                 return;
@@ -643,15 +647,13 @@ fn follow_up(
 fn failure_file(
     shared: &Shared,
     seed: u64,
-    (scenario, final_scenario): (&Scenario, &Scenario),
+    scenarios: (&Scenario, &Scenario),
     failure: &CaseFailure,
     digest: Option<String>,
     note: Option<&str>,
 ) -> SeedFile {
     let options = &shared.options;
-    let mut file = bare_seed_file(seed_name(failure.key, final_scenario), seed, final_scenario.clone());
-    file.family = Some(failure.category);
-    file.severity = Some(failure.severity);
+    let mut file = recorded_failure_file(shared, seed, scenarios, failure, digest);
     file.description = format!(
         "Found by `herald-sim fuzz` (case seed {seed}, size {}, swarm {}{}): {}{}",
         options.size.as_str(),
@@ -665,6 +667,23 @@ fn failure_file(
         note.map(|n| format!(". {n}")).unwrap_or_default()
     );
     file.generator = Some(generator_info(options, seed));
+    file
+}
+
+/// What every seed file saved for a failure records, a hang seed's too ([`report_hang`]): its
+/// name, family, severity and revision, and the failure (`scenario` is the case's,
+/// `final_scenario` what is saved). The description and the generator block are the caller's,
+/// since a hang seed's differ from those of [`failure_file`].
+fn recorded_failure_file(
+    shared: &Shared,
+    seed: u64,
+    (scenario, final_scenario): (&Scenario, &Scenario),
+    failure: &CaseFailure,
+    digest: Option<String>,
+) -> SeedFile {
+    let mut file = bare_seed_file(seed_name(failure.key, final_scenario), seed, final_scenario.clone());
+    file.family = Some(failure.category);
+    file.severity = Some(failure.severity);
     file.git_revision = shared.git_revision.clone();
     match failure.key {
         FailureKey::Invariant(invariant) => {
@@ -870,9 +889,8 @@ fn report_hang(shared: &Shared, hung: Hung) {
     let steps = scenario.as_ref().map_or(0, |s| s.steps.len());
     let mut seed_file = None;
     if let Some(scenario) = scenario {
-        let mut file = bare_seed_file(seed_name(failure.key, &scenario), seed, scenario);
-        file.family = Some(failure.category);
-        file.severity = Some(failure.severity);
+        // Not hashed: the run that hung left no history.
+        let mut file = recorded_failure_file(shared, seed, (&scenario, &scenario), &failure, None);
         file.description = format!(
             "{}. A hang seed: the scenario that was running, saved at once (not shrunk, not re-run){}. \
              Replaying it fails as `hang` while it still outlives the replay budget; once it ends, it \
@@ -886,14 +904,6 @@ fn report_hang(shared: &Shared, hung: Hung) {
             }
         );
         file.generator = regenerates.then(|| generator_info(&shared.options, seed));
-        file.git_revision = shared.git_revision.clone();
-        file.crash = Some(RecordedCrash {
-            kind: CrashKind::Hang,
-            message: failure.explanation.clone(),
-            history_digest: None,
-            steps_before_shrink: steps,
-            steps_after_shrink: steps,
-        });
         seed_file = save(shared, &file);
         if seed_file.is_some() {
             if let Some(dir) = &shared.options.seeds_dir {
@@ -925,12 +935,13 @@ fn save_after_follow_up_hang(shared: &Shared, seed: u64, case: Pending, run: &st
         hang_file.map(|f| format!(" (saved as {f})")).unwrap_or_default()
     );
     let note = format!("N{}", &why[1..]);
+    let digest = case.history.as_ref().map(|h| h.digest());
     let file = failure_file(
         shared,
         seed,
         (&case.scenario, &case.scenario),
         &case.primary,
-        case.digest.clone(),
+        digest.clone(),
         Some(&note),
     );
     let seed_file = save(shared, &file);
@@ -941,7 +952,7 @@ fn save_after_follow_up_hang(shared: &Shared, seed: u64, case: Pending, run: &st
     announce(shared, seed, &failure, seed_file.as_deref(), true);
     let group = FailureGroup {
         seed_file,
-        history_digest: case.digest,
+        history_digest: digest,
         ..FailureGroup::new(&failure, NOT_SHRUNK.into(), case.also, case.scenario.steps.len())
     };
     lock(&shared.aggregate).add_to_group(group, seed);
