@@ -184,6 +184,10 @@ fn is_id_byte(b: u8) -> bool {
 /// ends it (EOF or reset, no close code): how coverage tells it from other network closes.
 pub const SOCKET_ENDED_BY_SERVER: &str = "the server ended the socket";
 
+/// How the `reason` of a hostile socket whose WebSocket handshake failed begins (the error
+/// follows): how the checkers tell a socket the server ended before the handshake.
+pub const HANDSHAKE_FAILED: &str = "handshake failed";
+
 /// Who ended a connection.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

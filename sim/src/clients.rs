@@ -12,7 +12,9 @@ use herald_core::client::{
     ClientConfig, ClientObserver, CloseCause, Connector, FrameReceived as ClientFrameReceived, Item,
 };
 use herald_core::protocol::{ClientFrame, Resume, ServerFrame};
-use herald_properties::history::{ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent, SOCKET_ENDED_BY_SERVER};
+use herald_properties::history::{
+    ClosedBy, DeliveredItem, FrameSeen, Observation, ResumeSent, HANDSHAKE_FAILED, SOCKET_ENDED_BY_SERVER,
+};
 use herald_properties::scenario::{hostile_connect_timeout_ms, Attack, ScenarioConfig, Timeouts, HOSTILE_PATIENCE_MS};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -498,7 +500,7 @@ async fn hostile_client(ctx: HostContext, client: u32, attack: Attack, victim_po
     let handshake = tokio_tungstenite::client_async(server_ws_url(), stream);
     let mut socket = match tokio::time::timeout(connect_timeout, handshake).await {
         Ok(Ok((socket, _))) => socket,
-        Ok(Err(error)) => return closed(None, ClosedBy::Network, format!("handshake failed: {error}")),
+        Ok(Err(error)) => return closed(None, ClosedBy::Network, format!("{HANDSHAKE_FAILED}: {error}")),
         Err(_) => return closed(None, ClosedBy::Network, "handshake timed out".into()),
     };
     let first: Option<String> = match &attack {

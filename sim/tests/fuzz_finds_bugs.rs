@@ -155,8 +155,9 @@ fn fuzz_finds_a_fan_out_cancelled_with_its_publish_request() {
 }
 
 /// A failure that needs one message lost under random loss still shrinks small. A case of a
-/// small campaign (the first lossy one that fails, 4000008 since HTTP answers after an idle
-/// read stopped waiting for the next read; 4000024 before): `no_request_deadline` keeps a
+/// small campaign (the first lossy one that fails: 4000208 since generated worlds may lower
+/// `connections_max`, `sockets_max` and `users_max`, which moved the draws of later scenarios;
+/// 4000008 before that, 4000024 earlier still): `no_request_deadline` keeps a
 /// socket whose client's request or FIN was lost under random loss, and without a request
 /// deadline the server waits for good. Removing any other step moves the network's random
 /// draws, so the lost message arrives and the candidate passes; the shrinker stopped at 16

@@ -257,13 +257,14 @@ fn stalled_socket(
             (2 * latency + slack_ms < hostile_connect_timeout_ms(&config.timeouts))
                 .then(|| format!("could not connect ({reason}) on a fast link"))
         }
-        // Closed at once: the server may have held `sockets_max` sockets.
-        (ClosedBy::Network, None) if at < earliest && index.socket_refused(conn, closed) => None,
-        (ClosedBy::Network, None) if at < earliest => Some(format!(
-            "was closed at {}, {} ms after connecting: sooner than http_request_timeout_ms {timeout_ms}",
-            t(at),
-            at - conn.at
-        )),
+        // Closed at once: excused if the server may have held `sockets_max` sockets.
+        (ClosedBy::Network, None) if at < earliest => (!index.socket_refused(conn, closed)).then(|| {
+            format!(
+                "was closed at {}, {} ms after connecting: sooner than http_request_timeout_ms {timeout_ms}",
+                t(at),
+                at - conn.at
+            )
+        }),
         (ClosedBy::Network, None) if at > latest => Some(format!(
             "was closed only at {}, {} ms after connecting: later than http_request_timeout_ms {timeout_ms} allows",
             t(at),

@@ -6,7 +6,7 @@
 
 use crate::history::{
     is_ambiguous_failure, ClosedBy, DeliveredItem, Entry, FrameSeen, GaugeSample, History, Observation, PublishOutcome,
-    ResumeSent, SOCKET_ENDED_BY_SERVER,
+    ResumeSent, HANDSHAKE_FAILED, SOCKET_ENDED_BY_SERVER,
 };
 use crate::scenario::{
     hostile_connect_timeout_ms, Attack, Limits, Scenario, ScenarioConfig, Step, Timeouts, Via, HTTP_RETRY_PAUSE_MS,
@@ -44,6 +44,13 @@ pub(super) fn gap_end(reason: &str, to: Option<u64>) -> u64 {
 /// restarting server can burn a `hello_timeout` twice; 1000 ms covers latency and ticks.
 pub fn liveness_bound_ms(timeouts: &Timeouts) -> u64 {
     2 * timeouts.idle_timeout_ms + 2 * timeouts.backoff_max_ms + 2 * timeouts.hello_timeout_ms + 1000
+}
+
+/// How long after a publish call its answer (and so its event's creation) may come, in
+/// simulated ms: `publish_timeout_ms`, plus 1000 ms for latency and ticks. One bound for every
+/// rule that waits on a call, so that no invariant flags what another excuses.
+pub fn publish_answer_bound_ms(timeouts: &Timeouts) -> u64 {
+    timeouts.publish_timeout_ms + 1000
 }
 
 /// How long after the last publish call the hub must have let every retained event age out,
@@ -798,7 +805,7 @@ impl<'a> Index<'a> {
             &self.entries[closed].what,
             Observation::Closed { code: None, by: ClosedBy::Network, reason, .. }
                 if reason.starts_with("websocket handshake")
-                    || reason.starts_with("handshake failed")
+                    || reason.starts_with(HANDSHAKE_FAILED)
                     || reason == SOCKET_ENDED_BY_SERVER
         );
         if conn.welcome.is_some() || !ended_early || limits.sockets_max >= Limits::default().sockets_max {
@@ -1021,7 +1028,7 @@ impl<'a> Index<'a> {
         if (known_head - seq) + unknown >= limits.retention_events_max {
             return false;
         }
-        let window_from = created_from.saturating_sub(timeouts.publish_timeout_ms + 1000);
+        let window_from = created_from.saturating_sub(publish_answer_bound_ms(timeouts));
         let first = self.calls.partition_point(|c| c.at < window_from);
         let last = self.calls.partition_point(|c| c.at <= at_ms);
         let bytes = self.call_bytes_prefix[last.max(first)] - self.call_bytes_prefix[first];

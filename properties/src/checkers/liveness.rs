@@ -43,7 +43,7 @@
 //!   judged by the rules above (see `Index::bytes_dropped_during`).
 //!   Not decided when D falls after the last entry of the history.
 
-use super::index::{liveness_bound_ms, Client, Conn, Index};
+use super::index::{liveness_bound_ms, publish_answer_bound_ms, Client, Conn, Index, LimitRefusals};
 use super::no_silent_loss::{created_from, expected, Coverage};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{FrameSeen, Observation};
@@ -63,22 +63,20 @@ pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
         return Ok(());
     };
     let bound = liveness_bound_ms(&index.scenario.config.timeouts);
-    for client in index
+    // Each judged client with its limit refusals, computed once for both rules below.
+    let judged: Vec<_> = index
         .clients
         .values()
         .filter(|c| c.is_live() && !index.refused_by_limit(c))
-    {
-        if let Some(v) = reconnects(index, client, heal_idx, heal_at, end_idx, end_at, bound) {
+        .map(|c| (c, index.limit_refusals(c)))
+        .collect();
+    for (client, refusals) in &judged {
+        if let Some(v) = reconnects(index, client, refusals, (heal_idx, heal_at), (end_idx, end_at), bound) {
             return Err(v);
         }
     }
-    for client in index
-        .clients
-        .values()
-        .filter(|c| c.is_live() && !index.refused_by_limit(c))
-    {
+    for (client, refusals) in &judged {
         let coverage = Coverage::new(index, client);
-        let refusals = index.limit_refusals(client);
         for instance in expected(index, client) {
             let inst = &index.instances[instance];
             let event = &index.events[inst.event];
@@ -129,14 +127,12 @@ fn pause_allowance(client: &Client<'_>, heal_at: u64) -> u64 {
 fn reconnects(
     index: &Index<'_>,
     client: &Client<'_>,
-    heal_idx: usize,
-    heal_at: u64,
-    end_idx: usize,
-    end_at: u64,
+    refusals: &LimitRefusals,
+    (heal_idx, heal_at): (usize, u64),
+    (end_idx, end_at): (usize, u64),
     bound: u64,
 ) -> Option<Violation> {
     let bound = bound + pause_allowance(client, heal_at);
-    let refusals = index.limit_refusals(client);
     let stuck = |since: u64, since_idx: usize, what: String| -> Option<Violation> {
         // The first welcome whose entry comes after `since_idx`.
         let next = client
@@ -253,7 +249,7 @@ fn stopped_on_its_own(index: &Index<'_>) -> Option<Violation> {
 }
 
 fn publish_hangs(index: &Index<'_>) -> Option<Violation> {
-    let limit = index.scenario.config.timeouts.publish_timeout_ms + 1000;
+    let limit = publish_answer_bound_ms(&index.scenario.config.timeouts);
     let horizon = index.end.map(|(_, at)| at).or(index.entries.last().map(|e| e.at_ms))?;
     for call in &index.calls {
         let deadline = call.at + limit;

@@ -16,14 +16,14 @@
 //!   `unwrap_or_default()`) returns exactly such fake positions, and nothing else in the
 //!   history shows it: the event simply never exists.
 
-use super::index::Index;
+use super::index::{publish_answer_bound_ms, Index};
 use super::{t, violation, Category, Invariant, Severity, Violation};
 use crate::history::{DeliveredItem, FrameSeen, Observation, PublishOutcome};
 use rustc_hash::FxHashMap;
 
 pub(super) fn check(index: &Index<'_>) -> Result<(), Violation> {
     if let Some((end_idx, end_at)) = index.end {
-        let answer_due_ms = index.scenario.config.timeouts.publish_timeout_ms + 1000;
+        let answer_due_ms = publish_answer_bound_ms(&index.scenario.config.timeouts);
         if let Some(call) = index
             .calls
             .iter()
