@@ -19,7 +19,8 @@ mkdir -p bench/results
 nproc > bench/results/machine.txt; lscpu | head -15 >> bench/results/machine.txt
 cargo build --release -p herald-core --bin herald --example baseline_server
 lg() { cargo bench -p herald-core --bench loadgen -- "$@" "${quick[@]}"; }
-# isolated OUT ROUNDS FILTER ARGS...: `lg ARGS` for each in-process server, one run per fresh
+# isolated OUT ROUNDS FILTER ARGS...: `lg ARGS` for each in-process server ($servers, by default
+# the herald-baseline pair), one run per fresh
 # process, the servers interleaved, ROUNDS times; the lines matching FILTER go to OUT. With
 # glibc's allocator an in-process server runs slower the more servers ran before it in the
 # same process (bench/HISTORY.md, "Eighth pass"); a fresh process per run removes that.
@@ -28,7 +29,7 @@ isolated() {
   shift 3
   : > "$out"
   for ((run = 0; run < rounds; run++)); do
-    for server in herald-notifier baseline-notifier; do
+    for server in ${servers:-herald-notifier baseline-notifier}; do
       echo "# round $run: $server in a fresh process" | tee -a "$out"
       lg "$@" --runs 1 --servers "$server" | grep -E "$filter" | tee -a "$out"
     done
@@ -44,7 +45,9 @@ lg --scenario rate --rates 20000,50000,100000 --runs 3 --duration-secs 5 --serve
 # tick (the generator's own pacing delay shrinks; see "Seventh pass" in bench/HISTORY.md).
 lg --scenario rate --rates 100000 --runs 7 --duration-secs 5 \
    --servers herald,baseline-small,herald-notifier,baseline-notifier                | tee bench/results/rate100k.txt
-# The in-process pair again, each run in a fresh process (see `isolated` above).
+# The in-process pair again, each run in a fresh process (see `isolated` above), with the floor
+# under any in-process server (`floor-notifier`: the publishing thread writes the sockets itself).
+servers="herald-notifier baseline-notifier floor-notifier" \
 isolated bench/results/rate100k-notifier-isolated.txt 7 "rate 100000/s run" \
    --scenario rate --rates 100000 --duration-secs 5
 lg --scenario rate --rates 100000 --runs 5 --duration-secs 5 --notifier-tick-us 100 \

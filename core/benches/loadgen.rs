@@ -11,7 +11,10 @@
 //!   published over HTTP;
 //! - `baseline-notifier`: the same example's code (tuned buffers) inside this process (threads
 //!   named `baseline-srv`), published through its `App::publish_raw` from the same kind of
-//!   dedicated thread — the like-for-like counterpart of `herald-notifier`.
+//!   dedicated thread — the like-for-like counterpart of `herald-notifier`;
+//! - `floor-notifier`: no server at all, the floor under any in-process one: the publishing
+//!   thread writes each frame into its user's sockets itself (see [`floor`]). It measures how
+//!   much of a latency belongs to the generator, the kernel and the clients.
 //!
 //! Process servers' RSS and CPU are read from `/proc/<pid>` and hold nothing of the generator.
 //! The generator opens WebSocket connections with real tokens, publishes (pipelined keep-alive
@@ -58,6 +61,147 @@ use tokio_tungstenite::tungstenite::Message;
 #[allow(dead_code)]
 #[path = "../examples/baseline_server.rs"]
 mod baseline;
+
+/// The floor under any in-process server (`floor-notifier`): the publishing thread writes each
+/// event frame into its user's sockets itself — blocking std sockets with `TCP_NODELAY` (as
+/// herald sets), no task, channel, lock hand-off or wake between the publish and the kernel.
+/// Nobody should run this as a server (one slow client blocks every publish, a dead one is
+/// found only when a write fails); it answers one question: how low can an in-process server's
+/// latency be under this generator on this machine, when the server does nothing at all?
+mod floor {
+    use serde::Serialize;
+    use serde_json::value::RawValue;
+    use std::collections::HashMap;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
+
+    /// Bound on a client's handshake and `hello`, so one silent client cannot stop the accepts.
+    const HELLO_TIMEOUT_MS: u64 = 20_000;
+
+    #[derive(Default)]
+    struct UserEntry {
+        seq: u64,
+        sockets: Vec<WebSocket<TcpStream>>,
+    }
+
+    pub struct Floor {
+        users: Mutex<HashMap<String, UserEntry>>,
+        stopped: AtomicBool,
+        addr: SocketAddr,
+    }
+
+    /// The same frame as the baseline's, serialized from borrowed fields.
+    #[derive(Serialize)]
+    struct EventFrame<'a> {
+        #[serde(rename = "type")]
+        kind_tag: &'static str,
+        seq: u64,
+        run: &'a str,
+        kind: &'a str,
+        data: &'a RawValue,
+    }
+
+    impl Floor {
+        /// Listens on an ephemeral loopback port; one thread (`thread_name`) accepts, shakes
+        /// hands, reads `hello` and registers the socket, one client at a time.
+        pub fn start(thread_name: &str) -> (Arc<Floor>, SocketAddr) {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            let floor = Arc::new(Floor {
+                users: Mutex::new(HashMap::new()),
+                stopped: AtomicBool::new(false),
+                addr,
+            });
+            let accepting = floor.clone();
+            std::thread::Builder::new()
+                .name(thread_name.to_string())
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if accepting.stopped.load(Ordering::Acquire) {
+                            return;
+                        }
+                        // A client whose handshake fails sees its connection end and reports it.
+                        if let Ok(stream) = stream {
+                            let _ = accepting.accept(stream);
+                        }
+                    }
+                })
+                .expect("spawn the floor's accept thread");
+            (floor, addr)
+        }
+
+        // The handshake callback's error type is tungstenite's (an HTTP response), not ours.
+        #[allow(clippy::result_large_err)]
+        fn accept(&self, stream: TcpStream) -> Result<(), String> {
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)))
+                .map_err(|e| e.to_string())?;
+            let mut user = None;
+            let mut ws = tungstenite::accept_hdr(stream, |request: &Request, response: Response| {
+                user = request
+                    .uri()
+                    .query()
+                    .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("user=")))
+                    .map(str::to_string);
+                Ok(response)
+            })
+            .map_err(|e| e.to_string())?;
+            let user = user.ok_or("no ?user=")?;
+            loop {
+                match ws.read().map_err(|e| e.to_string())? {
+                    Message::Text(text) if text.contains("\"hello\"") => break,
+                    _ => continue,
+                }
+            }
+            let mut users = self.users.lock().unwrap();
+            let entry = users.entry(user.clone()).or_default();
+            let welcome = serde_json::json!({
+                "type": "welcome",
+                "user": user,
+                "connection": format!("f-{}", entry.sockets.len()),
+                "epoch": "floor",
+                "head": entry.seq,
+                "recovered": false,
+            });
+            ws.send(Message::text(welcome.to_string())).map_err(|e| e.to_string())?;
+            entry.sockets.push(ws);
+            Ok(())
+        }
+
+        /// Bumps `user`'s seq and writes the frame into each of its sockets, on this thread.
+        pub fn publish_raw(&self, user: &str, run: &str, kind: &str, data: &RawValue) {
+            let mut users = self.users.lock().unwrap();
+            if !users.contains_key(user) {
+                users.insert(user.to_string(), UserEntry::default());
+            }
+            let entry = users.get_mut(user).expect("inserted above");
+            entry.seq += 1;
+            let frame = serde_json::to_string(&EventFrame {
+                kind_tag: "event",
+                seq: entry.seq,
+                run,
+                kind,
+                data,
+            })
+            .expect("an event frame serializes");
+            let message = Message::text(frame);
+            entry.sockets.retain_mut(|ws| ws.send(message.clone()).is_ok());
+        }
+
+        /// Closes every socket and ends the accept thread.
+        pub fn stop(&self) {
+            self.stopped.store(true, Ordering::Release);
+            self.users.lock().unwrap().clear();
+            // Wakes the accept thread, which then sees `stopped`.
+            let _ = TcpStream::connect(self.addr);
+        }
+    }
+}
 
 const JWT_SECRET: &str = "loadgen-jwt-secret-0123456789abcdef";
 const API_KEY: &str = "loadgen-api-key-0123456789";
@@ -113,6 +257,10 @@ enum ServerKind {
     /// The baseline's code with small buffers in this process, published through
     /// `App::publish_raw` from a thread: like for like with `HeraldNotifier`.
     BaselineNotifier,
+    /// The floor under any in-process server: the publishing thread writes every frame into
+    /// its user's sockets itself (no task, channel or wake in between). Not a server: it
+    /// measures what is left of a latency when the server does nothing.
+    FloorNotifier,
 }
 
 impl ServerKind {
@@ -123,18 +271,23 @@ impl ServerKind {
             ServerKind::BaselineDefault => "baseline-default",
             ServerKind::BaselineSmall => "baseline-small",
             ServerKind::BaselineNotifier => "baseline-notifier",
+            ServerKind::FloorNotifier => "floor-notifier",
         }
     }
 
     /// Runs inside the generator's process (RSS not separable; published from a thread).
     fn in_process(self) -> bool {
-        matches!(self, ServerKind::HeraldNotifier | ServerKind::BaselineNotifier)
+        matches!(
+            self,
+            ServerKind::HeraldNotifier | ServerKind::BaselineNotifier | ServerKind::FloorNotifier
+        )
     }
 
     /// Prefix of the in-process server's runtime thread names (`/proc/self/task/*/comm`).
     fn thread_name(self) -> &'static str {
         match self {
             ServerKind::BaselineNotifier => "baseline-srv",
+            ServerKind::FloorNotifier => "floor-srv",
             _ => "herald-srv",
         }
     }
@@ -312,6 +465,7 @@ enum Host {
 enum Bridge {
     Herald { server: Server, notifier: Notifier },
     Baseline(Arc<baseline::App>),
+    Floor(Arc<floor::Floor>),
 }
 
 impl Bridge {
@@ -323,6 +477,10 @@ impl Bridge {
                 .map_err(|e| e.to_string()),
             Bridge::Baseline(app) => {
                 app.publish_raw(user, run, EventKind::AgentThinking.as_str(), data);
+                Ok(())
+            }
+            Bridge::Floor(floor) => {
+                floor.publish_raw(user, run, EventKind::AgentThinking.as_str(), data);
                 Ok(())
             }
         }
@@ -373,8 +531,10 @@ impl Drop for ServerProcess {
                 let _ = child.wait();
             }
             Host::InProcess { bridge, runtime } => {
-                if let Bridge::Herald { server, .. } = bridge {
-                    server.shutdown();
+                match bridge {
+                    Bridge::Herald { server, .. } => server.shutdown(),
+                    Bridge::Floor(floor) => floor.stop(),
+                    Bridge::Baseline(_) => {}
                 }
                 if let Some(runtime) = runtime.take() {
                     if std::env::var_os("LOADGEN_RUNTIME_METRICS").is_some() {
@@ -466,6 +626,17 @@ fn free_port() -> u16 {
 /// buffers) in this process on its own runtime with tokio's default worker count, like the
 /// binaries.
 fn start_in_process_server(kind: ServerKind) -> ServerProcess {
+    if kind == ServerKind::FloorNotifier {
+        let (floor, addr) = floor::Floor::start(kind.thread_name());
+        return ServerProcess {
+            kind,
+            host: Host::InProcess {
+                bridge: Bridge::Floor(floor),
+                runtime: None,
+            },
+            addr,
+        };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name(kind.thread_name())
         .enable_all()
@@ -532,7 +703,9 @@ async fn start_server(cli: &Cli, kind: ServerKind) -> ServerProcess {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut command = match kind {
-        ServerKind::HeraldNotifier | ServerKind::BaselineNotifier => unreachable!("handled above"),
+        ServerKind::HeraldNotifier | ServerKind::BaselineNotifier | ServerKind::FloorNotifier => {
+            unreachable!("handled above")
+        }
         ServerKind::Herald => {
             let bin = cli
                 .herald_bin
