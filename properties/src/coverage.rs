@@ -51,10 +51,14 @@ pub enum Path {
     /// A normal client was refused with 4009 `too_many_connections`: the server held
     /// `connections_max` connections (generated tabs never exceed the per-user limit).
     TooManyConnectionsRefused,
+    /// The server closed sockets at once because it held `sockets_max` (counted per refused
+    /// socket, by the server's own count in the gauge samples: a refused client only sees
+    /// its connection end, and the history does not carry the limit).
+    SocketsMaxRefused,
 }
 
 impl Path {
-    pub const ALL: [Path; 15] = [
+    pub const ALL: [Path; 16] = [
         Path::ResumeRecovered,
         Path::ResumeRetentionGap,
         Path::EpochGap,
@@ -70,6 +74,7 @@ impl Path {
         Path::ServerRestart,
         Path::PartitionHealCatchUp,
         Path::TooManyConnectionsRefused,
+        Path::SocketsMaxRefused,
     ];
 
     /// The serde name, used in reports.
@@ -90,6 +95,7 @@ impl Path {
             Path::ServerRestart => "server_restart",
             Path::PartitionHealCatchUp => "partition_heal_catch_up",
             Path::TooManyConnectionsRefused => "too_many_connections_refused",
+            Path::SocketsMaxRefused => "sockets_max_refused",
         }
     }
 }
@@ -119,6 +125,10 @@ pub fn paths_reached(history: &History) -> BTreeMap<Path, u64> {
     let mut host_of_client: BTreeMap<u32, u32> = BTreeMap::new();
     let mut partitioned_hosts: BTreeSet<u32> = BTreeSet::new();
     let mut server_up = false;
+    // The server's count of refused sockets at the last gauge sample of this life (it starts
+    // from zero in every life), and the refusals counted over all lives.
+    let mut sockets_refused_seen = 0;
+    let mut sockets_refused = 0;
     let mut down_at_call: BTreeMap<u64, bool> = BTreeMap::new();
     // event id → (user, clients it was delivered to)
     let mut fan_out: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
@@ -138,8 +148,13 @@ pub fn paths_reached(history: &History) -> BTreeMap<Path, u64> {
                 _ => {}
             },
             Observation::HealStarted => partitioned_hosts.clear(),
+            Observation::Gauges(sample) if sample.sockets_refused > sockets_refused_seen => {
+                sockets_refused += sample.sockets_refused - sockets_refused_seen;
+                sockets_refused_seen = sample.sockets_refused;
+            }
             Observation::ServerStarted { life } => {
                 server_up = true;
+                sockets_refused_seen = 0;
                 if *life > 0 {
                     hit(Path::ServerRestart);
                 }
@@ -253,13 +268,14 @@ pub fn paths_reached(history: &History) -> BTreeMap<Path, u64> {
     // Fan-out counts events, not deliveries: "event e-17 reached two tabs" once.
     let fanned = fan_out.values().filter(|clients| clients.len() >= 2).count() as u64;
     *counts.get_mut(&Path::MultiConnectionFanOut).expect("listed") += fanned;
+    *counts.get_mut(&Path::SocketsMaxRefused).expect("listed") += sockets_refused;
     counts
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::ResumeSent;
+    use crate::history::{GaugeSample, ResumeSent};
 
     fn history(entries: Vec<Observation>) -> History {
         let mut h = History::default();
@@ -508,6 +524,30 @@ mod tests {
         assert_eq!(reached(&one), vec![]);
         let two = history(vec![delivered(0, "e-1"), delivered(1, "e-1"), delivered(2, "e-1")]);
         assert_eq!(paths_reached(&two)[&Path::MultiConnectionFanOut], 1);
+    }
+
+    fn refused_so_far(sockets_refused: u64) -> Observation {
+        Observation::Gauges(GaugeSample {
+            sockets_refused,
+            ..GaugeSample::default()
+        })
+    }
+
+    #[test]
+    fn sockets_refused_are_counted_from_the_servers_count_per_life() {
+        let h = history(vec![
+            Observation::ServerStarted { life: 0 },
+            refused_so_far(0),
+            refused_so_far(2),
+            refused_so_far(2),
+            refused_so_far(3),
+            // A new life counts from zero again.
+            Observation::ServerStarted { life: 1 },
+            refused_so_far(1),
+        ]);
+        assert_eq!(paths_reached(&h)[&Path::SocketsMaxRefused], 4);
+        let none = history(vec![Observation::ServerStarted { life: 0 }, refused_so_far(0)]);
+        assert_eq!(paths_reached(&none)[&Path::SocketsMaxRefused], 0);
     }
 
     fn applied(step: Step) -> Observation {

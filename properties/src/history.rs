@@ -324,6 +324,16 @@ pub struct GaugeSample {
     /// shows here even when the hub has forgotten its connection.
     #[serde(default)]
     pub server_sockets: u64,
+    /// Sockets this server life closed at once because `sockets_max` were open, by the
+    /// server's own count (`herald_sockets_refused_total`). For coverage only: no checker
+    /// trusts a server's account of itself. Left out of the JSON while zero, so histories of
+    /// worlds that never reach the limit are byte-identical to those recorded before it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sockets_refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl History {

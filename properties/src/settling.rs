@@ -157,6 +157,7 @@ mod tests {
             send_queue_depth_max,
             connections_per_user_max: 1,
             server_sockets: connections,
+            sockets_refused: 0,
         }
     }
 

@@ -1300,6 +1300,7 @@ fn bounded_resources_near_miss_gauges_exactly_at_the_limits() {
         send_queue_depth_max: limits.send_queue_max,
         connections_per_user_max: limits.connections_per_user_max,
         server_sockets: 2,
+        sockets_refused: 0,
     });
     let history = finish(&mut b, 1000);
     assert_clean(&scenario, &history);

@@ -45,10 +45,12 @@ pub trait Publish: Send + Sync {
     ) -> Result<Published, PublishError>;
 }
 
-/// What the world needs besides publishing: gauges for the bounded-resources checker and a
-/// graceful shutdown.
+/// What the world needs besides publishing: gauges for the bounded-resources checker, the
+/// server's own count of refused sockets for coverage, and a graceful shutdown.
 pub trait ServerControl: Send + Sync {
     fn gauges(&self) -> Gauges;
+    /// Sockets this life closed at once at `sockets_max` (`Server::sockets_refused`).
+    fn sockets_refused(&self) -> u64;
     fn shutdown(&self);
 }
 
@@ -78,6 +80,10 @@ struct RealControl(Server);
 impl ServerControl for RealControl {
     fn gauges(&self) -> Gauges {
         self.0.gauges()
+    }
+
+    fn sockets_refused(&self) -> u64 {
+        self.0.sockets_refused()
     }
 
     fn shutdown(&self) {

@@ -271,14 +271,19 @@ fn describe(what: &Observation, connection_of: &mut BTreeMap<u32, String>) -> (S
         Observation::Gauges(g) => (
             "server".into(),
             format!(
-                "gauges: users {} connections {} retained {} events / {} B, send queue max {}, conns/user max {}, sockets {}",
+                "gauges: users {} connections {} retained {} events / {} B, send queue max {}, conns/user max {}, sockets {}{}",
                 g.users,
                 g.connections,
                 g.retained_events,
                 g.retained_bytes,
                 g.send_queue_depth_max,
                 g.connections_per_user_max,
-                g.server_sockets
+                g.server_sockets,
+                if g.sockets_refused > 0 {
+                    format!(" ({} refused at sockets_max)", g.sockets_refused)
+                } else {
+                    String::new()
+                }
             ),
         ),
         Observation::Failure { host, message } => (host.clone(), format!("FAILURE: {message}")),

@@ -758,6 +758,7 @@ impl Driver<'_> {
             send_queue_depth_max: g.send_queue_depth_max,
             connections_per_user_max: g.connections_per_user_max,
             server_sockets: connections.open_sockets(),
+            sockets_refused: control.sockets_refused(),
         })
     }
 

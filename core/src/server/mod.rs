@@ -568,6 +568,13 @@ impl Server {
         self.shared.lock().map(|state| state.hub.gauges()).unwrap_or_default()
     }
 
+    /// Sockets closed at once because `sockets_max` were open, since this server started
+    /// (`herald_sockets_refused_total`): lets the simulation's coverage tell that its worlds
+    /// reach the limit, which the clients alone cannot (a refused socket just ends).
+    pub fn sockets_refused(&self) -> u64 {
+        self.shared.metrics.sockets_refused()
+    }
+
     /// The hub's monotonic counters (defaults if the hub lock is poisoned).
     pub fn counters(&self) -> Counters {
         self.shared
