@@ -69,7 +69,6 @@ mod baseline;
 /// found only when a write fails); it answers one question: how low can an in-process server's
 /// latency be under this generator on this machine, when the server does nothing at all?
 mod floor {
-    use serde::Serialize;
     use serde_json::value::RawValue;
     use std::collections::HashMap;
     use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -92,17 +91,6 @@ mod floor {
         users: Mutex<HashMap<String, UserEntry>>,
         stopped: AtomicBool,
         addr: SocketAddr,
-    }
-
-    /// The same frame as the baseline's, serialized from borrowed fields.
-    #[derive(Serialize)]
-    struct EventFrame<'a> {
-        #[serde(rename = "type")]
-        kind_tag: &'static str,
-        seq: u64,
-        run: &'a str,
-        kind: &'a str,
-        data: &'a RawValue,
     }
 
     impl Floor {
@@ -181,15 +169,8 @@ mod floor {
             }
             let entry = users.get_mut(user).expect("inserted above");
             entry.seq += 1;
-            let frame = serde_json::to_string(&EventFrame {
-                kind_tag: "event",
-                seq: entry.seq,
-                run,
-                kind,
-                data,
-            })
-            .expect("an event frame serializes");
-            let message = Message::text(frame);
+            // The baseline's frame, encoded the same way.
+            let message = Message::text(super::baseline::encode_event_frame(entry.seq, run, kind, data));
             entry.sockets.retain_mut(|ws| ws.send(message.clone()).is_ok());
         }
 

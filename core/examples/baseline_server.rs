@@ -83,16 +83,7 @@ impl App {
     /// and the frame is serialized from borrowed fields (the cheapest encoding, so the
     /// comparison is conservative for herald). Returns the event's seq.
     pub fn publish_raw(&self, user: &str, run: &str, kind: &str, data: &RawValue) -> u64 {
-        self.deliver(user, |seq| {
-            serde_json::to_string(&EventFrame {
-                kind_tag: "event",
-                seq,
-                run,
-                kind,
-                data,
-            })
-            .expect("an event frame serializes")
-        })
+        self.deliver(user, |seq| encode_event_frame(seq, run, kind, data))
     }
 
     /// Bumps `user`'s seq and sends `frame(seq)` to every open connection of the user.
@@ -109,7 +100,19 @@ impl App {
     }
 }
 
-/// `{"type":"event","seq":..,"run":..,"kind":..,"data":..}`, serialized without a `Value` tree.
+/// `{"type":"event","seq":..,"run":..,"kind":..,"data":..}`, serialized without a `Value` tree:
+/// the frame of the in-process publish (here and in the load generator's floor).
+pub fn encode_event_frame(seq: u64, run: &str, kind: &str, data: &RawValue) -> String {
+    serde_json::to_string(&EventFrame {
+        kind_tag: "event",
+        seq,
+        run,
+        kind,
+        data,
+    })
+    .expect("an event frame serializes")
+}
+
 #[derive(Serialize)]
 struct EventFrame<'a> {
     #[serde(rename = "type")]
