@@ -148,15 +148,9 @@ mod floor {
             }
             let mut users = self.users.lock().unwrap();
             let entry = users.entry(user.clone()).or_default();
-            let welcome = serde_json::json!({
-                "type": "welcome",
-                "user": user,
-                "connection": format!("f-{}", entry.sockets.len()),
-                "epoch": "floor",
-                "head": entry.seq,
-                "recovered": false,
-            });
-            ws.send(Message::text(welcome.to_string())).map_err(|e| e.to_string())?;
+            let connection = format!("f-{}", entry.sockets.len());
+            let welcome = super::baseline::encode_welcome_frame(&user, &connection, "floor", entry.seq);
+            ws.send(Message::text(welcome)).map_err(|e| e.to_string())?;
             entry.sockets.push(ws);
             Ok(())
         }

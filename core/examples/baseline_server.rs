@@ -113,6 +113,20 @@ pub fn encode_event_frame(seq: u64, run: &str, kind: &str, data: &RawValue) -> S
     .expect("an event frame serializes")
 }
 
+/// A `welcome`-like frame (never `recovered`: there is no resume), here and in the load
+/// generator's floor.
+pub fn encode_welcome_frame(user: &str, connection: &str, epoch: &str, head: u64) -> String {
+    serde_json::json!({
+        "type": "welcome",
+        "user": user,
+        "connection": connection,
+        "epoch": epoch,
+        "head": head,
+        "recovered": false,
+    })
+    .to_string()
+}
+
 #[derive(Serialize)]
 struct EventFrame<'a> {
     #[serde(rename = "type")]
@@ -179,16 +193,9 @@ async fn connection(app: Arc<App>, user: String, socket: WebSocket) {
     {
         let mut users = app.users.lock().unwrap();
         let entry = users.entry(user.clone()).or_default();
-        let welcome = serde_json::json!({
-            "type": "welcome",
-            "user": user,
-            "connection": format!("b-{id}"),
-            "epoch": "baseline",
-            "head": entry.seq,
-            "recovered": false,
-        });
+        let welcome = encode_welcome_frame(&user, &format!("b-{id}"), "baseline", entry.seq);
         // Queued before registering, so no event can overtake it.
-        let _ = tx.send(Message::Text(welcome.to_string().into()));
+        let _ = tx.send(Message::Text(welcome.into()));
         entry.connections.push((id, tx));
     }
     let writer = tokio::spawn(async move {
